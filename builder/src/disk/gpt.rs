@@ -1,0 +1,1 @@
+//! GPT partition tables, through gptman.

@@ -1,0 +1,1 @@
+//! MBR (DOS) partition tables.

@@ -1,0 +1,1 @@
+//! /etc/fstab parsing (fstab(5)).

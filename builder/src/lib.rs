@@ -1,0 +1,10 @@
+//! imagegen: rootless, offline editing of vendor OS disk images, and the pipeline that turns
+//! them into zero-touch cluster nodes.
+//!
+//! Layers, bottom up: `disk` (partition tables), `fs` (one `Op` vocabulary over FAT and ext4),
+//! `image` (partitions + filesystems + the mount view from the image's own /etc/fstab).
+
+pub mod cli;
+pub mod disk;
+pub mod fs;
+pub mod image;
