@@ -1,0 +1,9 @@
+//! Small composable `Read`/`Write` adapters for the streaming pipeline (hash, progress).
+//! Each stage of fetch -> unpack -> emit wraps the next instead of re-reading data.
+
+pub mod hash;
+pub mod progress;
+
+/// Buffer size for streaming copies: large enough to amortize syscalls and let the xz/zstd
+/// and sha256 code work on big chunks, small enough for the 256 MiB memory budget.
+pub const BUFFER_SIZE: usize = 256 * 1024;
