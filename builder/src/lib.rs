@@ -4,7 +4,11 @@
 //! Layers, bottom up: `disk` (partition tables), `fs` (one `Op` vocabulary over FAT and ext4),
 //! `image` (partitions + filesystems + the mount view from the image's own /etc/fstab).
 
+pub mod arch;
+pub mod board;
 pub mod cli;
+pub mod cmd;
+pub mod config;
 pub mod disk;
 pub mod fs;
 pub mod image;

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    imagegen::cli::main()
+    imagegen::cmd::main()
 }

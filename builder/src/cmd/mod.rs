@@ -1,0 +1,90 @@
+//! Runs the parsed command line. This is the edge: `anyhow` with short context, one error
+//! line on stderr, non-zero exit.
+
+mod edit;
+mod inspect;
+
+use crate::cli::{Cli, Command};
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::inspect(a),
+        Command::Ls(a) => edit::ls(a),
+        Command::Cat(a) => edit::cat(a),
+        Command::Cp(a) => edit::cp(a),
+        Command::Mkdir(a) => edit::mkdir(a),
+        Command::Ln(a) => edit::ln(a),
+        Command::Rm(a) => edit::rm(a),
+        Command::Grow(a) => edit::grow(a),
+    }
+}
+
+/// Splits `IMAGE:/PATH`. The image part is the longest prefix before a ":/" that names an
+/// existing file, so image names containing ':' still work.
+pub(crate) fn split_target(target: &str) -> Result<(PathBuf, String)> {
+    let mut fallback = None;
+    for (i, _) in target.match_indices(":/") {
+        let (img, path) = (&target[..i], &target[i + 1..]);
+        if img.is_empty() {
+            continue;
+        }
+        if Path::new(img).is_file() {
+            return Ok((PathBuf::from(img), path.to_string()));
+        }
+        fallback.get_or_insert((img, path));
+    }
+    match fallback {
+        Some((img, _)) => bail!("{img}: no such image file"),
+        None => bail!("{target:?} is not IMAGE:/PATH (e.g. disk.img:/etc/hostname)"),
+    }
+}
+
+/// SOURCE_DATE_EPOCH if set, else the image's own last write time.
+pub(crate) fn edit_epoch(image: &crate::image::Image) -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse::<i64>()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(image.intrinsic_epoch()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_split_at_the_existing_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a:b.img");
+        std::fs::write(&img, b"").unwrap();
+        let t = format!("{}:/etc/x", img.display());
+        let (i, p) = split_target(&t).unwrap();
+        assert_eq!(i, img);
+        assert_eq!(p, "/etc/x");
+        let missing = format!("{}/nope.img:/etc", dir.path().display());
+        assert!(
+            split_target(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("no such image")
+        );
+        assert!(split_target("disk.img").is_err());
+    }
+}

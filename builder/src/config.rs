@@ -1,0 +1,439 @@
+//! `cluster.toml`: the operator's description of the cluster. Validated with errors that name
+//! the file, the line and what is wrong. Paths in it are relative to the file.
+
+use crate::board;
+use serde::Deserialize;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub cluster: Cluster,
+    pub admin: Admin,
+    #[serde(default)]
+    pub k3s: Option<K3s>,
+    #[serde(default)]
+    pub zerotier: Option<ZeroTier>,
+    #[serde(default)]
+    pub ups: Option<Ups>,
+    #[serde(default)]
+    pub backup: Option<Backup>,
+    #[serde(default)]
+    pub hardening: Hardening,
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub locale: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub user: Spanned<String>,
+    pub ssh_authorized_keys: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3s {
+    pub server_url: Spanned<String>,
+    pub token_file: PathBuf,
+    /// k3s release to stage in the image (e.g. "v1.31.4+k3s1").
+    #[serde(default)]
+    pub version: Option<String>,
+    /// A k3s binary to stage instead of downloading one.
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZeroTier {
+    pub network_id: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ups {
+    /// The node the UPS is plugged into (it runs NUT upsd).
+    #[serde(default)]
+    pub server: Option<Spanned<String>>,
+    /// A NUT server outside the cluster.
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default = "default_nut_port")]
+    pub port: u16,
+    pub ups: String,
+    #[serde(default)]
+    pub driver: Option<String>,
+    pub user: String,
+    pub password_file: PathBuf,
+}
+
+fn default_nut_port() -> u16 {
+    3493
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    pub target: Spanned<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub ssh_key_file: Option<PathBuf>,
+}
+
+/// Each hardening measure can be switched off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hardening {
+    pub sshd: bool,
+    pub sysctl: bool,
+    pub firewall: bool,
+    pub unattended_upgrades: bool,
+}
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening {
+            sshd: true,
+            sysctl: true,
+            firewall: true,
+            unattended_upgrades: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Server,
+    Agent,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: Spanned<String>,
+    pub board: Spanned<String>,
+    pub role: Role,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    At {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// A parsed and validated config, with the directory its relative paths start from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: ClusterConfig,
+    pub path: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Loaded {
+    /// A path from the config, relative to the config file.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node, ConfigError> {
+        self.config
+            .nodes
+            .iter()
+            .find(|n| n.name.get_ref() == name)
+            .ok_or_else(|| ConfigError::File {
+                path: self.path.display().to_string(),
+                message: format!(
+                    "no node named {name:?}; nodes: {}",
+                    self.config
+                        .nodes
+                        .iter()
+                        .map(|n| n.name.get_ref().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })
+    }
+}
+
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let config = parse(&text, path)?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(Loaded {
+        config,
+        path: path.to_path_buf(),
+        dir,
+    })
+}
+
+/// Parses and validates. `path` is only used in messages.
+pub fn parse(text: &str, path: &Path) -> Result<ClusterConfig, ConfigError> {
+    let at = |span: Range<usize>, message: String| {
+        let (line, column) = line_col(text, span.start);
+        ConfigError::At {
+            path: path.display().to_string(),
+            line,
+            column,
+            message,
+        }
+    };
+    let config: ClusterConfig = toml::from_str(text).map_err(|e| {
+        let message = e.message().to_string();
+        match e.span() {
+            Some(span) => at(span, message),
+            None => ConfigError::File {
+                path: path.display().to_string(),
+                message,
+            },
+        }
+    })?;
+    validate(&config).map_err(|(span, message)| at(span, message))?;
+    Ok(config)
+}
+
+type Invalid = (Range<usize>, String);
+
+fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
+    check_name(&c.cluster.name, "cluster name")?;
+    let user = &c.admin.user;
+    if !is_unix_user(user.get_ref()) {
+        return Err((
+            user.span(),
+            format!(
+                "admin user {:?} is not a valid user name (lowercase letters, digits, '-', '_'; starting with a letter)",
+                user.get_ref()
+            ),
+        ));
+    }
+    if matches!(user.get_ref().as_str(), "root" | "pi" | "ubuntu" | "debian") {
+        return Err((
+            user.span(),
+            format!(
+                "admin user {:?} clashes with a vendor default account; pick another name",
+                user.get_ref()
+            ),
+        ));
+    }
+    for key in &c.admin.ssh_authorized_keys {
+        check_ssh_key(key)?;
+    }
+    if let Some(k) = &c.k3s {
+        let url = k.server_url.get_ref();
+        if !url.starts_with("https://") {
+            return Err((
+                k.server_url.span(),
+                format!("k3s server_url {url:?} must start with https:// (k3s serves TLS on 6443)"),
+            ));
+        }
+    }
+    if let Some(z) = &c.zerotier {
+        let id = z.network_id.get_ref();
+        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err((
+                z.network_id.span(),
+                format!("zerotier network_id {id:?} must be 16 hex digits"),
+            ));
+        }
+    }
+    let mut seen: Vec<&str> = Vec::new();
+    for n in &c.nodes {
+        check_name(&n.name, "node name")?;
+        if seen.contains(&n.name.get_ref().as_str()) {
+            return Err((
+                n.name.span(),
+                format!("node {:?} is defined twice", n.name.get_ref()),
+            ));
+        }
+        seen.push(n.name.get_ref());
+        if let Err(e) = board::get(n.board.get_ref()) {
+            return Err((n.board.span(), e.to_string()));
+        }
+    }
+    if let Some(u) = &c.ups {
+        match (&u.server, &u.host) {
+            (Some(s), None) => {
+                if !seen.contains(&s.get_ref().as_str()) {
+                    return Err((
+                        s.span(),
+                        format!(
+                            "ups server {:?} is not a node of this cluster (or give host = \"ADDRESS\" for a NUT server outside it)",
+                            s.get_ref()
+                        ),
+                    ));
+                }
+            }
+            (None, Some(_)) => {}
+            (Some(s), Some(_)) => {
+                return Err((
+                    s.span(),
+                    "give either ups.server or ups.host, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    0..0,
+                    "[ups] needs server = \"NODE\" (the node the UPS is plugged into) or host = \"ADDRESS\"".into(),
+                ));
+            }
+        }
+    }
+    if let Some(b) = &c.backup {
+        let t = b.target.get_ref();
+        if !t.starts_with("ssh://") {
+            return Err((
+                b.target.span(),
+                format!("backup target {t:?} must be ssh://USER@HOST/PATH"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(name: &Spanned<String>, what: &str) -> Result<(), Invalid> {
+    let n = name.get_ref();
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            name.span(),
+            format!(
+                "{what} {n:?} is not a valid host name (1-63 of a-z, 0-9, '-', not at the ends)"
+            ),
+        ))
+    }
+}
+
+fn is_unix_user(u: &str) -> bool {
+    let mut b = u.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_lowercase())
+        && u.len() <= 32
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+/// A light check that catches pasting the private key or a truncated line; sshd does the rest.
+fn check_ssh_key(key: &Spanned<String>) -> Result<(), Invalid> {
+    let k = key.get_ref().trim();
+    let err = |m: &str| Err((key.span(), m.to_string()));
+    if k.contains("PRIVATE KEY") {
+        return err("this is a private key; give the public key (the .pub file's line)");
+    }
+    let mut parts = k.split_whitespace();
+    let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
+        return err("not an SSH public key line (expected \"ssh-ed25519 AAAA... comment\")");
+    };
+    let known =
+        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
+    if !known || !blob.starts_with("AAAA") || k.contains('\n') {
+        return err("not an SSH public key line (expected \"ssh-ed25519 AAAA... comment\")");
+    }
+    Ok(())
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// The commented example `imagegen init` writes.
+pub const EXAMPLE: &str = include_str!("config_example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("cluster.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        let c = parse(EXAMPLE, Path::new("cluster.toml")).unwrap();
+        assert_eq!(c.nodes.len(), 3);
+    }
+
+    #[test]
+    fn syntax_errors_carry_the_line() {
+        let e = err("[cluster]\nname = \"lab\"\n[admin\n");
+        assert!(e.starts_with("cluster.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_carry_the_line() {
+        let base = "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3Nza x\"]\n";
+        let e = err(&format!(
+            "{base}[[nodes]]\nname = \"a\"\nboard = \"rpi9\"\nrole = \"agent\"\n"
+        ));
+        assert!(e.starts_with("cluster.toml:8:"), "{e}");
+        assert!(e.contains("unknown board"), "{e}");
+        let e = err(&format!(
+            "{base}[[nodes]]\nname = \"a\"\nboard = \"rpi4\"\nrole = \"agent\"\n[[nodes]]\nname = \"a\"\nboard = \"rpi4\"\nrole = \"agent\"\n"
+        ));
+        assert!(
+            e.starts_with("cluster.toml:11:") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err(&format!("{base}[zerotier]\nnetwork_id = \"xyz\"\n"));
+        assert!(
+            e.starts_with("cluster.toml:7:") && e.contains("16 hex"),
+            "{e}"
+        );
+        let e = err(&base.replace(
+            "ssh-ed25519 AAAAC3Nza x",
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+        ));
+        assert!(
+            e.starts_with("cluster.toml:5:") && e.contains("private key"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{base}[[nodes]]\nname = \"a\"\nboard = \"rpi4\"\nrole = \"boss\"\n"
+        ));
+        assert!(e.starts_with("cluster.toml:9:"), "{e}");
+    }
+}
