@@ -13,3 +13,5 @@ pub mod disk;
 pub mod fs;
 pub mod image;
 pub mod io;
+pub mod plan;
+pub mod vendor;
