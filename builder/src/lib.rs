@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod board;
+pub mod build;
 pub mod cli;
 pub mod cmd;
 pub mod config;

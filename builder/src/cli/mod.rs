@@ -38,6 +38,14 @@ pub enum Command {
     Rm(RmArgs),
     /// Grow an image, its last partition and that partition's ext4 filesystem
     Grow(GrowArgs),
+    /// Build node images from a vendor image
+    Build(BuildArgs),
+    /// List the boards imagegen knows
+    Boards(BoardsArgs),
+    /// Write a commented example cluster.toml
+    Init(InitArgs),
+    /// Validate a cluster.toml
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -126,6 +134,74 @@ pub struct GrowArgs {
     /// New size: absolute (4G) or relative (+512M); suffixes K, M, G, T (powers of 1024)
     #[arg(long, value_parser = parse_size)]
     pub size: SizeArg,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["board", "node", "all"])))]
+pub struct BuildArgs {
+    /// Build one node with the embedded defaults of this board (see `imagegen boards`)
+    #[arg(long, conflicts_with_all = ["config", "node", "all"])]
+    pub board: Option<String>,
+    /// Cluster description (see `imagegen init`)
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Build this node of the config
+    #[arg(long, requires = "config")]
+    pub node: Option<String>,
+    /// Build every node of the config (then -o is a directory)
+    #[arg(long, requires = "config", conflicts_with = "node")]
+    pub all: bool,
+    /// Output: NAME.img, NAME.img.xz or NAME.img.zst (a directory with --all)
+    /// [default: NODE.img.zst]
+    #[arg(long, short = 'o', value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Base image: a file or an http(s) URL, instead of the board's default
+    #[arg(long, value_name = "FILE|URL")]
+    pub base: Option<String>,
+    /// Expected sha256 of the base image download (or file)
+    #[arg(long, value_name = "HEX")]
+    pub sha256: Option<String>,
+    /// Vendor family of the base image, when detection is not wanted
+    #[arg(long, value_name = "ID")]
+    pub vendor: Option<String>,
+    /// imagegen-firstboot binary (repeatable, one per architecture); its ELF header says
+    /// which architecture it is for [default: the one installed beside imagegen]
+    #[arg(long, value_name = "PATH")]
+    pub agent: Vec<PathBuf>,
+    /// A generic image without node name, identity or secrets (add them with
+    /// `imagegen personalize` when flashing)
+    #[arg(long)]
+    pub no_secrets: bool,
+    /// Download cache [default: $XDG_CACHE_HOME/imagegen]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use a downloaded base image even when no checksum vouches for it
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BoardsArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write it
+    #[arg(default_value = "cluster.toml")]
+    pub path: PathBuf,
+    /// Replace an existing file
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Cluster description to validate
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

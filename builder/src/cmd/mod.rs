@@ -1,6 +1,7 @@
 //! Runs the parsed command line. This is the edge: `anyhow` with short context, one error
 //! line on stderr, non-zero exit.
 
+mod build;
 mod edit;
 mod inspect;
 
@@ -31,6 +32,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ln(a) => edit::ln(a),
         Command::Rm(a) => edit::rm(a),
         Command::Grow(a) => edit::grow(a),
+        Command::Build(a) => build::build(a),
+        Command::Boards(a) => build::boards(a),
+        Command::Init(a) => build::init(a),
+        Command::Check(a) => build::check(a),
     }
 }
 

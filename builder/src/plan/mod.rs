@@ -1,1 +1,545 @@
+//! Node config -> the list of changes to make in the image. The only place that decides what
+//! goes into a node image; the image layer only carries it out.
+
 pub mod users;
+
+use crate::board::Board;
+use crate::config::{self, ClusterConfig, Role};
+use crate::fs::{Content, FileType, Meta, Op};
+use crate::image::{Image, ImageError};
+use crate::io::hash::sha256_hex;
+use crate::vendor::Vendor;
+use imagegen_firstboot::config as node;
+use imagegen_firstboot::units;
+use std::path::{Path, PathBuf};
+use users::Accounts;
+
+/// Where the node config goes in the image.
+pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
+/// Where secrets read from files of the cluster config go.
+pub const K3S_TOKEN: &str = "/etc/rancher/k3s/token";
+pub const NUT_PASSWORD: &str = "/etc/imagegen/nut-password";
+pub const BACKUP_KEY: &str = "/etc/imagegen/backup-key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Users(#[from] users::UsersError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One change, with whether its content is a secret (then the manifest never records its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub op: Op,
+    pub secret: bool,
+}
+
+/// Everything the planner needs about one node.
+pub struct NodeSpec<'a> {
+    pub name: &'a str,
+    pub role: Role,
+    pub board: &'a Board,
+    pub vendor: Vendor,
+    pub config: &'a ClusterConfig,
+    /// The directory relative paths of the config start from.
+    pub config_dir: &'a Path,
+    /// The agent binary for the board's architecture, already checked.
+    pub agent: Option<&'a Path>,
+    /// Leave out every secret and the node's identity (a generic image for CI artifacts).
+    pub generic: bool,
+    pub epoch: i64,
+}
+
+impl NodeSpec<'_> {
+    fn resolve(&self, p: &Path) -> PathBuf {
+        self.config_dir.join(p)
+    }
+}
+
+/// Collects changes; keeps the plan readable.
+struct Plan {
+    changes: Vec<Change>,
+    epoch: i64,
+}
+
+impl Plan {
+    fn file(&mut self, path: &str, content: Vec<u8>, mode: u32, uid: u32, gid: u32) {
+        self.push(path, Content::Bytes(content), mode, uid, gid, false);
+    }
+
+    fn secret(&mut self, path: &str, content: Vec<u8>) {
+        self.push(path, Content::Bytes(content), 0o600, 0, 0, true);
+    }
+
+    fn push(&mut self, path: &str, content: Content, mode: u32, uid: u32, gid: u32, secret: bool) {
+        self.changes.push(Change {
+            op: Op::WriteFile {
+                path: path.into(),
+                content,
+                meta: Meta {
+                    mode,
+                    uid,
+                    gid,
+                    mtime: self.epoch,
+                },
+            },
+            secret,
+        });
+    }
+
+    fn dir(&mut self, path: &str, mode: u32, uid: u32, gid: u32) {
+        self.changes.push(Change {
+            op: Op::Mkdir {
+                path: path.into(),
+                meta: Meta {
+                    mode,
+                    uid,
+                    gid,
+                    mtime: self.epoch,
+                },
+                parents: true,
+            },
+            secret: false,
+        });
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.changes.push(Change {
+            op: Op::Symlink {
+                path: path.into(),
+                target: target.into(),
+                meta: Meta::root(0o777, self.epoch),
+            },
+            secret: false,
+        });
+    }
+}
+
+/// The changes that make `image` into node `spec`.
+pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError> {
+    let mut p = Plan {
+        changes: Vec::new(),
+        epoch: spec.epoch,
+    };
+    let cfg = spec.config;
+    if !spec.generic {
+        hostname(image, spec, &mut p)?;
+    }
+    admin(image, spec, &mut p)?;
+
+    let node = node_config(spec)?;
+    let text = node
+        .to_toml_string()
+        .map_err(|e| PlanError::Invalid(e.to_string()))?;
+    p.dir("/etc/imagegen", 0o755, 0, 0);
+    p.file(NODE_TOML, text.into_bytes(), 0o600, 0, 0);
+
+    if !spec.generic {
+        if let Some(k) = &cfg.k3s {
+            let token = read_secret(&spec.resolve(&k.token_file), "k3s token_file")?;
+            p.dir("/etc/rancher/k3s", 0o755, 0, 0);
+            p.secret(K3S_TOKEN, token);
+        }
+        if let Some(u) = &cfg.ups {
+            let pw = read_secret(&spec.resolve(&u.password_file), "ups password_file")?;
+            p.secret(NUT_PASSWORD, pw);
+        }
+        if let Some(key) = cfg.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
+            let k = std::fs::read(spec.resolve(key)).map_err(|source| PlanError::Read {
+                path: spec.resolve(key).display().to_string(),
+                source,
+            })?;
+            p.secret(BACKUP_KEY, k);
+        }
+    }
+
+    if let Some(agent) = spec.agent {
+        let dir = Path::new(units::AGENT_BINARY_PATH)
+            .parent()
+            .and_then(Path::to_str)
+            .unwrap_or("/usr/local/sbin");
+        p.dir(dir, 0o755, 0, 0);
+        p.push(
+            units::AGENT_BINARY_PATH,
+            Content::HostFile(agent.to_path_buf()),
+            0o755,
+            0,
+            0,
+            false,
+        );
+        for (name, content) in units::UNITS {
+            p.file(
+                &format!("/etc/systemd/system/{name}"),
+                content.as_bytes().to_vec(),
+                0o644,
+                0,
+                0,
+            );
+        }
+        for (unit, target) in units::ENABLED_BY_BUILDER {
+            let wants = format!("/etc/systemd/system/{target}.wants");
+            p.dir(&wants, 0o755, 0, 0);
+            p.symlink(&format!("{wants}/{unit}"), &format!("/etc/systemd/system/{unit}"));
+        }
+    }
+    Ok(p.changes)
+}
+
+fn read_secret(path: &Path, what: &str) -> Result<Vec<u8>, PlanError> {
+    let bytes = std::fs::read(path).map_err(|source| PlanError::Read {
+        path: format!("{what} {}", path.display()),
+        source,
+    })?;
+    // A trailing newline from `echo > file` is not part of the secret.
+    let trimmed = bytes.trim_ascii_end().to_vec();
+    if trimmed.is_empty() {
+        return Err(PlanError::Invalid(format!("{what} {} is empty", path.display())));
+    }
+    Ok(trimmed)
+}
+
+fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    p.file("/etc/hostname", format!("{}\n", spec.name).into_bytes(), 0o644, 0, 0);
+    let hosts = match image.read_file("/etc/hosts") {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(ImageError::Fs(crate::fs::FsError::NotFound(_))) => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    p.file("/etc/hosts", set_hosts_name(&hosts, spec.name).into_bytes(), 0o644, 0, 0);
+    Ok(())
+}
+
+/// Points 127.0.1.1 (Debian's line for the own name) at `name`, keeping everything else.
+pub fn set_hosts_name(hosts: &str, name: &str) -> String {
+    let line = format!("127.0.1.1\t{name}");
+    let mut out: Vec<String> = Vec::new();
+    let mut done = false;
+    for l in hosts.lines() {
+        if l.split_whitespace().next() == Some("127.0.1.1") {
+            if !done {
+                out.push(line.clone());
+                done = true;
+            }
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    if !done {
+        let at = out
+            .iter()
+            .position(|l| l.split_whitespace().next() == Some("127.0.0.1"))
+            .map_or(out.len(), |i| i + 1);
+        out.insert(at, line);
+    }
+    let mut s = out.join("\n");
+    s.push('\n');
+    s
+}
+
+fn read_text(image: &mut Image, path: &str) -> Result<String, PlanError> {
+    let bytes = image.read_file(path)?;
+    String::from_utf8(bytes).map_err(|_| PlanError::Invalid(format!("{path} is not UTF-8 text")))
+}
+
+/// The admin account: passwd/shadow/group/gshadow, home with the skeleton files, SSH keys,
+/// password-less sudo. Vendor default passwords are locked.
+fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    let name = spec.config.admin.user.get_ref().as_str();
+    let mut acc = Accounts {
+        passwd: read_text(image, "/etc/passwd")?,
+        shadow: read_text(image, "/etc/shadow")?,
+        group: read_text(image, "/etc/group")?,
+        gshadow: read_text(image, "/etc/gshadow")?,
+    };
+    let a = acc.add_admin(name, &["sudo", "adm", "systemd-journal"])?;
+    acc.lock_passwords_except(name);
+    p.file("/etc/passwd", acc.passwd.into_bytes(), 0o644, 0, 0);
+    p.file("/etc/group", acc.group.into_bytes(), 0o644, 0, 0);
+    let shadow_gid = group_id(&acc.group, "shadow").unwrap_or(0);
+    p.file("/etc/shadow", acc.shadow.into_bytes(), 0o640, 0, shadow_gid);
+    p.file("/etc/gshadow", acc.gshadow.into_bytes(), 0o640, 0, shadow_gid);
+
+    let home = a.home.clone();
+    p.dir(&home, 0o750, a.uid, a.gid);
+    if image.lstat("/etc/skel")?.map(|s| s.file_type) == Some(FileType::Directory) {
+        for e in image.read_dir("/etc/skel")? {
+            if e.stat.file_type == FileType::Regular {
+                let content = image.read_file(&format!("/etc/skel/{}", e.name))?;
+                p.file(&format!("{home}/{}", e.name), content, e.stat.mode, a.uid, a.gid);
+            }
+        }
+    }
+    p.dir(&format!("{home}/.ssh"), 0o700, a.uid, a.gid);
+    let mut keys = String::new();
+    for k in &spec.config.admin.ssh_authorized_keys {
+        keys.push_str(k.get_ref().trim());
+        keys.push('\n');
+    }
+    p.file(&format!("{home}/.ssh/authorized_keys"), keys.into_bytes(), 0o600, a.uid, a.gid);
+    p.dir("/etc/sudoers.d", 0o755, 0, 0);
+    p.file(
+        "/etc/sudoers.d/90-imagegen-admin",
+        format!("# Written by imagegen: the admin logs in with SSH keys only.\n{name} ALL=(ALL) NOPASSWD:ALL\n")
+            .into_bytes(),
+        0o440,
+        0,
+        0,
+    );
+    Ok(())
+}
+
+fn group_id(group: &str, name: &str) -> Option<u32> {
+    group.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&name)).then(|| f.get(2)?.parse().ok())?
+    })
+}
+
+/// The agent's node.toml for this node, from the cluster config.
+pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
+    let cfg = spec.config;
+    let role = match spec.role {
+        Role::Server => node::Role::Server,
+        Role::Agent => node::Role::Agent,
+    };
+    let ups_host_node = cfg.ups.as_ref().and_then(|u| u.server.as_ref()).map(|s| s.get_ref().clone());
+    let is_ups_server = ups_host_node.as_deref() == Some(spec.name);
+    let k3s = cfg.k3s.as_ref().map(|k| {
+        let url = k.server_url.get_ref().clone();
+        node::K3sSection {
+            server_url: Some(url),
+            token_file: PathBuf::from(K3S_TOKEN),
+            node_ip_from: if cfg.zerotier.is_some() {
+                node::NodeIpFrom::Zerotier
+            } else {
+                node::NodeIpFrom::DefaultRoute
+            },
+            version: k.version.clone(),
+            allow_unverified_token: false,
+            ..default_k3s()
+        }
+    });
+    let ups = match &cfg.ups {
+        Some(u) => Some(node::UpsSection {
+            host: if is_ups_server {
+                "127.0.0.1".into()
+            } else if let Some(h) = &u.host {
+                h.clone()
+            } else {
+                ups_server_address(cfg, ups_host_node.as_deref().unwrap_or_default())?
+            },
+            port: u.port,
+            ups: u.ups.clone(),
+            user: u.user.clone(),
+            password_file: PathBuf::from(NUT_PASSWORD),
+            primary: is_ups_server,
+            driver: if is_ups_server { u.driver.clone() } else { None },
+            driver_port: if is_ups_server { Some("auto".into()) } else { None },
+            ..default_ups()
+        }),
+        None => None,
+    };
+    let backup = match &cfg.backup {
+        Some(b) => Some(node::BackupSection {
+            target: ssh_url_to_rsync(b.target.get_ref())?,
+            paths: if b.paths.is_empty() {
+                vec![PathBuf::from("/etc")]
+            } else {
+                b.paths.iter().map(PathBuf::from).collect()
+            },
+            schedule: b.schedule.clone().unwrap_or_else(|| "daily".into()),
+            ssh_key_file: PathBuf::from(BACKUP_KEY),
+            ssh_port: ssh_url_port(b.target.get_ref()),
+            known_hosts_file: None,
+        }),
+        None => None,
+    };
+    let n = node::NodeConfig {
+        node: node::NodeSection {
+            name: if spec.generic { "generic".into() } else { spec.name.into() },
+            role,
+            cluster: cfg.cluster.name.get_ref().clone(),
+            cluster_init: false,
+        },
+        k3s,
+        zerotier: cfg.zerotier.as_ref().map(|z| node::ZeroTierSection {
+            network_id: z.network_id.get_ref().clone(),
+            ..default_zerotier()
+        }),
+        ups,
+        backup,
+        paths: node::PathsSection {
+            boot: PathBuf::from(boot_mount(spec.vendor)),
+        },
+        commands: Default::default(),
+        agent: Default::default(),
+    };
+    n.validate().map_err(|e| PlanError::Invalid(e.to_string()))?;
+    Ok(n)
+}
+
+/// Where the FAT partition the agent reads its seed from and writes its status to is mounted.
+pub fn boot_mount(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::RpiOsBookworm | Vendor::RpiOsTrixie | Vendor::UbuntuRaspi => "/boot/firmware",
+        // Armbian on the BPI-M5 has no FAT partition; /boot is on the root filesystem.
+        Vendor::Armbian => "/boot",
+        Vendor::UbuntuCloud | Vendor::DebianCloud => "/boot/efi",
+    }
+}
+
+fn default_k3s() -> node::K3sSection {
+    toml::from_str::<node::K3sSection>("").expect("all k3s keys have defaults")
+}
+
+fn default_ups() -> node::UpsSection {
+    toml::from_str::<node::UpsSection>("host='' \nups='' \nuser='' \npassword_file=''")
+        .expect("the other ups keys have defaults")
+}
+
+fn default_zerotier() -> node::ZeroTierSection {
+    toml::from_str::<node::ZeroTierSection>("network_id=''").expect("other keys have defaults")
+}
+
+/// The UPS server's address as other nodes reach it: the host of the k3s server URL when the UPS
+/// server is that server, else its name (resolved by the node's DNS or /etc/hosts).
+fn ups_server_address(cfg: &ClusterConfig, ups_node: &str) -> Result<String, PlanError> {
+    if let Some(k) = &cfg.k3s {
+        let url = k.server_url.get_ref();
+        let is_first_server = cfg
+            .nodes
+            .iter()
+            .find(|n| n.role == Role::Server)
+            .is_some_and(|n| n.name.get_ref() == ups_node);
+        if is_first_server && let Some(host) = url_host(url) {
+            return Ok(host);
+        }
+    }
+    Ok(ups_node.to_string())
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        host.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// `ssh://user@host[:port]/path` -> rsync's `user@host:/path`.
+fn ssh_url_to_rsync(url: &str) -> Result<String, PlanError> {
+    let bad = || PlanError::Invalid(format!("backup target {url:?} is not ssh://USER@HOST/PATH"));
+    let rest = url.strip_prefix("ssh://").ok_or_else(bad)?;
+    let (authority, path) = rest.split_once('/').ok_or_else(bad)?;
+    let (userhost, _) = match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (h, Some(port)),
+        _ => (authority, None),
+    };
+    if userhost.is_empty() || path.is_empty() {
+        return Err(bad());
+    }
+    Ok(format!("{userhost}:/{path}"))
+}
+
+fn ssh_url_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("ssh://")?;
+    let authority = rest.split('/').next()?;
+    authority.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The sha256 recorded in the manifest for a change (None for secrets and non-files).
+pub fn change_digest(c: &Change) -> Result<Option<String>, PlanError> {
+    if c.secret {
+        return Ok(None);
+    }
+    match &c.op {
+        Op::WriteFile {
+            content: Content::Bytes(b),
+            ..
+        } => Ok(Some(sha256_hex(b))),
+        Op::WriteFile {
+            content: Content::HostFile(path),
+            ..
+        } => {
+            let f = std::fs::File::open(path).map_err(|source| PlanError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let mut r = crate::io::hash::HashReader::new(f);
+            std::io::copy(&mut r, &mut std::io::sink()).map_err(|source| PlanError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            Ok(Some(r.finish().1))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Loads a config or, for `--board` alone, the embedded defaults.
+pub fn default_config(board: &Board, user: &str, keys: Vec<String>) -> ClusterConfig {
+    let toml_keys: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{:?}", k.trim()))
+        .collect();
+    let text = format!(
+        "[cluster]\nname = {:?}\n[admin]\nuser = {user:?}\nssh_authorized_keys = [{}]\n[[nodes]]\nname = {:?}\nboard = {:?}\nrole = \"agent\"\n",
+        board.id,
+        toml_keys.join(", "),
+        board.id,
+        board.id
+    );
+    config::parse(&text, Path::new("(defaults)")).expect("defaults are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_name_replaces_or_inserts() {
+        assert_eq!(
+            set_hosts_name("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n::1 localhost\n", "pi4-a"),
+            "127.0.0.1\tlocalhost\n127.0.1.1\tpi4-a\n::1 localhost\n"
+        );
+        assert_eq!(
+            set_hosts_name("127.0.0.1 localhost\n::1 localhost\n", "n"),
+            "127.0.0.1 localhost\n127.0.1.1\tn\n::1 localhost\n"
+        );
+        assert_eq!(set_hosts_name("", "n"), "127.0.1.1\tn\n");
+    }
+
+    #[test]
+    fn backup_urls() {
+        assert_eq!(
+            ssh_url_to_rsync("ssh://backup@nas.lan/volume1/backups").unwrap(),
+            "backup@nas.lan:/volume1/backups"
+        );
+        assert_eq!(
+            ssh_url_to_rsync("ssh://backup@127.0.0.1:2222/srv/b").unwrap(),
+            "backup@127.0.0.1:/srv/b"
+        );
+        assert_eq!(ssh_url_port("ssh://backup@127.0.0.1:2222/srv/b"), Some(2222));
+        assert!(ssh_url_to_rsync("ssh://nas").is_err());
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(url_host("https://10.147.17.10:6443").as_deref(), Some("10.147.17.10"));
+        assert_eq!(url_host("https://[fd00::1]:6443/x").as_deref(), Some("fd00::1"));
+        assert_eq!(url_host("https://master.lan").as_deref(), Some("master.lan"));
+    }
+}

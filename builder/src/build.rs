@@ -1,0 +1,294 @@
+//! The build pipeline: fetch -> verify -> unpack -> working copy -> detect -> plan -> apply
+//! -> emit. Each stage is a function of its inputs; the base is never modified, and the output
+//! appears only when everything succeeded.
+
+use crate::arch::{self, Arch};
+use crate::board::{self, Board};
+use crate::config::{ClusterConfig, Role};
+use crate::emit::{self, BuildRecord, EmitOptions, Manifest};
+use crate::fetch::{self, FetchOptions, Source};
+use crate::fs::{FsKind, Op, ext4};
+use crate::image::Image;
+use crate::plan::{self, Change, NodeSpec};
+use crate::vendor::{self, Vendor};
+use anyhow::{Context, Result, bail};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// An agent binary for one architecture.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub arch: Arch,
+    pub path: PathBuf,
+    /// Where it came from (path or URL), for the manifest.
+    pub source: String,
+}
+
+/// One node to build.
+pub struct Request<'a> {
+    pub config: &'a ClusterConfig,
+    pub config_dir: &'a Path,
+    pub node: &'a str,
+    pub out: &'a Path,
+    /// `--base`; else the board's default.
+    pub base: Option<Source>,
+    pub sha256: Option<String>,
+    pub vendor: Option<Vendor>,
+    pub agents: &'a [Agent],
+    pub generic: bool,
+    pub fetch: &'a FetchOptions,
+}
+
+/// Checks an agent binary's ELF header and returns its architecture.
+pub fn agent_arch(path: &Path) -> Result<Arch> {
+    let mut head = [0u8; 64];
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("opening agent {}", path.display()))?;
+    let n = f.read(&mut head)?;
+    arch::elf_arch(&head[..n]).with_context(|| format!("agent {}", path.display()))
+}
+
+/// SOURCE_DATE_EPOCH when set; otherwise a time derived from the inputs (the base image's own
+/// newest superblock write time), so builds are reproducible by default.
+pub fn epoch(image: &Image) -> Result<i64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(image.intrinsic_epoch()),
+    }
+}
+
+/// The architecture of the image's userland, from the ELF header of a binary every
+/// Debian-family system has.
+pub fn image_arch(image: &mut Image) -> Result<Option<Arch>> {
+    for p in ["/usr/bin/env", "/bin/sh", "/usr/bin/ls"] {
+        let mut head = Vec::new();
+        if image.read_to(p, &mut LimitWriter::new(&mut head, 64)).is_ok() {
+            match arch::elf_arch(&head) {
+                Ok(a) => return Ok(Some(a)),
+                Err(arch::ElfError::NotElf) => continue,
+                Err(e) => bail!("{p} in the image: {e}"),
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Keeps the first `limit` bytes and then reports a full sink, so reading a header of a large
+/// binary does not read the whole file.
+struct LimitWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    limit: usize,
+}
+
+impl<'a> LimitWriter<'a> {
+    fn new(buf: &'a mut Vec<u8>, limit: usize) -> Self {
+        LimitWriter { buf, limit }
+    }
+}
+
+impl std::io::Write for LimitWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = self.limit - self.buf.len();
+        if room == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "enough"));
+        }
+        let n = data.len().min(room);
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Removes the working copy however the build ends.
+struct WorkFile(PathBuf);
+
+impl Drop for WorkFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Builds one node image. Returns the manifest as written.
+pub fn build(req: &Request) -> Result<Manifest> {
+    let node = req
+        .config
+        .nodes
+        .iter()
+        .find(|n| n.name.get_ref() == req.node)
+        .with_context(|| format!("no node named {:?} in the config", req.node))?;
+    let board = board::get(node.board.get_ref())?;
+    if emit::Format::from_path(req.out).is_none() {
+        bail!(
+            "cannot tell the output format of {}: its name must end in one of {}",
+            req.out.display(),
+            emit::EXTENSIONS
+        );
+    }
+    let agent = choose_agent(&board, req.agents)?;
+
+    let (source, sha256, checksum_url) = match &req.base {
+        Some(s) => (s.clone(), req.sha256.clone(), None),
+        None => (
+            Source::Url(board.base.url.clone()),
+            req.sha256.clone().or(board.base.sha256.clone()),
+            board.base.checksum_url.clone(),
+        ),
+    };
+    let fetched = fetch::fetch_base(&source, sha256.as_deref(), checksum_url.as_deref(), req.fetch)
+        .context("getting the base image")?;
+
+    let out_dir = match req.out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let work = WorkFile(out_dir.join(format!(
+        ".{}.work-{}",
+        req.out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    )));
+    fetch::copy_sparse(&fetched.raw_path, &work.0)
+        .with_context(|| format!("copying the base image to {}", work.0.display()))?;
+
+    let mut image = Image::open(&work.0).context("reading the base image")?;
+    let vendor = match req.vendor {
+        Some(v) => v,
+        None => vendor::detect(&mut image)?,
+    };
+    if !board.accepts.iter().any(|a| a == vendor.id()) {
+        bail!(
+            "board {} does not boot {} images; it accepts: {}",
+            board.id,
+            vendor.description(),
+            board.accepts.join(", ")
+        );
+    }
+    if let Some(a) = image_arch(&mut image)?
+        && a != board.arch
+    {
+        bail!(
+            "the base image is for {a}, but board {} is {}: give a base image for {}",
+            board.id,
+            board.arch,
+            board.arch
+        );
+    }
+    let epoch = epoch(&image)?;
+
+    let spec = NodeSpec {
+        name: req.node,
+        role: node.role,
+        board: &board,
+        vendor,
+        config: req.config,
+        config_dir: req.config_dir,
+        agent: agent.map(|a| a.path.as_path()),
+        generic: req.generic,
+        epoch,
+    };
+    let changes = plan::plan(&mut image, &spec)?;
+    let ops: Vec<Op> = changes.iter().map(|c| c.op.clone()).collect();
+    image.apply(&ops, epoch).context("customizing the image")?;
+
+    let record = BuildRecord {
+        imagegen_version: env!("CARGO_PKG_VERSION").into(),
+        board: board.id.clone(),
+        node: (!req.generic).then(|| req.node.to_string()),
+        source_date_epoch: Some(epoch),
+        inputs: inputs(&source, &fetched, agent)?,
+        tools: tools()?,
+        changes: manifest_changes(&mut image, &changes)?,
+    };
+    drop(image);
+    let manifest = emit::emit(&work.0, req.out, record, &EmitOptions::default())
+        .with_context(|| format!("writing {}", req.out.display()))?;
+    Ok(manifest)
+}
+
+fn choose_agent<'a>(board: &Board, agents: &'a [Agent]) -> Result<Option<&'a Agent>> {
+    match agents.iter().find(|a| a.arch == board.arch) {
+        Some(a) => Ok(Some(a)),
+        None => bail!(
+            "no imagegen-firstboot agent for {} (board {}); build one for {} and give it with \
+             --agent PATH (or --agent URL --agent-sha256 HEX); release archives carry one per \
+             architecture",
+            board.arch,
+            board.id,
+            board.arch
+        ),
+    }
+}
+
+fn inputs(
+    source: &Source,
+    fetched: &fetch::Fetched,
+    agent: Option<&Agent>,
+) -> Result<Vec<emit::Input>> {
+    let mut v = vec![emit::Input {
+        name: "base".into(),
+        source: match source {
+            Source::Url(u) => u.clone(),
+            Source::File(p) => p.display().to_string(),
+        },
+        sha256: fetched.source_sha256.clone(),
+    }];
+    if let Some(a) = agent {
+        let mut r = crate::io::hash::HashReader::new(std::fs::File::open(&a.path)?);
+        std::io::copy(&mut r, &mut std::io::sink())?;
+        v.push(emit::Input {
+            name: format!("agent-{}", a.arch),
+            source: a.source.clone(),
+            sha256: r.finish().1,
+        });
+    }
+    Ok(v)
+}
+
+fn tools() -> Result<Vec<emit::Tool>> {
+    Ok(vec![emit::Tool {
+        name: "e2fsprogs".into(),
+        version: ext4::e2fsprogs_version()?,
+    }])
+}
+
+fn manifest_changes(image: &mut Image, changes: &[Change]) -> Result<Vec<emit::Change>> {
+    let mut out = Vec::new();
+    for c in changes {
+        let (mode, uid, gid) = match &c.op {
+            Op::WriteFile { meta, .. } | Op::Mkdir { meta, .. } => (meta.mode, meta.uid, meta.gid),
+            Op::Symlink { meta, .. } => (0o777, meta.uid, meta.gid),
+            _ => (0, 0, 0),
+        };
+        let path = c.op.path().to_string();
+        let resolved = image.resolve(&path, false)?;
+        let slot = image.locate(&resolved).slot;
+        let s = &image.slots()[slot];
+        let partition = match s.fs_kind {
+            Some(FsKind::Ext4 | FsKind::Fat) => format!("p{}", s.partition.number),
+            None => "?".into(),
+        };
+        out.push(emit::Change {
+            path,
+            partition,
+            sha256: plan::change_digest(c)?,
+            secret: c.secret,
+            mode,
+            uid,
+            gid,
+        });
+    }
+    Ok(out)
+}
+
+/// The role as the agent's config names it, for messages.
+pub fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Server => "server",
+        Role::Agent => "agent",
+    }
+}

@@ -1,0 +1,227 @@
+//! build, boards, init, check.
+
+use crate::board;
+use crate::build::{self, Agent};
+use crate::cli::{BoardsArgs, BuildArgs, CheckArgs, InitArgs};
+use crate::config::{self, ClusterConfig};
+use crate::fetch::{FetchOptions, Source};
+use crate::plan;
+use crate::vendor::Vendor;
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub fn build(a: BuildArgs) -> Result<()> {
+    let (config, config_dir, nodes): (ClusterConfig, PathBuf, Vec<String>) =
+        match (&a.board, &a.config) {
+            (Some(b), _) => {
+                let board = board::get(b)?;
+                let (user, keys) = operator_defaults()?;
+                let c = plan::default_config(&board, &user, keys);
+                (c, PathBuf::from("."), vec![board.id.clone()])
+            }
+            (None, Some(path)) => {
+                let loaded = config::load(path)?;
+                let nodes = match (&a.node, a.all) {
+                    (Some(n), _) => {
+                        loaded.node(n)?;
+                        vec![n.clone()]
+                    }
+                    (None, true) => loaded
+                        .config
+                        .nodes
+                        .iter()
+                        .map(|n| n.name.get_ref().clone())
+                        .collect(),
+                    (None, false) => bail!("say which node to build: --node NAME or --all"),
+                };
+                (loaded.config, loaded.dir, nodes)
+            }
+            (None, None) => bail!("give --board BOARD, or --config FILE with --node NAME or --all"),
+        };
+    if nodes.is_empty() {
+        bail!("the config has no [[nodes]]");
+    }
+    let agents = agents(&a.agent)?;
+    let mut fetch = FetchOptions::default();
+    if let Some(d) = &a.cache_dir {
+        fetch.cache_dir = d.clone();
+    }
+    fetch.insecure = a.insecure;
+    let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
+    let base = a.base.as_deref().map(Source::parse);
+
+    for node in &nodes {
+        let out = output_path(&a, node)?;
+        let req = build::Request {
+            config: &config,
+            config_dir: &config_dir,
+            node,
+            out: &out,
+            base: base.clone(),
+            sha256: a.sha256.clone(),
+            vendor,
+            agents: &agents,
+            generic: a.no_secrets,
+            fetch: &fetch,
+        };
+        let m = build::build(&req).with_context(|| format!("building node {node}"))?;
+        eprintln!(
+            "wrote {} ({} bytes raw, sha256 {})",
+            out.display(),
+            m.output.raw_size,
+            m.output.sha256
+        );
+    }
+    Ok(())
+}
+
+fn output_path(a: &BuildArgs, node: &str) -> Result<PathBuf> {
+    let default = format!("{node}.img.zst");
+    Ok(match (&a.output, a.all) {
+        (Some(o), true) => {
+            std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
+            o.join(default)
+        }
+        (Some(o), false) => o.clone(),
+        (None, _) => PathBuf::from(default),
+    })
+}
+
+/// `--agent` binaries, by their ELF architecture; without any, the agent installed beside
+/// this imagegen (for the host's architecture).
+fn agents(paths: &[PathBuf]) -> Result<Vec<Agent>> {
+    let mut out: Vec<Agent> = Vec::new();
+    for p in paths {
+        let arch = build::agent_arch(p)?;
+        if out.iter().any(|a| a.arch == arch) {
+            bail!("two --agent binaries for {arch}; give one per architecture");
+        }
+        out.push(Agent {
+            arch,
+            path: p.clone(),
+            source: p.display().to_string(),
+        });
+    }
+    if out.is_empty()
+        && let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let beside = dir.join("imagegen-firstboot");
+        if beside.is_file() {
+            let arch = build::agent_arch(&beside)?;
+            out.push(Agent {
+                arch,
+                source: beside.display().to_string(),
+                path: beside,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The admin for `--board` builds: the operator's user name and ~/.ssh/*.pub keys.
+fn operator_defaults() -> Result<(String, Vec<String>)> {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| {
+            !matches!(u.as_str(), "root" | "pi" | "ubuntu" | "debian")
+                && u.bytes().next().is_some_and(|c| c.is_ascii_lowercase())
+                && u.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        })
+        .unwrap_or_else(|| "admin".into());
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut keys = Vec::new();
+    if let Some(ssh) = home.as_deref().map(|h| h.join(".ssh"))
+        && let Ok(rd) = std::fs::read_dir(&ssh)
+    {
+        let mut pubs: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+            .collect();
+        pubs.sort();
+        for p in pubs {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            keys.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+        }
+    }
+    if keys.is_empty() {
+        bail!(
+            "no SSH public key in ~/.ssh/*.pub: nobody could log in to the node. Make one with \
+             `ssh-keygen -t ed25519`, or write a cluster.toml (`imagegen init`) with \
+             [admin] ssh_authorized_keys and use --config"
+        );
+    }
+    Ok((user, keys))
+}
+
+pub fn boards(a: BoardsArgs) -> Result<()> {
+    let boards = board::all()?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &boards)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for b in boards {
+        writeln!(out, "{:<14} {:<8} {}", b.id, b.arch.to_string(), b.description)?;
+        writeln!(out, "{:<14} default base: {} {}", "", b.base.vendor, b.base.url)?;
+        writeln!(out, "{:<14} also accepts: {}", "", b.accepts.join(", "))?;
+    }
+    Ok(())
+}
+
+pub fn init(a: InitArgs) -> Result<()> {
+    write_new(&a.path, config::EXAMPLE.as_bytes(), a.force)?;
+    eprintln!(
+        "wrote {}: edit it, then `imagegen check --config {}`",
+        a.path.display(),
+        a.path.display()
+    );
+    Ok(())
+}
+
+fn write_new(path: &Path, content: &[u8], force: bool) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true);
+    if force {
+        opts.create(true).truncate(true);
+    } else {
+        opts.create_new(true);
+    }
+    let mut f = opts.open(path).with_context(|| {
+        if path.exists() {
+            format!("{} exists (use --force to replace it)", path.display())
+        } else {
+            format!("creating {}", path.display())
+        }
+    })?;
+    f.write_all(content)?;
+    Ok(())
+}
+
+pub fn check(a: CheckArgs) -> Result<()> {
+    let loaded = config::load(&a.config)?;
+    let c = &loaded.config;
+    // Secrets the config names must be readable now, not halfway through a build.
+    let mut files: Vec<(&str, PathBuf)> = Vec::new();
+    if let Some(k) = &c.k3s {
+        files.push(("k3s token_file", loaded.resolve(&k.token_file)));
+    }
+    if let Some(u) = &c.ups {
+        files.push(("ups password_file", loaded.resolve(&u.password_file)));
+    }
+    if let Some(k) = c.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
+        files.push(("backup ssh_key_file", loaded.resolve(k)));
+    }
+    for (what, p) in files {
+        std::fs::metadata(&p).with_context(|| format!("{what} {}", p.display()))?;
+    }
+    eprintln!(
+        "{}: cluster {:?}, {} node(s): ok",
+        a.config.display(),
+        c.cluster.name.get_ref(),
+        c.nodes.len()
+    );
+    Ok(())
+}
