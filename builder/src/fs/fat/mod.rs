@@ -72,7 +72,9 @@ impl FatFs {
             .write(write)
             .open(&self.image)?;
         // Reading must never change a byte: fatfs only writes access dates when asked to.
-        let options = FsOptions::new().update_accessed_date(false);
+        let options = FsOptions::new()
+            .update_accessed_date(false)
+            .time_provider(&time::BATCH_CLOCK);
         fatfs::FileSystem::new(Window::new(file, self.offset, self.len), options)
             .map_err(|e| FsError::Corrupt(format!("not a FAT filesystem fatfs can read: {e}")))
     }
@@ -250,10 +252,9 @@ impl Filesystem for FatFs {
         }
     }
 
-    /// Every timestamp a FAT batch writes is that of an entry it creates, taken from the op's
-    /// `meta.mtime` (creation, access and modification alike); FAT keeps no other times, so
-    /// `epoch` has nothing left to set.
-    fn apply(&mut self, ops: &[Op], _epoch: i64) -> Result<(), FsError> {
+    /// Entries the batch creates or replaces get the op's `meta.mtime` as creation, access and
+    /// modification time; directories whose entries change get `epoch` as modification time.
+    fn apply(&mut self, ops: &[Op], epoch: i64) -> Result<(), FsError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -274,7 +275,10 @@ impl Filesystem for FatFs {
             }
             plan::plan(&fat, ops)?
         };
-        self.run(&plan.steps)?;
+        {
+            let _now = time::BatchTime::set(epoch);
+            self.run(&plan.steps)?;
+        }
         self.verify(&plan.expect)?;
         if let Err(report) = self.fsck()? {
             return Err(FsError::Verify {
@@ -404,8 +408,7 @@ fn write_file(fat: &Fat, p: &str, content: &Content, mtime: i64) -> Result<(), F
     let mut file = fat.root_dir().create_file(rel(p))?;
     file.truncate()?;
     io::copy(&mut content_reader(content)?, &mut file)?;
-    // fatfs takes "now" from a `&'static TimeProvider`; a per-batch time cannot be one without
-    // leaking, so the entry's times are set directly after the data is written.
+    // The clock says `epoch`, and writing stamps it; the file's own times come from its meta.
     let t = time::to_dos(mtime);
     #[allow(deprecated)]
     {

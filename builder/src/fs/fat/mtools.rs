@@ -15,7 +15,12 @@ use crate::fs::FsError;
 
 /// Makes `dirs` (absolute paths, parents first, each parent existing or earlier in the list)
 /// with every timestamp at `mtime`. The image must not be open for writing elsewhere.
-pub(super) fn mkdirs(image: &Path, offset: u64, dirs: &[String], mtime: i64) -> Result<(), FsError> {
+pub(super) fn mkdirs(
+    image: &Path,
+    offset: u64,
+    dirs: &[String],
+    mtime: i64,
+) -> Result<(), FsError> {
     let mut drive = image.as_os_str().to_owned();
     drive.push(format!("@@{offset}"));
     let out = Command::new("mmd")

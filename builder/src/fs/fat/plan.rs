@@ -13,15 +13,25 @@ pub(super) enum Step<'a> {
         mtime: i64,
     },
     /// Made together by one `mmd`, parents first.
-    Mkdirs { dirs: Vec<String>, mtime: i64 },
-    Remove { path: String },
+    Mkdirs {
+        dirs: Vec<String>,
+        mtime: i64,
+    },
+    Remove {
+        path: String,
+    },
 }
 
 pub(super) enum Expect<'a> {
     Absent,
     /// `mtime` is known for the directories the batch makes.
-    Dir { mtime: Option<i64> },
-    File { content: &'a Content, mtime: i64 },
+    Dir {
+        mtime: Option<i64>,
+    },
+    File {
+        content: &'a Content,
+        mtime: i64,
+    },
 }
 
 pub(super) struct Plan<'a> {
@@ -198,6 +208,9 @@ impl<'a> Sim<'_, 'a> {
                         }
                     }
                 }
+                if let Some((parent, _)) = path::split(&p) {
+                    self.entries_changed(parent);
+                }
                 self.set(&p, Node::Absent);
                 self.expect(&p, Expect::Absent);
                 Ok(Some(Step::Remove { path: p }))
@@ -236,7 +249,9 @@ impl<'a> Sim<'_, 'a> {
         Ok(match lookup(&self.root, p)? {
             None => Node::Absent,
             Some(f) if f.is_dir() => Node::Dir,
-            Some(f) => Node::File { size: f.stat().size },
+            Some(f) => Node::File {
+                size: f.stat().size,
+            },
         })
     }
 
@@ -290,6 +305,18 @@ impl<'a> Sim<'_, 'a> {
     fn add_entry(&mut self, parent: &str, name: &str) {
         let slots = 1 + name.encode_utf16().count().div_ceil(13) as u64;
         *self.entries.entry(key(parent)).or_default() += 32 * slots;
+        self.entries_changed(parent);
+    }
+
+    /// fatfs stamps the batch's epoch on a directory whose entries it writes; mtools does not.
+    /// Which one wrote last is not worth predicting here, so such a directory's time is not
+    /// read back.
+    fn entries_changed(&mut self, dir: &str) {
+        if let Some(&i) = self.expect_at.get(&key(dir))
+            && let Expect::Dir { mtime } = &mut self.expect[i].1
+        {
+            *mtime = None;
+        }
     }
 
     fn clusters(&self, size: u64) -> u64 {

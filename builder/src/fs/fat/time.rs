@@ -2,7 +2,9 @@
 //! writes them as UTC (and runs mtools with TZ=UTC), which is what Linux shows with its
 //! default `tz` for vfat.
 
-use fatfs::{Date, DateTime, Time};
+use std::cell::Cell;
+
+use fatfs::{Date, DateTime, Time, TimeProvider};
 
 /// 1980-01-01T00:00:00Z, the first time FAT can store.
 const FIRST: i64 = 315_532_800;
@@ -46,6 +48,47 @@ pub(super) fn from_dos(dt: DateTime) -> i64 {
         + i64::from(dt.time.hour) * 3600
         + i64::from(dt.time.min) * 60
         + i64::from(dt.time.sec)
+}
+
+thread_local! {
+    static BATCH_TIME: Cell<i64> = const { Cell::new(FIRST) };
+}
+
+/// fatfs's idea of "now" while it writes: the batch's epoch. fatfs stamps it on the entry of a
+/// directory whose entries it changes. It wants a `&'static TimeProvider`, so the time lives
+/// in a thread-local that `BatchTime` sets; fatfs calls back on the thread that writes.
+#[derive(Debug)]
+pub(super) struct BatchClock;
+
+pub(super) static BATCH_CLOCK: BatchClock = BatchClock;
+
+impl TimeProvider for BatchClock {
+    fn get_current_date(&self) -> Date {
+        self.get_current_date_time().date
+    }
+
+    fn get_current_date_time(&self) -> DateTime {
+        to_dos(BATCH_TIME.with(Cell::get))
+    }
+}
+
+/// Sets what `BatchClock` tells for as long as it lives.
+pub(super) struct BatchTime {
+    previous: i64,
+}
+
+impl BatchTime {
+    pub(super) fn set(t: i64) -> BatchTime {
+        BatchTime {
+            previous: BATCH_TIME.with(|c| c.replace(t)),
+        }
+    }
+}
+
+impl Drop for BatchTime {
+    fn drop(&mut self) {
+        BATCH_TIME.with(|c| c.set(self.previous));
+    }
 }
 
 // Proleptic Gregorian calendar <-> days since 1970-01-01 (H. Hinnant's algorithms).
