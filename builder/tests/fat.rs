@@ -18,6 +18,7 @@ fn tool(name: &str, package: &str, args: &[&str]) -> Output {
         .args(args)
         .env("MTOOLS_SKIP_CHECK", "1")
         .env("TZ", "UTC")
+        .env("LC_ALL", "C.UTF-8")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {name} ({e}): install the {package} package"))
 }
@@ -350,6 +351,7 @@ fn streams_a_one_mib_host_file_into_overlays() {
                     meta: Meta::root(0o644, T),
                 },
                 write("/overlays/imagegen-extra.dtbo", b"new overlay\n"),
+                write("/Grüße aus Köln.txt", b"long, non-ASCII name\n"),
             ],
             T,
         )
@@ -360,6 +362,8 @@ fn streams_a_one_mib_host_file_into_overlays() {
         b"new overlay\n"
     );
     assert_eq!(disk.names("/overlays").len(), 201);
+    assert!(disk.names("/").contains(&"/Grüße aus Köln.txt".to_string()));
+    assert_eq!(disk.mtype("/Grüße aus Köln.txt"), b"long, non-ASCII name\n");
     disk.assert_clean();
     disk.assert_outside_untouched();
 }
@@ -416,6 +420,54 @@ fn makes_nested_directories_on_fat32() {
 #[test]
 fn makes_nested_directories_on_fat16() {
     nested_dirs(fat16());
+}
+
+/// Whether the partition's raw bytes contain `needle` anywhere (deleted entries included).
+fn raw_contains(disk: &Disk, needle: &str) -> bool {
+    let img = disk.img.to_str().unwrap();
+    match tool("grep", "grep", &["-aqF", needle, img]).status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        other => panic!("grep failed: {other:?}"),
+    }
+}
+
+#[test]
+fn leaves_no_trace_of_replaced_or_removed_content() {
+    let disk = small_fat32();
+    let a = "k3s-token-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let b = "k3s-token-BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+    disk.open()
+        .apply(
+            &[
+                write("/seed-a", a.as_bytes()),
+                write("/seed-b", b.as_bytes()),
+            ],
+            T,
+        )
+        .unwrap();
+    assert!(raw_contains(&disk, a) && raw_contains(&disk, b));
+    disk.open()
+        .apply(
+            &[
+                write("/seed-a", b"replaced\n"),
+                Op::Remove {
+                    path: "/seed-b".into(),
+                },
+            ],
+            T,
+        )
+        .unwrap();
+    assert_eq!(disk.mtype("/seed-a"), b"replaced\n");
+    assert!(
+        !raw_contains(&disk, a),
+        "replaced content is still in the image"
+    );
+    assert!(
+        !raw_contains(&disk, b),
+        "removed content is still in the image"
+    );
+    disk.assert_clean();
 }
 
 #[test]
@@ -493,6 +545,10 @@ fn refuses_bad_paths_and_symlinks() {
         "{err:?}"
     );
     let err = refused(&disk, &[write("/what?.txt", b"x")]);
+    assert!(matches!(err, FsError::InvalidPath { .. }), "{err:?}");
+    let err = refused(&disk, &[write("/trailing.", b"x")]);
+    assert!(matches!(err, FsError::InvalidPath { .. }), "{err:?}");
+    let err = refused(&disk, &[mkdir_p("/café")]);
     assert!(matches!(err, FsError::InvalidPath { .. }), "{err:?}");
     let err = refused(&disk, &[write("/cmdline.txt/x", b"x")]);
     assert!(matches!(err, FsError::NotADirectory(_)), "{err:?}");

@@ -11,7 +11,7 @@ mod time;
 mod window;
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -125,7 +125,13 @@ impl FatFs {
                         Some(open) => fat.insert(open),
                         None => fat.insert(self.mount(true)?),
                     };
-                    fat.root_dir().remove(rel(path))?;
+                    let root = fat.root_dir();
+                    if let Some(Found::Entry(e)) = lookup(&root, path)?
+                        && !e.is_dir()
+                    {
+                        scrub(&mut e.to_file())?;
+                    }
+                    root.remove(rel(path))?;
                 }
             }
         }
@@ -406,6 +412,7 @@ fn list(dir: &FatDir) -> Result<Vec<DirEntry>, FsError> {
 /// Creates or replaces `p` (whose parent exists) with `content`, every time field at `mtime`.
 fn write_file(fat: &Fat, p: &str, content: &Content, mtime: i64) -> Result<(), FsError> {
     let mut file = fat.root_dir().create_file(rel(p))?;
+    scrub(&mut file)?;
     file.truncate()?;
     io::copy(&mut content_reader(content)?, &mut file)?;
     // The clock says `epoch`, and writing stamps it; the file's own times come from its meta.
@@ -417,6 +424,17 @@ fn write_file(fat: &Fat, p: &str, content: &Content, mtime: i64) -> Result<(), F
         file.set_modified(t);
     }
     file.flush()?;
+    Ok(())
+}
+
+/// Overwrites a file's content with zeros, so what a batch replaces or removes (a secret seed,
+/// say) does not linger in free clusters of the image, and leaves the position at 0.
+fn scrub(file: &mut fatfs::File<Window>) -> io::Result<()> {
+    let len = file.seek(SeekFrom::End(0))?;
+    file.seek(SeekFrom::Start(0))?;
+    io::copy(&mut io::repeat(0).take(len), file)?;
+    file.flush()?;
+    file.seek(SeekFrom::Start(0))?;
     Ok(())
 }
 

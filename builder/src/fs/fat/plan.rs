@@ -229,6 +229,14 @@ impl<'a> Sim<'_, 'a> {
 
     fn mkdir(&mut self, parent: &str, name: &str, p: &str, mtime: i64) -> Result<(), FsError> {
         check_name(p, name)?;
+        // mmd stores a non-ASCII name that fits 8.3 as a short name in a DOS code page, which
+        // does not read back as the same name.
+        if !name.is_ascii() {
+            return Err(FsError::InvalidPath {
+                path: p.to_string(),
+                reason: "FAT directory names must be ASCII (files may have any name)".into(),
+            });
+        }
         self.add_entry(parent, name);
         self.take(1);
         self.set(p, Node::Dir);
