@@ -605,3 +605,23 @@ fn refuses_a_filesystem_fsck_finds_broken() {
         "{err:?}"
     );
 }
+
+#[test]
+fn refuses_a_filesystem_marked_dirty() {
+    let disk = small_fat32();
+    // The FAT32 boot sector's "needs check" bit, which Linux sets while it has the volume mounted.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk.img)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut flags = [0u8];
+    f.read_exact_at(&mut flags, disk.offset + 0x41).unwrap();
+    f.write_all_at(&[flags[0] | 1], disk.offset + 0x41).unwrap();
+    let err = refused(&disk, &[write("/a.txt", b"x")]);
+    assert!(
+        matches!(err, FsError::Unsupported(ref m) if m.contains("dirty")),
+        "{err:?}"
+    );
+}

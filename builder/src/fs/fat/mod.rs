@@ -114,15 +114,15 @@ impl FatFs {
                     content,
                     mtime,
                 } => {
-                    let fat = match fat.take() {
-                        Some(open) => fat.insert(open),
+                    let fat = match &mut fat {
+                        Some(open) => open,
                         None => fat.insert(self.mount(true)?),
                     };
                     write_file(fat, path, content, *mtime)?;
                 }
                 Step::Remove { path } => {
-                    let fat = match fat.take() {
-                        Some(open) => fat.insert(open),
+                    let fat = match &mut fat {
+                        Some(open) => open,
                         None => fat.insert(self.mount(true)?),
                     };
                     let root = fat.root_dir();
@@ -150,12 +150,12 @@ impl FatFs {
                 path: p.clone(),
                 detail,
             };
-            let got = lookup(&root, p)?.map(|f| f.stat());
-            match (want, got) {
+            let found = lookup(&root, p)?;
+            match (want, found.as_ref().map(|f| (f, f.stat()))) {
                 (Expect::Absent, None) => {}
                 (Expect::Absent, Some(_)) => return Err(fail("still exists".into())),
                 (_, None) => return Err(fail("missing".into())),
-                (Expect::Dir { mtime }, Some(st)) => {
+                (Expect::Dir { mtime }, Some((_, st))) => {
                     if st.file_type != FileType::Directory {
                         return Err(fail("is not a directory".into()));
                     }
@@ -163,7 +163,10 @@ impl FatFs {
                         return Err(fail(format!("mtime {} instead of {t}", st.mtime)));
                     }
                 }
-                (Expect::File { content, mtime }, Some(st)) => {
+                (Expect::File { content, mtime }, Some((found, st))) => {
+                    let Found::Entry(e) = found else {
+                        return Err(fail("is the root directory".into()));
+                    };
                     if st.file_type != FileType::Regular {
                         return Err(fail("is not a regular file".into()));
                     }
@@ -172,8 +175,7 @@ impl FatFs {
                         return Err(fail(format!("mtime {} instead of {t}", st.mtime)));
                     }
                     let mut cmp = CompareWriter::new(content_reader(content)?);
-                    root.open_file(rel(p))
-                        .and_then(|mut f| io::copy(&mut f, &mut cmp))
+                    io::copy(&mut e.to_file(), &mut cmp)
                         .map_err(|e| fail(format!("reads back differently: {e}")))?;
                     cmp.finish().map_err(|e| fail(e.to_string()))?;
                 }
@@ -264,23 +266,20 @@ impl Filesystem for FatFs {
         if ops.is_empty() {
             return Ok(());
         }
+        if self.mount(false)?.read_status_flags()?.dirty() {
+            return Err(FsError::Unsupported(
+                "the FAT filesystem is marked dirty (not cleanly unmounted); repair it with \
+                 fsck.fat -a on a copy of the partition, or use a fresh image"
+                    .into(),
+            ));
+        }
         if let Err(report) = self.fsck()? {
             return Err(FsError::Corrupt(format!(
                 "fsck.fat -n finds problems before any change, so imagegen leaves this FAT \
                  filesystem alone; repair the source image or use a fresh one:\n{report}"
             )));
         }
-        let plan = {
-            let fat = self.mount(false)?;
-            if fat.read_status_flags()?.dirty() {
-                return Err(FsError::Unsupported(
-                    "the FAT filesystem is marked dirty (not cleanly unmounted); check it with \
-                     fsck.fat first"
-                        .into(),
-                ));
-            }
-            plan::plan(&fat, ops)?
-        };
+        let plan = plan::plan(&self.mount(false)?, ops)?;
         {
             let _now = time::BatchTime::set(epoch);
             self.run(&plan.steps)?;
