@@ -440,15 +440,23 @@ fn scrub(file: &mut fatfs::File<Window>) -> io::Result<()> {
 fn content_reader(content: &Content) -> io::Result<Box<dyn Read + '_>> {
     Ok(match content {
         Content::Bytes(b) => Box::new(b.as_slice()),
-        Content::HostFile(p) => Box::new(io::BufReader::new(File::open(p)?)),
+        Content::HostFile(p) => Box::new(io::BufReader::new(
+            File::open(p).map_err(|e| host_file_error(p, e))?,
+        )),
     })
 }
 
 fn content_len(content: &Content) -> io::Result<u64> {
     Ok(match content {
         Content::Bytes(b) => b.len() as u64,
-        Content::HostFile(p) => std::fs::metadata(p)?.len(),
+        Content::HostFile(p) => std::fs::metadata(p)
+            .map_err(|e| host_file_error(p, e))?
+            .len(),
     })
+}
+
+fn host_file_error(p: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", p.display()))
 }
 
 /// A sink that checks what is written to it against an expected stream.

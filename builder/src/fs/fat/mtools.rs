@@ -2,9 +2,9 @@
 //! (rust-fatfs #117: LFN entries before "." and "..", wrong ".." cluster).
 //!
 //! mtools 4.0.32 takes the time it stamps on new entries from SOURCE_DATE_EPOCH (checked: the
-//! same `mmd` on two copies, run seconds apart, gives identical bytes; without it they differ),
-//! in local time, so TZ is pinned to UTC. Times before 1980 wrap around, which
-//! `time::representable` rules out.
+//! same `mmd` on two copies, run seconds apart, gives identical bytes; without it, the wall
+//! clock). It converts to local time, so TZ is pinned to UTC. Times before 1980 wrap around
+//! (300000000 came out as 2107), which `time::representable` rules out.
 
 use std::io;
 use std::path::Path;
