@@ -385,6 +385,8 @@ fn nested_dirs(disk: Disk) {
     // The batch epoch, an hour after the ops' own times, goes on directories fatfs writes into.
     let epoch = T + 3600;
     disk.open().apply(&ops, epoch).unwrap();
+    // Past FAT's 2-second tick, so a wall-clock time anywhere would show as a difference.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     twin.open().apply(&ops, epoch).unwrap();
     assert_eq!(
         disk.names("/imagegen/seed"),
