@@ -1,0 +1,112 @@
+//! `fsck.fat -n` as the judge of a FAT filesystem. fsck.fat has no offset option, so it runs on
+//! a sparse copy of the partition's bytes.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::fs::FsError;
+
+const CHUNK: usize = 1 << 20;
+
+/// Runs `fsck.fat -n` on [offset, offset+len) of `image`; `Err(report)` when it finds problems.
+pub(super) fn check(image: &Path, offset: u64, len: u64) -> Result<Result<(), String>, FsError> {
+    let copy = tempfile::NamedTempFile::new()?;
+    copy_sparse(&File::open(image)?, offset, len, copy.as_file())?;
+    let out = match Command::new("fsck.fat").arg("-n").arg(copy.path()).output() {
+        Ok(out) => out,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(FsError::Tool {
+                tool: "fsck.fat".into(),
+                detail: "not installed; install the dosfstools package (imagegen checks every \
+                         FAT filesystem it changes)"
+                    .into(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => Ok(Ok(())),
+        Some(1) => Ok(Err(report.trim().to_string())),
+        _ => Err(FsError::Tool {
+            tool: "fsck.fat".into(),
+            detail: format!("failed ({}): {}", out.status, report.trim()),
+        }),
+    }
+}
+
+/// Copies a byte range into `dst`, leaving holes where the source has holes or zeros. Only
+/// the extents the file system reports as data are read: a vendor boot partition is mostly
+/// holes in a sparse working copy, and reading those would cost more than the check itself.
+fn copy_sparse(src: &File, offset: u64, len: u64, dst: &File) -> io::Result<()> {
+    let end = offset + len;
+    let mut buf = vec![0u8; CHUNK];
+    let zeros = vec![0u8; CHUNK];
+    let mut pos = offset;
+    while pos < end {
+        let (data, hole) = match data_extent(src, pos)? {
+            Some((data, hole)) => (data.max(pos), hole.min(end)),
+            None => break,
+        };
+        if data >= end {
+            break;
+        }
+        let mut at = data;
+        while at < hole {
+            let want = usize::try_from(hole - at).map_or(CHUNK, |left| left.min(CHUNK));
+            src.read_exact_at(&mut buf[..want], at)?;
+            if buf[..want] != zeros[..want] {
+                dst.write_all_at(&buf[..want], at - offset)?;
+            }
+            at += want as u64;
+        }
+        pos = hole;
+    }
+    dst.set_len(len)
+}
+
+/// The next extent of data at or after `pos`, as (start, end); `None` past the last one. Where
+/// the file system cannot tell (no SEEK_DATA), all of the rest is data.
+fn data_extent(f: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
+    use rustix::fs::{SeekFrom, seek};
+    use rustix::io::Errno;
+    let data = match seek(f, SeekFrom::Data(pos)) {
+        Ok(data) => data,
+        Err(Errno::NXIO) => return Ok(None),
+        Err(Errno::INVAL | Errno::NOTSUP) => return Ok(Some((pos, u64::MAX))),
+        Err(e) => return Err(e.into()),
+    };
+    let hole = seek(f, SeekFrom::Hole(data))?;
+    Ok(Some((data, hole)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_a_range_of_a_sparse_file() {
+        let src = tempfile::tempfile().unwrap();
+        src.set_len(10 << 20).unwrap();
+        src.write_all_at(b"abc", 100).unwrap();
+        src.write_all_at(b"xyz", 6 << 20).unwrap();
+        src.write_all_at(b"end", (10 << 20) - 3).unwrap();
+        let dst = tempfile::tempfile().unwrap();
+        copy_sparse(&src, 50, (10 << 20) - 53, &dst).unwrap();
+        assert_eq!(dst.metadata().unwrap().len(), (10 << 20) - 53);
+        let mut got = [0u8; 3];
+        dst.read_exact_at(&mut got, 50).unwrap();
+        assert_eq!(&got, b"abc");
+        dst.read_exact_at(&mut got, (6 << 20) - 50).unwrap();
+        assert_eq!(&got, b"xyz");
+        dst.read_exact_at(&mut got, (10 << 20) - 56).unwrap();
+        assert_eq!(&got, &[0, 0, 0]);
+    }
+}

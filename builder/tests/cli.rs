@@ -1,0 +1,200 @@
+//! The image commands as users and scripts run them: output, exit codes, one-line errors,
+//! and images left intact by every failure.
+
+mod common;
+
+use common::oracle;
+use common::{cached_fixture, fixture};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn imagegen(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1750000000")
+        .output()
+        .expect("run imagegen")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = imagegen(args);
+    assert!(
+        out.status.success(),
+        "imagegen {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Fails with exactly one line on stderr that starts with "error:" and mentions `needle`.
+fn fails(args: &[&str], needle: &str) -> String {
+    let out = imagegen(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "imagegen {args:?} succeeded");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "expected one error line, got: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    err
+}
+
+fn t(img: &Path, path: &str) -> String {
+    format!("{}:{path}", img.display())
+}
+
+fn root_start(img: &Path, n: u32) -> u64 {
+    oracle::partition(img, n).start
+}
+
+#[test]
+fn inspect_matches_the_real_tools() {
+    for layout in common::LAYOUTS {
+        let img = cached_fixture(layout);
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+        let parts = oracle::partitions(&img);
+        let ours = v["partitions"].as_array().unwrap();
+        assert_eq!(ours.len(), parts.len(), "{layout}");
+        for p in &parts {
+            let o = ours
+                .iter()
+                .find(|o| o["number"] == p.number)
+                .unwrap_or_else(|| panic!("{layout}: p{} missing", p.number));
+            assert_eq!(o["start"], p.start * 512, "{layout} p{}", p.number);
+            assert_eq!(o["size"], p.size * 512, "{layout} p{}", p.number);
+            let blk = oracle::blkid(&img, p.start);
+            if let Some(label) = blk.get("LABEL") {
+                assert_eq!(o["filesystem"]["label"], label.as_str(), "{layout} p{}", p.number);
+            }
+            if let Some(uuid) = blk.get("UUID") {
+                let ours = o["filesystem"]["uuid"].as_str().unwrap();
+                assert!(ours.eq_ignore_ascii_case(uuid), "{layout} p{}: {ours} vs {uuid}", p.number);
+            }
+        }
+        assert!(v["os"]["ID"].is_string(), "{layout}: no OS detected");
+        // The human table works too.
+        assert!(ok(&["inspect", img.to_str().unwrap()]).contains("OS: "));
+    }
+}
+
+#[test]
+fn ls_and_cat_through_the_mount_view() {
+    let img = cached_fixture("rpios-trixie");
+    let names = ok(&["ls", &t(&img, "/boot/firmware")]);
+    assert!(names.lines().any(|l| l == "cmdline.txt"), "{names}");
+    let cmdline = ok(&["cat", &t(&img, "/boot/firmware/cmdline.txt")]);
+    assert_eq!(cmdline, oracle::fat_cat(&img, oracle::partition(&img, 1).start, "/cmdline.txt"));
+    let long = ok(&["ls", "-l", &t(&img, "/etc")]);
+    assert!(long.lines().any(|l| l.starts_with('l') && l.ends_with(" os-release")), "{long}");
+    fails(&["cat", &t(&img, "/etc/nope")], "/etc/nope: no such file or directory");
+    fails(&["cat", &t(&img, "/etc")], "is a directory");
+}
+
+#[test]
+fn editing_commands() {
+    let img = fixture("ubuntu-raspi");
+    let start = root_start(&img, 2);
+    let host = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host.path(), b"key material\n").unwrap();
+    let hp = host.path().to_str().unwrap();
+
+    ok(&["mkdir", "-p", "--mode", "0750", "--owner", "1000:1000", &t(&img, "/srv/a/b")]);
+    ok(&["cp", hp, &t(&img, "/srv/a/b/k"), "--mode", "0600", "--owner", "1000:1000"]);
+    ok(&["ln", "-s", "b/k", &t(&img, "/srv/a/link")]);
+    fails(&["ln", "-s", "b/k", &t(&img, "/srv/a/link")], "already exists");
+    ok(&["ln", "-sf", "b", &t(&img, "/srv/a/link")]);
+    ok(&["cp", hp, &t(&img, "/boot/firmware/user-data")]);
+    ok(&["rm", &t(&img, "/etc/fixture-100.conf")]);
+    fails(&["rm", &t(&img, "/srv")], "not empty");
+    fails(&["mkdir", &t(&img, "/x/y")], "no such file or directory");
+
+    oracle::assert_e2fsck_clean(&img, start);
+    let p1 = oracle::partition(&img, 1);
+    oracle::assert_fsck_fat_clean(&img, p1.start, p1.size);
+    assert_eq!(oracle::ext4_cat(&img, start, "/srv/a/b/k"), "key material\n");
+    let st = oracle::debugfs(&img, start, "stat /srv/a/b/k");
+    assert!(st.contains("Mode:  0600") && st.contains("User:  1000   Group:  1000"), "{st}");
+    let st = oracle::debugfs(&img, start, "stat /srv/a");
+    assert!(st.contains("Mode:  0750"), "{st}");
+    let st = oracle::debugfs(&img, start, "stat /srv/a/link");
+    assert!(st.contains("Fast link dest: \"b\""), "{st}");
+    assert_eq!(oracle::fat_cat(&img, p1.start, "/user-data"), "key material\n");
+    // cat follows the symlink we made.
+    assert_eq!(ok(&["cat", &t(&img, "/srv/a/link/k")]), "key material\n");
+}
+
+#[test]
+fn grow_every_table_kind() {
+    for (layout, last) in [("rpios-bookworm", 2), ("armbian-bpim5", 1), ("ubuntu-cloud-amd64", 1)] {
+        let img = fixture(layout);
+        let before = oracle::partition(&img, last);
+        let blocks = |img: &Path, start| {
+            oracle::dumpe2fs(img, start)["Block count"].parse::<u64>().unwrap()
+        };
+        let old_blocks = blocks(&img, before.start);
+        let old_len = std::fs::metadata(&img).unwrap().len();
+        ok(&["grow", img.to_str().unwrap(), "--size", "+256M"]);
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), old_len + (256 << 20), "{layout}");
+        let after = oracle::partition(&img, last);
+        assert_eq!(after.start, before.start, "{layout}");
+        assert!(after.size > before.size, "{layout}");
+        oracle::assert_e2fsck_clean(&img, after.start);
+        assert!(blocks(&img, after.start) > old_blocks, "{layout}: filesystem did not grow");
+        if layout == "ubuntu-cloud-amd64" {
+            let v = oracle::run("sgdisk", &["-v", img.to_str().unwrap()]);
+            assert!(v.contains("No problems found"), "{v}");
+        }
+        // Everything before the grown partition is untouched.
+        let n = (before.start * 512) as usize;
+        let orig = std::fs::read(cached_fixture(layout)).unwrap();
+        let now = std::fs::read(&img).unwrap();
+        let table = if layout == "ubuntu-cloud-amd64" { 34 * 512 } else { 512 };
+        assert!(orig[table..n] == now[table..n], "{layout}: bytes before p{last} changed");
+        assert!(orig[..446] == now[..446], "{layout}: boot code changed");
+        fails(&["grow", img.to_str().unwrap(), "--size", "1M"], "not larger");
+    }
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = dir.path().join("zeros.img");
+    std::fs::write(&zeros, vec![0u8; 1 << 20]).unwrap();
+    fails(&["inspect", zeros.to_str().unwrap()], "no partition table");
+    fails(&["ls", &t(&zeros, "/")], "no partition table");
+    fails(&["inspect", "/nonexistent.img"], "No such file");
+    fails(&["cat", "/nonexistent.img:/etc/hostname"], "no such image");
+
+    // Truncated in the middle of the root partition.
+    let img = fixture("debian-genericcloud");
+    let len = std::fs::metadata(&img).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.set_len(len - (64 << 20)).unwrap();
+    drop(f);
+    fails(&["inspect", img.to_str().unwrap()], "truncated");
+}
+
+#[test]
+fn failures_leave_the_image_as_it_was() {
+    let img = fixture("rpios-bookworm");
+    let start = root_start(&img, 2);
+    let original = std::fs::read(&img).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Larger than the free space of the ~256 MiB root filesystem (sparse on the host).
+    let big = dir.path().join("big");
+    std::fs::File::create(&big).unwrap().set_len(400 << 20).unwrap();
+    fails(&["cp", big.to_str().unwrap(), &t(&img, "/big")], "no space left");
+    fails(&["cp", big.to_str().unwrap(), &t(&img, "/nodir/big")], "no such file or directory");
+    assert!(std::fs::read(&img).unwrap() == original, "a failed edit changed the image");
+    oracle::assert_e2fsck_clean(&img, start);
+
+    // A filesystem that was not cleanly unmounted: refuse, change nothing.
+    let spec = oracle::ext4_at(&img, start);
+    oracle::run("debugfs", &["-w", "-R", "feature needs_recovery", &spec]);
+    let dirty = std::fs::read(&img).unwrap();
+    let small = dir.path().join("small");
+    std::fs::write(&small, b"x").unwrap();
+    fails(&["cp", small.to_str().unwrap(), &t(&img, "/etc/x")], "recovery");
+    assert!(std::fs::read(&img).unwrap() == dirty, "refused edit changed the image");
+}
