@@ -31,8 +31,8 @@ pub fn fixtures_dir() -> PathBuf {
 
 /// A private, writable, sparse copy of the `layout` fixture, deleted when dropped.
 ///
-/// The image is built once per script content (the cache key is a hash of every file in
-/// `tests/fixtures/`), so editing a script rebuilds it and an unchanged tree costs one
+/// The image is built once per script content (the cache key is a hash of the scripts and
+/// configs in `tests/fixtures/`), so editing a script rebuilds it and an unchanged tree costs one
 /// `cp --sparse=always`.
 pub fn fixture(layout: &str) -> TempPath {
     let cached = cached_fixture(layout);
@@ -128,7 +128,8 @@ fn prune_stale(root: &Path, keep: &Path) {
     }
 }
 
-/// sha256 over the relative path and content of every file under `tests/fixtures/`.
+/// sha256 over the relative path and content of every input file under `tests/fixtures/`
+/// (documentation excluded, so editing INDEX.md does not rebuild the images).
 fn scripts_hash() -> String {
     let base = fixtures_dir();
     let mut files = Vec::new();
@@ -154,7 +155,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.expect("read a directory entry").path();
         if path.is_dir() {
             collect_files(&path, out);
-        } else {
+        } else if path.extension().is_none_or(|ext| ext != "md") {
             out.push(path);
         }
     }
