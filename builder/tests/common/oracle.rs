@@ -1,0 +1,261 @@
+//! Real tools as test oracles. A missing tool fails the test with the apt package that
+//! provides it; a failing tool fails the test with its stderr.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempPath;
+
+/// The Debian package that ships `tool`, for error messages.
+pub fn apt_package(tool: &str) -> &'static str {
+    match tool {
+        "sfdisk" | "fdisk" => "fdisk",
+        "sgdisk" | "gdisk" => "gdisk",
+        "blkid" => "util-linux",
+        "debugfs" | "dumpe2fs" | "e2fsck" | "mke2fs" | "mkfs.ext4" | "resize2fs" | "tune2fs" => {
+            "e2fsprogs"
+        }
+        "fsck.fat" | "fsck.vfat" | "mkfs.fat" | "mkfs.vfat" => "dosfstools",
+        "mcopy" | "mdir" | "minfo" | "mmd" | "mtype" | "mdel" => "mtools",
+        "bmaptool" => "bmap-tools",
+        "qemu-img" => "qemu-utils",
+        "qemu-system-x86_64" => "qemu-system-x86",
+        "xz" => "xz-utils",
+        "zstd" => "zstd",
+        "upsd" | "dummy-ups" => "nut-server",
+        "upsc" | "upsmon" => "nut-client",
+        "rsync" => "rsync",
+        "sshd" => "openssh-server",
+        "ssh" | "ssh-keygen" => "openssh-client",
+        "mmdebstrap" => "mmdebstrap",
+        "nft" => "nftables",
+        "openssl" => "openssl",
+        "bash" => "bash",
+        _ => "coreutils",
+    }
+}
+
+/// Full path of `tool`: PATH first, then the sbin directories that non-root PATHs often lack.
+pub fn tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is needed by this test but not installed: apt-get install {}",
+                apt_package(name)
+            )
+        })
+}
+
+/// Runs `name args...` and returns its output whatever its exit status.
+pub fn output(name: &str, args: &[&str]) -> Output {
+    output_env(name, args, &[])
+}
+
+/// Like [`output`], with extra environment variables.
+pub fn output_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(tool(name))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// Runs `name args...`, requires exit status 0, and returns stdout.
+pub fn run(name: &str, args: &[&str]) -> String {
+    let out = output(name, args);
+    check(name, args, &out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn check(name: &str, args: &[&str], out: &Output) {
+    assert!(
+        out.status.success(),
+        "`{name} {}` failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// The `partitiontable` object of `sfdisk --json IMG`.
+pub fn sfdisk_json(img: &Path) -> serde_json::Value {
+    let text = run("sfdisk", &["--json", path_str(img)]);
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("sfdisk --json output: {e}\n{text}"));
+    value["partitiontable"].take()
+}
+
+/// One partition as sfdisk reports it; `number` comes from the node name (`IMG14` is 14).
+#[derive(Debug, Clone)]
+pub struct SfdiskPartition {
+    pub number: u32,
+    pub start: u64,
+    pub size: u64,
+    pub type_: String,
+    pub uuid: Option<String>,
+    pub bootable: bool,
+}
+
+/// The partitions of `img` as sfdisk reads them, in table order.
+pub fn partitions(img: &Path) -> Vec<SfdiskPartition> {
+    let table = sfdisk_json(img);
+    let node_prefix = path_str(img);
+    table["partitions"]
+        .as_array()
+        .expect("sfdisk lists partitions")
+        .iter()
+        .map(|p| SfdiskPartition {
+            number: p["node"]
+                .as_str()
+                .and_then(|n| n.strip_prefix(node_prefix))
+                .and_then(|n| n.parse().ok())
+                .expect("node is IMG<number>"),
+            start: p["start"].as_u64().expect("start"),
+            size: p["size"].as_u64().expect("size"),
+            type_: p["type"].as_str().expect("type").to_owned(),
+            uuid: p["uuid"].as_str().map(str::to_owned),
+            bootable: p["bootable"].as_bool().unwrap_or(false),
+        })
+        .collect()
+}
+
+/// The partition numbered `number` of `img`.
+pub fn partition(img: &Path, number: u32) -> SfdiskPartition {
+    partitions(img)
+        .into_iter()
+        .find(|p| p.number == number)
+        .unwrap_or_else(|| panic!("{} has no partition {number}", img.display()))
+}
+
+/// `IMG?offset=BYTES`, the e2fsprogs syntax for a filesystem inside a disk image.
+pub fn ext4_at(img: &Path, start_sector: u64) -> String {
+    format!("{}?offset={}", path_str(img), start_sector * 512)
+}
+
+/// `debugfs -R REQUEST` on the ext4 filesystem at `start_sector`. debugfs exits 0 even when
+/// the request fails, so any stderr line other than its version banner fails the test.
+pub fn debugfs(img: &Path, start_sector: u64, request: &str) -> String {
+    let spec = ext4_at(img, start_sector);
+    let out = output("debugfs", &["-R", request, &spec]);
+    check("debugfs", &["-R", request, &spec], &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "debugfs -R '{request}' {spec}: {}",
+        errors.join("\n")
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Content of `path` in the ext4 filesystem at `start_sector`.
+pub fn ext4_cat(img: &Path, start_sector: u64, path: &str) -> String {
+    debugfs(img, start_sector, &format!("cat \"{path}\""))
+}
+
+/// `dumpe2fs -h` of the ext4 filesystem at `start_sector`, as "Field name" -> value.
+pub fn dumpe2fs(img: &Path, start_sector: u64) -> BTreeMap<String, String> {
+    run("dumpe2fs", &["-h", &ext4_at(img, start_sector)])
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Asserts `e2fsck -fn` finds nothing to fix in the ext4 filesystem at `start_sector`.
+pub fn assert_e2fsck_clean(img: &Path, start_sector: u64) {
+    run("e2fsck", &["-fn", &ext4_at(img, start_sector)]);
+}
+
+/// `blkid -p` (low-level probe, no cache) of whatever starts at `start_sector`, as KEY -> value;
+/// empty when blkid recognises nothing there (its exit status 2).
+pub fn blkid(img: &Path, start_sector: u64) -> BTreeMap<String, String> {
+    let offset = (start_sector * 512).to_string();
+    let args = ["-p", "-o", "export", "-O", &offset, path_str(img)];
+    let out = output("blkid", &args);
+    if out.status.code() == Some(2) && out.stdout.is_empty() {
+        return BTreeMap::new();
+    }
+    check("blkid", &args, &out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// `IMG@@OFFSET`, the mtools syntax for a FAT filesystem inside a disk image.
+pub fn fat_at(img: &Path, start_sector: u64) -> String {
+    format!("{}@@{}", path_str(img), start_sector * 512)
+}
+
+const MTOOLS_ENV: &[(&str, &str)] = &[("MTOOLS_SKIP_CHECK", "1")];
+
+/// Runs an mtools command (`mtype`, `mdir`, `minfo`...) and returns stdout.
+pub fn mtools(name: &str, args: &[&str]) -> String {
+    let out = output_env(name, args, MTOOLS_ENV);
+    check(name, args, &out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Content of `path` (e.g. "/cmdline.txt") in the FAT filesystem at `start_sector`.
+pub fn fat_cat(img: &Path, start_sector: u64, path: &str) -> String {
+    mtools(
+        "mtype",
+        &["-i", &fat_at(img, start_sector), &format!("::{path}")],
+    )
+}
+
+/// Asserts `fsck.fat -n` finds nothing wrong with the FAT filesystem in the given sectors
+/// (copied out first: fsck.fat has no offset option).
+pub fn assert_fsck_fat_clean(img: &Path, start_sector: u64, sectors: u64) {
+    let part = extract(img, start_sector, sectors);
+    run("fsck.fat", &["-n", path_str(&part)]);
+}
+
+/// A sparse copy of `sectors` sectors of `img` from `start_sector`, deleted when dropped.
+pub fn extract(img: &Path, start_sector: u64, sectors: u64) -> TempPath {
+    let part = tempfile::Builder::new()
+        .suffix(".part")
+        .tempfile_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a temporary file")
+        .into_temp_path();
+    run(
+        "dd",
+        &[
+            &format!("if={}", path_str(img)),
+            &format!("of={}", path_str(&part)),
+            "bs=64K",
+            "iflag=skip_bytes,count_bytes",
+            &format!("skip={}", start_sector * 512),
+            &format!("count={}", sectors * 512),
+            "conv=sparse",
+            "status=none",
+        ],
+    );
+    part
+}
+
+/// `len` raw bytes of `img` from byte `offset`.
+pub fn read_bytes(img: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut file = File::open(img).unwrap_or_else(|e| panic!("open {}: {e}", img.display()));
+    file.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut buf = vec![0; len];
+    file.read_exact(&mut buf).expect("read");
+    buf
+}
