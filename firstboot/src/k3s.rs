@@ -122,9 +122,15 @@ pub fn fetch_verified_ca(
         server: server.to_owned(),
         source: e,
     })?;
-    http::request("GET", &url, &[], b"", &trust, timeout).map_err(|e| K3sError::CaChain {
-        server: server.to_owned(),
-        source: e,
+    http::request("GET", &url, &[], b"", &trust, timeout).map_err(|e| match e {
+        // rustls reports a certificate it rejects as InvalidData; anything else is the network.
+        HttpError::Io { ref source, .. } if source.kind() != std::io::ErrorKind::InvalidData => {
+            K3sError::Waiting(e.to_string())
+        }
+        e => K3sError::CaChain {
+            server: server.to_owned(),
+            source: e,
+        },
     })?;
     Ok(r.body)
 }
@@ -167,7 +173,15 @@ pub fn setup(
         why,
     })?;
     let server = k3s.server_url.as_deref().unwrap_or(LOCAL_SERVER);
-    let timeout = Duration::from_secs(10);
+    if k3s.node_ip_from == NodeIpFrom::Zerotier && zt.is_none() {
+        return Err(K3sError::Waiting("no ZeroTier address yet".into()));
+    }
+    // Each attempt gets what is left of the budget (k3s's own client uses 10 s).
+    let timeout = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(500), Duration::from_secs(10))
+    };
 
     let mut details = BTreeMap::new();
     let mut server_ca = None;
@@ -181,7 +195,7 @@ pub fn setup(
             );
         }
         let ca = retry_until(deadline, || {
-            fetch_verified_ca(url, hash.as_deref(), timeout)
+            fetch_verified_ca(url, hash.as_deref(), timeout())
         })?;
         eprintln!(
             "k3s: {url} CA {}",
@@ -232,7 +246,9 @@ pub fn setup(
     // The first server pings itself; its CA is fetched over loopback, where nobody sits in between.
     let trust_pem = match server_ca {
         Some(ca) => ca,
-        None => retry_until(deadline, || fetch_verified_ca(LOCAL_SERVER, None, timeout))?,
+        None => retry_until(deadline, || {
+            fetch_verified_ca(LOCAL_SERVER, None, timeout())
+        })?,
     };
     let trust = Trust::from_pem(&trust_pem).map_err(|e| K3sError::CaChain {
         server: server.to_owned(),
@@ -240,7 +256,7 @@ pub fn setup(
     })?;
     let ping = format!("{}/ping", server.trim_end_matches('/'));
     retry_until(deadline, || {
-        let r = http::request("GET", &ping, &[], b"", &trust, timeout)
+        let r = http::request("GET", &ping, &[], b"", &trust, timeout())
             .map_err(|e| K3sError::Waiting(e.to_string()))?;
         if r.status == 200 && r.body.trim_ascii() == b"pong" {
             Ok(())

@@ -36,7 +36,10 @@ impl Nut {
         .unwrap();
         fs::write(
             d.join("upsd.conf"),
-            format!("LISTEN 127.0.0.1 {port}\nSTATEPATH {}\n", d.join("run").display()),
+            format!(
+                "LISTEN 127.0.0.1 {port}\nSTATEPATH {}\n",
+                d.join("run").display()
+            ),
         )
         .unwrap();
         fs::write(
@@ -138,14 +141,21 @@ poll_interval_ms = 500
 }
 
 fn shutdown_count(p: &Path) -> usize {
-    fs::read_to_string(p).map(|s| s.lines().count()).unwrap_or(0)
+    fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
 }
 
 /// Waits until the watcher logged `status <words>`, then a few more polls.
 fn holds_without_shutdown(w: &Running, words: &str, shutdowns: &Path) {
     w.wait_log(&format!("status {words}"), Duration::from_secs(15));
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(shutdown_count(shutdowns), 0, "{words} shut down:\n{}", w.log_text());
+    assert_eq!(
+        shutdown_count(shutdowns),
+        0,
+        "{words} shut down:\n{}",
+        w.log_text()
+    );
 }
 
 fn shuts_down_once(w: &mut Running, shutdowns: &Path) {
@@ -214,7 +224,10 @@ fn wrong_password_is_reported_and_monitoring_continues() {
     let reason = st["steps"]["ups-watch"]["reason"].as_str().unwrap();
     assert!(reason.contains("check the UPS password"), "{reason}");
     assert!(!reason.contains("not-the-password"));
-    assert!(!w.log_text().contains("not-the-password"), "password logged");
+    assert!(
+        !w.log_text().contains("not-the-password"),
+        "password logged"
+    );
     holds_without_shutdown(&w, "OL", &shutdowns);
     nut.set_status("OB LB");
     shuts_down_once(&mut w, &shutdowns);
