@@ -142,7 +142,7 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<String, BackupError> {
 
     let done = format!("{base}/{ts}");
     ssh(format!(
-        "mv {p} {d} && ln -sfn {t} {l}",
+        "[ ! -e {d} ] && mv {p} {d} && ln -sfn {t} {l}",
         p = sh(&partial),
         d = sh(&done),
         t = sh(&ts),
