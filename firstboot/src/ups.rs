@@ -52,15 +52,15 @@ pub fn server_files(
         ups.driver_port.as_deref().unwrap_or("auto"),
         config.node.cluster
     );
-    // NUT 2.8.0 aborts only when the first LISTEN fails and never retries the others, so loopback
-    // goes first; the VPN address binds even before ZeroTier is up thanks to ip_nonlocal_bind.
-    let mut upsd_conf = format!(
-        "# Written by imagegen-firstboot.\nLISTEN 127.0.0.1 {}\n",
-        ups.port
-    );
+    // NUT 2.8.0 (Debian 12) binds the LISTEN lines in reverse file order and aborts only when the
+    // one it tries first, the LAST line, cannot bind; failures of the others are logged and never
+    // retried (verified against upsd 2.8.0 in tests/ups_watch.rs). So loopback goes last. The VPN
+    // address binds even before ZeroTier is up thanks to ip_nonlocal_bind.
+    let mut upsd_conf = String::from("# Written by imagegen-firstboot.\n");
     if let Some(addr) = listen {
         upsd_conf.push_str(&format!("LISTEN {addr} {}\n", ups.port));
     }
+    upsd_conf.push_str(&format!("LISTEN 127.0.0.1 {}\n", ups.port));
     let users = format!(
         "# Written by imagegen-firstboot.\n[{}]\n\tpassword = {password}\n\tupsmon primary\n",
         ups.user

@@ -122,7 +122,10 @@ fn backup_arrives_and_a_failed_run_keeps_it() {
         fs::read_to_string(snap.join("etc/rancher/k3s/config.yaml")).unwrap(),
         "node-name: pi4-a\n"
     );
-    assert_eq!(fs::read_to_string(snap.join("var/lib/app/data.db")).unwrap(), "rows");
+    assert_eq!(
+        fs::read_to_string(snap.join("var/lib/app/data.db")).unwrap(),
+        "rows"
+    );
     assert!(!snap.join("etc/not-backed-up").exists());
     let st = n.status_json();
     assert_eq!(st["steps"]["backup-run"]["state"], "done");
@@ -132,7 +135,10 @@ fn backup_arrives_and_a_failed_run_keeps_it() {
     let toml = n.read("etc/imagegen/node.toml");
     n.write(
         "etc/imagegen/node.toml",
-        &toml.replace(&format!("ssh_port = {}", sshd.port), &format!("ssh_port = {closed}")),
+        &toml.replace(
+            &format!("ssh_port = {}", sshd.port),
+            &format!("ssh_port = {closed}"),
+        ),
     );
     let out = n.command(&["backup"]).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
@@ -141,15 +147,25 @@ fn backup_arrives_and_a_failed_run_keeps_it() {
     let st = n.status_json();
     assert_eq!(st["steps"]["backup-run"]["state"], "failed");
     assert_eq!(fs::read_link(base.join("latest")).unwrap(), latest);
-    assert_eq!(fs::read_to_string(snap.join("var/lib/app/data.db")).unwrap(), "rows");
-    let entries: Vec<_> = fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        fs::read_to_string(snap.join("var/lib/app/data.db")).unwrap(),
+        "rows"
+    );
+    let entries: Vec<_> = fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(entries.len(), 2, "{entries:?}");
 
     // Back online: a new snapshot, unchanged files hard-linked to the previous one.
     n.write("etc/imagegen/node.toml", &toml);
     std::thread::sleep(Duration::from_millis(1100));
     let out = n.command(&["backup"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let newest = base.join(fs::read_link(base.join("latest")).unwrap());
     assert_ne!(newest, snap);
     let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());

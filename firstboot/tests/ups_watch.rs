@@ -23,30 +23,34 @@ struct Nut {
 
 impl Nut {
     fn start(status: &str) -> Nut {
+        let port = free_port();
+        Nut::start_with(
+            status,
+            port,
+            &[
+                (
+                    "ups.conf",
+                    "[dummy]\n\tdriver = dummy-ups\n\tport = dummy.dev\n\tdesc = \"test\"\n".into(),
+                ),
+                ("upsd.conf", format!("LISTEN 127.0.0.1 {port}\n")),
+                (
+                    "upsd.users",
+                    format!("[monuser]\n\tpassword = {PASSWORD}\n\tupsmon secondary\n"),
+                ),
+            ],
+        )
+    }
+
+    /// upsd and dummy-ups from the given config files (state directory from the environment).
+    fn start_with(status: &str, port: u16, files: &[(&str, String)]) -> Nut {
         require("/lib/nut/upsd", "nut-server");
         require("/lib/nut/dummy-ups", "nut-server");
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let d = dir.path();
         fs::create_dir(d.join("run")).unwrap();
-        fs::write(
-            d.join("ups.conf"),
-            "[dummy]\n\tdriver = dummy-ups\n\tport = dummy.dev\n\tdesc = \"test\"\n",
-        )
-        .unwrap();
-        fs::write(
-            d.join("upsd.conf"),
-            format!(
-                "LISTEN 127.0.0.1 {port}\nSTATEPATH {}\n",
-                d.join("run").display()
-            ),
-        )
-        .unwrap();
-        fs::write(
-            d.join("upsd.users"),
-            format!("[monuser]\n\tpassword = {PASSWORD}\n\tupsmon secondary\n"),
-        )
-        .unwrap();
+        for (name, content) in files {
+            fs::write(d.join(name), content).unwrap();
+        }
         let mut nut = Nut {
             dir,
             port,
@@ -70,9 +74,14 @@ impl Nut {
             .env("NUT_ALTPIDPATH", d.join("run"))
             .current_dir(d)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(fs::File::create(self.log_path(prog)).unwrap())
             .spawn()
             .unwrap()
+    }
+
+    fn log_path(&self, prog: &str) -> PathBuf {
+        let name = Path::new(prog).file_name().unwrap().to_str().unwrap();
+        self.dir.path().join(format!("{name}.log"))
     }
 
     fn start_upsd(&mut self) {
@@ -82,7 +91,8 @@ impl Nut {
             eventually(Duration::from_secs(10), || {
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             }),
-            "upsd did not listen on {port}"
+            "upsd did not listen on {port}: {}",
+            fs::read_to_string(self.log_path("upsd")).unwrap_or_default()
         );
     }
 
@@ -231,4 +241,75 @@ fn wrong_password_is_reported_and_monitoring_continues() {
     holds_without_shutdown(&w, "OL", &shutdowns);
     nut.set_status("OB LB");
     shuts_down_once(&mut w, &shutdowns);
+}
+
+/// The UPS server's NUT files written by `run` are accepted by the real upsd: it starts although
+/// the VPN address cannot bind here (upsd 2.8.0 only aborts when the LAST LISTEN line fails, which
+/// is why loopback is written last), and the configured user logs in, as the nodes' `ups-watch` do.
+#[test]
+fn ups_server_config_from_run_is_accepted_by_real_upsd() {
+    let zt = FakeZeroTier::start(true);
+    let port = free_port();
+    let n = Node::new(&format!(
+        r#"
+[node]
+name = "master"
+role = "server"
+cluster = "test"
+
+[zerotier]
+network_id = "{ZT_NWID}"
+api_url = "{}"
+
+[ups]
+host = "127.0.0.1"
+port = {port}
+ups = "dummy"
+user = "monuser"
+password_file = "/etc/imagegen/ups-password"
+primary = true
+driver = "dummy-ups"
+driver_port = "dummy.dev"
+"#,
+        zt.url
+    ));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    n.write("etc/imagegen/ups-password", &format!("{PASSWORD}\n"));
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let upsd_conf = n.read("etc/nut/upsd.conf");
+    let listens: Vec<&str> = upsd_conf
+        .lines()
+        .filter(|l| l.starts_with("LISTEN"))
+        .collect();
+    assert_eq!(
+        listens,
+        [
+            format!("LISTEN 10.147.17.23 {port}"),
+            format!("LISTEN 127.0.0.1 {port}")
+        ]
+    );
+    assert!(n.read("etc/nut/nut.conf").contains("MODE=netserver"));
+    assert!(n.read("etc/nut/upsmon.conf").contains(" primary\n"));
+    let calls = n.calls("systemctl");
+    assert!(calls.contains(&"enable --now nut-server.service nut-monitor.service".to_owned()));
+    assert!(calls.contains(&"enable --now imagegen-ups-watch.service".to_owned()));
+
+    let files: Vec<(&str, String)> = ["ups.conf", "upsd.conf", "upsd.users"]
+        .into_iter()
+        .map(|f| (f, n.read(&format!("etc/nut/{f}"))))
+        .collect();
+    let nut = Nut::start_with("OL", port, &files);
+    let mut c =
+        imagegen_firstboot::nut::NutClient::connect("127.0.0.1", nut.port, Duration::from_secs(5))
+            .unwrap();
+    c.login("monuser", PASSWORD, "dummy").unwrap();
+    assert!(eventually(Duration::from_secs(10), || c
+        .status("dummy")
+        .is_ok_and(|w| w == ["OL"])));
+    c.logout().unwrap();
 }
