@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use imagegen_firstboot::root::Root;
-use imagegen_firstboot::status::{self, State};
+use imagegen_firstboot::status::{self, Update};
 use imagegen_firstboot::{backup, nut, run};
 
 /// First-boot agent of imagegen nodes.
@@ -89,14 +89,18 @@ fn execute(root: &Root, cmd: Cmd) -> anyhow::Result<ExitCode> {
             match backup::run(root, &config) {
                 Ok(dest) => {
                     let d = BTreeMap::from([("last".to_owned(), dest)]);
-                    status::set(root, boot, node, "backup-run", State::Done, None, d, None)?;
+                    status::set(root, boot, node, "backup-run", Update::done(d))?;
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    let why = Some(e.to_string());
-                    let d = BTreeMap::new();
-                    status::set(root, boot, node, "backup-run", State::Failed, why, d, None)?;
+                    status::set(
+                        root,
+                        boot,
+                        node,
+                        "backup-run",
+                        Update::failed(e.to_string()),
+                    )?;
                     Ok(ExitCode::FAILURE)
                 }
             }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::command;
 use crate::config::UpsSection;
 use crate::root::Root;
-use crate::status::{self, State};
+use crate::status::{self, Update};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NutError {
@@ -137,17 +137,8 @@ pub enum WatchEnd {
 pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Result<WatchEnd> {
     let poll = Duration::from_millis(ups.poll_interval_ms);
     let timeout = poll.max(Duration::from_secs(2));
-    let record = |state, reason: Option<String>| {
-        if let Err(e) = status::set(
-            root,
-            boot,
-            node,
-            "ups-watch",
-            state,
-            reason,
-            BTreeMap::new(),
-            None,
-        ) {
+    let record = |u: Update| {
+        if let Err(e) = status::set(root, boot, node, "ups-watch", u) {
             eprintln!("ups-watch: cannot update status: {e}");
         }
     };
@@ -159,7 +150,7 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
                 ups.password_file.display()
             );
             eprintln!("ups-watch: {msg}");
-            record(State::Failed, Some(msg));
+            record(Update::failed(msg));
             None
         }
     };
@@ -191,7 +182,7 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
         connected_once = true;
         if let Some(pw) = &password {
             match client.login(&ups.user, pw, &ups.ups) {
-                Ok(()) => record(State::Done, None),
+                Ok(()) => record(Update::done(BTreeMap::new())),
                 Err(NutError::Server(code)) => {
                     let msg = format!(
                         "login as {:?} refused by upsd ({code}): check the UPS password; \
@@ -199,7 +190,7 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
                         ups.user
                     );
                     eprintln!("ups-watch: error: {msg}");
-                    record(State::Failed, Some(msg));
+                    record(Update::failed(msg));
                 }
                 Err(e) => {
                     eprintln!("ups-watch: login: {e}; reconnecting");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ConfigError, NODE_CONFIG_PATH, NodeConfig, PathsSection};
 use crate::root::Root;
-use crate::status::{self, State, Status};
+use crate::status::{self, State, Status, Update};
 use crate::zerotier::Joined;
 use crate::{backup, k3s, seed, ups, zerotier};
 
@@ -58,21 +58,9 @@ pub fn load_config(root: &Root) -> Result<NodeConfig, RunError> {
             &c.paths.boot,
             &c.node.name,
             "config",
-            State::Done,
-            None,
-            BTreeMap::new(),
-            None,
+            Update::done(BTreeMap::new()),
         )?,
-        Err(e) => status::set(
-            root,
-            &boot,
-            "",
-            "config",
-            State::Failed,
-            Some(e.to_string()),
-            BTreeMap::new(),
-            None,
-        )?,
+        Err(e) => status::set(root, &boot, "", "config", Update::failed(e.to_string()))?,
     }
     result
 }
@@ -91,26 +79,29 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
     let node = config.node.name.as_str();
     let mut summary = Summary::default();
     let record = |name: &str, outcome: Outcome, summary: &mut Summary| -> Result<(), RunError> {
-        let (state, reason, details, refused) = match outcome {
-            Outcome::Done(d) => (State::Done, None, d, None),
+        let update = match outcome {
+            Outcome::Done(d) => Update::done(d),
             Outcome::Pending(r) => {
                 eprintln!("{name}: pending: {r}");
-                (State::Pending, Some(r), BTreeMap::new(), None)
+                Update::pending(r)
             }
             Outcome::Failed {
                 reason,
                 refused_inputs,
             } => {
                 eprintln!("{name}: failed: {reason}");
-                (State::Failed, Some(reason), BTreeMap::new(), refused_inputs)
+                Update {
+                    refused_inputs,
+                    ..Update::failed(reason)
+                }
             }
         };
-        match state {
+        match update.state {
             State::Done => summary.done.push(name.into()),
             State::Pending => summary.pending.push(name.into()),
             State::Failed => summary.failed.push(name.into()),
         }
-        status::set(root, boot, node, name, state, reason, details, refused)?;
+        status::set(root, boot, node, name, update)?;
         Ok(())
     };
 

@@ -94,25 +94,52 @@ pub fn load(root: &Root) -> io::Result<Status> {
     }
 }
 
+/// A new state for one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub state: State,
+    pub reason: Option<String>,
+    pub details: BTreeMap<String, String>,
+    pub refused_inputs: Option<String>,
+}
+
+impl Update {
+    pub fn done(details: BTreeMap<String, String>) -> Update {
+        Update {
+            state: State::Done,
+            reason: None,
+            details,
+            refused_inputs: None,
+        }
+    }
+
+    pub fn failed(reason: impl Into<String>) -> Update {
+        Update {
+            state: State::Failed,
+            reason: Some(reason.into()),
+            details: BTreeMap::new(),
+            refused_inputs: None,
+        }
+    }
+
+    pub fn pending(reason: impl Into<String>) -> Update {
+        Update {
+            state: State::Pending,
+            ..Update::failed(reason)
+        }
+    }
+}
+
 /// Sets one step's state under the lock, and refreshes the boot copy. Writes nothing when the
 /// step is already in exactly that state, so a rerun that changes nothing leaves the tree alone.
-pub fn set(
-    root: &Root,
-    boot: &Path,
-    node: &str,
-    step: &str,
-    state: State,
-    reason: Option<String>,
-    details: BTreeMap<String, String>,
-    refused_inputs: Option<String>,
-) -> io::Result<()> {
+pub fn set(root: &Root, boot: &Path, node: &str, step: &str, u: Update) -> io::Result<()> {
     let _lock = lock(root)?;
     let mut status = load(root)?;
     if let Some(old) = status.steps.get(step)
-        && old.state == state
-        && old.reason == reason
-        && old.details == details
-        && old.refused_inputs == refused_inputs
+        && old.state == u.state
+        && old.reason == u.reason
+        && old.details == u.details
+        && old.refused_inputs == u.refused_inputs
         && status.node == node
     {
         return Ok(());
@@ -121,11 +148,11 @@ pub fn set(
     status.steps.insert(
         step.to_owned(),
         StepStatus {
-            state,
-            reason,
+            state: u.state,
+            reason: u.reason,
             since: utc_now(),
-            details,
-            refused_inputs,
+            details: u.details,
+            refused_inputs: u.refused_inputs,
         },
     );
     let json = serde_json::to_vec_pretty(&status).map_err(io::Error::other)?;
