@@ -214,7 +214,12 @@ pub fn setup(
         (NodeIpFrom::Zerotier, None) => {
             return Err(K3sError::Waiting("no ZeroTier address yet".into()));
         }
-        (NodeIpFrom::DefaultRoute, _) => Some((source_address_towards(server)?, None)),
+        // The first server has no server to route to: any address off-link picks the default
+        // route (TEST-NET-1; nothing is sent).
+        (NodeIpFrom::DefaultRoute, _) => Some((
+            source_address_towards(k3s.server_url.as_deref().unwrap_or("https://192.0.2.1"))?,
+            None,
+        )),
     };
     let yaml = render_config(config, node_ip.as_ref());
     if root

@@ -289,3 +289,60 @@ fn status_on_an_empty_root() {
         "status wrote files"
     );
 }
+
+#[test]
+fn first_server_gets_cluster_init_and_etcd_snapshots() {
+    let zt = FakeZeroTier::start(true);
+    let n = Node::new(&format!(
+        r#"
+[node]
+name = "master"
+role = "server"
+cluster = "test"
+cluster_init = true
+
+[k3s]
+etcd_snapshot_retention = 7
+
+[zerotier]
+network_id = "{ZT_NWID}"
+api_url = "{}"
+
+[backup]
+target = "backup@nas:/srv/backup"
+paths = ["/var/lib/rancher/k3s/server/db/snapshots"]
+schedule = "*-*-* 02:30:00"
+ssh_key_file = "/etc/imagegen/backup_ed25519"
+
+[agent]
+time_budget_secs = 2
+"#,
+        zt.url
+    ));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    n.write("etc/rancher/k3s/token", "short-first-server-token\n");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let yaml = n.read("etc/rancher/k3s/config.yaml");
+    assert!(yaml.contains("cluster-init: true\n"), "{yaml}");
+    assert!(!yaml.contains("server:"), "{yaml}");
+    assert!(yaml.contains("node-ip: \"10.147.17.23\""), "{yaml}");
+    let etcd = n.read("etc/rancher/k3s/config.yaml.d/50-imagegen-etcd-snapshots.yaml");
+    assert!(
+        etcd.contains("etcd-snapshot-schedule-cron: \"0 */6 * * *\""),
+        "{etcd}"
+    );
+    assert!(etcd.contains("etcd-snapshot-retention: 7"), "{etcd}");
+    let timer = n.read("etc/systemd/system/imagegen-backup.timer.d/schedule.conf");
+    assert!(
+        timer.contains("OnCalendar=\nOnCalendar=*-*-* 02:30:00\n"),
+        "{timer}"
+    );
+    assert!(
+        n.calls("systemctl")
+            .contains(&"enable --now k3s.service".to_owned())
+    );
+    // Nothing answers on 127.0.0.1:6443 here: the self-check waits, then stays pending.
+    assert_eq!(states(&n)["k3s"], "pending", "{log}");
+}
