@@ -202,15 +202,18 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
         loop {
             match client.status(&ups.ups) {
                 Ok(words) => {
-                    if last_words.as_ref() != Some(&words) {
+                    let changed = last_words.as_ref() != Some(&words);
+                    if changed {
                         eprintln!("ups-watch: {target} status {}", words.join(" "));
                         last_words = Some(words.clone());
                     }
                     if is_critical(&words) {
                         if ups.primary {
-                            eprintln!(
-                                "ups-watch: critical; upsmon primary shuts this node down last"
-                            );
+                            if changed {
+                                eprintln!(
+                                    "ups-watch: critical; upsmon primary shuts this node down last"
+                                );
+                            }
                         } else {
                             // Logging out first ends the primary's HOSTSYNC wait for us.
                             if let Err(e) = client.logout() {
