@@ -111,13 +111,15 @@ fn zerotier_joins_waits_and_picks_up_address_and_interface() {
     let zt = FakeZeroTier::start(false);
     let n = Node::new(&format!(
         "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
-         [zerotier]\nnetwork_id = \"{ZT_NWID}\"\napi_url = \"{}\"\n\n[agent]\ntime_budget_secs = 20\n",
+         [zerotier]\nnetwork_id = \"{ZT_NWID}\"\napi_url = \"{}\"\n\
+         package = \"/var/cache/imagegen/zerotier-one.deb\"\n\n[agent]\ntime_budget_secs = 20\n",
         zt.url
     ));
     n.write(
         "var/lib/zerotier-one/authtoken.secret",
         &format!("{ZT_TOKEN}\n"),
     );
+    n.write("var/cache/imagegen/zerotier-one.deb", "staged package");
     let w = Running::spawn(n.command(&["run"]));
     w.wait_log("REQUESTING_CONFIGURATION", Duration::from_secs(10));
     assert!(
@@ -139,6 +141,8 @@ fn zerotier_joins_waits_and_picks_up_address_and_interface() {
         "ztabcdefgh"
     );
     assert_eq!(n.calls("systemctl"), ["enable --now zerotier-one.service"]);
+    let deb = n.root().join("var/cache/imagegen/zerotier-one.deb");
+    assert_eq!(n.calls("dpkg"), [format!("-i {}", deb.display())]);
     let reqs = zt.requests.lock().unwrap();
     assert!(
         reqs.iter()
