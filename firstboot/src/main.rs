@@ -35,6 +35,10 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.root.is_dir() {
+        eprintln!("error: --root {} is not a directory", cli.root.display());
+        return ExitCode::FAILURE;
+    }
     let root = Root::new(cli.root);
     match execute(&root, cli.command) {
         Ok(code) => code,
