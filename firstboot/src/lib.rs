@@ -1,2 +1,17 @@
 //! The on-board agent of imagegen nodes. Its library owns the node config schema
-//! (`/etc/imagegen/node.toml`), which the builder writes with these same types.
+//! (`/etc/imagegen/node.toml`) and the secret seed format, which the builder writes with these same
+//! types, and the systemd units the builder installs.
+
+pub mod backup;
+pub mod command;
+pub mod config;
+pub mod http;
+pub mod k3s;
+pub mod nut;
+pub mod root;
+pub mod run;
+pub mod seed;
+pub mod status;
+pub mod units;
+pub mod ups;
+pub mod zerotier;

@@ -1,0 +1,438 @@
+//! The node config schema: `/etc/imagegen/node.toml`.
+//!
+//! The builder writes this file with these same types and the agent reads it, so there is exactly one
+//! definition. Every table is optional except `[node]`; unknown keys are refused so a typo never
+//! silently turns a feature off.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent finds its config, relative to `--root`.
+pub const NODE_CONFIG_PATH: &str = "/etc/imagegen/node.toml";
+
+/// A bad `node.toml`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// TOML syntax or schema error; the message carries line and column.
+    #[error("node config: {0}")]
+    Parse(String),
+    /// Parsed, but the values do not make a usable node.
+    #[error("node config: {0}")]
+    Invalid(String),
+    #[error("node config: cannot serialize: {0}")]
+    Serialize(#[from] toml::ser::Error),
+}
+
+/// The whole `node.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k3s: Option<K3sSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zerotier: Option<ZeroTierSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ups: Option<UpsSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSection>,
+    #[serde(default)]
+    pub paths: PathsSection,
+    #[serde(default)]
+    pub commands: CommandsSection,
+    #[serde(default)]
+    pub agent: AgentSection,
+}
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// Host and k3s node name.
+    pub name: String,
+    pub role: Role,
+    /// Cluster name; goes into backup destinations.
+    pub cluster: String,
+    /// The first server of a new cluster (`cluster-init: true`, no `server_url`).
+    #[serde(default)]
+    pub cluster_init: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Server,
+    Agent,
+}
+
+/// `[k3s]`: joining or starting the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sSection {
+    /// `https://host:6443` of an existing server; absent only on the `cluster_init` server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    /// The join token file (0600), `K10<ca-sha256>::<credentials>` so the server can be verified.
+    #[serde(default = "default_token_file")]
+    pub token_file: PathBuf,
+    #[serde(default)]
+    pub node_ip_from: NodeIpFrom,
+    /// k3s version staged in the image, recorded in status for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Join with a token that carries no CA hash (the server cannot be verified; MITM-able).
+    #[serde(default)]
+    pub allow_unverified_token: bool,
+    /// Servers: `etcd-snapshot-schedule-cron`, written when `[backup]` is present.
+    #[serde(default = "default_etcd_schedule")]
+    pub etcd_snapshot_schedule: String,
+    /// Servers: `etcd-snapshot-retention`.
+    #[serde(default = "default_etcd_retention")]
+    pub etcd_snapshot_retention: u32,
+}
+
+fn default_token_file() -> PathBuf {
+    PathBuf::from("/etc/rancher/k3s/token")
+}
+fn default_etcd_schedule() -> String {
+    "0 */6 * * *".into()
+}
+fn default_etcd_retention() -> u32 {
+    20
+}
+
+/// Which address k3s uses as `node-ip`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeIpFrom {
+    /// The ZeroTier address, with `flannel-iface` on the ZeroTier interface.
+    #[default]
+    Zerotier,
+    /// The source address of the default route; k3s picks the interface.
+    DefaultRoute,
+}
+
+/// `[zerotier]`: the VPN the cluster talks over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZeroTierSection {
+    /// 16 hex digits.
+    pub network_id: String,
+    /// Local service API.
+    #[serde(default = "default_zt_api")]
+    pub api_url: String,
+    /// zerotier-one's home (identity, `authtoken.secret`, `networks.d/`).
+    #[serde(default = "default_zt_home")]
+    pub home: PathBuf,
+    /// A `.deb` staged in the image, installed with dpkg when zerotier-one is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PathBuf>,
+}
+
+fn default_zt_api() -> String {
+    "http://127.0.0.1:9993".into()
+}
+fn default_zt_home() -> PathBuf {
+    PathBuf::from("/var/lib/zerotier-one")
+}
+
+/// `[ups]`: power-loss shutdown through NUT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpsSection {
+    /// Host running `upsd` (the UPS server's ZeroTier address; `127.0.0.1` on the UPS server).
+    pub host: String,
+    #[serde(default = "default_nut_port")]
+    pub port: u16,
+    /// UPS name in `ups.conf`.
+    pub ups: String,
+    pub user: String,
+    pub password_file: PathBuf,
+    #[serde(default = "default_shutdown_command")]
+    pub shutdown_command: Vec<String>,
+    /// This node has the UPS cable and runs `upsd` + primary `upsmon`.
+    #[serde(default)]
+    pub primary: bool,
+    /// Primary only: NUT driver for `ups.conf` (`usbhid-ups`, `riello_usb`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Primary only: driver `port` (`auto` for USB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver_port: Option<String>,
+    /// How often `ups-watch` asks for `ups.status`.
+    #[serde(default = "default_poll_ms")]
+    pub poll_interval_ms: u64,
+}
+
+fn default_nut_port() -> u16 {
+    3493
+}
+fn default_shutdown_command() -> Vec<String> {
+    vec!["systemctl".into(), "poweroff".into()]
+}
+fn default_poll_ms() -> u64 {
+    5000
+}
+
+/// `[backup]`: snapshots sent to the NAS over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    /// `user@host:/dir`; each run lands in `/dir/<cluster>/<node>/<timestamp>/`.
+    pub target: String,
+    /// Absolute paths on the node.
+    pub paths: Vec<PathBuf>,
+    /// systemd `OnCalendar=` expression.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    pub ssh_key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    /// `known_hosts` for the target; absent means the host key is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+fn default_schedule() -> String {
+    "daily".into()
+}
+
+/// `[paths]`: where things are on this board.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsSection {
+    /// The FAT boot partition: seed comes from here, a status copy goes here.
+    #[serde(default = "default_boot")]
+    pub boot: PathBuf,
+}
+
+impl Default for PathsSection {
+    fn default() -> Self {
+        PathsSection {
+            boot: default_boot(),
+        }
+    }
+}
+
+fn default_boot() -> PathBuf {
+    PathBuf::from("/boot/firmware")
+}
+
+/// `[commands]`: programs the agent runs. A bare name is looked up on `PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsSection {
+    #[serde(default = "cmd_systemctl")]
+    pub systemctl: String,
+    #[serde(default = "cmd_dpkg")]
+    pub dpkg: String,
+    #[serde(default = "cmd_rsync")]
+    pub rsync: String,
+    #[serde(default = "cmd_ssh")]
+    pub ssh: String,
+}
+
+impl Default for CommandsSection {
+    fn default() -> Self {
+        CommandsSection {
+            systemctl: cmd_systemctl(),
+            dpkg: cmd_dpkg(),
+            rsync: cmd_rsync(),
+            ssh: cmd_ssh(),
+        }
+    }
+}
+
+fn cmd_systemctl() -> String {
+    "systemctl".into()
+}
+fn cmd_dpkg() -> String {
+    "dpkg".into()
+}
+fn cmd_rsync() -> String {
+    "rsync".into()
+}
+fn cmd_ssh() -> String {
+    "ssh".into()
+}
+
+/// `[agent]`: how long `run` may wait for the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Total seconds `run` spends waiting for the network before it leaves steps pending; keep it
+    /// below the unit's `TimeoutStartSec`.
+    #[serde(default = "default_budget")]
+    pub time_budget_secs: u64,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            time_budget_secs: default_budget(),
+        }
+    }
+}
+
+fn default_budget() -> u64 {
+    240
+}
+
+impl NodeConfig {
+    /// Parses and validates `node.toml`. Errors name the line and column.
+    pub fn from_toml_str(s: &str) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(s).map_err(|e| {
+            let place = e
+                .span()
+                .map(|span| {
+                    let before = &s[..span.start.min(s.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {col}: ")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse(format!("{place}{}", e.message()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Checks what the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let name = &self.node.name;
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || name.starts_with('-')
+        {
+            return bad(format!(
+                "[node] name {name:?} must be a hostname: lowercase letters, digits and '-', at most 63"
+            ));
+        }
+        if self.node.cluster_init && self.node.role != Role::Server {
+            return bad("[node] cluster_init = true needs role = \"server\"".into());
+        }
+        if let Some(k3s) = &self.k3s {
+            match (&k3s.server_url, self.node.cluster_init) {
+                (None, false) => {
+                    return bad(
+                        "[k3s] server_url is required unless [node] cluster_init = true".into(),
+                    );
+                }
+                (Some(url), _) if !url.starts_with("https://") => {
+                    return bad(format!("[k3s] server_url {url:?} must start with https://"));
+                }
+                _ => {}
+            }
+            if k3s.node_ip_from == NodeIpFrom::Zerotier && self.zerotier.is_none() {
+                return bad(
+                    "[k3s] node_ip_from = \"zerotier\" (the default) needs a [zerotier] table"
+                        .into(),
+                );
+            }
+            if !k3s.token_file.is_absolute() {
+                return bad("[k3s] token_file must be an absolute path".into());
+            }
+        }
+        if let Some(zt) = &self.zerotier
+            && (zt.network_id.len() != 16 || !zt.network_id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad(format!(
+                "[zerotier] network_id {:?} must be 16 hex digits",
+                zt.network_id
+            ));
+        }
+        if let Some(ups) = &self.ups {
+            if ups.shutdown_command.is_empty() {
+                return bad("[ups] shutdown_command must not be empty".into());
+            }
+            if ups.primary && ups.driver.is_none() {
+                return bad("[ups] primary = true needs driver (e.g. \"usbhid-ups\")".into());
+            }
+            if ups.poll_interval_ms == 0 {
+                return bad("[ups] poll_interval_ms must be positive".into());
+            }
+        }
+        if let Some(b) = &self.backup {
+            if !b.target.contains(':') {
+                return bad(format!(
+                    "[backup] target {:?} must be user@host:/dir",
+                    b.target
+                ));
+            }
+            if b.paths.is_empty() || b.paths.iter().any(|p| !p.is_absolute()) {
+                return bad("[backup] paths must be a non-empty list of absolute paths".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AGENT: &str = r#"
+[node]
+name = "pi4-a"
+role = "agent"
+cluster = "home"
+
+[k3s]
+server_url = "https://10.147.17.10:6443"
+
+[zerotier]
+network_id = "8056c2e21c000001"
+
+[ups]
+host = "10.147.17.10"
+ups = "riello"
+user = "monuser"
+password_file = "/etc/imagegen/ups-password"
+"#;
+
+    #[test]
+    fn defaults_fill_in_and_round_trip() {
+        let c = NodeConfig::from_toml_str(AGENT).unwrap();
+        let ups = c.ups.as_ref().unwrap();
+        assert_eq!(ups.port, 3493);
+        assert_eq!(ups.shutdown_command, ["systemctl", "poweroff"]);
+        assert_eq!(c.paths.boot, PathBuf::from("/boot/firmware"));
+        let again = NodeConfig::from_toml_str(&c.to_toml_string().unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let s = AGENT.replace(
+            "cluster = \"home\"",
+            "cluster = \"home\"\nclustr_init = true",
+        );
+        let e = NodeConfig::from_toml_str(&s).unwrap_err().to_string();
+        assert!(e.contains("line 6"), "{e}");
+        assert!(e.contains("clustr_init"), "{e}");
+    }
+
+    #[test]
+    fn node_table_is_required() {
+        let e = NodeConfig::from_toml_str("[zerotier]\nnetwork_id = \"8056c2e21c000001\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node"), "{e}");
+    }
+
+    #[test]
+    fn agent_without_server_url_is_refused() {
+        let s = AGENT.replace("server_url = \"https://10.147.17.10:6443\"", "");
+        let e = NodeConfig::from_toml_str(&s).unwrap_err().to_string();
+        assert!(e.contains("server_url is required"), "{e}");
+    }
+}

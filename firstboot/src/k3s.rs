@@ -1,0 +1,368 @@
+//! k3s: verify the server against the join token, write `/etc/rancher/k3s/config.yaml`, enable the
+//! service and wait for the server's `/ping`.
+//!
+//! The server is verified the way k3s itself does it, before anything secret could be sent: fetch
+//! `/cacerts` without TLS verification, compare its sha256 with the hash in the `K10<hash>::` token,
+//! then fetch it again trusting only that CA, which proves the server holds a certificate from it.
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::command::{self, CommandError};
+use crate::config::{NodeConfig, NodeIpFrom, Role};
+use crate::http::{self, HttpError, Trust};
+use crate::root::Root;
+use crate::zerotier::Joined;
+
+pub const CONFIG_PATH: &str = "/etc/rancher/k3s/config.yaml";
+const NODE_PASSWORD: &str = "/etc/rancher/node/password";
+const LOCAL_SERVER: &str = "https://127.0.0.1:6443";
+
+#[derive(Debug, thiserror::Error)]
+pub enum K3sError {
+    #[error("k3s: cannot read token file {path}: {source}")]
+    TokenFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("k3s: token file {path}: {why}")]
+    BadToken { path: String, why: String },
+    #[error(
+        "k3s: token {path} has no K10<ca-hash> prefix, so the server cannot be verified; \
+         refusing (set [k3s] allow_unverified_token = true to join anyway)"
+    )]
+    Unverifiable { path: String },
+    #[error(
+        "k3s: refused to join {server}: its CA (sha256 {served}) does not match the hash in the token \
+         ({expected}); wrong server, wrong token, or someone in between. The token was not sent."
+    )]
+    CaMismatch {
+        server: String,
+        expected: String,
+        served: String,
+    },
+    #[error("k3s: {server} served a /cacerts its own certificate does not chain to: {source}")]
+    CaChain { server: String, source: HttpError },
+    #[error("k3s: write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("k3s: {0}")]
+    Command(#[from] CommandError),
+    /// The server is not reachable yet; retried later.
+    #[error("k3s: still waiting: {0}")]
+    Waiting(String),
+}
+
+impl K3sError {
+    pub fn is_waiting(&self) -> bool {
+        matches!(self, K3sError::Waiting(_))
+    }
+
+    /// Failures that will fail the same way until the token or server changes.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            K3sError::CaMismatch { .. } | K3sError::CaChain { .. } | K3sError::Unverifiable { .. }
+        )
+    }
+}
+
+/// The CA hash pinned in a `K10<hash>::<credentials>` token, if it has one.
+pub fn token_ca_hash(token: &str) -> Result<Option<String>, String> {
+    let Some(rest) = token.strip_prefix("K10") else {
+        return Ok(None);
+    };
+    let (hash, creds) = rest
+        .split_once("::")
+        .ok_or("K10 token without '::' separator")?;
+    if creds.is_empty() {
+        return Err("K10 token without credentials after '::'".into());
+    }
+    if hash.is_empty() {
+        return Ok(None);
+    }
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "CA hash in token must be 64 hex digits, found {} characters",
+            hash.len()
+        ));
+    }
+    Ok(Some(hash.to_ascii_lowercase()))
+}
+
+/// Fetches the server's CA and checks it against `expected` (when given). Returns the PEM bundle.
+pub fn fetch_verified_ca(
+    server: &str,
+    expected: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<u8>, K3sError> {
+    let url = format!("{}/cacerts", server.trim_end_matches('/'));
+    let r = http::request("GET", &url, &[], b"", &Trust::AnyCertificate, timeout)
+        .map_err(|e| K3sError::Waiting(e.to_string()))?;
+    if r.status != 200 {
+        return Err(K3sError::Waiting(format!("{url}: HTTP {}", r.status)));
+    }
+    let served = hex::encode(Sha256::digest(&r.body));
+    if let Some(expected) = expected
+        && served != expected
+    {
+        return Err(K3sError::CaMismatch {
+            server: server.to_owned(),
+            expected: expected.to_owned(),
+            served,
+        });
+    }
+    let trust = Trust::from_pem(&r.body).map_err(|e| K3sError::CaChain {
+        server: server.to_owned(),
+        source: e,
+    })?;
+    http::request("GET", &url, &[], b"", &trust, timeout).map_err(|e| match e {
+        // rustls reports a certificate it rejects as InvalidData; anything else is the network.
+        HttpError::Io { ref source, .. } if source.kind() != std::io::ErrorKind::InvalidData => {
+            K3sError::Waiting(e.to_string())
+        }
+        e => K3sError::CaChain {
+            server: server.to_owned(),
+            source: e,
+        },
+    })?;
+    Ok(r.body)
+}
+
+/// A hash of what a refusal depends on, so an unchanged token and server are not retried blindly.
+pub fn inputs_fingerprint(root: &Root, config: &NodeConfig) -> String {
+    let mut h = Sha256::new();
+    if let Some(k) = &config.k3s {
+        h.update(
+            root.read_to_string(&k.token_file)
+                .unwrap_or_default()
+                .trim(),
+        );
+        h.update([0]);
+        h.update(k.server_url.as_deref().unwrap_or(""));
+        h.update([u8::from(k.allow_unverified_token)]);
+    }
+    hex::encode(&Sha256::digest(h.finalize())[..8])
+}
+
+/// Runs the whole k3s step. `zt` is the ZeroTier result when `node_ip_from = "zerotier"`.
+pub fn setup(
+    root: &Root,
+    config: &NodeConfig,
+    zt: Option<&Joined>,
+    deadline: Instant,
+) -> Result<BTreeMap<String, String>, K3sError> {
+    let Some(k3s) = &config.k3s else {
+        return Ok(BTreeMap::new());
+    };
+    let token_path = k3s.token_file.display().to_string();
+    let token = root
+        .read_to_string(&k3s.token_file)
+        .map_err(|source| K3sError::TokenFile {
+            path: token_path.clone(),
+            source,
+        })?;
+    let hash = token_ca_hash(token.trim()).map_err(|why| K3sError::BadToken {
+        path: token_path.clone(),
+        why,
+    })?;
+    let server = k3s.server_url.as_deref().unwrap_or(LOCAL_SERVER);
+    if k3s.node_ip_from == NodeIpFrom::Zerotier && zt.is_none() {
+        return Err(K3sError::Waiting("no ZeroTier address yet".into()));
+    }
+    // Each attempt gets what is left of the budget (k3s's own client uses 10 s).
+    let timeout = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(500), Duration::from_secs(10))
+    };
+
+    let mut details = BTreeMap::new();
+    let mut server_ca = None;
+    if let Some(url) = &k3s.server_url {
+        if hash.is_none() {
+            if !k3s.allow_unverified_token {
+                return Err(K3sError::Unverifiable { path: token_path });
+            }
+            eprintln!(
+                "k3s: token has no CA hash: {url} cannot be verified, joining anyway (allow_unverified_token)"
+            );
+        }
+        let ca = retry_until(deadline, || {
+            fetch_verified_ca(url, hash.as_deref(), timeout())
+        })?;
+        eprintln!(
+            "k3s: {url} CA {}",
+            if hash.is_some() {
+                "matches the token"
+            } else {
+                "fetched (unverified)"
+            }
+        );
+        details.insert("ca-sha256".into(), hex::encode(Sha256::digest(&ca)));
+        server_ca = Some(ca);
+    }
+
+    let node_ip = match (k3s.node_ip_from, zt) {
+        (NodeIpFrom::Zerotier, Some(j)) => Some((j.address.clone(), Some(j.interface.clone()))),
+        (NodeIpFrom::Zerotier, None) => {
+            return Err(K3sError::Waiting("no ZeroTier address yet".into()));
+        }
+        // The first server has no server to route to: any address off-link picks the default
+        // route (TEST-NET-1; nothing is sent).
+        (NodeIpFrom::DefaultRoute, _) => Some((
+            source_address_towards(k3s.server_url.as_deref().unwrap_or("https://192.0.2.1"))?,
+            None,
+        )),
+    };
+    let yaml = render_config(config, node_ip.as_ref());
+    if root
+        .write_atomic(CONFIG_PATH, yaml.as_bytes(), 0o600)
+        .map_err(|source| K3sError::Write {
+            path: CONFIG_PATH.into(),
+            source,
+        })?
+    {
+        eprintln!("k3s: wrote {CONFIG_PATH}");
+    }
+    if !root.exists(NODE_PASSWORD) {
+        eprintln!(
+            "k3s: warning: {NODE_PASSWORD} is not in the image; k3s will make a random one and a \
+             reflashed node of the same name will be rejected"
+        );
+    }
+    let service = match config.node.role {
+        Role::Server => "k3s.service",
+        Role::Agent => "k3s-agent.service",
+    };
+    command::run(
+        root,
+        &config.commands.systemctl,
+        &["enable", "--now", service],
+    )?;
+    eprintln!("k3s: enabled {service}");
+
+    // The first server pings itself; its CA is fetched over loopback, where nobody sits in between.
+    let trust_pem = match server_ca {
+        Some(ca) => ca,
+        None => retry_until(deadline, || {
+            fetch_verified_ca(LOCAL_SERVER, None, timeout())
+        })?,
+    };
+    let trust = Trust::from_pem(&trust_pem).map_err(|e| K3sError::CaChain {
+        server: server.to_owned(),
+        source: e,
+    })?;
+    let ping = format!("{}/ping", server.trim_end_matches('/'));
+    retry_until(deadline, || {
+        let r = http::request("GET", &ping, &[], b"", &trust, timeout())
+            .map_err(|e| K3sError::Waiting(e.to_string()))?;
+        if r.status == 200 && r.body.trim_ascii() == b"pong" {
+            Ok(())
+        } else {
+            Err(K3sError::Waiting(format!("{ping}: HTTP {}", r.status)))
+        }
+    })?;
+    eprintln!("k3s: {server} answers /ping");
+    details.insert("service".into(), service.into());
+    if let Some((ip, iface)) = node_ip {
+        details.insert("node-ip".into(), ip);
+        if let Some(i) = iface {
+            details.insert("flannel-iface".into(), i);
+        }
+    }
+    Ok(details)
+}
+
+/// The `config.yaml` for this node. Values are JSON strings, which YAML reads as the same strings.
+pub fn render_config(config: &NodeConfig, node_ip: Option<&(String, Option<String>)>) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let mut y = String::from("# Written by imagegen-firstboot from /etc/imagegen/node.toml.\n");
+    if let Some(k3s) = &config.k3s {
+        if let Some(url) = &k3s.server_url {
+            y.push_str(&format!("server: {}\n", q(url)));
+        }
+        if config.node.cluster_init {
+            y.push_str("cluster-init: true\n");
+        }
+        y.push_str(&format!(
+            "token-file: {}\n",
+            q(&k3s.token_file.display().to_string())
+        ));
+    }
+    y.push_str(&format!("node-name: {}\n", q(&config.node.name)));
+    if let Some((ip, iface)) = node_ip {
+        y.push_str(&format!("node-ip: {}\n", q(ip)));
+        if let Some(i) = iface {
+            y.push_str(&format!("flannel-iface: {}\n", q(i)));
+        }
+    }
+    y
+}
+
+/// The local address the kernel would use to reach the server (no packet is sent).
+fn source_address_towards(server: &str) -> Result<String, K3sError> {
+    let authority = server
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let target = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:6443")
+    };
+    let waiting = |e: std::io::Error| K3sError::Waiting(format!("no route to {target}: {e}"));
+    let s = UdpSocket::bind("0.0.0.0:0").map_err(waiting)?;
+    s.connect(&target).map_err(waiting)?;
+    Ok(s.local_addr().map_err(waiting)?.ip().to_string())
+}
+
+/// Retries `f` while it reports `Waiting`, with backoff, until the deadline.
+fn retry_until<T>(
+    deadline: Instant,
+    mut f: impl FnMut() -> Result<T, K3sError>,
+) -> Result<T, K3sError> {
+    let mut delay = Duration::from_millis(200);
+    let mut last = String::new();
+    loop {
+        match f() {
+            Err(K3sError::Waiting(why)) => {
+                if why != last {
+                    eprintln!("k3s: waiting: {why}");
+                    last = why.clone();
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(K3sError::Waiting(why));
+                }
+                thread::sleep(delay.min(left));
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_forms() {
+        let h = "ab".repeat(32);
+        assert_eq!(
+            token_ca_hash(&format!("K10{h}::server:secret")).unwrap(),
+            Some(h.clone())
+        );
+        assert_eq!(token_ca_hash("justapassword").unwrap(), None);
+        assert!(token_ca_hash("K10abc::node:x").is_err());
+        assert!(token_ca_hash(&format!("K10{h}:node:x")).is_err());
+    }
+}

@@ -1,0 +1,144 @@
+//! The k3s step against a local TLS server on 127.0.0.1 that speaks k3s's unauthenticated
+//! supervisor endpoints (`/cacerts`, `/ping`). k3s itself is not packaged in Debian, so it cannot
+//! run here; the CA and server certificate are generated per test with rcgen, like k3s's own.
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+const SECRET: &str = "server:k3s-join-secret-123";
+
+fn node(server: &FakeK3s, token: &str, extra: &str) -> Node {
+    let n = Node::new(&format!(
+        r#"
+[node]
+name = "pi4-a"
+role = "agent"
+cluster = "test"
+
+[k3s]
+server_url = "{}"
+node_ip_from = "default-route"
+{extra}
+
+[agent]
+time_budget_secs = 10
+"#,
+        server.url
+    ));
+    n.write("etc/rancher/k3s/token", &format!("{token}\n"));
+    n.write("etc/rancher/node/password", "node-password-from-image\n");
+    n
+}
+
+fn assert_token_never_sent(server: &FakeK3s) {
+    let reqs = server.requests.lock().unwrap();
+    assert!(!reqs.is_empty(), "the agent never asked the server");
+    for r in reqs.iter() {
+        assert!(!r.contains("k3s-join-secret-123"), "token sent: {r}");
+        assert!(!r.to_ascii_lowercase().contains("authorization"), "{r}");
+    }
+}
+
+#[test]
+fn matching_ca_hash_writes_config_and_enables_agent() {
+    let server = FakeK3s::start();
+    let hash = hex::encode(Sha256::digest(server.ca_pem.as_bytes()));
+    let n = node(&server, &format!("K10{hash}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!log.contains("k3s-join-secret-123"), "token in log: {log}");
+
+    let yaml = n.read("etc/rancher/k3s/config.yaml");
+    assert!(
+        yaml.contains(&format!("server: \"{}\"", server.url)),
+        "{yaml}"
+    );
+    assert!(
+        yaml.contains("token-file: \"/etc/rancher/k3s/token\""),
+        "{yaml}"
+    );
+    assert!(yaml.contains("node-name: \"pi4-a\""), "{yaml}");
+    assert!(yaml.contains("node-ip: \"127.0.0.1\""), "{yaml}");
+    assert!(!yaml.contains("k3s-join-secret-123"));
+    assert_eq!(
+        n.calls("systemctl"),
+        ["enable --now k3s-agent.service"],
+        "{log}"
+    );
+    // The image's node password is kept as it was.
+    assert_eq!(
+        n.read("etc/rancher/node/password"),
+        "node-password-from-image\n"
+    );
+    let st = n.status_json();
+    assert_eq!(st["steps"]["k3s"]["state"], "done");
+    assert_eq!(st["steps"]["k3s"]["details"]["ca-sha256"], hash.as_str());
+    let paths: Vec<String> = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.split(' ').nth(1).unwrap().to_owned())
+        .collect();
+    assert_eq!(paths.first().map(String::as_str), Some("/cacerts"));
+    assert_eq!(paths.last().map(String::as_str), Some("/ping"));
+    assert_token_never_sent(&server);
+}
+
+#[test]
+fn mismatching_ca_hash_is_refused_and_not_retried_blindly() {
+    let server = FakeK3s::start();
+    let wrong = hex::encode(Sha256::digest(b"some other cluster's CA"));
+    let n = node(&server, &format!("K10{wrong}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("does not match"), "{log}");
+    assert!(!n.root().join("etc/rancher/k3s/config.yaml").exists());
+    assert!(n.calls("systemctl").is_empty());
+    let st = n.status_json();
+    assert_eq!(st["steps"]["k3s"]["state"], "failed");
+    let reason = st["steps"]["k3s"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("does not match") && reason.contains(&wrong),
+        "{reason}"
+    );
+    assert_token_never_sent(&server);
+
+    let asked = server.requests.lock().unwrap().len();
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(log.contains("refused earlier"), "{log}");
+    assert_eq!(
+        server.requests.lock().unwrap().len(),
+        asked,
+        "retried blindly"
+    );
+}
+
+#[test]
+fn token_without_ca_hash_is_refused_unless_allowed() {
+    let server = FakeK3s::start();
+    let n = node(&server, "k3s-join-secret-123", "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(log.contains("cannot be verified"), "{log}");
+    assert!(server.requests.lock().unwrap().is_empty());
+
+    let n = node(
+        &server,
+        "k3s-join-secret-123",
+        "allow_unverified_token = true",
+    );
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("cannot be verified"), "{log}");
+    assert_eq!(n.calls("systemctl"), ["enable --now k3s-agent.service"]);
+    assert_token_never_sent(&server);
+}

@@ -1,0 +1,352 @@
+//! `run` end to end against stand-ins: zerotier-one's local API on loopback (zerotier-one is not
+//! packaged in Debian), a TLS k3s supervisor on loopback, and recording `systemctl`/`dpkg`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed, SeedFile};
+use sha2::{Digest, Sha256};
+
+fn full_config(zt_url: &str, k3s_url: &str, budget: u64) -> String {
+    format!(
+        r#"
+[node]
+name = "pi4-a"
+role = "agent"
+cluster = "test"
+
+[k3s]
+server_url = "{k3s_url}"
+
+[zerotier]
+network_id = "{ZT_NWID}"
+api_url = "{zt_url}"
+
+[ups]
+host = "10.147.17.10"
+ups = "riello"
+user = "monuser"
+password_file = "/etc/imagegen/ups-password"
+
+[backup]
+target = "backup@nas:/srv/backup"
+paths = ["/etc/rancher"]
+ssh_key_file = "/etc/imagegen/backup_ed25519"
+
+[agent]
+time_budget_secs = {budget}
+"#
+    )
+}
+
+/// Every file under the root (not the lock file) with its mode and content.
+fn tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, (u32, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if m.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.insert(rel, (m.permissions().mode(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn seeded_node(zt: &FakeZeroTier, k3s: &FakeK3s, budget: u64) -> Node {
+    let n = Node::new(&full_config(&zt.url, &k3s.url, budget));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    let hash = hex::encode(Sha256::digest(k3s.ca_pem.as_bytes()));
+    let seed = Seed {
+        files: vec![
+            SeedFile::new(
+                "/etc/rancher/k3s/token",
+                0o600,
+                format!("K10{hash}::server:topsecret").as_bytes(),
+            ),
+            SeedFile::new("/etc/imagegen/ups-password", 0o600, b"ups-secret\n"),
+        ],
+    };
+    n.write(
+        &format!("boot/firmware/{SEED_FILE_NAME}"),
+        &seed.to_toml_string().unwrap(),
+    );
+    n
+}
+
+fn states(n: &Node) -> BTreeMap<String, String> {
+    let st = n.status_json();
+    st["steps"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v["state"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+fn all_done(n: &Node) {
+    let s = states(n);
+    for step in ["config", "seed", "backup", "zerotier", "k3s", "ups"] {
+        assert_eq!(
+            s.get(step).map(String::as_str),
+            Some("done"),
+            "{step}: {s:?}"
+        );
+    }
+}
+
+#[test]
+fn zerotier_joins_waits_and_picks_up_address_and_interface() {
+    let zt = FakeZeroTier::start(false);
+    let n = Node::new(&format!(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [zerotier]\nnetwork_id = \"{ZT_NWID}\"\napi_url = \"{}\"\n\
+         package = \"/var/cache/imagegen/zerotier-one.deb\"\n\n[agent]\ntime_budget_secs = 20\n",
+        zt.url
+    ));
+    n.write(
+        "var/lib/zerotier-one/authtoken.secret",
+        &format!("{ZT_TOKEN}\n"),
+    );
+    n.write("var/cache/imagegen/zerotier-one.deb", "staged package");
+    let w = Running::spawn(n.command(&["run"]));
+    w.wait_log("REQUESTING_CONFIGURATION", Duration::from_secs(10));
+    assert!(
+        n.root()
+            .join(format!("var/lib/zerotier-one/networks.d/{ZT_NWID}.conf"))
+            .is_file()
+    );
+    zt.set_ready();
+    let mut w = w;
+    assert!(w.child.wait().unwrap().success(), "{}", w.log_text());
+    let st = n.status_json();
+    assert_eq!(st["steps"]["zerotier"]["state"], "done");
+    assert_eq!(
+        st["steps"]["zerotier"]["details"]["address"],
+        "10.147.17.23"
+    );
+    assert_eq!(
+        st["steps"]["zerotier"]["details"]["interface"],
+        "ztabcdefgh"
+    );
+    assert_eq!(n.calls("systemctl"), ["enable --now zerotier-one.service"]);
+    let deb = n.root().join("var/cache/imagegen/zerotier-one.deb");
+    assert_eq!(n.calls("dpkg"), [format!("-i {}", deb.display())]);
+    let reqs = zt.requests.lock().unwrap();
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with(&format!("POST /network/{ZT_NWID} ")))
+    );
+    assert!(reqs.iter().all(|r| r.contains(ZT_TOKEN)));
+}
+
+#[test]
+fn run_twice_gives_the_same_tree_and_places_the_seed() {
+    let (zt, k3s) = (FakeZeroTier::start(true), FakeK3s::start());
+    let n = seeded_node(&zt, &k3s, 20);
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        !log.contains("topsecret") && !log.contains("ups-secret"),
+        "{log}"
+    );
+    all_done(&n);
+
+    let token = n.root().join("etc/rancher/k3s/token");
+    assert_eq!(
+        fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!n.root().join("boot/firmware").join(SEED_FILE_NAME).exists());
+    let yaml = n.read("etc/rancher/k3s/config.yaml");
+    assert!(yaml.contains("node-ip: \"10.147.17.23\""), "{yaml}");
+    assert!(yaml.contains("flannel-iface: \"ztabcdefgh\""), "{yaml}");
+    let boot_copy = n.read("boot/firmware/imagegen-status.txt");
+    assert!(
+        boot_copy.contains("k3s") && boot_copy.contains("done"),
+        "{boot_copy}"
+    );
+    let calls = n.calls("systemctl");
+    for unit in [
+        "imagegen-backup.timer",
+        "zerotier-one.service",
+        "k3s-agent.service",
+        "imagegen-ups-watch.service",
+    ] {
+        assert!(
+            calls.contains(&format!("enable --now {unit}")),
+            "{unit}: {calls:?}"
+        );
+    }
+
+    let first = tree(n.root());
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(tree(n.root()), first, "second run changed the tree");
+}
+
+#[test]
+fn run_killed_midway_completes_when_run_again() {
+    let (zt, k3s) = (FakeZeroTier::start(false), FakeK3s::start());
+    let n = seeded_node(&zt, &k3s, 30);
+    let w = Running::spawn(n.command(&["run"]));
+    w.wait_log("zerotier: waiting", Duration::from_secs(10));
+    drop(w); // SIGKILL in the middle of the ZeroTier wait
+    assert!(n.root().join("etc/rancher/k3s/token").exists());
+    zt.set_ready();
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all_done(&n);
+    assert!(
+        n.read("etc/rancher/k3s/config.yaml")
+            .contains("10.147.17.23")
+    );
+}
+
+#[test]
+fn network_absent_ends_within_budget_and_leaves_steps_pending() {
+    // Ports nobody listens on.
+    let zt_url = format!("http://127.0.0.1:{}", free_port());
+    let k3s_url = format!("https://127.0.0.1:{}", free_port());
+    let n = Node::new(&full_config(&zt_url, &k3s_url, 2));
+    n.write(
+        "etc/rancher/k3s/token",
+        "K10abababababababababababababababababababababababababababababababab::s:p",
+    );
+    n.write("etc/imagegen/ups-password", "pw");
+    let t = Instant::now();
+    let out = n.command(&["run"]).output().unwrap();
+    let took = t.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} with a 2 s budget"
+    );
+    let s = states(&n);
+    assert_eq!(s["zerotier"], "pending", "{s:?}");
+    assert_eq!(s["k3s"], "pending", "{s:?}");
+    assert_eq!(s["backup"], "done", "{s:?}");
+    assert_eq!(s["ups"], "done", "{s:?}");
+    assert!(!n.root().join("etc/rancher/k3s/config.yaml").exists());
+}
+
+#[test]
+fn bad_config_is_reported_with_its_line_and_nothing_is_written() {
+    let n = Node::new("[node]\nname = \"pi4-a\"\nrole = \"master\"\ncluster = \"test\"\n");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(log.contains("line 3"), "{log}");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["config"]["state"], "failed");
+    assert!(
+        st["steps"]["config"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("line 3")
+    );
+    let files: Vec<String> = tree(n.root()).into_keys().collect();
+    assert_eq!(
+        files,
+        [
+            "boot/firmware/imagegen-status.txt",
+            "etc/imagegen/node.toml",
+            "var/lib/imagegen/status.json",
+            "var/lib/imagegen/status.lock"
+        ]
+    );
+    assert!(n.calls("systemctl").is_empty());
+}
+
+#[test]
+fn status_on_an_empty_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(AGENT)
+        .args(["--root"])
+        .arg(dir.path())
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["steps"].as_object().unwrap().is_empty());
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "status wrote files"
+    );
+}
+
+#[test]
+fn first_server_gets_cluster_init_and_etcd_snapshots() {
+    let zt = FakeZeroTier::start(true);
+    let n = Node::new(&format!(
+        r#"
+[node]
+name = "master"
+role = "server"
+cluster = "test"
+cluster_init = true
+
+[k3s]
+etcd_snapshot_retention = 7
+
+[zerotier]
+network_id = "{ZT_NWID}"
+api_url = "{}"
+
+[backup]
+target = "backup@nas:/srv/backup"
+paths = ["/var/lib/rancher/k3s/server/db/snapshots"]
+schedule = "*-*-* 02:30:00"
+ssh_key_file = "/etc/imagegen/backup_ed25519"
+
+[agent]
+time_budget_secs = 2
+"#,
+        zt.url
+    ));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    n.write("etc/rancher/k3s/token", "short-first-server-token\n");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let yaml = n.read("etc/rancher/k3s/config.yaml");
+    assert!(yaml.contains("cluster-init: true\n"), "{yaml}");
+    assert!(!yaml.contains("server:"), "{yaml}");
+    assert!(yaml.contains("node-ip: \"10.147.17.23\""), "{yaml}");
+    let etcd = n.read("etc/rancher/k3s/config.yaml.d/50-imagegen-etcd-snapshots.yaml");
+    assert!(
+        etcd.contains("etcd-snapshot-schedule-cron: \"0 */6 * * *\""),
+        "{etcd}"
+    );
+    assert!(etcd.contains("etcd-snapshot-retention: 7"), "{etcd}");
+    let timer = n.read("etc/systemd/system/imagegen-backup.timer.d/schedule.conf");
+    assert!(
+        timer.contains("OnCalendar=\nOnCalendar=*-*-* 02:30:00\n"),
+        "{timer}"
+    );
+    assert!(
+        n.calls("systemctl")
+            .contains(&"enable --now k3s.service".to_owned())
+    );
+    // Nothing answers on 127.0.0.1:6443 here: the self-check waits, then stays pending.
+    assert_eq!(states(&n)["k3s"], "pending", "{log}");
+}
