@@ -1,5 +1,5 @@
 //! The systemd units of the agent, as plain files the builder installs into
-//! `/etc/systemd/system/`. The agent binary is expected at `/usr/local/sbin/imagegen-firstboot`.
+//! `/etc/systemd/system/`. The agent binary is expected at `/usr/local/bin/imagegen-firstboot`.
 
 /// `(file name, content)` of every unit.
 pub const UNITS: &[(&str, &str)] = &[
@@ -34,7 +34,7 @@ pub const ENABLED_BY_BUILDER: &[(&str, &str)] = &[
 ];
 
 /// Where the builder puts the agent binary (the units' `ExecStart=`).
-pub const AGENT_BINARY_PATH: &str = "/usr/local/sbin/imagegen-firstboot";
+pub const AGENT_BINARY_PATH: &str = "/usr/local/bin/imagegen-firstboot";
 
 #[cfg(test)]
 mod tests {
