@@ -4,7 +4,7 @@
 
 use crate::arch::{self, Arch};
 use crate::board::{self, Board};
-use crate::config::{ClusterConfig, Role};
+use crate::config::ClusterConfig;
 use crate::emit::{self, BuildRecord, EmitOptions, Manifest};
 use crate::fetch::{self, FetchOptions, Source};
 use crate::fs::{FsKind, Op, ext4};
@@ -36,6 +36,8 @@ pub struct Request<'a> {
     pub vendor: Option<Vendor>,
     pub agents: &'a [Agent],
     pub generic: bool,
+    /// Where node identities live (SSH host keys, k3s node password).
+    pub state_dir: &'a Path,
     pub fetch: &'a FetchOptions,
 }
 
@@ -179,6 +181,14 @@ pub fn build(req: &Request) -> Result<Manifest> {
         );
     }
     let epoch = epoch(&image)?;
+    let identity = if req.generic {
+        None
+    } else {
+        Some(
+            crate::identity::load_or_create(req.state_dir, req.node)
+                .context("loading the node's identity")?,
+        )
+    };
 
     let spec = NodeSpec {
         name: req.node,
@@ -189,6 +199,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         config_dir: req.config_dir,
         agent: agent.map(|a| a.path.as_path()),
         generic: req.generic,
+        identity: identity.as_ref(),
         epoch,
     };
     let changes = plan::plan(&mut image, &spec)?;
@@ -283,12 +294,4 @@ fn manifest_changes(image: &mut Image, changes: &[Change]) -> Result<Vec<emit::C
         });
     }
     Ok(out)
-}
-
-/// The role as the agent's config names it, for messages.
-pub fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Server => "server",
-        Role::Agent => "agent",
-    }
 }

@@ -12,6 +12,7 @@ pub mod cmd;
 pub mod config;
 pub mod disk;
 pub mod fs;
+pub mod identity;
 pub mod image;
 pub mod io;
 pub mod plan;

@@ -172,6 +172,10 @@ pub struct BuildArgs {
     /// `imagegen personalize` when flashing)
     #[arg(long)]
     pub no_secrets: bool,
+    /// Node identities (SSH host keys, k3s node password), made on the first build and
+    /// reused by every rebuild [default: .imagegen-state beside the config]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Download cache [default: $XDG_CACHE_HOME/imagegen]
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,

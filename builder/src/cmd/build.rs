@@ -50,6 +50,10 @@ pub fn build(a: BuildArgs) -> Result<()> {
     fetch.insecure = a.insecure;
     let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
     let base = a.base.as_deref().map(Source::parse);
+    let state_dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_dir(&config_dir));
 
     for node in &nodes {
         let out = output_path(&a, node)?;
@@ -63,6 +67,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
             vendor,
             agents: &agents,
             generic: a.no_secrets,
+            state_dir: &state_dir,
             fetch: &fetch,
         };
         let m = build::build(&req).with_context(|| format!("building node {node}"))?;

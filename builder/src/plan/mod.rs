@@ -56,6 +56,8 @@ pub struct NodeSpec<'a> {
     pub agent: Option<&'a Path>,
     /// Leave out every secret and the node's identity (a generic image for CI artifacts).
     pub generic: bool,
+    /// The node's identity (None for a generic image).
+    pub identity: Option<&'a crate::identity::Identity>,
     pub epoch: i64,
 }
 
@@ -65,22 +67,22 @@ impl NodeSpec<'_> {
     }
 }
 
-/// Collects changes; keeps the plan readable.
-struct Plan {
+/// Collects changes; keeps the plan and the vendor adapters readable.
+pub struct Plan {
     changes: Vec<Change>,
     epoch: i64,
 }
 
 impl Plan {
-    fn file(&mut self, path: &str, content: Vec<u8>, mode: u32, uid: u32, gid: u32) {
+    pub fn file(&mut self, path: &str, content: Vec<u8>, mode: u32, uid: u32, gid: u32) {
         self.push(path, Content::Bytes(content), mode, uid, gid, false);
     }
 
-    fn secret(&mut self, path: &str, content: Vec<u8>) {
+    pub fn secret(&mut self, path: &str, content: Vec<u8>) {
         self.push(path, Content::Bytes(content), 0o600, 0, 0, true);
     }
 
-    fn push(&mut self, path: &str, content: Content, mode: u32, uid: u32, gid: u32, secret: bool) {
+    pub fn push(&mut self, path: &str, content: Content, mode: u32, uid: u32, gid: u32, secret: bool) {
         self.changes.push(Change {
             op: Op::WriteFile {
                 path: path.into(),
@@ -96,7 +98,7 @@ impl Plan {
         });
     }
 
-    fn dir(&mut self, path: &str, mode: u32, uid: u32, gid: u32) {
+    pub fn dir(&mut self, path: &str, mode: u32, uid: u32, gid: u32) {
         self.changes.push(Change {
             op: Op::Mkdir {
                 path: path.into(),
@@ -112,7 +114,7 @@ impl Plan {
         });
     }
 
-    fn symlink(&mut self, path: &str, target: &str) {
+    pub fn symlink(&mut self, path: &str, target: &str) {
         self.changes.push(Change {
             op: Op::Symlink {
                 path: path.into(),
@@ -121,6 +123,23 @@ impl Plan {
             },
             secret: false,
         });
+    }
+
+    pub fn remove(&mut self, path: &str) {
+        self.changes.push(Change {
+            op: Op::Remove { path: path.into() },
+            secret: false,
+        });
+    }
+
+    /// Masks a systemd unit (a link to /dev/null), the documented way to switch a vendor's
+    /// unit off for good.
+    pub fn mask(&mut self, unit: &str) {
+        self.symlink(&format!("/etc/systemd/system/{unit}"), "/dev/null");
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
     }
 }
 
@@ -135,6 +154,19 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         hostname(image, spec, &mut p)?;
     }
     admin(image, spec, &mut p)?;
+    kernel_cmdline(image, spec, &mut p)?;
+    if let Some(id) = spec.identity {
+        identity(id, spec.vendor, &mut p);
+    }
+    crate::vendor::adapt::plan(
+        spec.vendor,
+        image,
+        &crate::vendor::adapt::Context {
+            node: if spec.generic { "generic" } else { spec.name },
+            has_identity: spec.identity.is_some(),
+        },
+        &mut p,
+    )?;
 
     let node = node_config(spec)?;
     let text = node
@@ -166,7 +198,7 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         let dir = Path::new(units::AGENT_BINARY_PATH)
             .parent()
             .and_then(Path::to_str)
-            .unwrap_or("/usr/local/sbin");
+            .unwrap_or("/usr/local/bin");
         p.dir(dir, 0o755, 0, 0);
         p.push(
             units::AGENT_BINARY_PATH,
@@ -192,6 +224,93 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         }
     }
     Ok(p.changes)
+}
+
+/// The node's SSH host keys at their usual paths and the k3s node password.
+fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
+    let keep_copy = vendor == Vendor::RpiOsBookworm;
+    if keep_copy {
+        p.dir(crate::vendor::adapt::IDENTITY_DIR, 0o700, 0, 0);
+    }
+    for k in &id.host_keys {
+        let name = format!("ssh_host_{}_key", k.kind);
+        p.push(&format!("/etc/ssh/{name}"), Content::Bytes(k.private.clone()), 0o600, 0, 0, true);
+        p.file(&format!("/etc/ssh/{name}.pub"), k.public.clone(), 0o644, 0, 0);
+        if keep_copy {
+            let dir = crate::vendor::adapt::IDENTITY_DIR;
+            p.push(&format!("{dir}/{name}"), Content::Bytes(k.private.clone()), 0o600, 0, 0, true);
+            p.file(&format!("{dir}/{name}.pub"), k.public.clone(), 0o644, 0, 0);
+        }
+    }
+    p.dir("/etc/rancher/node", 0o700, 0, 0);
+    p.secret(
+        "/etc/rancher/node/password",
+        id.k3s_node_password.clone().into_bytes(),
+    );
+}
+
+/// Adds the board's kernel arguments (k3s needs the memory cgroup on Raspberry Pis) to the
+/// one-line cmdline.txt, and checks that its root= names a partition of this image.
+fn kernel_cmdline(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    let Some(file) = spec.board.kernel_cmdline_file.as_deref() else {
+        return Ok(());
+    };
+    let text = match image.read_file(file) {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(ImageError::Fs(crate::fs::FsError::NotFound(_))) => {
+            return Err(PlanError::Invalid(format!(
+                "board {} boots with {file}, but the image has none",
+                spec.board.id
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let line = text.lines().next().unwrap_or("").trim().to_string();
+    let mut args: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    let root = args
+        .iter()
+        .find_map(|a| a.strip_prefix("root="))
+        .map(str::to_string)
+        .ok_or_else(|| PlanError::Invalid(format!("{file} has no root= argument")))?;
+    check_root_reference(image, &root, file)?;
+    for want in &spec.board.kernel_args {
+        if !args.contains(want) {
+            args.push(want.clone());
+        }
+    }
+    let new = format!("{}\n", args.join(" "));
+    if new != text {
+        p.file(file, new.into_bytes(), 0o644, 0, 0);
+    }
+    Ok(())
+}
+
+/// root=PARTUUID=/LABEL=/UUID= must name a partition or filesystem of this image, or the node
+/// will not find its root after flashing.
+fn check_root_reference(image: &mut Image, root: &str, file: &str) -> Result<(), PlanError> {
+    let ok = if let Some(u) = root.strip_prefix("PARTUUID=") {
+        image.slots().iter().any(|s| s.partition.partuuid.eq_ignore_ascii_case(u))
+    } else if let Some(want) = root.strip_prefix("LABEL=").or(root.strip_prefix("UUID=")) {
+        let by_label = root.starts_with("LABEL=");
+        let mut found = false;
+        for i in 0..image.slots().len() {
+            if image.slots()[i].fs_kind.is_some() {
+                let info = image.info(i)?;
+                let v = if by_label { info.label } else { info.uuid };
+                found |= v.is_some_and(|v| v.eq_ignore_ascii_case(want));
+            }
+        }
+        found
+    } else {
+        true
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(PlanError::Invalid(format!(
+            "{file} says root={root}, which is not in this image: the node would not boot"
+        )))
+    }
 }
 
 fn read_secret(path: &Path, what: &str) -> Result<Vec<u8>, PlanError> {

@@ -1,6 +1,8 @@
 //! Vendor image families: which one an image is, from what the vendor leaves in it.
 //! Facts: shared/research/vendor-images.md.
 
+pub mod adapt;
+
 use crate::fs::FsKind;
 use crate::image::{Image, ImageError};
 use std::fmt;
