@@ -15,5 +15,6 @@ pub mod fs;
 pub mod identity;
 pub mod image;
 pub mod io;
+pub mod personalize;
 pub mod plan;
 pub mod vendor;

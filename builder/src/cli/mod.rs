@@ -42,6 +42,8 @@ pub enum Command {
     Build(BuildArgs),
     /// List the boards imagegen knows
     Boards(BoardsArgs),
+    /// Add one node's identity and secrets to a generic image, on its boot partition only
+    Personalize(PersonalizeArgs),
     /// Write a commented example cluster.toml
     Init(InitArgs),
     /// Validate a cluster.toml
@@ -182,6 +184,24 @@ pub struct BuildArgs {
     /// Use a downloaded base image even when no checksum vouches for it
     #[arg(long)]
     pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PersonalizeArgs {
+    /// A generic image from `imagegen build --no-secrets` (raw), changed in place
+    pub image: PathBuf,
+    /// Cluster description
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+    /// The node this card becomes
+    #[arg(long)]
+    pub node: String,
+    /// Node identities [default: .imagegen-state beside the config]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Vendor family of the image, when detection is not wanted
+    #[arg(long, value_name = "ID")]
+    pub vendor: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use crate::board;
 use crate::build::{self, Agent};
-use crate::cli::{BoardsArgs, BuildArgs, CheckArgs, InitArgs};
+use crate::cli::{BoardsArgs, BuildArgs, CheckArgs, InitArgs, PersonalizeArgs};
 use crate::config::{self, ClusterConfig};
 use crate::fetch::{FetchOptions, Source};
 use crate::plan;
@@ -227,6 +227,33 @@ pub fn check(a: CheckArgs) -> Result<()> {
         a.config.display(),
         c.cluster.name.get_ref(),
         c.nodes.len()
+    );
+    Ok(())
+}
+
+pub fn personalize(a: PersonalizeArgs) -> Result<()> {
+    let loaded = config::load(&a.config)?;
+    let node = loaded.node(&a.node)?;
+    let board = board::get(node.board.get_ref())?;
+    let state_dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_dir(&loaded.dir));
+    let identity = crate::identity::load_or_create(&state_dir, &a.node)
+        .context("loading the node's identity")?;
+    let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
+    let path = crate::personalize::personalize(&crate::personalize::Request {
+        image: &a.image,
+        config: &loaded,
+        node: &a.node,
+        board: &board,
+        identity: &identity,
+        vendor,
+    })?;
+    eprintln!(
+        "wrote the seed for node {} to {}:{path}; it is moved into place and wiped on first boot",
+        a.node,
+        a.image.display()
     );
     Ok(())
 }

@@ -34,6 +34,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Grow(a) => edit::grow(a),
         Command::Build(a) => build::build(a),
         Command::Boards(a) => build::boards(a),
+        Command::Personalize(a) => build::personalize(a),
         Command::Init(a) => build::init(a),
         Command::Check(a) => build::check(a),
     }

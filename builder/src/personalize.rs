@@ -1,0 +1,122 @@
+//! `imagegen personalize`: turns a generic image (`build --no-secrets`) into one node at flash
+//! time by writing a seed onto the FAT boot partition only. No ext4 work, so it is fast and
+//! touches no byte outside that partition. The agent places the seed's files on first boot
+//! and wipes it.
+
+use crate::board::Board;
+use crate::config::Loaded;
+use crate::fs::{Content, FsKind, Meta, Op};
+use crate::identity::Identity;
+use crate::image::Image;
+use crate::plan::{self, NodeSpec};
+use crate::vendor::{self, Vendor};
+use anyhow::{Context, Result, bail};
+use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed, SeedFile};
+use std::path::Path;
+
+pub struct Request<'a> {
+    pub image: &'a Path,
+    pub config: &'a Loaded,
+    pub node: &'a str,
+    pub board: &'a Board,
+    pub identity: &'a Identity,
+    pub vendor: Option<Vendor>,
+}
+
+/// Writes the seed and returns its path inside the image.
+pub fn personalize(req: &Request) -> Result<String> {
+    let mut image = Image::open(req.image)
+        .with_context(|| format!("opening {}", req.image.display()))?;
+    let vendor = match req.vendor {
+        Some(v) => v,
+        None => vendor::detect(&mut image)?,
+    };
+    let boot = plan::boot_mount(vendor);
+    let slot = image.locate(&image.resolve(boot, true)?).slot;
+    if image.slots()[slot].fs_kind != Some(FsKind::Fat) {
+        bail!(
+            "{} images have no FAT boot partition at {boot}, so there is nowhere to put a seed \
+             a PC can write; build a full image for this node instead (imagegen build --node {})",
+            vendor.description(),
+            req.node
+        );
+    }
+    let node = req
+        .config
+        .node(req.node)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = NodeSpec {
+        name: req.node,
+        role: node.role,
+        board: req.board,
+        vendor,
+        config: &req.config.config,
+        config_dir: &req.config.dir,
+        agent: None,
+        generic: false,
+        identity: Some(req.identity),
+        epoch: 0,
+    };
+    let seed = seed_for(&spec, req.config)?;
+    let text = seed.to_toml_string()?;
+    let epoch = crate::build::epoch(&image)?;
+    let path = format!("{boot}/{SEED_FILE_NAME}");
+    image
+        .apply(
+            &[Op::WriteFile {
+                path: path.clone(),
+                content: Content::Bytes(text.into_bytes()),
+                meta: Meta::root(0o600, epoch),
+            }],
+            epoch,
+        )
+        .context("writing the seed")?;
+    Ok(path)
+}
+
+/// Everything that makes a generic image this node: its node.toml, hostname, identity and
+/// secrets.
+fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
+    let mut files = Vec::new();
+    let node = plan::node_config(spec)?;
+    files.push(SeedFile::new(
+        plan::NODE_TOML,
+        0o600,
+        node.to_toml_string()?.as_bytes(),
+    ));
+    files.push(SeedFile::new("/etc/hostname", 0o644, format!("{}\n", spec.name).as_bytes()));
+    for k in &spec.identity.expect("personalize always has an identity").host_keys {
+        let name = format!("/etc/ssh/ssh_host_{}_key", k.kind);
+        files.push(SeedFile::new(&name, 0o600, &k.private));
+        files.push(SeedFile::new(&format!("{name}.pub"), 0o644, &k.public));
+    }
+    if let Some(id) = spec.identity {
+        files.push(SeedFile::new(
+            "/etc/rancher/node/password",
+            0o600,
+            id.k3s_node_password.as_bytes(),
+        ));
+    }
+    let c = &loaded.config;
+    let read = |p: &Path, what: &str| -> Result<Vec<u8>> {
+        let full = loaded.resolve(p);
+        let b = std::fs::read(&full).with_context(|| format!("{what} {}", full.display()))?;
+        Ok(b.trim_ascii_end().to_vec())
+    };
+    if let Some(k) = &c.k3s {
+        files.push(SeedFile::new(plan::K3S_TOKEN, 0o600, &read(&k.token_file, "k3s token_file")?));
+    }
+    if let Some(u) = &c.ups {
+        files.push(SeedFile::new(
+            plan::NUT_PASSWORD,
+            0o600,
+            &read(&u.password_file, "ups password_file")?,
+        ));
+    }
+    if let Some(k) = c.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
+        let full = loaded.resolve(k);
+        let key = std::fs::read(&full).with_context(|| format!("backup ssh_key_file {}", full.display()))?;
+        files.push(SeedFile::new(plan::BACKUP_KEY, 0o600, &key));
+    }
+    Ok(Seed { files })
+}
