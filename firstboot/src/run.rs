@@ -65,6 +65,32 @@ pub fn load_config(root: &Root) -> Result<NodeConfig, RunError> {
     result
 }
 
+/// Makes seeded identity files take effect on the running system: the hostname now, and sshd
+/// restarted so it serves the node's own host keys. Best effort: the files are in place, and
+/// the next boot uses them anyway.
+fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
+    if placed.iter().any(|p| p == "/etc/hostname")
+        && let Ok(name) = std::fs::read_to_string(root.path("/etc/hostname"))
+    {
+        let live = root.path("/proc/sys/kernel/hostname");
+        if live.exists()
+            && let Err(e) = std::fs::write(&live, name.trim())
+        {
+            eprintln!("seed: cannot set the hostname now: {e}");
+        }
+    }
+    if placed.iter().any(|p| p.starts_with("/etc/ssh/ssh_host_")) {
+        let restarted = crate::command::run(
+            root,
+            &config.commands.systemctl,
+            &["try-restart", "ssh.service"],
+        );
+        if let Err(e) = restarted {
+            eprintln!("seed: cannot restart sshd for the new host keys: {e}");
+        }
+    }
+}
+
 /// Summary of one `run`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -107,9 +133,12 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
 
     // The seed runs every time: a user may personalize the card again later.
     let before = status::load(root)?;
+    let mut reload = false;
     let seed_outcome = match seed::consume(root, boot) {
         Ok(seed::Consumed::Placed(paths)) => {
             eprintln!("seed: placed {} file(s) and wiped the seed", paths.len());
+            reload = paths.iter().any(|p| p == NODE_CONFIG_PATH);
+            apply_seeded_identity(root, config, &paths);
             Some(Outcome::Done(BTreeMap::from([(
                 "placed".to_owned(),
                 paths.join(" "),
@@ -125,6 +154,13 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
     match seed_outcome {
         Some(o) => record("seed", o, &mut summary)?,
         None => summary.done.push("seed".into()),
+    }
+    if reload {
+        // A personalized generic image: the seed brought this node's own node.toml, so the
+        // rest of the run is this node's, not the generic image's.
+        eprintln!("seed: brought a new node.toml; continuing with it");
+        let config = load_config(root)?;
+        return run(root, &config);
     }
 
     let current = |name: &str| -> Result<Option<Status>, RunError> {
