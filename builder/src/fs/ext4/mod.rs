@@ -47,7 +47,12 @@ impl Ext4Fs {
                 sb.size_bytes()
             )));
         }
-        let view = read::load(file, offset, len)?;
+        // ext4-view replays a journal in memory, but fails on some it cannot replay; then the
+        // advice to recover the journal is the useful one.
+        let view = read::load(file, offset, len).map_err(|e| match sb.recovery_gate() {
+            Err(recover) => recover,
+            Ok(()) => e,
+        })?;
         Ok(Ext4Fs {
             image: image.to_path_buf(),
             offset,

@@ -189,16 +189,22 @@ impl Superblock {
         )
     }
 
-    /// Refuses filesystems that imagegen cannot edit safely through debugfs, saying what to do.
-    pub fn write_gate(&self) -> Result<(), FsError> {
-        let refuse = |msg: String| Err(FsError::Unsupported(msg));
+    /// Refuses a filesystem whose journal must be replayed first.
+    pub fn recovery_gate(&self) -> Result<(), FsError> {
         if self.has("needs_recovery") {
-            return refuse(
+            return Err(FsError::Unsupported(
                 "the ext4 filesystem needs journal recovery (it was not cleanly unmounted): run \
                  `e2fsck -fy` on it, or boot it once and shut it down cleanly, then retry"
                     .into(),
-            );
+            ));
         }
+        Ok(())
+    }
+
+    /// Refuses filesystems that imagegen cannot edit safely through debugfs, saying what to do.
+    pub fn write_gate(&self) -> Result<(), FsError> {
+        let refuse = |msg: String| Err(FsError::Unsupported(msg));
+        self.recovery_gate()?;
         if self.has("orphan_present") {
             return refuse(
                 "the ext4 filesystem has orphan inodes pending (not cleanly unmounted): run \
