@@ -2,8 +2,8 @@
 //! the vendor images, a hash-indexed /etc, and debugfs / e2fsck / dumpe2fs as oracles.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -27,7 +27,10 @@ fn tool(name: &str) -> Command {
     let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
         .iter()
         .any(|d| Path::new(d).join(name).exists());
-    assert!(found, "{name} is missing: install the e2fsprogs package (apt-get install e2fsprogs)");
+    assert!(
+        found,
+        "{name} is missing: install the e2fsprogs package (apt-get install e2fsprogs)"
+    );
     let mut c = Command::new(name);
     c.env("LC_ALL", "C");
     c
@@ -101,7 +104,10 @@ fn template(features: &'static str) -> &'static Template {
         (RPI_OS, OnceLock::new()),
         (TRIXIE, OnceLock::new()),
     ];
-    let (_, cell) = TEMPLATES.iter().find(|(f, _)| *f == features).expect("a known feature set");
+    let (_, cell) = TEMPLATES
+        .iter()
+        .find(|(f, _)| *f == features)
+        .expect("a known feature set");
     cell.get_or_init(|| make_template(features))
 }
 
@@ -113,7 +119,11 @@ fn make_template(features: &str) -> Template {
     let etc = staging.join("etc");
     fs::create_dir_all(&etc).unwrap();
     for i in 0..400 {
-        fs::write(etc.join(format!("config-entry-number-{i:04}.conf")), format!("{i}\n")).unwrap();
+        fs::write(
+            etc.join(format!("config-entry-number-{i:04}.conf")),
+            format!("{i}\n"),
+        )
+        .unwrap();
     }
     fs::write(etc.join("hostname"), "raspberrypi\n").unwrap();
     fs::write(etc.join("remove-me"), "old\n").unwrap();
@@ -144,10 +154,21 @@ fn make_template(features: &str) -> Template {
         .arg(&part));
     assert!(ok, "mkfs.ext4: {out}");
     // e2fsck -D rebuilds directories, with a hash index where they span several blocks.
-    let status = tool("e2fsck").args(["-fyD"]).arg(&part).output().unwrap().status;
-    assert!(status.code().is_some_and(|c| c <= 1), "e2fsck -fyD: {status}");
+    let status = tool("e2fsck")
+        .args(["-fyD"])
+        .arg(&part)
+        .output()
+        .unwrap()
+        .status;
+    assert!(
+        status.code().is_some_and(|c| c <= 1),
+        "e2fsck -fyD: {status}"
+    );
     let htree = run(tool("debugfs").args(["-R", "htree /etc"]).arg(&part)).1;
-    assert!(htree.contains("Root node dump"), "/etc is not hash-indexed:\n{htree}");
+    assert!(
+        htree.contains("Root node dump"),
+        "/etc is not hash-indexed:\n{htree}"
+    );
 
     let bytes = fs::read(&part).unwrap();
     bytes
@@ -168,7 +189,8 @@ fn fixture(features: &'static str, tail: u64) -> Fixture {
     for (at, chunk) in template(features) {
         file.write_all_at(chunk, OFFSET + at).unwrap();
     }
-    file.write_all_at(&pattern(tail as usize, 2), OFFSET + PART_LEN).unwrap();
+    file.write_all_at(&pattern(tail as usize, 2), OFFSET + PART_LEN)
+        .unwrap();
     file.set_len(OFFSET + PART_LEN + tail).unwrap();
     Fixture { _dir: dir, image }
 }
@@ -229,10 +251,20 @@ fn batch(blob: &Path) -> Vec<Op> {
 fn debugfs_stat(image: &Path, path: &str) -> (String, String, String) {
     let out = debugfs(image, &format!("stat \"{path}\""));
     let word_after = |key: &str| {
-        let at = out.find(key).unwrap_or_else(|| panic!("no {key} for {path}:\n{out}"));
-        out[at + key.len()..].split_whitespace().next().unwrap().to_string()
+        let at = out
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key} for {path}:\n{out}"));
+        out[at + key.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
     };
-    (word_after("Mode:"), word_after("User:"), word_after("Group:"))
+    (
+        word_after("Mode:"),
+        word_after("User:"),
+        word_after("Group:"),
+    )
 }
 
 fn applies_batch(features: &'static str) {
@@ -248,30 +280,57 @@ fn applies_batch(features: &'static str) {
 
     assert_fsck_clean(&fx.image);
     assert_eq!(debugfs_cat(&fx.image, "/etc/node-secret"), b"k3s-token\n");
-    assert_eq!(debugfs_stat(&fx.image, "/etc/node-secret"), ("0600".into(), "1000".into(), "1000".into()));
+    assert_eq!(
+        debugfs_stat(&fx.image, "/etc/node-secret"),
+        ("0600".into(), "1000".into(), "1000".into())
+    );
     assert_eq!(debugfs_cat(&fx.image, "/opt/imagegen/blob"), blob_bytes);
     assert_eq!(debugfs_stat(&fx.image, "/opt/imagegen/blob").0, "0755");
     assert_eq!(debugfs_stat(&fx.image, "/opt/imagegen").0, "0750");
     assert_eq!(debugfs_stat(&fx.image, "/opt").0, "0750");
     assert_eq!(debugfs_cat(&fx.image, "/etc/hostname"), b"node-a\n");
     assert_eq!(debugfs_stat(&fx.image, "/etc/hostname").0, "0644");
-    assert_eq!(debugfs_stat(&fx.image, "/home/pi"), ("0700".into(), "1000".into(), "1000".into()));
-    let link = debugfs(&fx.image, "stat /etc/systemd/system/multi-user.target.wants/imagegen.service");
+    assert_eq!(
+        debugfs_stat(&fx.image, "/home/pi"),
+        ("0700".into(), "1000".into(), "1000".into())
+    );
+    let link = debugfs(
+        &fx.image,
+        "stat /etc/systemd/system/multi-user.target.wants/imagegen.service",
+    );
     assert!(link.contains("Type: symlink"), "{link}");
-    assert!(link.contains("Fast link dest: \"/lib/systemd/system/imagegen.service\""), "{link}");
+    assert!(
+        link.contains("Fast link dest: \"/lib/systemd/system/imagegen.service\""),
+        "{link}"
+    );
     let gone = debugfs(&fx.image, "stat /etc/remove-me");
     assert!(gone.contains("File not found"), "{gone}");
     // The new name went into the hash index, which debugfs's lookup and htree dump both see.
     let htree = debugfs(&fx.image, "htree /etc");
-    assert!(htree.contains("node-secret"), "node-secret not in the /etc hash tree");
+    assert!(
+        htree.contains("node-secret"),
+        "node-secret not in the /etc hash tree"
+    );
     let ls = debugfs(&fx.image, "ls -l /etc");
-    assert!(ls.lines().any(|l| l.contains("node-secret") && l.contains("100600") && l.contains("1000")), "{ls}");
+    assert!(
+        ls.lines()
+            .any(|l| l.contains("node-secret") && l.contains("100600") && l.contains("1000")),
+        "{ls}"
+    );
     // dumpe2fs must see the same feature set before and after.
     let after = fs::read(&fx.image).unwrap();
     assert_eq!(before.len(), after.len());
-    assert_eq!(before[..OFFSET as usize], after[..OFFSET as usize], "bytes before the partition changed");
+    assert_eq!(
+        before[..OFFSET as usize],
+        after[..OFFSET as usize],
+        "bytes before the partition changed"
+    );
     let end = (OFFSET + PART_LEN) as usize;
-    assert_eq!(before[end..], after[end..], "bytes after the partition changed");
+    assert_eq!(
+        before[end..],
+        after[end..],
+        "bytes after the partition changed"
+    );
 
     // The handle was reloaded after the write and reads the new state.
     assert_eq!(fs_.read_file("/etc/hostname").unwrap(), b"node-a\n");
@@ -297,10 +356,22 @@ fn applies_a_batch_on_trixie_features() {
 fn info_matches_dumpe2fs() {
     for features in [BOOKWORM, RPI_OS, TRIXIE] {
         let fx = fixture(features, 0);
-        let info = Ext4Fs::open(&fx.image, OFFSET, PART_LEN).unwrap().info().unwrap();
-        assert_eq!(info.features.join(" "), dumpe2fs_field(&fx.image, "Filesystem features"));
-        assert_eq!(info.uuid.unwrap(), dumpe2fs_field(&fx.image, "Filesystem UUID"));
-        assert_eq!(info.label.unwrap(), dumpe2fs_field(&fx.image, "Filesystem volume name"));
+        let info = Ext4Fs::open(&fx.image, OFFSET, PART_LEN)
+            .unwrap()
+            .info()
+            .unwrap();
+        assert_eq!(
+            info.features.join(" "),
+            dumpe2fs_field(&fx.image, "Filesystem features")
+        );
+        assert_eq!(
+            info.uuid.unwrap(),
+            dumpe2fs_field(&fx.image, "Filesystem UUID")
+        );
+        assert_eq!(
+            info.label.unwrap(),
+            dumpe2fs_field(&fx.image, "Filesystem volume name")
+        );
         let bs: u64 = dumpe2fs_field(&fx.image, "Block size").parse().unwrap();
         assert_eq!(u64::from(info.block_size), bs);
         let blocks: u64 = dumpe2fs_field(&fx.image, "Block count").parse().unwrap();
@@ -361,8 +432,14 @@ fn same_batch_gives_identical_bytes() {
         assert_fsck_clean(image);
     }
     eprintln!("apply of a 50-op batch on a 64 MiB filesystem: {times:?}");
-    assert_eq!(debugfs_cat(&fx.image, "/etc/config-entry-number-0012.conf"), b"replaced 12\n");
-    assert!(fs::read(&fx.image).unwrap() == fs::read(&copy).unwrap(), "the two images differ");
+    assert_eq!(
+        debugfs_cat(&fx.image, "/etc/config-entry-number-0012.conf"),
+        b"replaced 12\n"
+    );
+    assert!(
+        fs::read(&fx.image).unwrap() == fs::read(&copy).unwrap(),
+        "the two images differ"
+    );
 }
 
 fn assert_refused_unchanged(fx: &Fixture, ops: &[Op], check: impl Fn(&FsError) -> bool) {
@@ -371,14 +448,21 @@ fn assert_refused_unchanged(fx: &Fixture, ops: &[Op], check: impl Fn(&FsError) -
         .and_then(|mut f| f.apply(ops, EPOCH))
         .unwrap_err();
     assert!(check(&err), "unexpected error: {err:?} ({err})");
-    assert!(fs::read(&fx.image).unwrap() == before, "the image changed although {err} was refused");
+    assert!(
+        fs::read(&fx.image).unwrap() == before,
+        "the image changed although {err} was refused"
+    );
 }
 
 #[test]
 fn refuses_before_writing() {
     let fx = fixture(BOOKWORM, MIB);
     let m = meta(0o644, 0, 0);
-    let free = Ext4Fs::open(&fx.image, OFFSET, PART_LEN).unwrap().info().unwrap().free_bytes;
+    let free = Ext4Fs::open(&fx.image, OFFSET, PART_LEN)
+        .unwrap()
+        .info()
+        .unwrap()
+        .free_bytes;
     let big = fx.image.with_file_name("big");
     fs::File::create(&big).unwrap().set_len(free + MIB).unwrap();
     assert_refused_unchanged(
@@ -396,19 +480,33 @@ fn refuses_before_writing() {
         meta: m,
     };
     // A valid op first: nothing of the batch may be written when a later op is refused.
-    assert_refused_unchanged(&fx, &[write("/ok"), write("/no/such/dir/file")], |e| {
-        matches!(e, FsError::NotFound(p) if p == "/no/such/dir")
+    assert_refused_unchanged(
+        &fx,
+        &[write("/ok"), write("/no/such/dir/file")],
+        |e| matches!(e, FsError::NotFound(p) if p == "/no/such/dir"),
+    );
+    assert_refused_unchanged(&fx, &[write("/etc")], |e| {
+        matches!(e, FsError::IsADirectory(_))
     });
-    assert_refused_unchanged(&fx, &[write("/etc")], |e| matches!(e, FsError::IsADirectory(_)));
-    assert_refused_unchanged(&fx, &[write("/etc/hostname/x")], |e| {
-        matches!(e, FsError::NotADirectory(p) if p == "/etc/hostname")
-    });
-    assert_refused_unchanged(&fx, &[Op::Remove { path: "/home/pi".into() }], |e| {
-        matches!(e, FsError::NotEmpty(_))
-    });
-    assert_refused_unchanged(&fx, &[Op::Remove { path: "/nothing".into() }], |e| {
-        matches!(e, FsError::NotFound(_))
-    });
+    assert_refused_unchanged(
+        &fx,
+        &[write("/etc/hostname/x")],
+        |e| matches!(e, FsError::NotADirectory(p) if p == "/etc/hostname"),
+    );
+    assert_refused_unchanged(
+        &fx,
+        &[Op::Remove {
+            path: "/home/pi".into(),
+        }],
+        |e| matches!(e, FsError::NotEmpty(_)),
+    );
+    assert_refused_unchanged(
+        &fx,
+        &[Op::Remove {
+            path: "/nothing".into(),
+        }],
+        |e| matches!(e, FsError::NotFound(_)),
+    );
     assert_refused_unchanged(
         &fx,
         &[Op::Mkdir {
@@ -440,13 +538,17 @@ fn removing_a_directory_emptied_in_the_same_batch_works() {
     assert_fsck_clean(&fx.image);
     assert!(debugfs(&fx.image, "stat /home/pi").contains("File not found"));
     assert_eq!(f.read_dir("/home").unwrap(), Vec::new());
-    assert_eq!(f.lstat("/home").unwrap().unwrap().file_type, FileType::Directory);
+    assert_eq!(
+        f.lstat("/home").unwrap().unwrap().file_type,
+        FileType::Directory
+    );
 }
 
 #[test]
 fn refuses_a_filesystem_that_needs_journal_recovery() {
     let fx = fixture(BOOKWORM, MIB);
-    let (ok, out) = run(tool("debugfs").args(["-w", "-R", "feature needs_recovery", &dev(&fx.image)]));
+    let (ok, out) =
+        run(tool("debugfs").args(["-w", "-R", "feature needs_recovery", &dev(&fx.image)]));
     assert!(ok && out.contains("needs_recovery"), "{out}");
     assert_refused_unchanged(
         &fx,
@@ -478,10 +580,16 @@ fn grows_the_last_partition_in_place() {
 
     assert_fsck_clean(&fx.image);
     let blocks: u64 = dumpe2fs_field(&fx.image, "Block count").parse().unwrap();
-    assert!(blocks > old_blocks, "{blocks} blocks after growing, {old_blocks} before");
+    assert!(
+        blocks > old_blocks,
+        "{blocks} blocks after growing, {old_blocks} before"
+    );
     assert_eq!(blocks * 4096, new_len);
     assert_eq!(fs::metadata(&fx.image).unwrap().len(), OFFSET + new_len);
-    assert!(fs::read(&fx.image).unwrap()[..OFFSET as usize] == head[..], "bytes before the partition changed");
+    assert!(
+        fs::read(&fx.image).unwrap()[..OFFSET as usize] == head[..],
+        "bytes before the partition changed"
+    );
     assert_eq!(debugfs_cat(&fx.image, "/etc/hostname"), b"raspberrypi\n");
     // Writable afterwards, into the new space.
     let mut f = Ext4Fs::open(&fx.image, OFFSET, new_len).unwrap();
@@ -500,21 +608,67 @@ fn grows_the_last_partition_in_place() {
 }
 
 #[test]
-fn grow_keeps_bytes_after_the_partition() {
+fn grow_matches_resize2fs_on_a_standalone_copy() {
     let fx = fixture(RPI_OS, 4 * MIB);
+    let new_len = PART_LEN + 2 * MIB;
     let before = fs::read(&fx.image).unwrap();
+
+    // The reference: e2fsprogs on the partition alone, grown into zeros.
+    let reference = fx.image.with_file_name("reference.ext4");
+    fs::write(
+        &reference,
+        &before[OFFSET as usize..(OFFSET + PART_LEN) as usize],
+    )
+    .unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&reference)
+        .unwrap()
+        .set_len(new_len)
+        .unwrap();
+    let epoch = EPOCH.to_string();
+    let status = tool("e2fsck")
+        .args(["-fy"])
+        .arg(&reference)
+        .env("E2FSCK_TIME", &epoch)
+        .env("E2FSPROGS_FAKE_TIME", &epoch)
+        .output()
+        .unwrap()
+        .status;
+    assert!(status.success(), "e2fsck -fy: {status}");
+    let (ok, out) = run(tool("resize2fs")
+        .arg("-f")
+        .arg(&reference)
+        .arg((new_len / 4096).to_string())
+        .env("E2FSCK_TIME", &epoch)
+        .env("E2FSPROGS_FAKE_TIME", &epoch));
+    assert!(ok, "resize2fs: {out}");
+
     // The partition grows into 2 MiB that held a pattern; the last 2 MiB stay as they are.
-    ext4::grow(&fx.image, OFFSET, PART_LEN, PART_LEN + 2 * MIB, EPOCH).unwrap();
+    ext4::grow(&fx.image, OFFSET, PART_LEN, new_len, EPOCH).unwrap();
     assert_fsck_clean(&fx.image);
     let after = fs::read(&fx.image).unwrap();
-    let end = (OFFSET + PART_LEN + 2 * MIB) as usize;
-    assert!(after[end..] == before[end..], "bytes after the grown partition changed");
-    assert!(after[..OFFSET as usize] == before[..OFFSET as usize]);
+    let end = (OFFSET + new_len) as usize;
+    assert!(
+        after[end..] == before[end..],
+        "bytes after the grown partition changed"
+    );
+    assert!(
+        after[..OFFSET as usize] == before[..OFFSET as usize],
+        "bytes before it changed"
+    );
+    assert!(
+        after[OFFSET as usize..end] == fs::read(&reference).unwrap()[..],
+        "the grown partition differs from resize2fs's result on a standalone copy"
+    );
 }
 
 #[test]
 fn reports_the_e2fsprogs_version() {
     let v = ext4::e2fsprogs_version().unwrap();
     let (_, banner) = run(tool("debugfs").arg("-V"));
-    assert!(banner.starts_with(&format!("debugfs {v} ")), "{v} vs {banner}");
+    assert!(
+        banner.starts_with(&format!("debugfs {v} ")),
+        "{v} vs {banner}"
+    );
 }

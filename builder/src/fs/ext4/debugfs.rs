@@ -28,9 +28,18 @@ const FAST_SYMLINK_MAX: usize = 60;
 #[derive(Debug)]
 pub enum Expect {
     /// `staged` holds (or links to) the exact bytes written.
-    File { staged: PathBuf, meta: Meta },
-    Dir { meta: Meta },
-    Symlink { target: String, uid: u32, gid: u32 },
+    File {
+        staged: PathBuf,
+        meta: Meta,
+    },
+    Dir {
+        meta: Meta,
+    },
+    Symlink {
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
     Absent,
     /// An entry the batch did not create, only chmod/chown'd.
     Meta {
@@ -109,7 +118,10 @@ fn host_quote(p: &Path) -> Result<String, FsError> {
 }
 
 fn io_context(what: &Path, e: std::io::Error) -> FsError {
-    FsError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", what.display())))
+    FsError::Io(std::io::Error::new(
+        e.kind(),
+        format!("{}: {e}", what.display()),
+    ))
 }
 
 impl Plan {
@@ -121,7 +133,9 @@ impl Plan {
             expect: BTreeMap::new(),
             blocks: 0,
             inodes: 0,
-            staging: tempfile::Builder::new().prefix("imagegen-debugfs").tempdir()?,
+            staging: tempfile::Builder::new()
+                .prefix("imagegen-debugfs")
+                .tempdir()?,
             staged: 0,
         };
         let mut view = View {
@@ -172,7 +186,13 @@ impl Plan {
                     plan.blocks += data + data / 1024 + 2;
                     plan.inodes += 1;
                     view.changed.insert(p.clone(), Some(FileType::Regular));
-                    plan.expect.insert(p, Expect::File { staged, meta: *meta });
+                    plan.expect.insert(
+                        p,
+                        Expect::File {
+                            staged,
+                            meta: *meta,
+                        },
+                    );
                 }
                 Op::Symlink { target, meta, .. } => {
                     if target.is_empty() || target.contains(['\n', '\0']) {
@@ -243,8 +263,12 @@ impl Plan {
                     };
                     let q = quote(&p);
                     if let Some(mode) = mode {
-                        writeln!(plan.script, "sif {q} mode 0{:o}", type_bits | (mode & 0o7777))
-                            .expect("String");
+                        writeln!(
+                            plan.script,
+                            "sif {q} mode 0{:o}",
+                            type_bits | (mode & 0o7777)
+                        )
+                        .expect("String");
                     }
                     if let Some((uid, gid)) = owner {
                         writeln!(plan.script, "sif {q} uid {uid}\nsif {q} gid {gid}")
@@ -278,15 +302,25 @@ impl Plan {
     fn mkdir(&mut self, view: &mut View<'_>, p: &str, meta: &Meta) {
         let q = quote(p);
         writeln!(self.script, "mkdir {q}").expect("String");
-        writeln!(self.script, "sif {q} mode 0{:o}", S_IFDIR | (meta.mode & 0o7777))
-            .expect("String");
-        writeln!(self.script, "sif {q} uid {}\nsif {q} gid {}", meta.uid, meta.gid)
-            .expect("String");
+        writeln!(
+            self.script,
+            "sif {q} mode 0{:o}",
+            S_IFDIR | (meta.mode & 0o7777)
+        )
+        .expect("String");
+        writeln!(
+            self.script,
+            "sif {q} uid {}\nsif {q} gid {}",
+            meta.uid, meta.gid
+        )
+        .expect("String");
         // Its own block, and its parent growing by one.
         self.blocks += 2;
         self.inodes += 1;
-        view.changed.insert(p.to_string(), Some(FileType::Directory));
-        self.expect.insert(p.to_string(), Expect::Dir { meta: *meta });
+        view.changed
+            .insert(p.to_string(), Some(FileType::Directory));
+        self.expect
+            .insert(p.to_string(), Expect::Dir { meta: *meta });
     }
 
     /// Checks that `p` can be (re)created as a file or symlink, and removes what is there.
@@ -312,8 +346,12 @@ impl Plan {
     }
 
     fn set_owner_times(&mut self, q: &str, meta: &Meta, epoch: i64, sb: &Superblock) {
-        writeln!(self.script, "sif {q} uid {}\nsif {q} gid {}", meta.uid, meta.gid)
-            .expect("String");
+        writeln!(
+            self.script,
+            "sif {q} uid {}\nsif {q} gid {}",
+            meta.uid, meta.gid
+        )
+        .expect("String");
         self.times(q, meta.mtime, epoch, sb);
     }
 
@@ -419,10 +457,11 @@ impl Plan {
             epoch,
         )?;
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let banner = |i: usize, l: &str| i == 0 && l.starts_with("debugfs ");
         let errors: Vec<&str> = stderr
             .lines()
             .enumerate()
-            .filter(|(i, l)| !(*i == 0 && l.starts_with("debugfs ")) && !l.trim().is_empty())
+            .filter(|&(i, l)| !(banner(i, l) || l.trim().is_empty()))
             .map(|(_, l)| l)
             .collect();
         if !out.status.success() || !errors.is_empty() {

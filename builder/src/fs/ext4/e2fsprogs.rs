@@ -40,7 +40,10 @@ where
         .map_err(|e| FsError::Tool {
             tool: tool.to_string(),
             detail: if e.kind() == std::io::ErrorKind::NotFound {
-                format!("not found: install e2fsprogs >= {}.{}.{}", MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2)
+                format!(
+                    "not found: install e2fsprogs >= {}.{}.{}",
+                    MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2
+                )
             } else {
                 e.to_string()
             },
@@ -59,7 +62,11 @@ pub fn check(image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
     if !out.status.success() {
         return Err(FsError::Tool {
             tool: "e2fsck -fn".into(),
-            detail: format!("the filesystem is not clean ({}):\n{}", out.status, output_text(&out)),
+            detail: format!(
+                "the filesystem is not clean ({}):\n{}",
+                out.status,
+                output_text(&out)
+            ),
         });
     }
     Ok(())

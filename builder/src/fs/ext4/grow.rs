@@ -21,7 +21,13 @@ const CHUNK: usize = 64 * 1024;
 /// become whatever resize2fs leaves there (zero where it writes nothing).
 ///
 /// If this fails before the copy back, the image is unchanged.
-pub fn grow(image: &Path, offset: u64, old_len: u64, new_len: u64, epoch: i64) -> Result<(), FsError> {
+pub fn grow(
+    image: &Path,
+    offset: u64,
+    old_len: u64,
+    new_len: u64,
+    epoch: i64,
+) -> Result<(), FsError> {
     e2fsprogs::e2fsprogs_version()?;
     let file = OpenOptions::new().read(true).write(true).open(image)?;
     let image_len = file.metadata()?.len();
@@ -79,7 +85,11 @@ pub fn grow(image: &Path, offset: u64, old_len: u64, new_len: u64, epoch: i64) -
     }
     // -f: e2fsck just checked it, even if its last-check time (the epoch) is older than its
     // last mount.
-    let resize = e2fsprogs::run("resize2fs", ["-f", tmp_path, &new_blocks.to_string()], epoch)?;
+    let resize = e2fsprogs::run(
+        "resize2fs",
+        ["-f", tmp_path, &new_blocks.to_string()],
+        epoch,
+    )?;
     if !resize.status.success() {
         return Err(FsError::Tool {
             tool: "resize2fs".into(),
@@ -97,46 +107,82 @@ pub fn grow(image: &Path, offset: u64, old_len: u64, new_len: u64, epoch: i64) -
         });
     }
     copy_back(tmp.as_file(), &file, offset, new_len)?;
-    file.sync_data()?;
     e2fsprogs::check(image, offset, epoch)
 }
 
-fn read_chunk(f: &File, at: u64, buf: &mut [u8]) -> Result<(), FsError> {
-    f.read_exact_at(buf, at)?;
-    Ok(())
+/// The data (non-hole) ranges of `f` within `[start, end)`, as the filesystem reports them
+/// (SEEK_DATA / SEEK_HOLE); a filesystem without hole support reports all of it as data.
+fn data_ranges(f: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>, FsError> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let data = match seek(f, SeekFrom::Data(at)) {
+            Ok(d) => d,
+            // ENXIO: no data at or after `at`.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(std::io::Error::from(e).into()),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(f, SeekFrom::Hole(data)).map_err(std::io::Error::from)?;
+        out.push((data, hole.min(end)));
+        at = hole;
+    }
+    Ok(out)
 }
 
-/// Copies `[offset, offset + len)` of `image` to the start of `out`, leaving all-zero chunks as
-/// holes.
+/// Copies `[offset, offset + len)` of `image` to the start of `out`, leaving holes and
+/// all-zero chunks as holes.
 fn copy_out(image: &File, offset: u64, len: u64, out: &File) -> Result<(), FsError> {
     let mut buf = vec![0u8; CHUNK];
-    let mut at = 0;
-    while at < len {
-        let n = CHUNK.min((len - at) as usize);
-        read_chunk(image, offset + at, &mut buf[..n])?;
-        if buf[..n].iter().any(|&b| b != 0) {
-            out.write_all_at(&buf[..n], at)?;
+    for (start, end) in data_ranges(image, offset, offset + len)? {
+        let mut at = start;
+        while at < end {
+            let n = CHUNK.min((end - at) as usize);
+            image.read_exact_at(&mut buf[..n], at)?;
+            if buf[..n].iter().any(|&b| b != 0) {
+                out.write_all_at(&buf[..n], at - offset)?;
+            }
+            at += n as u64;
         }
-        at += n as u64;
     }
     Ok(())
 }
 
-/// Writes every chunk of `grown` that differs from the image's bytes at `offset`: the image
-/// stays sparse where both are zero, and bytes that are zero in the grown copy but not in the
-/// image are overwritten with zeros.
+/// Writes every byte range where `grown` differs from the image at `offset`: the image stays
+/// sparse where both are holes, and bytes that are zero in the grown copy but not in the image
+/// are overwritten with zeros.
 fn copy_back(grown: &File, image: &File, offset: u64, len: u64) -> Result<(), FsError> {
+    // Where either side has data; elsewhere both read as zeros.
+    let mut ranges = data_ranges(grown, 0, len)?;
+    ranges.extend(
+        data_ranges(image, offset, offset + len)?
+            .into_iter()
+            .map(|(s, e)| (s - offset, e - offset)),
+    );
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
     let mut new = vec![0u8; CHUNK];
     let mut old = vec![0u8; CHUNK];
-    let mut at = 0;
-    while at < len {
-        let n = CHUNK.min((len - at) as usize);
-        read_chunk(grown, at, &mut new[..n])?;
-        read_chunk(image, offset + at, &mut old[..n])?;
-        if new[..n] != old[..n] {
-            image.write_all_at(&new[..n], offset + at)?;
+    for (start, end) in merged {
+        let mut at = start;
+        while at < end {
+            let n = CHUNK.min((end - at) as usize);
+            grown.read_exact_at(&mut new[..n], at)?;
+            image.read_exact_at(&mut old[..n], offset + at)?;
+            if new[..n] != old[..n] {
+                image.write_all_at(&new[..n], offset + at)?;
+            }
+            at += n as u64;
         }
-        at += n as u64;
     }
     Ok(())
 }

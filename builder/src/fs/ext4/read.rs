@@ -35,9 +35,7 @@ impl Ext4Read for Partition {
             count: dst.len(),
             len: self.len,
         };
-        let end = start
-            .checked_add(dst.len() as u64)
-            .ok_or_else(past_end)?;
+        let end = start.checked_add(dst.len() as u64).ok_or_else(past_end)?;
         if end > self.len {
             return Err(Box::new(past_end()));
         }

@@ -63,7 +63,13 @@ const NAMES: &[(usize, u32, &str)] = &[
 ];
 
 /// INCOMPAT features debugfs writes correctly and ext4-view reads back.
-const WRITABLE_INCOMPAT: &[&str] = &["filetype", "extent", "64bit", "flex_bg", "metadata_csum_seed"];
+const WRITABLE_INCOMPAT: &[&str] = &[
+    "filetype",
+    "extent",
+    "64bit",
+    "flex_bg",
+    "metadata_csum_seed",
+];
 
 /// RO_COMPAT features debugfs keeps consistent when it adds, replaces and removes files.
 /// Left out on purpose: quota and project (debugfs does not charge usage, so e2fsck would then
@@ -120,11 +126,19 @@ impl Superblock {
         let features = [u32_at(b, 0x5c), u32_at(b, 0x60), u32_at(b, 0x64)];
         let is_64bit = features[INCOMPAT] & 0x80 != 0;
         let wide = |lo: usize, hi: usize| {
-            let hi = if is_64bit { u64::from(u32_at(b, hi)) } else { 0 };
+            let hi = if is_64bit {
+                u64::from(u32_at(b, hi))
+            } else {
+                0
+            };
             hi << 32 | u64::from(u32_at(b, lo))
         };
         // Revision 0 filesystems have 128-byte inodes and no s_inode_size field.
-        let inode_size = if u32_at(b, 0x4c) == 0 { 128 } else { u16_at(b, 0x58) };
+        let inode_size = if u32_at(b, 0x4c) == 0 {
+            128
+        } else {
+            u16_at(b, 0x58)
+        };
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&b[0x68..0x78]);
         let mut label = [0u8; 16];
@@ -226,13 +240,13 @@ impl Superblock {
             (0..32)
                 .map(|bit| 1u32 << bit)
                 .filter(|&m| self.features[kind] & m != 0)
-                .filter_map(|m| {
-                    match NAMES.iter().find(|&&(k, b, _)| k == kind && b == m) {
+                .filter_map(
+                    |m| match NAMES.iter().find(|&&(k, b, _)| k == kind && b == m) {
                         Some((_, _, name)) if allowed.contains(name) => None,
                         Some((_, _, name)) => Some((*name).to_string()),
                         None => Some(format!("unknown bit {m:#x}")),
-                    }
-                })
+                    },
+                )
                 .collect()
         };
         let incompat = blocked(INCOMPAT, WRITABLE_INCOMPAT);
@@ -265,7 +279,12 @@ mod tests {
 
     #[test]
     fn gate_refuses_what_debugfs_cannot_edit_safely() {
-        let ok = sb(0x1000 | 0x4, 0x2 | 0x40 | 0x80 | 0x200 | 0x2000, 0x400 | 0x8, 1);
+        let ok = sb(
+            0x1000 | 0x4,
+            0x2 | 0x40 | 0x80 | 0x200 | 0x2000,
+            0x400 | 0x8,
+            1,
+        );
         ok.write_gate().unwrap();
         for (incompat, ro, state, word) in [
             (0x4, 0, 1, "journal recovery"),

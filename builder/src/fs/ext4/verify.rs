@@ -18,7 +18,10 @@ pub fn verify(fs: &Ext4, expect: &BTreeMap<String, Expect>) -> Result<(), FsErro
         let stat = match (e, stat) {
             (Expect::Absent, None) => continue,
             (Expect::Absent, Some(s)) => {
-                return Err(fail(format!("expected it removed, found a {:?}", s.file_type)));
+                return Err(fail(format!(
+                    "expected it removed, found a {:?}",
+                    s.file_type
+                )));
             }
             (_, None) => return Err(fail("expected it to exist, found nothing".into())),
             (_, Some(s)) => s,
@@ -70,7 +73,11 @@ fn want_mode(stat: &Stat, mode: u32) -> Result<(), String> {
     if stat.mode == mode & 0o7777 {
         Ok(())
     } else {
-        Err(format!("mode is {:#o}, expected {:#o}", stat.mode, mode & 0o7777))
+        Err(format!(
+            "mode is {:#o}, expected {:#o}",
+            stat.mode,
+            mode & 0o7777
+        ))
     }
 }
 
@@ -78,7 +85,10 @@ fn want_owner(stat: &Stat, uid: u32, gid: u32) -> Result<(), String> {
     if (stat.uid, stat.gid) == (uid, gid) {
         Ok(())
     } else {
-        Err(format!("owner is {}:{}, expected {uid}:{gid}", stat.uid, stat.gid))
+        Err(format!(
+            "owner is {}:{}, expected {uid}:{gid}",
+            stat.uid, stat.gid
+        ))
     }
 }
 
