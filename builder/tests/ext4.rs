@@ -284,6 +284,19 @@ fn applies_batch(features: &'static str) {
         debugfs_stat(&fx.image, "/etc/node-secret"),
         ("0600".into(), "1000".into(), "1000".into())
     );
+    let secret = debugfs(&fx.image, "stat /etc/node-secret");
+    assert!(
+        secret.contains(&format!(" mtime: {:#x}:", EPOCH - 3600)),
+        "{secret}"
+    );
+    assert!(secret.contains(&format!(" ctime: {EPOCH:#x}:")), "{secret}");
+    assert!(secret.contains(&format!("crtime: {EPOCH:#x}:")), "{secret}");
+    // Directories made by the batch keep their own mtime, although entries went in later.
+    let opt = debugfs(&fx.image, "stat /opt/imagegen");
+    assert!(
+        opt.contains(&format!(" mtime: {:#x}:", EPOCH - 3600)),
+        "{opt}"
+    );
     assert_eq!(debugfs_cat(&fx.image, "/opt/imagegen/blob"), blob_bytes);
     assert_eq!(debugfs_stat(&fx.image, "/opt/imagegen/blob").0, "0755");
     assert_eq!(debugfs_stat(&fx.image, "/opt/imagegen").0, "0750");
@@ -350,6 +363,72 @@ fn applies_a_batch_on_raspberry_pi_os_features() {
 #[test]
 fn applies_a_batch_on_trixie_features() {
     applies_batch(TRIXIE);
+}
+
+#[test]
+fn replaces_files_and_symlinks_with_each_other() {
+    let fx = fixture(TRIXIE, 0);
+    let long_target = format!("/usr/lib/{}/a \"quoted\" name", "x".repeat(80));
+    let ops = [
+        Op::Symlink {
+            path: "/etc/hostname".into(),
+            target: "/run/hostname".into(),
+            meta: meta(0o777, 0, 0),
+        },
+        Op::Symlink {
+            path: "/etc/was-link".into(),
+            target: "/nowhere".into(),
+            meta: meta(0o777, 0, 0),
+        },
+        Op::WriteFile {
+            path: "/etc/was-link".into(),
+            content: Content::Bytes(b"now a file\n".to_vec()),
+            meta: meta(0o644, 0, 0),
+        },
+        Op::SetMeta {
+            path: "/etc/was-link".into(),
+            mode: Some(0o4750),
+            owner: Some((0, 42)),
+        },
+        Op::Symlink {
+            path: "/etc/slow link".into(),
+            target: long_target.clone(),
+            meta: meta(0o777, 1000, 1000),
+        },
+    ];
+    let mut f = Ext4Fs::open(&fx.image, OFFSET, PART_LEN).unwrap();
+    f.apply(&ops, EPOCH).unwrap();
+    assert_fsck_clean(&fx.image);
+    let host = debugfs(&fx.image, "stat /etc/hostname");
+    assert!(
+        host.contains("Type: symlink") && host.contains("\"/run/hostname\""),
+        "{host}"
+    );
+    assert_eq!(debugfs_cat(&fx.image, "/etc/was-link"), b"now a file\n");
+    assert_eq!(
+        debugfs_stat(&fx.image, "/etc/was-link"),
+        ("04750".into(), "0".into(), "42".into())
+    );
+    // A target of 60 bytes or more lives in a data block; debugfs reads it back with cat.
+    assert_eq!(
+        debugfs_cat(&fx.image, "/etc/slow link"),
+        long_target.as_bytes()
+    );
+    assert_eq!(debugfs_stat(&fx.image, "/etc/slow link").1, "1000");
+    let err = f
+        .apply(
+            &[Op::Mkdir {
+                path: "/etc/was-link/sub".into(),
+                meta: meta(0o755, 0, 0),
+                parents: true,
+            }],
+            EPOCH,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, FsError::NotADirectory(p) if p == "/etc/was-link"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -559,6 +638,44 @@ fn refuses_a_filesystem_that_needs_journal_recovery() {
         }],
         |e| matches!(e, FsError::Unsupported(m) if m.contains("e2fsck -fy")),
     );
+}
+
+#[test]
+fn refuses_a_journal_with_unreplayed_transactions() {
+    let fx = fixture(TRIXIE, MIB);
+    // debugfs's own journal writer leaves a transaction behind; then the flag is cleared, so
+    // only the journal's start says it is dirty (the kernel would replay it at mount).
+    let script = fx.image.with_file_name("journal.debugfs");
+    fs::write(
+        &script,
+        "jo\njw -b 200 /etc/hostname\njc\nfeature -needs_recovery\n",
+    )
+    .unwrap();
+    let (ok, out) = run(tool("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script)
+        .arg(dev(&fx.image)));
+    assert!(ok, "{out}");
+    assert_ne!(dumpe2fs_field(&fx.image, "Journal start"), "0");
+    assert!(!dumpe2fs_field(&fx.image, "Filesystem features").contains("needs_recovery"));
+    let write = [Op::WriteFile {
+        path: "/x".into(),
+        content: Content::Bytes(b"x".to_vec()),
+        meta: meta(0o644, 0, 0),
+    }];
+    assert_refused_unchanged(
+        &fx,
+        &write,
+        |e| matches!(e, FsError::Unsupported(m) if m.contains("never replayed")),
+    );
+    let before = fs::read(&fx.image).unwrap();
+    let err = ext4::grow(&fx.image, OFFSET, PART_LEN, PART_LEN, EPOCH).unwrap_err();
+    assert!(
+        matches!(&err, FsError::Unsupported(m) if m.contains("never replayed")),
+        "{err}"
+    );
+    assert!(fs::read(&fx.image).unwrap() == before);
 }
 
 #[test]

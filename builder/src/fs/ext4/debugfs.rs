@@ -446,42 +446,73 @@ impl Plan {
     pub fn run(&self, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
         let script = self.staging.path().join("script");
         std::fs::write(&script, &self.script)?;
-        let out = e2fsprogs::run(
-            "debugfs",
-            [
-                "-w".as_ref(),
-                "-f".as_ref(),
-                script.as_os_str(),
-                e2fsprogs::device(image, offset)?.as_ref(),
-            ],
-            epoch,
-        )?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let banner = |i: usize, l: &str| i == 0 && l.starts_with("debugfs ");
-        let errors: Vec<&str> = stderr
-            .lines()
-            .enumerate()
-            .filter(|&(i, l)| !(banner(i, l) || l.trim().is_empty()))
-            .map(|(_, l)| l)
-            .collect();
-        if !out.status.success() || !errors.is_empty() {
-            return Err(FsError::Tool {
-                tool: "debugfs".into(),
-                detail: format!(
-                    "{} ({}); the filesystem may be partly changed, start again from the \
-                     unmodified image",
-                    errors.join("; "),
-                    out.status
-                ),
-            });
-        }
-        Ok(())
+        run_script(&script, image, offset, epoch)
     }
+}
+
+fn run_script(script: &Path, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
+    let out = e2fsprogs::run(
+        "debugfs",
+        [
+            "-w".as_ref(),
+            "-f".as_ref(),
+            script.as_os_str(),
+            e2fsprogs::device(image, offset)?.as_ref(),
+        ],
+        epoch,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let banner = |i: usize, l: &str| i == 0 && l.starts_with("debugfs ");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .enumerate()
+        .filter(|&(i, l)| !(banner(i, l) || l.trim().is_empty()))
+        .map(|(_, l)| l.trim_end())
+        .collect();
+    if !out.status.success() || !errors.is_empty() {
+        return Err(FsError::Tool {
+            tool: "debugfs".into(),
+            detail: format!(
+                "{} ({}); the filesystem may be partly changed, start again from the \
+                 unmodified image",
+                errors.join("; "),
+                out.status
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// debugfs exits 0 when a command fails; the error must still surface.
+    #[test]
+    fn failed_commands_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .status()
+            .expect("mkfs.ext4 is missing: install e2fsprogs");
+        assert!(mkfs.success());
+        let script = dir.path().join("script");
+        std::fs::write(&script, "mkdir /a\n").unwrap();
+        run_script(&script, &image, 0, 0).unwrap();
+        std::fs::write(&script, "mkdir /a/b\nmkdir /a\nmkdir /none/c\n").unwrap();
+        let err = run_script(&script, &image, 0, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("mkdir: File not found by ext2_lookup"),
+            "{err}"
+        );
+        assert!(err.contains("already exists"), "{err}");
+    }
 
     #[test]
     fn quotes_for_debugfs() {

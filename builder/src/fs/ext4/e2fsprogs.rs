@@ -72,6 +72,33 @@ pub fn check(image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
     Ok(())
 }
 
+/// Refuses a filesystem whose journal still holds transactions. The kernel replays a journal
+/// whose start is not 0 at mount even when the superblock's needs_recovery flag is clear, which
+/// would overwrite our changes with stale blocks; `e2fsck -fn` does not flag that state.
+pub fn journal_gate(image: &Path, offset: u64) -> Result<(), FsError> {
+    let out = run("dumpe2fs", ["-h".to_string(), device(image, offset)?], 0)?;
+    let text = output_text(&out);
+    if !out.status.success() {
+        return Err(FsError::Tool {
+            tool: "dumpe2fs -h".into(),
+            detail: format!("{}:\n{text}", out.status),
+        });
+    }
+    let start = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Journal start:"))
+        .map(str::trim);
+    match start {
+        None | Some("0") => Ok(()),
+        Some(_) => Err(FsError::Unsupported(
+            "the ext4 journal holds transactions that were never replayed: run `e2fsck -fy` on \
+             the filesystem (answer yes to running the journal), or boot it once and shut it \
+             down cleanly, then retry"
+                .into(),
+        )),
+    }
+}
+
 /// The installed e2fsprogs version (from `debugfs -V`), for the build manifest. Fails if it is
 /// older than 1.47.0, the first release that knows orphan_file.
 pub fn e2fsprogs_version() -> Result<String, FsError> {

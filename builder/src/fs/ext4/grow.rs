@@ -44,6 +44,9 @@ pub fn grow(
     }
     let sb = Superblock::read(&file, offset)?;
     sb.write_gate()?;
+    if sb.has_journal() {
+        e2fsprogs::journal_gate(image, offset)?;
+    }
     if sb.size_bytes() > old_len {
         return Err(FsError::Corrupt(format!(
             "the filesystem ({} bytes) is larger than its partition ({old_len} bytes)",

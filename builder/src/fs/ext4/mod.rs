@@ -123,6 +123,9 @@ impl Filesystem for Ext4Fs {
         // there now.
         self.reload()?;
         self.sb.write_gate()?;
+        if self.sb.has_journal() {
+            e2fsprogs::journal_gate(&self.image, self.offset)?;
+        }
         let plan = Plan::new(&self.view, &self.sb, ops, epoch)?;
         plan.check_space(&self.sb)?;
         if plan.is_empty() {

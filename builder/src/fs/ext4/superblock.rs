@@ -160,6 +160,10 @@ impl Superblock {
         self.blocks_count * u64::from(self.block_size)
     }
 
+    pub fn has_journal(&self) -> bool {
+        self.has("has_journal")
+    }
+
     fn has(&self, name: &str) -> bool {
         NAMES
             .iter()
