@@ -21,6 +21,9 @@ const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
 const S_IFLNK: u32 = 0o120000;
 
+/// Longest script line debugfs reads whole, newline included.
+const MAX_LINE: usize = 8190;
+
 /// Symlink targets shorter than this live in the inode ("fast" symlinks) and take no block.
 const FAST_SYMLINK_MAX: usize = 60;
 
@@ -292,6 +295,14 @@ impl Plan {
         for (p, meta) in dirs {
             plan.times(&quote(&p), meta.mtime, epoch, sb);
         }
+        // debugfs reads its script with fgets into a BUFSIZ (8192) buffer: a longer line would
+        // be cut into two commands (seen with 1.47.0).
+        if let Some(line) = plan.script.lines().find(|l| l.len() >= MAX_LINE) {
+            return Err(FsError::InvalidPath {
+                path: line.chars().take(200).collect::<String>() + "...",
+                reason: format!("a path and target together must stay under {MAX_LINE} bytes"),
+            });
+        }
         Ok(plan)
     }
 
@@ -512,6 +523,43 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("already exists"), "{err}");
+    }
+
+    #[test]
+    fn refuses_lines_debugfs_would_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096"])
+            .arg(&image)
+            .status()
+            .expect("mkfs.ext4 is missing: install e2fsprogs");
+        assert!(mkfs.success());
+        let fs = super::read::load(std::fs::File::open(&image).unwrap(), 0, 8 << 20).unwrap();
+        let sb = Superblock::read(&std::fs::File::open(&image).unwrap(), 0).unwrap();
+        let name = "n".repeat(255);
+        let dir = format!("/{}", [name.as_str(); 15].join("/"));
+        let ops = [
+            Op::Mkdir {
+                path: dir.clone(),
+                meta: Meta::root(0o755, 0),
+                parents: true,
+            },
+            Op::Symlink {
+                path: path::join(&dir, &name),
+                target: "t".repeat(4095),
+                meta: Meta::root(0o777, 0),
+            },
+        ];
+        let err = Plan::new(&fs, &sb, &ops, 0).err().expect("refused");
+        assert!(
+            matches!(&err, FsError::InvalidPath { reason, .. } if reason.contains("8190")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ const CHUNK: usize = 64 * 1024;
 /// `[offset, offset + new_len)` are not touched; bytes in `[offset + old_len, offset + new_len)`
 /// become whatever resize2fs leaves there (zero where it writes nothing).
 ///
-/// If this fails before the copy back, the image is unchanged.
+/// If this fails before the copy back, the image is unchanged. An `Ext4Fs` opened before is
+/// stale afterwards: open it again with the new length.
 pub fn grow(
     image: &Path,
     offset: u64,

@@ -70,10 +70,6 @@ impl Ext4Fs {
         self.view = read::load(file, self.offset, self.len)?;
         Ok(())
     }
-
-    fn normalized(path: &str) -> Result<String, FsError> {
-        path::normalize(path)
-    }
 }
 
 impl Filesystem for Ext4Fs {
@@ -85,7 +81,7 @@ impl Filesystem for Ext4Fs {
         let bs = u64::from(self.sb.block_size);
         Ok(FsInfo {
             kind: FsKind::Ext4,
-            variant: "ext4".into(),
+            variant: self.sb.variant().into(),
             label: self.sb.label_string(),
             uuid: Some(self.sb.uuid_string()),
             size_bytes: self.sb.blocks_count * bs,
@@ -96,19 +92,19 @@ impl Filesystem for Ext4Fs {
     }
 
     fn lstat(&mut self, path: &str) -> Result<Option<Stat>, FsError> {
-        read::lstat(&self.view, &Self::normalized(path)?)
+        read::lstat(&self.view, &path::normalize(path)?)
     }
 
     fn read_dir(&mut self, path: &str) -> Result<Vec<DirEntry>, FsError> {
-        read::read_dir(&self.view, &Self::normalized(path)?)
+        read::read_dir(&self.view, &path::normalize(path)?)
     }
 
     fn read_to(&mut self, path: &str, out: &mut dyn Write) -> Result<u64, FsError> {
-        read::read_to(&self.view, &Self::normalized(path)?, out)
+        read::read_to(&self.view, &path::normalize(path)?, out)
     }
 
     fn read_link(&mut self, path: &str) -> Result<String, FsError> {
-        read::read_link(&self.view, &Self::normalized(path)?)
+        read::read_link(&self.view, &path::normalize(path)?)
     }
 
     fn apply(&mut self, ops: &[Op], epoch: i64) -> Result<(), FsError> {

@@ -160,6 +160,27 @@ impl Superblock {
         self.blocks_count * u64::from(self.block_size)
     }
 
+    /// "ext4", "ext3" or "ext2", by the features that set them apart.
+    pub fn variant(&self) -> &'static str {
+        if [
+            "extent",
+            "flex_bg",
+            "64bit",
+            "huge_file",
+            "metadata_csum",
+            "extra_isize",
+        ]
+        .iter()
+        .any(|f| self.has(f))
+        {
+            "ext4"
+        } else if self.has_journal() {
+            "ext3"
+        } else {
+            "ext2"
+        }
+    }
+
     pub fn has_journal(&self) -> bool {
         self.has("has_journal")
     }
