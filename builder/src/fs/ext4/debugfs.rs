@@ -7,7 +7,6 @@
 //! exits 0 when a command fails (so every stderr line but the banner is an error).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use ext4_view::Ext4;
@@ -181,7 +180,7 @@ impl Plan {
                     plan.make_room(&view, &p)?;
                     let (staged, size) = plan.stage(content)?;
                     let q = quote(&p);
-                    writeln!(plan.script, "write {} {q}", host_quote(&staged)?).expect("String");
+                    plan.cmd(format!("write {} {q}", host_quote(&staged)?));
                     plan.set_meta(&q, S_IFREG | (meta.mode & 0o7777), meta, epoch, sb);
                     let data = size.div_ceil(bs);
                     // Extent index blocks for large or fragmented files, and the parent
@@ -216,7 +215,7 @@ impl Plan {
                     }
                     plan.make_room(&view, &p)?;
                     let q = quote(&p);
-                    writeln!(plan.script, "symlink {q} {}", quote(target)).expect("String");
+                    plan.cmd(format!("symlink {q} {}", quote(target)));
                     plan.set_owner_times(&q, meta, epoch, sb);
                     plan.blocks += 2 + u64::from(target.len() >= FAST_SYMLINK_MAX);
                     plan.inodes += 1;
@@ -243,9 +242,9 @@ impl Plan {
                             if !view.is_empty_dir(&p)? {
                                 return Err(FsError::NotEmpty(p));
                             }
-                            writeln!(plan.script, "rmdir {}", quote(&p)).expect("String");
+                            plan.cmd(format!("rmdir {}", quote(&p)));
                         }
-                        Some(_) => writeln!(plan.script, "rm {}", quote(&p)).expect("String"),
+                        Some(_) => plan.cmd(format!("rm {}", quote(&p))),
                     }
                     view.changed.insert(p.clone(), None);
                     plan.expect.insert(p, Expect::Absent);
@@ -266,18 +265,12 @@ impl Plan {
                     };
                     let q = quote(&p);
                     if let Some(mode) = mode {
-                        writeln!(
-                            plan.script,
-                            "sif {q} mode 0{:o}",
-                            type_bits | (mode & 0o7777)
-                        )
-                        .expect("String");
+                        plan.cmd(format!("sif {q} mode 0{:o}", type_bits | (mode & 0o7777)));
                     }
                     if let Some((uid, gid)) = owner {
-                        writeln!(plan.script, "sif {q} uid {uid}\nsif {q} gid {gid}")
-                            .expect("String");
+                        plan.cmd(format!("sif {q} uid {uid}\nsif {q} gid {gid}"));
                     }
-                    writeln!(plan.script, "sif {q} ctime @{epoch}").expect("String");
+                    plan.cmd(format!("sif {q} ctime @{epoch}"));
                     plan.merge_meta(p, *mode, *owner);
                 }
             }
@@ -306,25 +299,26 @@ impl Plan {
         Ok(plan)
     }
 
+    fn cmd(&mut self, line: String) {
+        self.script.push_str(&line);
+        self.script.push('\n');
+    }
+
     pub fn is_empty(&self) -> bool {
         self.script.is_empty()
     }
 
     fn mkdir(&mut self, view: &mut View<'_>, p: &str, meta: &Meta) {
         let q = quote(p);
-        writeln!(self.script, "mkdir {q}").expect("String");
-        writeln!(
-            self.script,
+        self.cmd(format!("mkdir {q}"));
+        self.cmd(format!(
             "sif {q} mode 0{:o}",
             S_IFDIR | (meta.mode & 0o7777)
-        )
-        .expect("String");
-        writeln!(
-            self.script,
+        ));
+        self.cmd(format!(
             "sif {q} uid {}\nsif {q} gid {}",
             meta.uid, meta.gid
-        )
-        .expect("String");
+        ));
         // Its own block, and its parent growing by one.
         self.blocks += 2;
         self.inodes += 1;
@@ -345,34 +339,32 @@ impl Plan {
             Some(FileType::Directory) => return Err(FsError::IsADirectory(p.to_string())),
             Some(FileType::Other) => return Err(FsError::AlreadyExists(p.to_string())),
             Some(FileType::Regular | FileType::Symlink) => {
-                writeln!(self.script, "rm {}", quote(p)).expect("String");
+                self.cmd(format!("rm {}", quote(p)));
             }
         }
         Ok(())
     }
 
     fn set_meta(&mut self, q: &str, mode: u32, meta: &Meta, epoch: i64, sb: &Superblock) {
-        writeln!(self.script, "sif {q} mode 0{mode:o}").expect("String");
+        self.cmd(format!("sif {q} mode 0{mode:o}"));
         self.set_owner_times(q, meta, epoch, sb);
     }
 
     fn set_owner_times(&mut self, q: &str, meta: &Meta, epoch: i64, sb: &Superblock) {
-        writeln!(
-            self.script,
+        self.cmd(format!(
             "sif {q} uid {}\nsif {q} gid {}",
             meta.uid, meta.gid
-        )
-        .expect("String");
+        ));
         self.times(q, meta.mtime, epoch, sb);
     }
 
     fn times(&mut self, q: &str, mtime: i64, epoch: i64, sb: &Superblock) {
-        writeln!(self.script, "sif {q} mtime @{mtime}").expect("String");
-        writeln!(self.script, "sif {q} atime @{epoch}").expect("String");
-        writeln!(self.script, "sif {q} ctime @{epoch}").expect("String");
+        self.cmd(format!("sif {q} mtime @{mtime}"));
+        self.cmd(format!("sif {q} atime @{epoch}"));
+        self.cmd(format!("sif {q} ctime @{epoch}"));
         // 128-byte inodes have no creation time.
         if sb.inode_size > 128 {
-            writeln!(self.script, "sif {q} crtime @{epoch}").expect("String");
+            self.cmd(format!("sif {q} crtime @{epoch}"));
         }
     }
 
