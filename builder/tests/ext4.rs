@@ -345,6 +345,13 @@ fn applies_batch(features: &'static str) {
         "bytes after the partition changed"
     );
 
+    let info = fs_.info().unwrap();
+    let free: u64 = dumpe2fs_field(&fx.image, "Free blocks").parse().unwrap();
+    assert_eq!(info.free_bytes, free * 4096);
+    assert_eq!(
+        info.features.join(" "),
+        dumpe2fs_field(&fx.image, "Filesystem features")
+    );
     // The handle was reloaded after the write and reads the new state.
     assert_eq!(fs_.read_file("/etc/hostname").unwrap(), b"node-a\n");
     assert_eq!(fs_.lstat("/etc/remove-me").unwrap(), None);
@@ -620,6 +627,51 @@ fn removing_a_directory_emptied_in_the_same_batch_works() {
     assert_eq!(
         f.lstat("/home").unwrap().unwrap().file_type,
         FileType::Directory
+    );
+}
+
+/// A small image with `features`, made without the shared template.
+fn plain_fixture(features: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("part.ext4");
+    fs::File::create(&part).unwrap().set_len(PART_LEN).unwrap();
+    let (ok, out) = run(tool("mkfs.ext4")
+        .args(["-q", "-F", "-T", "default", "-b", "4096", "-O", features])
+        .arg(&part));
+    assert!(ok, "mkfs.ext4 -O {features}: {out}");
+    let image = dir.path().join("disk.img");
+    let file = fs::File::create(&image).unwrap();
+    file.write_all_at(&pattern(OFFSET as usize, 1), 0).unwrap();
+    file.write_all_at(&fs::read(&part).unwrap(), OFFSET)
+        .unwrap();
+    Fixture { _dir: dir, image }
+}
+
+#[test]
+fn refuses_features_it_cannot_edit_safely() {
+    let write = [Op::WriteFile {
+        path: "/x".into(),
+        content: Content::Bytes(b"x".to_vec()),
+        meta: meta(0o644, 0, 0),
+    }];
+    // Readable (ext4-view knows it), but debugfs does not charge quota usage.
+    let fx = plain_fixture("quota");
+    let mut f = Ext4Fs::open(&fx.image, OFFSET, PART_LEN).unwrap();
+    assert_eq!(
+        f.lstat("/lost+found").unwrap().unwrap().file_type,
+        FileType::Directory
+    );
+    assert_refused_unchanged(
+        &fx,
+        &write,
+        |e| matches!(e, FsError::Unsupported(m) if m.contains("quota")),
+    );
+    // Not even readable in process.
+    let fx = plain_fixture("inline_data");
+    assert_refused_unchanged(
+        &fx,
+        &write,
+        |e| matches!(e, FsError::Unsupported(m) if m.contains("cannot read")),
     );
 }
 
