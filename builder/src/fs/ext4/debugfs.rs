@@ -54,8 +54,8 @@ pub struct Plan {
     pub script: String,
     pub expect: BTreeMap<String, Expect>,
     /// Blocks and inodes the batch may allocate, counted without credit for what it frees.
-    pub blocks: u64,
-    pub inodes: u64,
+    blocks: u64,
+    inodes: u64,
     /// Holds the script, `Content::Bytes` as files, and symlinks to `Content::HostFile`s.
     staging: tempfile::TempDir,
     staged: usize,

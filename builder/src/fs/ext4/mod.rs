@@ -41,12 +41,7 @@ impl Ext4Fs {
     pub fn open(image: &Path, offset: u64, len: u64) -> Result<Ext4Fs, FsError> {
         let file = File::open(image)?;
         let sb = Superblock::read(&file, offset)?;
-        if sb.size_bytes() > len {
-            return Err(FsError::Corrupt(format!(
-                "the filesystem ({} bytes) is larger than its partition ({len} bytes)",
-                sb.size_bytes()
-            )));
-        }
+        fits(&sb, len)?;
         // ext4-view replays a journal in memory, but fails on some it cannot replay; then the
         // advice to recover the journal is the useful one.
         let view = read::load(file, offset, len).map_err(|e| match sb.recovery_gate() {
@@ -67,9 +62,21 @@ impl Ext4Fs {
     fn reload(&mut self) -> Result<(), FsError> {
         let file = File::open(&self.image)?;
         self.sb = Superblock::read(&file, self.offset)?;
+        fits(&self.sb, self.len)?;
         self.view = read::load(file, self.offset, self.len)?;
         Ok(())
     }
+}
+
+fn fits(sb: &Superblock, len: u64) -> Result<(), FsError> {
+    if sb.size_bytes() > len {
+        return Err(FsError::Corrupt(format!(
+            "the filesystem ({} bytes) is larger than its partition ({len} bytes); if it was \
+             just grown, open it again with the new length",
+            sb.size_bytes()
+        )));
+    }
+    Ok(())
 }
 
 impl Filesystem for Ext4Fs {
