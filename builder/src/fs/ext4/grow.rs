@@ -5,6 +5,7 @@
 //! its own sparse file, grown there, and copied back.
 
 use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -137,19 +138,24 @@ fn data_ranges(f: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>, FsErro
     Ok(out)
 }
 
-/// Copies `[offset, offset + len)` of `image` to the start of `out`, leaving holes and
-/// all-zero chunks as holes.
+/// Copies `[offset, offset + len)` of `image` to the start of `out`, leaving holes as holes.
+/// std's File-to-File copy lets the kernel move the bytes (copy_file_range).
 fn copy_out(image: &File, offset: u64, len: u64, out: &File) -> Result<(), FsError> {
-    let mut buf = vec![0u8; CHUNK];
     for (start, end) in data_ranges(image, offset, offset + len)? {
-        let mut at = start;
-        while at < end {
-            let n = CHUNK.min((end - at) as usize);
-            image.read_exact_at(&mut buf[..n], at)?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                out.write_all_at(&buf[..n], at - offset)?;
-            }
-            at += n as u64;
+        let (mut src, mut dst) = (image, out);
+        src.seek(SeekFrom::Start(start))?;
+        dst.seek(SeekFrom::Start(start - offset))?;
+        let copied = std::io::copy(&mut src.take(end - start), &mut dst)?;
+        if copied != end - start {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the image ended {} bytes into a {}-byte copy",
+                    copied,
+                    end - start
+                ),
+            )
+            .into());
         }
     }
     Ok(())
