@@ -164,9 +164,11 @@ fn read_copy<R: Read + Seek + ?Sized>(r: &mut R, lba: u64, total: u64) -> Result
         ));
     }
     let array = array_sectors(h.number_of_partition_entries);
-    if h.first_usable_lba > h.last_usable_lba || h.last_usable_lba >= total {
+    // Whether the usable sectors fit in the image is checked later, so that a truncated image
+    // is reported as such rather than as a damaged header.
+    if h.first_usable_lba > h.last_usable_lba {
         return Err(format!(
-            "usable sectors {}..{} do not fit in the image's {total} sectors",
+            "first usable sector {} is after the last usable sector {}",
             h.first_usable_lba, h.last_usable_lba
         ));
     }
@@ -292,11 +294,7 @@ fn grow_protective_entry<F: Write + Seek + ?Sized>(
     old_total: u64,
     total: u64,
 ) -> Result<(), DiskError> {
-    let Some(e) = pmbr
-        .entries
-        .iter()
-        .find(|e| e.part_type == mbr::PROTECTIVE)
-    else {
+    let Some(e) = pmbr.entries.iter().find(|e| e.part_type == mbr::PROTECTIVE) else {
         return Ok(());
     };
     let end = u64::from(e.start) + u64::from(e.sectors);

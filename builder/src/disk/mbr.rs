@@ -7,8 +7,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 
 use super::{
-    DiskError, PartType, Partition, PartitionTable, SECTOR, TableKind, check_inside,
-    check_overlaps,
+    DiskError, PartType, Partition, PartitionTable, SECTOR, TableKind, check_inside, check_overlaps,
 };
 
 const ENTRIES_AT: usize = 446;
@@ -100,6 +99,13 @@ impl Mbr {
             s[DISK_ID_AT + 2],
             s[DISK_ID_AT + 3],
         ]);
+        if !entries.iter().any(Entry::is_used) && looks_like_fat_boot_sector(s) {
+            return Err(DiskError::Invalid(
+                "sector 0 is the boot sector of a FAT filesystem, not a partition table: \
+                 this is a filesystem image, not a whole-disk image"
+                    .to_string(),
+            ));
+        }
         Ok(Mbr { disk_id, entries })
     }
 
@@ -110,7 +116,12 @@ impl Mbr {
 
     /// The used entries, checked against each other and against the image length.
     pub fn used(&self, len: u64) -> Result<Vec<Entry>, DiskError> {
-        let used: Vec<Entry> = self.entries.iter().copied().filter(Entry::is_used).collect();
+        let used: Vec<Entry> = self
+            .entries
+            .iter()
+            .copied()
+            .filter(Entry::is_used)
+            .collect();
         for e in &used {
             if e.start == 0 {
                 return Err(DiskError::Invalid(format!(
@@ -150,6 +161,12 @@ impl Mbr {
     }
 }
 
+/// A jump instruction and a FAT type string where FAT12/16 or FAT32 boot sectors keep them.
+/// mkfs.vfat leaves bytes 446..510 zero, which reads as an MBR without partitions.
+fn looks_like_fat_boot_sector(s: &[u8; SECTOR as usize]) -> bool {
+    matches!(s[0], 0xeb | 0xe9) && (s[54..57] == *b"FAT" || s[82..85] == *b"FAT")
+}
+
 /// CHS address of `lba` in the 255-head, 63-sector geometry every partitioning tool assumes
 /// for images, clamped to 1023/254/63 beyond the 8 GiB that CHS can express, as stored in an
 /// entry (head, sector | cylinder high bits, cylinder low bits).
@@ -158,11 +175,15 @@ fn chs(lba: u64) -> [u8; 3] {
         c if c > 1023 => (1023, 254, 63),
         c => (c, (lba / 63) % 255, lba % 63 + 1),
     };
-    [h as u8, (s as u8) | (((c >> 2) & 0xc0) as u8), (c & 0xff) as u8]
+    [
+        h as u8,
+        (s as u8) | (((c >> 2) & 0xc0) as u8),
+        (c & 0xff) as u8,
+    ]
 }
 
 /// Grows the physically last primary partition to the last whole sector of the image. Writes
-/// only that entry's ending CHS and sector count (7 bytes of sector 0).
+/// only that entry's ending CHS and sector count.
 pub(super) fn grow_last_partition<F: Read + Write + Seek + ?Sized>(
     f: &mut F,
     mbr: &Mbr,
@@ -197,10 +218,12 @@ pub(super) fn grow_last_partition<F: Read + Write + Seek + ?Sized>(
     // `total` fits in u32 and the partition is inside the image (checked by `used`).
     grown.sectors = sectors as u32;
 
+    // Entry bytes 5..16: ending CHS, first sector (rewritten unchanged), sector count.
     let at = (ENTRIES_AT + last.index * ENTRY_LEN) as u64;
-    let mut patch = [0u8; 7];
+    let mut patch = [0u8; 11];
     patch[..3].copy_from_slice(&chs(total - 1));
-    patch[3..].copy_from_slice(&grown.sectors.to_le_bytes());
+    patch[3..7].copy_from_slice(&grown.start.to_le_bytes());
+    patch[7..].copy_from_slice(&grown.sectors.to_le_bytes());
     f.seek(SeekFrom::Start(at + 5))?;
     f.write_all(&patch)?;
     f.flush()?;

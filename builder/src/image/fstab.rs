@@ -77,13 +77,17 @@ fn parse_line(content: &str, line: usize) -> Result<FstabEntry, FstabError> {
     let Some(mount_point) = next("mount point")? else {
         return Err(bad(
             line,
-            format!("`{content}` has no mount point (expected: device mount-point type [options [freq [passno]]])"),
+            format!(
+                "`{content}` has no mount point (expected: device mount-point type [options [freq [passno]]])"
+            ),
         ));
     };
     let Some(fs_type) = next("type")? else {
         return Err(bad(
             line,
-            format!("`{content}` has no filesystem type (expected: device mount-point type [options [freq [passno]]])"),
+            format!(
+                "`{content}` has no filesystem type (expected: device mount-point type [options [freq [passno]]])"
+            ),
         ));
     };
     let options = match next("options")? {
@@ -135,16 +139,19 @@ fn unescape(field: &str) -> Result<String, String> {
 }
 
 fn octal(d: &[u8]) -> Option<u8> {
-    d.iter().try_fold(0u16, |acc, &c| match c {
-        b'0'..=b'7' => Some(acc * 8 + u16::from(c - b'0')),
-        _ => None,
-    })
-    .and_then(|v| u8::try_from(v).ok())
+    d.iter()
+        .try_fold(0u16, |acc, &c| match c {
+            b'0'..=b'7' => Some(acc * 8 + u16::from(c - b'0')),
+            _ => None,
+        })
+        .and_then(|v| u8::try_from(v).ok())
 }
+
+type MakeSpec = fn(String) -> Spec;
 
 fn parse_spec(spec: &str) -> Result<Spec, String> {
     if let Some((tag, value)) = spec.split_once('=') {
-        let make: Option<fn(String) -> Spec> = match tag {
+        let make: Option<MakeSpec> = match tag {
             "UUID" => Some(|v| Spec::Uuid(v.to_ascii_lowercase())),
             "PARTUUID" => Some(|v| Spec::PartUuid(v.to_ascii_lowercase())),
             "LABEL" => Some(Spec::Label),
@@ -160,7 +167,7 @@ fn parse_spec(spec: &str) -> Result<Spec, String> {
         }
     }
     if let Some(rest) = spec.strip_prefix("/dev/disk/") {
-        let links: [(&str, fn(String) -> Spec); 4] = [
+        let links: [(&str, MakeSpec); 4] = [
             ("by-uuid/", |v| Spec::Uuid(v.to_ascii_lowercase())),
             ("by-partuuid/", |v| Spec::PartUuid(v.to_ascii_lowercase())),
             ("by-label/", Spec::Label),
@@ -296,7 +303,10 @@ mod tests {
             ("LABEL=\\377 / ext4\n", 1, "UTF-8"),
         ] {
             let err = parse(text).unwrap_err();
-            let FstabError::Line { line: l, ref reason } = err;
+            let FstabError::Line {
+                line: l,
+                ref reason,
+            } = err;
             assert_eq!(l, line, "{text:?}: {err}");
             assert!(reason.contains(needle), "{text:?}: {err}");
         }
