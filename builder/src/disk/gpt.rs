@@ -307,3 +307,51 @@ fn grow_protective_entry<F: Write + Seek + ?Sized>(
     f.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use gptman::GPT;
+
+    use super::*;
+    use crate::disk;
+
+    /// A GPT with valid CRCs whose last usable sector and one entry are set by the test.
+    fn image(last_usable: u64, start: u64, end: u64) -> Cursor<Vec<u8>> {
+        let mut img = Cursor::new(vec![0u8; 256 * 1024]);
+        GPT::write_protective_mbr_into(&mut img, SECTOR).unwrap();
+        let mut gpt = GPT::new_from(&mut img, SECTOR, [7; 16]).unwrap();
+        gpt.header.last_usable_lba = last_usable;
+        let mut entries: Vec<GPTPartitionEntry> = gpt.iter().map(|(_, e)| e.clone()).collect();
+        entries[0] = GPTPartitionEntry {
+            partition_type_guid: [1; 16],
+            unique_partition_guid: [2; 16],
+            starting_lba: start,
+            ending_lba: end,
+            attribute_bits: 0,
+            partition_name: "x".into(),
+        };
+        gpt.header.write_into(&mut img, SECTOR, &entries).unwrap();
+        img
+    }
+
+    #[test]
+    fn sane_image_reads() {
+        let t = disk::read_from(&mut image(400, 34, 400)).unwrap();
+        assert_eq!(t.partitions[0].start, 34 * SECTOR);
+    }
+
+    /// Found by the `gpt` fuzz target: an entry near u64::MAX overflowed the end offset.
+    #[test]
+    fn huge_lbas_are_invalid_not_a_panic() {
+        let err =
+            disk::read_from(&mut image(u64::MAX - 1, u64::MAX / 2, u64::MAX - 2)).unwrap_err();
+        assert!(
+            matches!(err, DiskError::Invalid(ref m) if m.contains("beyond any disk size")),
+            "{err}"
+        );
+        let err = disk::read_from(&mut image(u64::MAX - 1, 34, u64::MAX / 1024)).unwrap_err();
+        assert!(matches!(err, DiskError::Truncated(_)), "{err}");
+    }
+}

@@ -99,10 +99,11 @@ pub fn read_from<R: Read + Seek + ?Sized>(r: &mut R) -> Result<PartitionTable, D
 /// Grows the physically last partition to the end of the image. The caller has already
 /// enlarged the file to its new length. GPT: the backup header and entries move to the new end.
 /// Returns the grown partition.
+///
+/// Not synced to disk: the image is a working copy that the caller syncs once when it is
+/// complete (syncing here would flush every dirty page of a freshly copied base image).
 pub fn grow_last_partition(file: &mut File) -> Result<Partition, DiskError> {
-    let p = grow_last_partition_in(file)?;
-    file.sync_all()?;
-    Ok(p)
+    grow_last_partition_in(file)
 }
 
 /// Same as [`grow_last_partition`], for any seekable read/write stream.
@@ -169,16 +170,23 @@ fn check_overlaps(spans: &mut [(u32, u64, u64)]) -> Result<(), DiskError> {
 /// Fails when a partition runs past the end of the image: the usual sign of an interrupted
 /// download or copy.
 fn check_inside(number: u32, first: u64, count: u64, len: u64) -> Result<(), DiskError> {
-    let end = (first + count) * SECTOR;
-    if end > len {
-        return Err(DiskError::Truncated(format!(
+    // GPT LBAs are 64-bit: a damaged entry can point past any byte offset u64 can hold.
+    let end = first
+        .checked_add(count)
+        .and_then(|sectors| sectors.checked_mul(SECTOR));
+    match end {
+        Some(end) if end <= len => Ok(()),
+        Some(end) => Err(DiskError::Truncated(format!(
             "partition {number} ends at byte {end} ({}) but the image is only {}; \
              the image was cut short (interrupted download or copy?): fetch it again",
             describe_bytes(end),
             describe_bytes(len)
-        )));
+        ))),
+        None => Err(DiskError::Invalid(format!(
+            "partition {number} starts at sector {first} and spans {count} sectors, beyond \
+             any disk size"
+        ))),
     }
-    Ok(())
 }
 
 #[cfg(test)]
