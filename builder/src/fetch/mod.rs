@@ -318,10 +318,9 @@ fn vendor_checksum(
         return checksum_from(client, c, name).map(|h| Some((h, c.to_string())));
     }
     for candidate in checksum::candidates(url) {
-        if let Some(text) = client.get_text(&candidate)? {
-            if let Some(hash) = checksum::find(&text, name) {
-                return Ok(Some((hash, candidate)));
-            }
+        let text = client.get_text(&candidate)?;
+        if let Some(hash) = text.and_then(|t| checksum::find(&t, name)) {
+            return Ok(Some((hash, candidate)));
         }
     }
     Ok(None)
