@@ -24,6 +24,7 @@ pub struct Client {
     backoff: Duration,
     backoff_max: Duration,
     timeout: Duration,
+    connect_timeout: Duration,
 }
 
 /// One attempt's failure: whether trying again can help.
@@ -48,6 +49,7 @@ impl Client {
             backoff: opts.backoff,
             backoff_max: opts.backoff_max,
             timeout: opts.timeout,
+            connect_timeout: opts.connect_timeout,
         }
     }
 
@@ -77,11 +79,18 @@ impl Client {
 
     fn classify(&self, url: &str, err: ureq::Error) -> Failure {
         match err {
-            ureq::Error::Timeout(_) => Failure::Retry(FetchError::TimedOut {
-                url: url.to_string(),
-                timeout: self.timeout,
-                attempts: 1,
-            }),
+            ureq::Error::Timeout(phase) => {
+                let limit = match phase {
+                    ureq::Timeout::Connect | ureq::Timeout::Resolve => self.connect_timeout,
+                    _ => self.timeout,
+                };
+                Failure::Retry(FetchError::TimedOut {
+                    url: url.to_string(),
+                    phase: phase.to_string(),
+                    limit,
+                    attempts: 1,
+                })
+            }
             e @ (ureq::Error::Io(_)
             | ureq::Error::ConnectionFailed
             | ureq::Error::HostNotFound

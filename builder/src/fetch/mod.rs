@@ -127,12 +127,13 @@ pub enum FetchError {
         attempts: u32,
     },
     #[error(
-        "{url}: no data for {timeout:?} (after {attempts} attempt(s); run again to resume the \
-         download)"
+        "{url}: the server did not answer within {limit:?} ({phase}), after {attempts} \
+         attempt(s); check the network, then run again to resume the download"
     )]
     TimedOut {
         url: String,
-        timeout: Duration,
+        phase: String,
+        limit: Duration,
         attempts: u32,
     },
     #[error("sha256 mismatch for {what}: expected {expected}, got {actual}; {action}")]
@@ -220,13 +221,9 @@ pub fn fetch_base(
                     Some((hash, from)) => (Some(hash), Verification::ChecksumFile(from)),
                     None if opts.insecure => (None, Verification::Unverified),
                     None => {
-                        let tried = match checksum_url {
-                            Some(c) => c.to_string(),
-                            None => checksum::candidates(url).join(", "),
-                        };
                         return Err(FetchError::Unverifiable {
                             url: url.clone(),
-                            tried,
+                            tried: checksum::candidates(url).join(", "),
                         });
                     }
                 },
