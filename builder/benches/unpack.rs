@@ -4,7 +4,8 @@
 //!
 //! Each round times, in turn: `xz -dc -T0` to /dev/null, `xz -dc -T0` to a file followed by
 //! an fsync (what `unpack` does before the cache may trust the file), and `unpack`. The best
-//! of the rounds is reported, as MB/s of uncompressed output.
+//! of the rounds is reported, as MB/s of uncompressed output. Then the working copy of the
+//! unpacked image: `cp --sparse=always` against `copy_sparse`.
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -33,7 +34,9 @@ fn main() {
         .expect("usage: cargo bench --bench unpack -- IMAGE.img.xz");
     let dir = tempfile::tempdir_in(input.parent().unwrap_or(Path::new("."))).unwrap();
     let out = dir.path().join("out.img");
+    let copy = dir.path().join("copy.img");
     let (mut null, mut file, mut ours) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut cp, mut copy_ours) = (Duration::MAX, Duration::MAX);
     let mut size = 0;
     for round in 0..ROUNDS {
         null = null.min(xz_to(
@@ -52,6 +55,20 @@ fn main() {
         let (_, n) = imagegen::fetch::unpack(&input, &out).unwrap();
         ours = ours.min(start.elapsed());
         size = n;
+
+        let start = Instant::now();
+        let status = Command::new("cp")
+            .arg("--sparse=always")
+            .args([&out, &copy])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        cp = cp.min(start.elapsed());
+        fs::remove_file(&copy).unwrap();
+        let start = Instant::now();
+        imagegen::fetch::copy_sparse(&out, &copy).unwrap();
+        copy_ours = copy_ours.min(start.elapsed());
+        fs::remove_file(&copy).unwrap();
         fs::remove_file(&out).unwrap();
         eprintln!("round {} done", round + 1);
     }
@@ -76,6 +93,11 @@ fn main() {
         "imagegen unpack (sparse+fsync){:>7.2} s {:>8.1} MB/s",
         ours.as_secs_f64(),
         rate(ours)
+    );
+    println!("cp --sparse=always            {:>7.2} s", cp.as_secs_f64());
+    println!(
+        "imagegen copy_sparse          {:>7.2} s",
+        copy_ours.as_secs_f64()
     );
     println!(
         "ratio: {:.0}% of xz to /dev/null, {:.0}% of xz to a file",

@@ -372,6 +372,9 @@ fn unverifiable_download_is_refused_unless_insecure() {
     let f = fixture();
     let opts = options(f.dir.path());
     let src = Source::Url(f.server.url(IMG));
+    // An object store says 403 rather than 404 for a missing file.
+    f.server.put("/img/SHA256SUMS", b"", None);
+    f.server.fault("/img/SHA256SUMS", Fault::Status(403));
     let err = fetch_base(&src, None, None, &opts).unwrap_err();
     assert!(matches!(err, FetchError::Unverifiable { .. }), "{err}");
     assert!(err.to_string().contains("--insecure"), "{err}");

@@ -315,7 +315,11 @@ fn vendor_checksum(
         return checksum_from(client, c, name).map(|h| Some((h, c.to_string())));
     }
     for candidate in checksum::candidates(url) {
-        let text = client.get_text(&candidate)?;
+        let text = match client.get_text(&candidate) {
+            // Object stores (S3 and the like) answer 403 for a file that is not there.
+            Err(FetchError::Http { status: 403, .. }) => None,
+            other => other?,
+        };
         if let Some(hash) = text.and_then(|t| checksum::find(&t, name)) {
             return Ok(Some((hash, candidate)));
         }
