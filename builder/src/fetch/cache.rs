@@ -1,0 +1,128 @@
+//! The download cache, content-addressed so that whatever sits under `blobs/` or `raw/` is
+//! exactly what its name says:
+//!
+//! ```text
+//! <cache>/lock                          held (exclusive) while a build fetches
+//! <cache>/partial/<sha256(url)>.part    an interrupted download, with .json sidecar
+//! <cache>/blobs/sha256/<hex>            verified downloads, named by their sha256
+//! <cache>/raw/sha256/<hex>.img          the unpacked (sparse) image of blob <hex>
+//! <cache>/tmp/                          unpacking in progress; emptied under the lock
+//! ```
+//!
+//! Files only enter `blobs/` and `raw/` by rename once complete and verified.
+
+use super::FetchError;
+use crate::io::hash::sha256_hex;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+
+/// `$XDG_CACHE_HOME/imagegen`, else `~/.cache/imagegen`.
+pub fn default_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.or_else(|| {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .map(|home| home.join(".cache"))
+    })?;
+    Some(base.join("imagegen"))
+}
+
+/// An open, locked cache. The lock is released on drop.
+pub struct Cache {
+    root: PathBuf,
+    _lock: File,
+}
+
+/// What the server said about a partial download, so it can be resumed only if the file
+/// did not change (`If-Range`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq)]
+pub struct PartialMeta {
+    pub url: String,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Cache {
+    /// Creates the layout if needed and takes the lock, waiting for another build to finish
+    /// with the cache.
+    pub fn open(root: &Path) -> Result<Cache, FetchError> {
+        for sub in ["partial", "blobs/sha256", "raw/sha256", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(|e| FetchError::io(&dir, "cannot create", e))?;
+        }
+        let lock_path = root.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| FetchError::io(&lock_path, "cannot open", e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                eprintln!(
+                    "waiting for another imagegen to release the cache lock {}",
+                    lock_path.display()
+                );
+                lock.lock()
+                    .map_err(|e| FetchError::io(&lock_path, "cannot lock", e))?;
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(FetchError::io(&lock_path, "cannot lock", e));
+            }
+        }
+        let cache = Cache {
+            root: root.to_path_buf(),
+            _lock: lock,
+        };
+        // Anything in tmp/ belongs to a build that died: we hold the lock now.
+        let tmp = cache.tmp_dir();
+        let entries = fs::read_dir(&tmp).map_err(|e| FetchError::io(&tmp, "cannot list", e))?;
+        for entry in entries.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(cache)
+    }
+
+    pub fn blob(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(sha256)
+    }
+
+    pub fn raw(&self, sha256: &str) -> PathBuf {
+        self.root.join("raw/sha256").join(format!("{sha256}.img"))
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// The partial download of `url` and its sidecar.
+    pub fn partial(&self, url: &str) -> (PathBuf, PathBuf) {
+        let key = sha256_hex(url.as_bytes());
+        let dir = self.root.join("partial");
+        (
+            dir.join(format!("{key}.part")),
+            dir.join(format!("{key}.json")),
+        )
+    }
+
+    pub fn read_meta(path: &Path) -> Option<PartialMeta> {
+        let text = fs::read(path).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    pub fn write_meta(path: &Path, meta: &PartialMeta) -> Result<(), FetchError> {
+        let text = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other);
+        text.and_then(|t| fs::write(path, t))
+            .map_err(|e| FetchError::io(path, "cannot write", e))
+    }
+
+    /// Moves a complete, verified file into `blobs/` or `raw/` under its final name.
+    pub fn commit(&self, from: &Path, to: &Path) -> Result<(), FetchError> {
+        fs::rename(from, to).map_err(|e| FetchError::io(to, "cannot store", e))
+    }
+}

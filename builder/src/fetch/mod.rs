@@ -1,0 +1,360 @@
+//! Getting the vendor base image: download (resumable, retried), verify its sha256 against a
+//! pinned hash or the vendor's checksum file, keep it in a content-addressed cache, and
+//! unpack it once into a sparse raw image that later builds reuse.
+//!
+//! Nothing is used, or stored under `blobs/` or `raw/`, before its sha256 has been checked;
+//! an image that cannot be checked is refused unless the caller opts out (`insecure`).
+
+mod cache;
+mod checksum;
+mod http;
+mod sparse;
+mod unpack;
+
+pub use cache::default_dir as default_cache_dir;
+pub use checksum::parse_sha256;
+pub use sparse::{SparseWriter, copy_sparse};
+pub use unpack::{Format, unpack};
+
+use cache::Cache;
+use http::Client;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the base image comes from: `--base` or a board file's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Url(String),
+    File(PathBuf),
+}
+
+impl Source {
+    /// `http://` and `https://` are URLs; anything else is a local path.
+    pub fn parse(s: &str) -> Source {
+        let lower = s.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            Source::Url(s.to_string())
+        } else {
+            Source::File(PathBuf::from(s))
+        }
+    }
+}
+
+impl std::str::FromStr for Source {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Source::parse(s))
+    }
+}
+
+/// How downloads behave. `Default` uses the XDG cache directory and production time-outs.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub cache_dir: PathBuf,
+    /// Further attempts after a connection error, time-out, 408, 429 or 5xx.
+    pub retries: u32,
+    /// First delay between attempts; doubled each time up to `backoff_max`.
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+    /// Longest wait for any single read from the server (a stalled transfer fails after it,
+    /// and the next attempt resumes).
+    pub timeout: Duration,
+    /// Use an image that no sha256 vouches for.
+    pub insecure: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            cache_dir: default_cache_dir()
+                .unwrap_or_else(|| std::env::temp_dir().join("imagegen-cache")),
+            retries: 5,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(60),
+            insecure: false,
+        }
+    }
+}
+
+/// What vouches for the source image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// The sha256 the caller pinned.
+    Pinned,
+    /// The vendor's checksum file at this URL.
+    ChecksumFile(String),
+    /// A local file without a pinned hash: the user vouches for it.
+    LocalFile,
+    /// Nothing (`insecure`).
+    Unverified,
+}
+
+/// A base image ready to be copied (with [`copy_sparse`]) into a build's working image.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// The raw disk image. Shared by later builds: never modify it, copy it.
+    pub raw_path: PathBuf,
+    /// Size of the raw disk image.
+    pub raw_size: u64,
+    /// The verified download in the cache, or the local file as given.
+    pub source_path: PathBuf,
+    /// sha256 of the source file (for the manifest).
+    pub source_sha256: String,
+    pub format: Format,
+    pub verification: Verification,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(
+        "{url}: the server has no such file (HTTP {status}); check the URL or the board file's \
+         base image"
+    )]
+    NotFound { url: String, status: u16 },
+    #[error("{url}: HTTP {status} after {attempts} attempt(s)")]
+    Http {
+        url: String,
+        status: u16,
+        attempts: u32,
+    },
+    #[error("{url}: {reason} (after {attempts} attempt(s); run again to resume the download)")]
+    Network {
+        url: String,
+        reason: String,
+        attempts: u32,
+    },
+    #[error(
+        "{url}: the server did not answer within {limit:?} ({phase}), after {attempts} \
+         attempt(s); check the network, then run again to resume the download"
+    )]
+    TimedOut {
+        url: String,
+        phase: String,
+        limit: Duration,
+        attempts: u32,
+    },
+    #[error("sha256 mismatch for {what}: expected {expected}, got {actual}; {action}")]
+    Mismatch {
+        what: String,
+        expected: String,
+        actual: String,
+        action: &'static str,
+    },
+    #[error(
+        "cannot verify {url}: no checksum found (tried {tried}); pin its sha256, give the \
+         vendor's checksum URL, or pass --insecure to use it unverified"
+    )]
+    Unverifiable { url: String, tried: String },
+    #[error("{checksum_url} does not list {name}; is it the checksum file for this image?")]
+    NotListed { checksum_url: String, name: String },
+    #[error("'{0}' is not a sha256 (64 hex digits)")]
+    BadSha256(String),
+    #[error("{path}: not a valid {format:?} image: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        format: Format,
+        reason: String,
+    },
+    #[error("{tool} failed: {reason}")]
+    Tool { tool: &'static str, reason: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl FetchError {
+    fn io(path: &Path, action: &'static str, source: std::io::Error) -> FetchError {
+        FetchError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    fn network(url: &str, reason: String, attempts: u32) -> FetchError {
+        FetchError::Network {
+            url: url.to_string(),
+            reason,
+            attempts,
+        }
+    }
+
+    fn after_attempts(mut self, n: u32) -> FetchError {
+        match &mut self {
+            FetchError::Http { attempts, .. }
+            | FetchError::Network { attempts, .. }
+            | FetchError::TimedOut { attempts, .. } => *attempts = n,
+            _ => {}
+        }
+        self
+    }
+}
+
+/// Gets the base image `source`, verified and unpacked, from the cache when it is there.
+///
+/// Verification: `expected` (a pinned sha256) when given; else for a URL the checksum file
+/// at `checksum_url`, or the first of `URL.sha256`, `URL.sha` and `SHA256SUMS` beside it
+/// that exists. A local file is used as given unless `expected` or `checksum_url` is set.
+pub fn fetch_base(
+    source: &Source,
+    expected: Option<&str>,
+    checksum_url: Option<&str>,
+    opts: &FetchOptions,
+) -> Result<Fetched, FetchError> {
+    let expected = expected
+        .map(|e| parse_sha256(e).ok_or_else(|| FetchError::BadSha256(e.to_string())))
+        .transpose()?;
+    let cache = Cache::open(&opts.cache_dir)?;
+    let client = Client::new(opts);
+    let (source_path, source_sha256, verification) = match source {
+        Source::File(path) => local(&client, path, expected, checksum_url)?,
+        Source::Url(url) => {
+            let (want, verification) = match expected {
+                Some(e) => (Some(e), Verification::Pinned),
+                None => match vendor_checksum(&client, url, checksum_url)? {
+                    Some((hash, from)) => (Some(hash), Verification::ChecksumFile(from)),
+                    None if opts.insecure => (None, Verification::Unverified),
+                    None => {
+                        return Err(FetchError::Unverifiable {
+                            url: url.clone(),
+                            tried: checksum::candidates(url).join(", "),
+                        });
+                    }
+                },
+            };
+            let (path, sha) = download(&cache, &client, url, want.as_deref())?;
+            (path, sha, verification)
+        }
+    };
+    let raw = cache.raw(&source_sha256);
+    let format = Format::of_file(&source_path)?;
+    let raw_path = match format {
+        // Already raw: copying it into the cache would only cost disk.
+        Format::Raw => source_path.clone(),
+        _ if raw.exists() => raw,
+        _ => {
+            let tmp = cache.tmp_dir().join(format!("{source_sha256}.img"));
+            let unpacked = unpack(&source_path, &tmp);
+            if let Err(e) = unpacked {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+            cache.commit(&tmp, &raw)?;
+            raw
+        }
+    };
+    let raw_size = std::fs::metadata(&raw_path)
+        .map_err(|e| FetchError::io(&raw_path, "cannot read", e))?
+        .len();
+    Ok(Fetched {
+        raw_path,
+        raw_size,
+        source_path,
+        source_sha256,
+        format,
+        verification,
+    })
+}
+
+fn local(
+    client: &Client,
+    path: &Path,
+    expected: Option<String>,
+    checksum_url: Option<&str>,
+) -> Result<(PathBuf, String, Verification), FetchError> {
+    let sha = http::hash_file(path).map_err(|e| FetchError::io(path, "cannot read", e))?;
+    let (want, verification) = match (expected, checksum_url) {
+        (Some(e), _) => (Some(e), Verification::Pinned),
+        (None, Some(c)) => {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let hash = checksum_from(client, c, &name)?;
+            (Some(hash), Verification::ChecksumFile(c.to_string()))
+        }
+        (None, None) => (None, Verification::LocalFile),
+    };
+    if let Some(want) = want.filter(|w| *w != sha) {
+        return Err(FetchError::Mismatch {
+            what: path.display().to_string(),
+            expected: want,
+            actual: sha,
+            action: "the file is not the image you meant, or it is damaged",
+        });
+    }
+    Ok((path.to_path_buf(), sha, verification))
+}
+
+/// The sha256 a checksum file gives for `name`.
+fn checksum_from(client: &Client, url: &str, name: &str) -> Result<String, FetchError> {
+    let text = client.get_text(url)?.ok_or_else(|| FetchError::NotFound {
+        url: url.to_string(),
+        status: 404,
+    })?;
+    checksum::find(&text, name).ok_or_else(|| FetchError::NotListed {
+        checksum_url: url.to_string(),
+        name: name.to_string(),
+    })
+}
+
+/// The vendor's sha256 for `url` and where it came from, or `None` if there is none.
+fn vendor_checksum(
+    client: &Client,
+    url: &str,
+    checksum_url: Option<&str>,
+) -> Result<Option<(String, String)>, FetchError> {
+    let name = checksum::file_name(url);
+    if let Some(c) = checksum_url {
+        return checksum_from(client, c, name).map(|h| Some((h, c.to_string())));
+    }
+    for candidate in checksum::candidates(url) {
+        let text = match client.get_text(&candidate) {
+            // Object stores (S3 and the like) answer 403 for a file that is not there.
+            Err(FetchError::Http { status: 403, .. }) => None,
+            other => other?,
+        };
+        if let Some(hash) = text.and_then(|t| checksum::find(&t, name)) {
+            return Ok(Some((hash, candidate)));
+        }
+    }
+    Ok(None)
+}
+
+/// The verified blob for `url`, downloading it unless the cache has it.
+fn download(
+    cache: &Cache,
+    client: &Client,
+    url: &str,
+    want: Option<&str>,
+) -> Result<(PathBuf, String), FetchError> {
+    if let Some(want) = want {
+        let blob = cache.blob(want);
+        if blob.exists() {
+            return Ok((blob, want.to_string()));
+        }
+    }
+    let (part, _) = cache.partial(url);
+    let (sha, _) = client.download(cache, url)?;
+    if let Some(want) = want.filter(|w| *w != sha) {
+        http::discard_partial(cache, url);
+        return Err(FetchError::Mismatch {
+            what: url.to_string(),
+            expected: want.to_string(),
+            actual: sha,
+            action: "the download was deleted. If the vendor replaced the image, update the \
+                     pinned sha256; otherwise try again",
+        });
+    }
+    // Content-addressed: even an unverified (insecure) download is named by what it is.
+    let blob = cache.blob(&sha);
+    cache.commit(&part, &blob)?;
+    http::discard_partial(cache, url);
+    Ok((blob, sha))
+}

@@ -1,0 +1,199 @@
+//! Sparse output: all-zero blocks become holes, so a 4 GiB image with 1 GiB of data costs
+//! 1 GiB of disk and of write bandwidth.
+
+use crate::io::BUFFER_SIZE;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Hole granularity: the usual filesystem block size. Zero runs shorter than this are written.
+const BLOCK: u64 = 4096;
+
+/// Writes through to a fresh (empty) file, seeking over all-zero blocks instead of writing
+/// them. Blocks are aligned to the output offset, so holes line up with filesystem blocks
+/// whatever sizes the writes come in. Call [`SparseWriter::finish`] to set the final length.
+pub struct SparseWriter {
+    file: File,
+    /// Logical position: bytes accepted so far.
+    pos: u64,
+    /// Where the file cursor really is (it lags `pos` after skipped blocks).
+    file_pos: u64,
+}
+
+impl SparseWriter {
+    /// `file` must be empty: skipped blocks rely on reading back as zeros.
+    pub fn new(file: File) -> Self {
+        SparseWriter {
+            file,
+            pos: 0,
+            file_pos: 0,
+        }
+    }
+
+    /// Sets the file length (a trailing hole is not written otherwise) and returns the file
+    /// and the logical size.
+    pub fn finish(self) -> io::Result<(File, u64)> {
+        self.file.set_len(self.pos)?;
+        Ok((self.file, self.pos))
+    }
+
+    fn write_run(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.file_pos != self.pos {
+            self.file.seek(SeekFrom::Start(self.pos))?;
+        }
+        self.file.write_all(data)?;
+        self.pos += data.len() as u64;
+        self.file_pos = self.pos;
+        Ok(())
+    }
+}
+
+impl Write for SparseWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut rest = buf;
+        // Alternate between a run of non-zero blocks (one write) and a run of zero blocks
+        // (skipped).
+        while !rest.is_empty() {
+            let mut data_len = 0;
+            let mut offset = self.pos;
+            loop {
+                let to_boundary = (BLOCK - offset % BLOCK) as usize;
+                let end = (data_len + to_boundary).min(rest.len());
+                let chunk = &rest[data_len..end];
+                if is_zero(chunk) {
+                    break;
+                }
+                data_len = end;
+                offset += chunk.len() as u64;
+                if data_len == rest.len() {
+                    break;
+                }
+            }
+            if data_len > 0 {
+                self.write_run(&rest[..data_len])?;
+                rest = &rest[data_len..];
+                continue;
+            }
+            // A run of zero blocks: skip them.
+            let mut zero_len = 0;
+            let mut offset = self.pos;
+            while zero_len < rest.len() {
+                let to_boundary = (BLOCK - offset % BLOCK) as usize;
+                let end = (zero_len + to_boundary).min(rest.len());
+                if !is_zero(&rest[zero_len..end]) {
+                    break;
+                }
+                offset += (end - zero_len) as u64;
+                zero_len = end;
+            }
+            self.pos += zero_len as u64;
+            rest = &rest[zero_len..];
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+static ZERO_BLOCK: [u8; BLOCK as usize] = [0; BLOCK as usize];
+
+/// Whether a chunk of at most one block is all zeros. Slice equality is a `memcmp`, which
+/// libc vectorises, fast even in debug builds.
+fn is_zero(data: &[u8]) -> bool {
+    data.chunks(ZERO_BLOCK.len())
+        .all(|c| c == &ZERO_BLOCK[..c.len()])
+}
+
+/// Copies `src` to a new sparse file `dst` (replacing it), reading only the data extents
+/// of `src` (SEEK_DATA/SEEK_HOLE) and leaving holes for all-zero blocks. Returns the size.
+/// This is how a build makes its working copy of a cached base image.
+pub fn copy_sparse(src: &Path, dst: &Path) -> io::Result<u64> {
+    let mut input = File::open(src)?;
+    let size = input.metadata()?.len();
+    let output = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)?;
+    let mut out = SparseWriter::new(output);
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut pos = 0u64;
+    while pos < size {
+        let Some((start, end)) = next_data(&input, pos, size)? else {
+            break;
+        };
+        // Holes between extents: the writer only needs to know they are zeros.
+        out.skip_to(start);
+        input.seek(SeekFrom::Start(start))?;
+        let mut left = end - start;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = input.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} shrank while being copied", src.display()),
+                ));
+            }
+            out.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        pos = end;
+    }
+    out.skip_to(size);
+    let (_, len) = out.finish()?;
+    Ok(len)
+}
+
+impl SparseWriter {
+    /// Advances over a region known to be zeros (a hole in the source).
+    fn skip_to(&mut self, offset: u64) {
+        debug_assert!(offset >= self.pos);
+        self.pos = self.pos.max(offset);
+    }
+}
+
+/// The next data extent at or after `pos`, as (start, end). Filesystems without
+/// SEEK_DATA support report the whole rest of the file as data, which is still correct.
+fn next_data(file: &File, pos: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let to_off = |v: u64| libc::off_t::try_from(v).map_err(io::Error::other);
+    // SAFETY: lseek on a file descriptor we own; it does not touch memory.
+    let start = unsafe { libc::lseek(fd, to_off(pos)?, libc::SEEK_DATA) };
+    if start < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            // ENXIO: no data after pos (only a trailing hole).
+            Some(libc::ENXIO) => Ok(None),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some((pos, size))),
+            _ => Err(err),
+        };
+    }
+    // SAFETY: as above.
+    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+    if end < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Some((start as u64, (end as u64).min(size))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_detection_sees_every_byte() {
+        assert!(is_zero(&[0u8; 4096]));
+        assert!(is_zero(&[0u8; 10000]));
+        assert!(is_zero(&[0u8; 100]));
+        let mut v = vec![0u8; 4096];
+        v[4095] = 1;
+        assert!(!is_zero(&v));
+        v[4095] = 0;
+        v[10] = 1;
+        assert!(!is_zero(&v));
+    }
+}
