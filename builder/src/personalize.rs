@@ -32,7 +32,8 @@ pub fn personalize(req: &Request) -> Result<String> {
         None => vendor::detect(&mut image)?,
     };
     let boot = plan::boot_mount(vendor);
-    let slot = image.locate(&image.resolve(boot, true)?).slot;
+    let resolved = image.resolve(boot, true)?;
+    let slot = image.locate(&resolved).slot;
     if image.slots()[slot].fs_kind != Some(FsKind::Fat) {
         bail!(
             "{} images have no FAT boot partition at {boot}, so there is nowhere to put a seed \

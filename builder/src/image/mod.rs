@@ -244,9 +244,11 @@ impl Image {
         let text = String::from_utf8_lossy(&bytes);
         fstab::parse(&text)
             .map(Some)
-            .map_err(|e| ImageError::Fstab {
-                line: e.line,
-                detail: e.to_string(),
+            .map_err(|e| match e {
+                fstab::FstabError::Line { line, reason } => ImageError::Fstab {
+                    line,
+                    detail: reason,
+                },
             })
     }
 
@@ -355,8 +357,19 @@ impl Image {
             let loc = self.locate(&next);
             let st = self.fs(loc.slot)?.lstat(&loc.path)?;
             match st {
-                None if last => cur = next,
-                None => return Err(FsError::NotFound(next).into()),
+                // Nothing below a missing directory can be a symlink: the rest of the path is
+                // taken as it is, and whoever uses it decides whether missing is an error
+                // (mkdir -p creates it, cat reports it).
+                None => {
+                    cur = next;
+                    while let Some(c) = todo.pop() {
+                        cur = if c == ".." {
+                            split(&cur).map_or("/".into(), |(p, _)| p.to_string())
+                        } else {
+                            join(&cur, &c)
+                        };
+                    }
+                }
                 Some(st) if st.file_type == FileType::Symlink => {
                     hops += 1;
                     if hops > MAX_SYMLINKS {

@@ -382,8 +382,8 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
     let a = acc.add_admin(name, &["sudo", "adm", "systemd-journal"])?;
     acc.lock_passwords_except(name);
     p.file("/etc/passwd", acc.passwd.into_bytes(), 0o644, 0, 0);
-    p.file("/etc/group", acc.group.into_bytes(), 0o644, 0, 0);
     let shadow_gid = group_id(&acc.group, "shadow").unwrap_or(0);
+    p.file("/etc/group", acc.group.into_bytes(), 0o644, 0, 0);
     p.file("/etc/shadow", acc.shadow.into_bytes(), 0o640, 0, shadow_gid);
     p.file("/etc/gshadow", acc.gshadow.into_bytes(), 0o640, 0, shadow_gid);
 

@@ -101,6 +101,10 @@ pub fn grow(
             detail: format!("{}:\n{}", resize.status, e2fsprogs::output_text(&resize)),
         });
     }
+    // resize2fs sets the file length to the new filesystem size, which is shorter than the
+    // partition when the partition is not a whole number of blocks (a GPT's last usable
+    // sector rarely is); the tail is slack, copied back as zeros.
+    tmp.as_file().set_len(new_len)?;
     let grown = Superblock::read(tmp.as_file(), 0)?;
     if grown.blocks_count != new_blocks {
         return Err(FsError::Tool {
