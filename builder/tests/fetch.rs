@@ -636,3 +636,24 @@ fn working_copy_is_sparse_and_identical() {
         );
     }
 }
+
+#[test]
+fn complete_partial_left_by_a_crash_is_checked_not_downloaded_again() {
+    let f = fixture();
+    let opts = options(f.dir.path());
+    let url = f.server.url(IMG);
+    // What a build that died between the last byte and the rename leaves behind.
+    let key = imagegen::io::hash::sha256_hex(url.as_bytes());
+    let partial = opts.cache_dir.join("partial");
+    fs::create_dir_all(&partial).unwrap();
+    fs::write(partial.join(format!("{key}.part")), &f.body).unwrap();
+    let sidecar = format!(r#"{{"url":"{url}","etag":"\"v1\"","last_modified":null}}"#);
+    fs::write(partial.join(format!("{key}.json")), sidecar).unwrap();
+
+    let got = fetch_base(&Source::Url(url), Some(&f.sha), None, &opts).unwrap();
+    assert_eq!(sha256sum(&got.source_path), f.sha);
+    let reqs = f.server.requests_for(IMG);
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].headers["range"], format!("bytes={}-", f.body.len()));
+    assert!(cache_files(&opts, "partial").is_empty());
+}
