@@ -1,1 +1,2 @@
+pub mod hardening;
 pub mod users;
