@@ -192,7 +192,11 @@ pub fn check_sshd_order<S: AsRef<str>>(
         .collect();
     for (line, keyword, args) in keywords(main_config) {
         match keyword.to_ascii_lowercase().as_str() {
-            "include" if args.split_whitespace().any(|a| a.ends_with("sshd_config.d/*.conf")) => {
+            "include"
+                if args
+                    .split_whitespace()
+                    .any(|a| a.ends_with("sshd_config.d/*.conf")) =>
+            {
                 return Ok(());
             }
             "match" => return Err(HardeningError::NoInclude),
@@ -301,7 +305,14 @@ mod tests {
 
     #[test]
     fn admin_user_is_checked_only_when_it_is_used() {
-        for bad in ["", "ops root", "*", "Ops", "1ops", "ops\nPermitRootLogin yes"] {
+        for bad in [
+            "",
+            "ops root",
+            "*",
+            "Ops",
+            "1ops",
+            "ops\nPermitRootLogin yes",
+        ] {
             let c = Context {
                 admin_user: bad,
                 ..ctx(Role::Server)
@@ -320,7 +331,8 @@ mod tests {
 
     #[test]
     fn sshd_order_reasons() {
-        let debian = "# comment\n\nInclude /etc/ssh/sshd_config.d/*.conf\n\nPasswordAuthentication yes\n";
+        let debian =
+            "# comment\n\nInclude /etc/ssh/sshd_config.d/*.conf\n\nPasswordAuthentication yes\n";
         assert_eq!(check_sshd_order(debian, &["50-cloud-init.conf"]), Ok(()));
         assert_eq!(
             check_sshd_order(debian, &["0-first.conf", "README"]),
