@@ -294,7 +294,11 @@ impl Netns {
             "netns", &n.peer,
         ]));
         for (ns, dev, addr) in [(&n.node, node_if, node_addr), (&n.peer, "peer0", peer_addr)] {
-            ok(Command::new(&ip).args(["-n", ns, "addr", "add", addr, "dev", dev]));
+            // No duplicate address detection: the address must work at once.
+            let nodad: &[&str] = if addr.contains(':') { &["nodad"] } else { &[] };
+            ok(Command::new(&ip)
+                .args(["-n", ns, "addr", "add", addr, "dev", dev])
+                .args(nodad));
             ok(Command::new(&ip).args(["-n", ns, "link", "set", dev, "up"]));
             ok(Command::new(&ip).args(["-n", ns, "link", "set", "lo", "up"]));
         }
@@ -315,7 +319,8 @@ impl Netns {
             })
             .chain(["wait\n".to_string()])
             .collect();
-        let out = ok(Command::new("ip").args(["netns", "exec", &self.peer, "bash", "-c", &script]));
+        let out = ok(Command::new(need("/usr/sbin/ip", "iproute2"))
+            .args(["netns", "exec", &self.peer, "bash", "-c", &script]));
         let mut got: Vec<(u16, bool)> = out
             .lines()
             .map(|l| {
@@ -342,14 +347,26 @@ impl Drop for Netns {
     }
 }
 
-fn probe(tag: &str, ctx: Context, node_if: &str, net: &str) -> Vec<(u16, bool)> {
+fn probe(
+    tag: &str,
+    ctx: Context,
+    node_if: &str,
+    node_ip: &str,
+    peer_ip: &str,
+    plen: u8,
+) -> Vec<(u16, bool)> {
     need("/usr/sbin/nft", "nftables");
-    let ns = Netns::new(tag, node_if, &format!("{net}.1/24"), &format!("{net}.2/24"));
+    let ns = Netns::new(
+        tag,
+        node_if,
+        &format!("{node_ip}/{plen}"),
+        &format!("{peer_ip}/{plen}"),
+    );
     let rules = write_temp(&rendered(&ctx, hardening::NFTABLES_CONF).content);
     ok(Command::new("ip")
         .args(["netns", "exec", &ns.node, "nft", "-f"])
         .arg(rules.path()));
-    ns.reachable(&format!("{net}.1"), &[22, 2379, 3493, 6443, 10250])
+    ns.reachable(node_ip, &[22, 2379, 3493, 6443, 10250])
 }
 
 fn open(ports: &[u16]) -> Vec<(u16, bool)> {
@@ -361,19 +378,54 @@ fn open(ports: &[u16]) -> Vec<(u16, bool)> {
 
 #[test]
 fn nft_agent_on_lan_opens_ssh_and_kubelet_only() {
-    let got = probe("a", node(Role::Agent, false, false), "eth1", "192.168.77");
+    let got = probe(
+        "a",
+        node(Role::Agent, false, false),
+        "eth1",
+        "192.168.77.1",
+        "192.168.77.2",
+        24,
+    );
+    assert_eq!(got, open(&[22, 10250]));
+}
+
+/// Also proves neighbour discovery gets through: without it no TCP reaches the node at all.
+#[test]
+fn nft_agent_on_ipv6_lan_opens_ssh_and_kubelet_only() {
+    let got = probe(
+        "6",
+        node(Role::Agent, false, false),
+        "eth1",
+        "fd00:77::1",
+        "fd00:77::2",
+        64,
+    );
     assert_eq!(got, open(&[22, 10250]));
 }
 
 #[test]
 fn nft_ups_server_on_lan_opens_api_etcd_and_nut() {
-    let got = probe("s", node(Role::Server, true, false), "eth1", "192.168.78");
+    let got = probe(
+        "s",
+        node(Role::Server, true, false),
+        "eth1",
+        "192.168.78.1",
+        "192.168.78.2",
+        24,
+    );
     assert_eq!(got, open(&[22, 2379, 3493, 6443, 10250]));
 }
 
 #[test]
 fn nft_without_zerotier_keeps_cluster_ports_off_public_addresses() {
-    let got = probe("p", node(Role::Server, true, false), "eth1", "203.0.113");
+    let got = probe(
+        "p",
+        node(Role::Server, true, false),
+        "eth1",
+        "203.0.113.1",
+        "203.0.113.2",
+        24,
+    );
     assert_eq!(got, open(&[22, 6443]));
 }
 
@@ -381,10 +433,13 @@ fn nft_without_zerotier_keeps_cluster_ports_off_public_addresses() {
 fn nft_with_zerotier_opens_cluster_ports_on_zerotier_only() {
     let ctx = node(Role::Server, false, true);
     assert_eq!(
-        probe("z", ctx, "ztabc0", "10.147.17"),
+        probe("z", ctx, "ztabc0", "10.147.17.1", "10.147.17.2", 24),
         open(&[22, 2379, 6443, 10250])
     );
-    assert_eq!(probe("l", ctx, "eth1", "192.168.79"), open(&[22, 6443]));
+    assert_eq!(
+        probe("l", ctx, "eth1", "192.168.79.1", "192.168.79.2", 24),
+        open(&[22, 6443])
+    );
 }
 
 // ---- sysctl --------------------------------------------------------------------------------

@@ -120,8 +120,10 @@ fn is_user_name(u: &str) -> bool {
 fn nftables(ctx: &Context) -> String {
     let mut rules = String::new();
     let mut add = |line: &str| {
-        rules.push_str("\t\t");
-        rules.push_str(line);
+        if !line.is_empty() {
+            rules.push_str("\t\t");
+            rules.push_str(line);
+        }
         rules.push('\n');
     };
     if ctx.zerotier {
