@@ -241,36 +241,48 @@ fn nft_accepts_every_ruleset() {
 }
 
 /// Loading twice in a fresh network namespace leaves one copy of our table and does not touch
-/// a table standing in for k3s's iptables-nft rules.
+/// a table standing in for k3s's iptables-nft rules; neither does stopping nftables.service
+/// with our unit drop-in.
 #[test]
-fn nft_reload_is_idempotent_and_spares_k3s() {
+fn nft_reload_and_stop_spare_k3s() {
     need("/usr/sbin/nft", "nftables");
     let unshare = need("/usr/bin/unshare", "util-linux");
-    let ours =
-        write_temp(&rendered(&node(Role::Server, true, true), hardening::NFTABLES_CONF).content);
+    let ctx = node(Role::Server, true, true);
+    let ours = write_temp(&rendered(&ctx, hardening::NFTABLES_CONF).content);
     let k3s = write_temp(
         "table ip filter {\n\tchain KUBE-FORWARD {\n\t\tct state invalid drop\n\t}\n}\n",
     );
-    let listing = ok(Command::new(unshare)
-        .arg("-n")
-        .arg("sh")
-        .arg("-ec")
-        .arg(format!(
-            "nft -f {k3s}; nft -f {ours}; nft -f {ours}; nft list ruleset",
-            k3s = k3s.path().display(),
-            ours = ours.path().display()
-        )));
+    // The unit's ExecStop after the drop-in: its empty ExecStop= clears Debian's
+    // `nft flush ruleset`, what follows replaces it ('-' only tells systemd to ignore failure).
+    let unit = rendered(&ctx, hardening::NFTABLES_UNIT_DROPIN).content;
+    let stops: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStop="))
+        .collect();
+    let [reset, stop] = stops[..] else {
+        panic!("expected a reset and one ExecStop: {unit}")
+    };
+    assert_eq!(reset, "", "{unit}");
+    let stop = stop.strip_prefix('-').unwrap_or(stop);
+    let listing = ok(Command::new(unshare).arg("-n").arg("sh").arg("-ec").arg(format!(
+        "nft -f {k3s}; nft -f {ours}; nft -f {ours}; nft list ruleset; echo STOP; {stop}; nft list ruleset",
+        k3s = k3s.path().display(),
+        ours = ours.path().display()
+    )));
+    let (loaded, stopped) = listing.split_once("STOP").unwrap();
     assert_eq!(
-        listing.matches("table inet imagegen_filter").count(),
+        loaded.matches("table inet imagegen_filter").count(),
         1,
-        "{listing}"
+        "{loaded}"
     );
-    assert!(listing.contains("chain KUBE-FORWARD"), "{listing}");
+    assert!(loaded.contains("chain KUBE-FORWARD"), "{loaded}");
     assert_eq!(
-        listing.matches("tcp dport 6443 accept").count(),
+        loaded.matches("tcp dport 6443 accept").count(),
         1,
-        "{listing}"
+        "{loaded}"
     );
+    assert!(!stopped.contains("imagegen_filter"), "{stopped}");
+    assert!(stopped.contains("chain KUBE-FORWARD"), "{stopped}");
 }
 
 /// Two network namespaces joined by a veth pair: the node (with our ruleset) and a peer.
