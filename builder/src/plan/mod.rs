@@ -1,6 +1,7 @@
 //! Node config -> the list of changes to make in the image. The only place that decides what
 //! goes into a node image; the image layer only carries it out.
 
+pub mod hardening;
 pub mod users;
 
 use crate::board::Board;

@@ -1,0 +1,361 @@
+//! The hardening files put into every node image: an sshd drop-in, sysctl settings, an nftables
+//! host firewall and unattended security upgrades. Each is one `[hardening]` toggle of
+//! cluster.toml. The templates live in `overlays/` at the workspace root.
+
+use crate::config::{Hardening, Role};
+
+/// Where the sshd drop-in goes. Its name sorts before the vendors' drop-ins, which is what makes
+/// it win (sshd keeps the first value it reads); see [`check_sshd_order`].
+pub const SSHD_DROPIN: &str = "/etc/ssh/sshd_config.d/00-imagegen-hardening.conf";
+pub const SYSCTL_CONF: &str = "/etc/sysctl.d/60-imagegen-hardening.conf";
+/// The file Debian's nftables.service loads.
+pub const NFTABLES_CONF: &str = "/etc/nftables.conf";
+pub const NFTABLES_UNIT_DROPIN: &str = "/etc/systemd/system/nftables.service.d/imagegen.conf";
+pub const AUTO_UPGRADES: &str = "/etc/apt/apt.conf.d/20auto-upgrades";
+pub const UNATTENDED_UPGRADES: &str = "/etc/apt/apt.conf.d/52imagegen-unattended-upgrades";
+
+const SSHD_TEMPLATE: &str = include_str!("../../../overlays/sshd/00-imagegen-hardening.conf.in");
+const SYSCTL_TEXT: &str = include_str!("../../../overlays/sysctl/60-imagegen-hardening.conf");
+const NFTABLES_TEMPLATE: &str = include_str!("../../../overlays/nftables/nftables.conf.in");
+const NFTABLES_UNIT_TEXT: &str =
+    include_str!("../../../overlays/nftables/nftables.service.d-imagegen.conf");
+const AUTO_UPGRADES_TEXT: &str = include_str!("../../../overlays/apt/20auto-upgrades");
+const UNATTENDED_UPGRADES_TEXT: &str =
+    include_str!("../../../overlays/apt/52imagegen-unattended-upgrades");
+
+/// What about the node decides the content of its hardening files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context<'a> {
+    /// The only account sshd lets in.
+    pub admin_user: &'a str,
+    pub role: Role,
+    /// The node the UPS is plugged into: it serves NUT to the others.
+    pub ups_server: bool,
+    /// The node joins a ZeroTier network, and k3s runs over it.
+    pub zerotier: bool,
+}
+
+/// A root-owned regular file for the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedFile {
+    /// Absolute path inside the image.
+    pub path: String,
+    pub content: String,
+    pub mode: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HardeningError {
+    #[error(
+        "admin user {0:?} cannot go into sshd's AllowUsers: use lowercase letters, digits, '-' and '_', starting with a letter"
+    )]
+    AdminUser(String),
+    #[error(
+        "the image's sshd_config.d has {name:?}, which sshd reads before imagegen's {ours:?} and whose settings would win; remove it from the image or turn hardening.sshd off"
+    )]
+    DropinFirst { name: String, ours: String },
+    #[error(
+        "the image's /etc/ssh/sshd_config sets {keyword} on line {line}, before it includes sshd_config.d, so imagegen's drop-in cannot override it"
+    )]
+    MainFileFirst { keyword: String, line: usize },
+    #[error(
+        "the image's /etc/ssh/sshd_config does not include sshd_config.d/*.conf before its first Match block, so imagegen's drop-in would not take effect"
+    )]
+    NoInclude,
+}
+
+/// The hardening files for one node; a measure switched off in `h` gives no file.
+pub fn files(h: &Hardening, ctx: &Context) -> Result<Vec<RenderedFile>, HardeningError> {
+    let mut out = Vec::new();
+    if h.sshd {
+        if !is_user_name(ctx.admin_user) {
+            return Err(HardeningError::AdminUser(ctx.admin_user.to_string()));
+        }
+        out.push(file(
+            SSHD_DROPIN,
+            SSHD_TEMPLATE.replace("@ADMIN_USER@", ctx.admin_user),
+            0o644,
+        ));
+    }
+    if h.sysctl {
+        out.push(file(SYSCTL_CONF, SYSCTL_TEXT.to_string(), 0o644));
+    }
+    if h.firewall {
+        // Executable like Debian's own, which starts with `#!/usr/sbin/nft -f`.
+        out.push(file(NFTABLES_CONF, nftables(ctx), 0o755));
+        out.push(file(
+            NFTABLES_UNIT_DROPIN,
+            NFTABLES_UNIT_TEXT.to_string(),
+            0o644,
+        ));
+    }
+    if h.unattended_upgrades {
+        out.push(file(AUTO_UPGRADES, AUTO_UPGRADES_TEXT.to_string(), 0o644));
+        out.push(file(
+            UNATTENDED_UPGRADES,
+            UNATTENDED_UPGRADES_TEXT.to_string(),
+            0o644,
+        ));
+    }
+    Ok(out)
+}
+
+fn file(path: &str, content: String, mode: u32) -> RenderedFile {
+    RenderedFile {
+        path: path.to_string(),
+        content,
+        mode,
+    }
+}
+
+/// The same shape cluster.toml accepts; checked again because the name lands in sshd_config,
+/// where a space or a pattern character would change what AllowUsers means.
+fn is_user_name(u: &str) -> bool {
+    let mut b = u.bytes();
+    matches!(b.next(), Some(c) if c.is_ascii_lowercase())
+        && u.len() <= 32
+        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+}
+
+fn nftables(ctx: &Context) -> String {
+    let mut rules = String::new();
+    let mut add = |line: &str| {
+        if !line.is_empty() {
+            rules.push_str("\t\t");
+            rules.push_str(line);
+        }
+        rules.push('\n');
+    };
+    if ctx.zerotier {
+        add("# ZeroTier: peers open direct paths to this node on UDP 9993.");
+        add("udp dport 9993 accept");
+        add("");
+    }
+    if ctx.role == Role::Server {
+        add("# k3s API and supervisor: agents join through it, the operator runs kubectl.");
+        add("tcp dport 6443 accept");
+        add("");
+    }
+    // Node-to-node ports are open only where the other nodes are: k3s runs over ZeroTier when
+    // the node has it (node-ip and flannel-iface are the ZeroTier interface), otherwise over
+    // the LAN. VXLAN in particular must never be reachable from the Internet: it carries
+    // unauthenticated pod traffic.
+    let (peers, from): (&[&str], &str) = if ctx.zerotier {
+        (&["iifname \"zt*\""], "from the ZeroTier network")
+    } else {
+        (
+            &["ip saddr @lan4", "ip6 saddr @lan6"],
+            "from private and link-local addresses",
+        )
+    };
+    add(&format!("# Between cluster nodes, {from}:"));
+    add("# kubelet (logs, exec, metrics) and flannel VXLAN.");
+    for p in peers {
+        add(&format!("{p} tcp dport 10250 accept"));
+        add(&format!("{p} udp dport 8472 accept"));
+    }
+    if ctx.role == Role::Server {
+        add("# etcd client and peer ports, between servers.");
+        for p in peers {
+            add(&format!("{p} tcp dport 2379-2380 accept"));
+        }
+    }
+    if ctx.ups_server {
+        add("# NUT: the other nodes watch the UPS through this node's upsd.");
+        for p in peers {
+            add(&format!("{p} tcp dport 3493 accept"));
+        }
+    }
+    NFTABLES_TEMPLATE.replace("@ROLE_RULES@", &rules)
+}
+
+/// Checks that the drop-in at [`SSHD_DROPIN`] will win in an image whose main sshd config is
+/// `main_config` and whose sshd_config.d holds files named `dropins`: sshd keeps the first
+/// value it reads, so nothing it reads earlier may set what the drop-in sets.
+pub fn check_sshd_order<S: AsRef<str>>(
+    main_config: &str,
+    dropins: &[S],
+) -> Result<(), HardeningError> {
+    let ours = SSHD_DROPIN.rsplit('/').next().unwrap_or(SSHD_DROPIN);
+    // sshd expands the Include glob with glob(3) in the C locale: byte order.
+    if let Some(name) = dropins
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|n| n.ends_with(".conf") && n.as_bytes() < ours.as_bytes())
+        .min()
+    {
+        return Err(HardeningError::DropinFirst {
+            name: name.to_string(),
+            ours: ours.to_string(),
+        });
+    }
+    let ours_keys: Vec<String> = keywords(SSHD_TEMPLATE)
+        .map(|(_, k, _)| k.to_ascii_lowercase())
+        .collect();
+    for (line, keyword, args) in keywords(main_config) {
+        match keyword.to_ascii_lowercase().as_str() {
+            "include"
+                if args
+                    .split_whitespace()
+                    .any(|a| a.ends_with("sshd_config.d/*.conf")) =>
+            {
+                return Ok(());
+            }
+            "match" => return Err(HardeningError::NoInclude),
+            k if ours_keys.iter().any(|o| o == k) => {
+                return Err(HardeningError::MainFileFirst {
+                    keyword: keyword.to_string(),
+                    line,
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(HardeningError::NoInclude)
+}
+
+/// (1-based line, keyword, arguments) of each directive in an sshd config.
+fn keywords(text: &str) -> impl Iterator<Item = (usize, &str, &str)> {
+    text.lines().enumerate().filter_map(|(i, l)| {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            return None;
+        }
+        let k = first_word(l);
+        // sshd also accepts `Keyword=value`.
+        let (k, rest) = match k.split_once('=') {
+            Some((k, _)) => (k, &l[k.len() + 1..]),
+            None => (k, &l[k.len()..]),
+        };
+        Some((i + 1, k, rest.trim()))
+    })
+}
+
+fn first_word(l: &str) -> &str {
+    l.split_whitespace().next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(role: Role) -> Context<'static> {
+        Context {
+            admin_user: "ops",
+            role,
+            ups_server: false,
+            zerotier: true,
+        }
+    }
+
+    #[test]
+    fn toggles_off_give_no_files() {
+        let off = Hardening {
+            sshd: false,
+            sysctl: false,
+            firewall: false,
+            unattended_upgrades: false,
+        };
+        assert_eq!(files(&off, &ctx(Role::Agent)).unwrap(), vec![]);
+        let paths = |h: &Hardening| -> Vec<String> {
+            files(h, &ctx(Role::Agent))
+                .unwrap()
+                .into_iter()
+                .map(|f| f.path)
+                .collect()
+        };
+        let all = paths(&Hardening::default());
+        for (h, gone) in [
+            (
+                Hardening {
+                    sshd: false,
+                    ..Hardening::default()
+                },
+                &[SSHD_DROPIN][..],
+            ),
+            (
+                Hardening {
+                    sysctl: false,
+                    ..Hardening::default()
+                },
+                &[SYSCTL_CONF][..],
+            ),
+            (
+                Hardening {
+                    firewall: false,
+                    ..Hardening::default()
+                },
+                &[NFTABLES_CONF, NFTABLES_UNIT_DROPIN][..],
+            ),
+            (
+                Hardening {
+                    unattended_upgrades: false,
+                    ..Hardening::default()
+                },
+                &[AUTO_UPGRADES, UNATTENDED_UPGRADES][..],
+            ),
+        ] {
+            let got = paths(&h);
+            let want: Vec<String> = all
+                .iter()
+                .filter(|p| !gone.contains(&p.as_str()))
+                .cloned()
+                .collect();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn admin_user_is_checked_only_when_it_is_used() {
+        for bad in [
+            "",
+            "ops root",
+            "*",
+            "Ops",
+            "1ops",
+            "ops\nPermitRootLogin yes",
+        ] {
+            let c = Context {
+                admin_user: bad,
+                ..ctx(Role::Server)
+            };
+            assert_eq!(
+                files(&Hardening::default(), &c),
+                Err(HardeningError::AdminUser(bad.to_string()))
+            );
+            let no_sshd = Hardening {
+                sshd: false,
+                ..Hardening::default()
+            };
+            assert!(files(&no_sshd, &c).is_ok());
+        }
+    }
+
+    #[test]
+    fn sshd_order_reasons() {
+        let debian =
+            "# comment\n\nInclude /etc/ssh/sshd_config.d/*.conf\n\nPasswordAuthentication yes\n";
+        assert_eq!(check_sshd_order(debian, &["50-cloud-init.conf"]), Ok(()));
+        assert_eq!(
+            check_sshd_order(debian, &["0-first.conf", "README"]),
+            Err(HardeningError::DropinFirst {
+                name: "0-first.conf".into(),
+                ours: "00-imagegen-hardening.conf".into()
+            })
+        );
+        assert_eq!(
+            check_sshd_order(
+                "passwordauthentication=yes\nInclude /etc/ssh/sshd_config.d/*.conf\n",
+                &[] as &[&str]
+            ),
+            Err(HardeningError::MainFileFirst {
+                keyword: "passwordauthentication".into(),
+                line: 1
+            })
+        );
+        assert_eq!(
+            check_sshd_order("Port 22\n", &[] as &[&str]),
+            Err(HardeningError::NoInclude)
+        );
+    }
+}
