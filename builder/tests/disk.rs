@@ -367,6 +367,28 @@ fn grows_ubuntu_gpt_and_moves_the_backup() {
 }
 
 #[test]
+fn leaves_a_saturated_protective_mbr_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = ubuntu_image(dir.path());
+    // Some tools always write 0xFFFFFFFF as the protective entry's size.
+    write_at(&img, 446 + 12, &u32::MAX.to_le_bytes());
+    let orig = copy(dir.path(), &img, "orig.img");
+    grow_file(&img, 64 * MIB);
+    let verify = sgdisk(&["-v", img.to_str().unwrap()]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let sectors = img.metadata().unwrap().len() / SECTOR;
+    assert_unchanged_except(
+        &orig,
+        &img,
+        &[
+            SECTOR..SECTOR + 92,
+            2 * SECTOR..34 * SECTOR,
+            (sectors - 33) * SECTOR..(sectors - 1) * SECTOR + 92,
+        ],
+    );
+}
+
+#[test]
 fn refuses_what_is_not_a_table() {
     let dir = tempfile::tempdir().unwrap();
     for len in [0, 100, 1000, MIB] {
