@@ -367,6 +367,46 @@ fn grows_ubuntu_gpt_and_moves_the_backup() {
 }
 
 #[test]
+fn refuses_to_grow_mbr_past_2_tib() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = armbian_image(dir.path());
+    let before = std::fs::read(&img).unwrap();
+    let mut f = File::options().read(true).write(true).open(&img).unwrap();
+    f.set_len((u64::from(u32::MAX) + 1) * SECTOR).unwrap();
+    let err = disk::grow_last_partition(&mut f).unwrap_err();
+    assert!(
+        matches!(err, DiskError::CannotGrow(ref m) if m.contains("2^32-1")),
+        "{err}"
+    );
+    let mut head = vec![0u8; before.len()];
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_exact(&mut head).unwrap();
+    assert!(head == before, "a refused grow wrote to the image");
+}
+
+#[test]
+fn leaves_a_saturated_protective_mbr_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = ubuntu_image(dir.path());
+    // Some tools always write 0xFFFFFFFF as the protective entry's size.
+    write_at(&img, 446 + 12, &u32::MAX.to_le_bytes());
+    let orig = copy(dir.path(), &img, "orig.img");
+    grow_file(&img, 64 * MIB);
+    let verify = sgdisk(&["-v", img.to_str().unwrap()]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let sectors = img.metadata().unwrap().len() / SECTOR;
+    assert_unchanged_except(
+        &orig,
+        &img,
+        &[
+            SECTOR..SECTOR + 92,
+            2 * SECTOR..34 * SECTOR,
+            (sectors - 33) * SECTOR..(sectors - 1) * SECTOR + 92,
+        ],
+    );
+}
+
+#[test]
 fn refuses_what_is_not_a_table() {
     let dir = tempfile::tempdir().unwrap();
     for len in [0, 100, 1000, MIB] {

@@ -32,15 +32,21 @@ fuzz_target!(|data: &[u8]| {
     let result = disk::grow_last_partition_in(&mut img);
     let sectors = new_len / SECTOR;
 
-    let mut allowed: Vec<Range<u64>> = vec![446..510];
-    if before.kind == TableKind::Gpt {
+    // MBR: the four entries; the boot code and disk id before them are never ours.
+    let mut allowed: Vec<Range<u64>> = Vec::new();
+    allowed.push(446..510);
+    // A GPT read from its backup must not be written at all; otherwise the primary header,
+    // which passed validation, says where its structures are.
+    if before.kind == TableKind::Gpt && !from_backup {
         let array_sectors = primary.array_bytes().div_ceil(SECTOR);
         let entry_start = primary.entry_lba * SECTOR;
         allowed.push(SECTOR..SECTOR + 92);
         allowed.push(entry_start..entry_start + primary.array_bytes());
         allowed.push((sectors - 1) * SECTOR..(sectors - 1) * SECTOR + 92);
-        let backup_array = (sectors - 1 - array_sectors) * SECTOR;
-        allowed.push(backup_array..backup_array + primary.array_bytes());
+        if let Some(backup_array) = (sectors - 1).checked_sub(array_sectors) {
+            let at = backup_array * SECTOR;
+            allowed.push(at..at + primary.array_bytes());
+        }
     }
     for w in &img.writes {
         assert!(

@@ -106,18 +106,10 @@ impl Gpt {
         Ok(self)
     }
 
+    /// The partition of entry `index` (0-based), if that entry is used.
     pub fn partition(&self, index: usize) -> Option<Partition> {
         let e = self.entries.get(index).filter(|e| e.is_used())?;
-        let name = e.partition_name.as_str();
-        Some(Partition {
-            number: index as u32 + 1,
-            start: e.starting_lba * SECTOR,
-            size: (e.ending_lba - e.starting_lba + 1) * SECTOR,
-            part_type: PartType::Gpt(guid_string(&e.partition_type_guid)),
-            partuuid: guid_string(&e.unique_partition_guid),
-            name: (!name.is_empty()).then(|| name.to_string()),
-            bootable: false,
-        })
+        Some(to_partition(index, e))
     }
 
     pub fn table(&self) -> PartitionTable {
@@ -128,6 +120,20 @@ impl Gpt {
                 .filter_map(|i| self.partition(i))
                 .collect(),
         }
+    }
+}
+
+/// An entry already checked by `Gpt::validated` (ending LBA not before the starting one).
+fn to_partition(index: usize, e: &GPTPartitionEntry) -> Partition {
+    let name = e.partition_name.as_str();
+    Partition {
+        number: index as u32 + 1,
+        start: e.starting_lba * SECTOR,
+        size: (e.ending_lba - e.starting_lba + 1) * SECTOR,
+        part_type: PartType::Gpt(guid_string(&e.partition_type_guid)),
+        partuuid: guid_string(&e.unique_partition_guid),
+        name: (!name.is_empty()).then(|| name.to_string()),
+        bootable: false,
     }
 }
 
@@ -216,17 +222,14 @@ pub(super) fn grow_last_partition<F: Read + Write + Seek + ?Sized>(
     pmbr: &Mbr,
     len: u64,
 ) -> Result<Partition, DiskError> {
-    let mut gpt = match Gpt::read_from(f, len) {
-        Ok(g) if g.from_backup => {
-            return Err(DiskError::CannotGrow(
-                "the primary GPT is damaged and only the backup copy is intact; repair the \
-                 image first (gdisk: r, b, w) or use a fresh copy"
-                    .to_string(),
-            ));
-        }
-        Ok(g) => g,
-        Err(e) => return Err(e),
-    };
+    let mut gpt = Gpt::read_from(f, len)?;
+    if gpt.from_backup {
+        return Err(DiskError::CannotGrow(
+            "the primary GPT is damaged and only the backup copy is intact; repair the image \
+             first (gdisk: r, b, w) or use a fresh copy"
+                .to_string(),
+        ));
+    }
     let Some(last) = (0..gpt.entries.len())
         .filter(|&i| gpt.entries[i].is_used())
         .max_by_key(|&i| gpt.entries[i].starting_lba)
@@ -254,9 +257,7 @@ pub(super) fn grow_last_partition<F: Read + Write + Seek + ?Sized>(
             ))
         })?;
     if new_backup_lba == old_backup_lba && gpt.entries[last].ending_lba == new_last_usable {
-        return gpt
-            .partition(last)
-            .ok_or_else(|| DiskError::Invalid("partition vanished".to_string()));
+        return Ok(to_partition(last, &gpt.entries[last]));
     }
 
     gpt.entries[last].ending_lba = new_last_usable;
@@ -280,9 +281,7 @@ pub(super) fn grow_last_partition<F: Read + Write + Seek + ?Sized>(
     f.flush()?;
     grow_protective_entry(f, pmbr, old_backup_lba + 1, total)?;
 
-    gpt.header = primary;
-    gpt.partition(last)
-        .ok_or_else(|| DiskError::Invalid("partition vanished".to_string()))
+    Ok(to_partition(last, &gpt.entries[last]))
 }
 
 /// A protective entry that covered the whole old disk is extended to cover the new one.

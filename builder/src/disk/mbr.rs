@@ -83,8 +83,13 @@ impl Mbr {
             Entry::parse(i, &s[at..at + ENTRY_LEN])
         });
         // Same test as the kernel: a FAT or NTFS boot sector also ends in 0x55AA, but its bytes
-        // at the boot indicator offsets are rarely all 0x00 or 0x80.
-        if let Some(e) = entries.iter().find(|e| e.boot != 0 && e.boot != 0x80) {
+        // at the boot indicator offsets are rarely all 0x00 or 0x80. Like the kernel's GPT
+        // code, a protective MBR is not held to it.
+        let protective = entries.iter().any(|e| e.part_type == PROTECTIVE);
+        if let Some(e) = entries
+            .iter()
+            .find(|e| !protective && e.boot != 0 && e.boot != 0x80)
+        {
             return Err(DiskError::Invalid(format!(
                 "sector 0 ends in 0x55AA but MBR entry {} has boot indicator {:#04x} (only 0x00 \
                  and 0x80 are valid): this is probably a filesystem without a partition table, \
