@@ -100,7 +100,9 @@ pub fn base_image() -> PathBuf {
         ] {
             require_tool(tool, package);
         }
-        eprintln!("vm: building the base image {image:?} with mmdebstrap (about 2 minutes)");
+        eprintln!(
+            "vm: building the base image {image:?} with mmdebstrap (about 2 minutes on an idle 2-core machine)"
+        );
         let started = Instant::now();
         run(Command::new("sh").arg(&script).arg(&image));
         eprintln!(
