@@ -317,6 +317,9 @@ impl Vm {
             if let Some(status) = self.poll_exit() {
                 panic!("qemu exited ({status}) before SSH came up");
             }
+            if let Some(fatal) = self.boot_failure() {
+                panic!("the guest cannot boot: {fatal}");
+            }
             // Slirp accepts the connection even while nothing listens in the guest and then
             // closes it, so only sshd's banner proves it is up.
             if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
@@ -406,6 +409,20 @@ impl Vm {
     /// Everything the guest wrote to its serial console so far.
     pub fn serial_log(&self) -> String {
         String::from_utf8_lossy(&fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// A line of the serial log that means the boot is over for good (a kernel panic, or the
+    /// initramfs giving up on the root device), so tests fail at once rather than time out.
+    fn boot_failure(&self) -> Option<String> {
+        const FATAL: [&str; 3] = [
+            "Kernel panic - not syncing",
+            "Dropping to a shell!",
+            "You are in emergency mode",
+        ];
+        self.serial_log()
+            .lines()
+            .find(|l| FATAL.iter().any(|f| l.contains(f)))
+            .map(str::to_string)
     }
 
     fn poll_exit(&mut self) -> Option<ExitStatus> {
