@@ -33,6 +33,8 @@ pub enum PlanError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Hardening(#[from] hardening::HardeningError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -155,6 +157,7 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         hostname(image, spec, &mut p)?;
     }
     admin(image, spec, &mut p)?;
+    harden(image, spec, &mut p)?;
     kernel_cmdline(image, spec, &mut p)?;
     if let Some(id) = spec.identity {
         identity(id, spec.vendor, &mut p);
@@ -225,6 +228,53 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         }
     }
     Ok(p.changes)
+}
+
+/// sshd drop-in, sysctl, firewall and unattended upgrades, as the config's toggles say.
+fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    let cfg = spec.config;
+    let ups_server = cfg
+        .ups
+        .as_ref()
+        .and_then(|u| u.server.as_ref())
+        .is_some_and(|s| s.get_ref() == spec.name);
+    let ctx = hardening::Context {
+        admin_user: cfg.admin.user.get_ref(),
+        role: spec.role,
+        ups_server,
+        zerotier: cfg.zerotier.is_some(),
+    };
+    if cfg.hardening.sshd {
+        let main = read_text(image, "/etc/ssh/sshd_config")?;
+        let dropins: Vec<String> = match image.read_dir("/etc/ssh/sshd_config.d") {
+            Ok(entries) => entries.into_iter().map(|e| e.name).collect(),
+            Err(ImageError::Fs(crate::fs::FsError::NotFound(_))) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        hardening::check_sshd_order(&main, &dropins)?;
+    }
+    for f in hardening::files(&cfg.hardening, &ctx)? {
+        if let Some((parent, _)) = crate::fs::path::split(&f.path) {
+            p.dir(parent, 0o755, 0, 0);
+        }
+        p.file(&f.path, f.content.into_bytes(), f.mode, 0, 0);
+    }
+    if cfg.hardening.firewall {
+        // Debian ships nftables.service disabled. Where the image lacks nftables the agent
+        // installs it on first boot and enables it then.
+        for unit in [
+            "/usr/lib/systemd/system/nftables.service",
+            "/lib/systemd/system/nftables.service",
+        ] {
+            if image.lstat(unit)?.is_some() {
+                let wants = "/etc/systemd/system/sysinit.target.wants";
+                p.dir(wants, 0o755, 0, 0);
+                p.symlink(&format!("{wants}/nftables.service"), unit);
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The node's SSH host keys at their usual paths and the k3s node password.
