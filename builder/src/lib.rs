@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod disk;
+pub mod emit;
 pub mod fs;
 pub mod image;
 pub mod io;
