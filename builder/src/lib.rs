@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod disk;
+pub mod emit;
 pub mod fetch;
 pub mod fs;
 pub mod identity;

@@ -161,7 +161,11 @@ pub enum FsError {
     #[error("{0}: not a symlink")]
     NotASymlink(String),
     #[error("no space left on the {kind} filesystem: {needed} bytes needed, {free} free")]
-    NoSpace { kind: FsKind, needed: u64, free: u64 },
+    NoSpace {
+        kind: FsKind,
+        needed: u64,
+        free: u64,
+    },
     #[error("invalid path {path:?}: {reason}")]
     InvalidPath { path: String, reason: String },
     /// The filesystem is valid but imagegen refuses to edit it (unknown features, needs journal

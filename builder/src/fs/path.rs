@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn normalizes() {
         assert_eq!(normalize("/").unwrap(), "/");
-        assert_eq!(normalize("//etc///ssh/./x/../sshd_config/").unwrap(), "/etc/ssh/sshd_config");
+        assert_eq!(
+            normalize("//etc///ssh/./x/../sshd_config/").unwrap(),
+            "/etc/ssh/sshd_config"
+        );
         assert_eq!(normalize("/../..").unwrap(), "/");
         assert!(normalize("etc").is_err());
         assert!(normalize("/a\nb").is_err());

@@ -1,0 +1,317 @@
+//! The last stage: the finished raw working image becomes the output `OUT` (`.img` written
+//! sparse, `.img.xz` or `.img.zst`) with `OUT.sha256`, `OUT.bmap` and `OUT.manifest.json`
+//! beside it.
+//!
+//! One pass over the raw image does everything: holes are skipped with SEEK_DATA/SEEK_HOLE and
+//! never read, the data is hashed (whole image and per bmap range) and fed to the writer. All
+//! four files are written to temp files and renamed into place only when all are complete, so
+//! a failed or interrupted emit leaves no `OUT`.
+
+mod atomic;
+pub mod bmap;
+pub mod format;
+pub mod manifest;
+pub mod source;
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::io::BUFFER_SIZE;
+use crate::io::hash::HashWriter;
+use crate::io::progress;
+use atomic::PendingFile;
+use bmap::{BLOCK_SIZE, BmapBuilder};
+use format::Encoder;
+pub use format::{Compressor, EXTENSIONS, Format};
+pub use manifest::{BuildRecord, Change, Input, Manifest, Output, Tool};
+pub use source::{RawSource, SparseFile, StreamSource};
+
+/// How to emit; the defaults suit every build.
+#[derive(Debug, Clone, Default)]
+pub struct EmitOptions {
+    /// Compressor threads; `None` uses every core. The output bytes do not depend on it.
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    #[error("cannot tell the output format of {0}: its name must end in one of {EXTENSIONS}")]
+    UnknownFormat(PathBuf),
+    #[error("cannot read the raw image {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source} (nothing was left in place of it)")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+/// Emits the raw image at `raw` to `out`, with its sidecar files, and returns the manifest as
+/// written to `OUT.manifest.json`.
+pub fn emit(
+    raw: &Path,
+    out: &Path,
+    build: BuildRecord,
+    options: &EmitOptions,
+) -> Result<Manifest, EmitError> {
+    let read_err = |source| EmitError::Read {
+        path: raw.to_path_buf(),
+        source,
+    };
+    let file = File::open(raw).map_err(read_err)?;
+    let source = SparseFile::new(file).map_err(read_err)?;
+    emit_from(source, raw, out, build, options)
+}
+
+/// Like [`emit`], reading from any [`RawSource`]; `name` is used in error messages.
+pub fn emit_from<S: RawSource>(
+    mut source: S,
+    name: &Path,
+    out: &Path,
+    build: BuildRecord,
+    options: &EmitOptions,
+) -> Result<Manifest, EmitError> {
+    let format = Format::from_path(out).ok_or_else(|| EmitError::UnknownFormat(out.into()))?;
+    let file_name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| EmitError::UnknownFormat(out.into()))?;
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EmitError::Write { path, source }
+    };
+    let read_err = |source| EmitError::Read {
+        path: name.to_path_buf(),
+        source,
+    };
+
+    let threads = options.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+    });
+    let size = source.size();
+    let image = PendingFile::create(out).map_err(write_err(out))?;
+    let mut sink = Sink::new(format, image.file(), threads, size).map_err(write_err(out))?;
+
+    let bar = progress::bar(&file_name, Some(size));
+    let scanned = scan(&mut source, &mut sink, &bar);
+    bar.finish_and_clear();
+    let (raw_sha256, bmap, mapped_blocks) = match scanned {
+        Ok(s) => s,
+        Err(Failed::Read(e)) => return Err(read_err(e)),
+        Err(Failed::Write(e)) => return Err(write_err(out)(e)),
+    };
+    let out_sha256 = sink
+        .finish(size)
+        .map_err(write_err(out))?
+        .unwrap_or_else(|| raw_sha256.clone());
+    image.sync().map_err(write_err(out))?;
+
+    let manifest = Manifest {
+        build,
+        output: Output {
+            file: file_name.clone(),
+            format,
+            sha256: out_sha256.clone(),
+            raw_sha256,
+            raw_size: size,
+            mapped_blocks,
+            compressor: format.compressor(),
+        },
+    };
+    let sidecar = |suffix: &str, contents: &[u8]| {
+        let mut path = out.as_os_str().to_owned();
+        path.push(suffix);
+        let path = PathBuf::from(path);
+        atomic::pending_with(&path, contents).map_err(write_err(&path))
+    };
+    // Sidecars first: once OUT appears, everything that describes it is already there.
+    let sidecars = [
+        sidecar(".sha256", format!("{out_sha256}  {file_name}\n").as_bytes())?,
+        sidecar(".bmap", bmap.as_bytes())?,
+        sidecar(".manifest.json", manifest.to_json().as_bytes())?,
+    ];
+    for pending in sidecars {
+        pending.commit().map_err(write_err(out))?;
+    }
+    image.commit().map_err(write_err(out))?;
+    atomic::sync_dir_of(out).map_err(write_err(out))?;
+    Ok(manifest)
+}
+
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+static ZEROS: [u8; BUFFER_SIZE] = [0; BUFFER_SIZE];
+
+/// Reads the image once, front to back, and returns its sha256, bmap and mapped block count.
+fn scan<S: RawSource>(
+    source: &mut S,
+    sink: &mut Sink<'_>,
+    bar: &indicatif::ProgressBar,
+) -> Result<(String, String, u64), Failed> {
+    let size = source.size();
+    let mut raw = HashWriter::new(io::sink());
+    let mut bmap = BmapBuilder::new(size);
+    let mut mapped_blocks = 0;
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    // Invariant: `pos` is block-aligned or at the end.
+    let mut pos = 0;
+    while pos < size {
+        let (start, end) = match source.next_data(pos).map_err(Failed::Read)? {
+            Some(region) => {
+                let start = (region.start / BLOCK_SIZE * BLOCK_SIZE).max(pos);
+                let end = region.end.next_multiple_of(BLOCK_SIZE).min(size);
+                (start, end.max((start + BLOCK_SIZE).min(size)))
+            }
+            None => (size, size),
+        };
+        if start > pos {
+            let len = start - pos;
+            hole(&mut raw, sink, &mut bmap, len)?;
+            bar.inc(len);
+            pos = start;
+        }
+        while pos < end {
+            let len = usize::try_from(end - pos).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
+            let chunk = &mut buf[..len];
+            source.read_exact_at(chunk, pos).map_err(Failed::Read)?;
+            raw.write_all(chunk).map_err(Failed::Write)?;
+            mapped_blocks += blocks(chunk, sink, &mut bmap)?;
+            bar.inc(len as u64);
+            pos += len as u64;
+        }
+    }
+    let (_, raw_sha256) = raw.finish();
+    Ok((raw_sha256, bmap.finish(), mapped_blocks))
+}
+
+/// A hole of `len` bytes: zeros for the hash and the compressor, a gap in the raw output.
+fn hole(
+    raw: &mut HashWriter<io::Sink>,
+    sink: &mut Sink<'_>,
+    bmap: &mut BmapBuilder,
+    len: u64,
+) -> Result<(), Failed> {
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
+        raw.write_all(&ZEROS[..n]).map_err(Failed::Write)?;
+        left -= n as u64;
+    }
+    sink.zeros(len).map_err(Failed::Write)?;
+    bmap.unmapped(len);
+    Ok(())
+}
+
+/// Splits a block-aligned chunk into runs of data and all-zero blocks; returns the number of
+/// data blocks.
+fn blocks(chunk: &[u8], sink: &mut Sink<'_>, bmap: &mut BmapBuilder) -> Result<u64, Failed> {
+    let mut mapped = 0;
+    let mut run_start = 0;
+    let mut run_zero = None;
+    for (i, block) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
+        let offset = i * BLOCK_SIZE as usize;
+        let zero = is_zero(block);
+        if run_zero.is_some_and(|z| z != zero) {
+            run(
+                &chunk[run_start..offset],
+                run_zero == Some(true),
+                sink,
+                bmap,
+            )?;
+            run_start = offset;
+        }
+        run_zero = Some(zero);
+        if !zero {
+            mapped += 1;
+        }
+    }
+    if run_start < chunk.len() {
+        run(&chunk[run_start..], run_zero == Some(true), sink, bmap)?;
+    }
+    Ok(mapped)
+}
+
+fn run(
+    bytes: &[u8],
+    zero: bool,
+    sink: &mut Sink<'_>,
+    bmap: &mut BmapBuilder,
+) -> Result<(), Failed> {
+    if zero {
+        sink.zeros(bytes.len() as u64).map_err(Failed::Write)?;
+        bmap.unmapped(bytes.len() as u64);
+    } else {
+        sink.data(bytes).map_err(Failed::Write)?;
+        bmap.mapped(bytes);
+    }
+    Ok(())
+}
+
+/// OR-folding without an early exit lets the compiler vectorize; data blocks are a minority
+/// of most images and memory bandwidth is far above the hashing speed anyway.
+fn is_zero(block: &[u8]) -> bool {
+    block.iter().fold(0u8, |acc, &b| acc | b) == 0
+}
+
+/// Where the raw bytes go.
+enum Sink<'a> {
+    /// Raw output: data written in place, zeros left as holes.
+    Raw { file: &'a File, pos: u64 },
+    /// Compressed output, hashed as it is written.
+    Compressed(Box<dyn Encoder<HashWriter<&'a File>> + 'a>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(format: Format, file: &'a File, threads: u32, size: u64) -> io::Result<Sink<'a>> {
+        Ok(match format {
+            Format::Raw => Sink::Raw { file, pos: 0 },
+            _ => Sink::Compressed(format::encoder(
+                format,
+                HashWriter::new(file),
+                threads,
+                size,
+            )?),
+        })
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Raw { file, pos } => {
+                file.write_all_at(bytes, *pos)?;
+                *pos += bytes.len() as u64;
+                Ok(())
+            }
+            Sink::Compressed(enc) => enc.write_all(bytes),
+        }
+    }
+
+    fn zeros(&mut self, len: u64) -> io::Result<()> {
+        match self {
+            Sink::Raw { pos, .. } => {
+                *pos += len;
+                Ok(())
+            }
+            Sink::Compressed(enc) => {
+                let mut left = len;
+                while left > 0 {
+                    let n = usize::try_from(left).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
+                    enc.write_all(&ZEROS[..n])?;
+                    left -= n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Completes the output; returns the sha256 of a compressed output (a raw output's bytes
+    /// are the raw image's, already hashed).
+    fn finish(self, size: u64) -> io::Result<Option<String>> {
+        match self {
+            // Extends the file over a trailing hole.
+            Sink::Raw { file, .. } => file.set_len(size).map(|()| None),
+            Sink::Compressed(enc) => Ok(Some(enc.finish_encoder()?.finish().1)),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The emitted files checked by the tools that will consume them: sha256sum, xz, zstd, bmaptool,
+//! cmp, stat.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use imagegen::emit::{self, BuildRecord, EmitError, EmitOptions, Manifest, StreamSource};
+
+/// Runs a tool, failing the test with the apt package to install when it is missing.
+fn run(dir: &Path, program: &str, args: &[&str], package: &str) -> Output {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} ({e}): apt-get install {package}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn sh(dir: &Path, script: &str) -> Output {
+    run(dir, "sh", &["-ec", script], "dash")
+}
+
+/// A 40 MiB + 512 byte sparse raw image (small data, so xz stays quick in debug builds), sized and filled like a small disk image: random
+/// data (incompressible), text (compressible), a region of written zeros, data in the last,
+/// partial block, and holes everywhere else. Data spans several 8 MiB xz blocks.
+fn raw_image(dir: &Path) -> PathBuf {
+    sh(
+        dir,
+        "truncate -s $((40 * 1048576 + 512)) raw.img
+         head -c 60000 /dev/urandom | dd of=raw.img conv=notrunc bs=4096 seek=0 status=none
+         seq 1 60000 | dd of=raw.img conv=notrunc bs=1M seek=3 status=none
+         head -c 20000 /dev/urandom | dd of=raw.img conv=notrunc bs=1 seek=10000123 status=none
+         dd if=/dev/zero of=raw.img conv=notrunc bs=1M seek=12 count=3 status=none
+         seq 5 50000 | dd of=raw.img conv=notrunc bs=1M seek=20 status=none
+         printf 'end of disk' | dd of=raw.img conv=notrunc bs=1 seek=$((40 * 1048576 + 100)) status=none",
+    );
+    dir.join("raw.img")
+}
+
+fn build() -> BuildRecord {
+    BuildRecord {
+        imagegen_version: env!("CARGO_PKG_VERSION").into(),
+        board: "test".into(),
+        ..BuildRecord::default()
+    }
+}
+
+fn emit_with(raw: &Path, out: &Path, threads: Option<u32>) -> Manifest {
+    emit::emit(raw, out, build(), &EmitOptions { threads }).unwrap()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn sha256sum(dir: &Path, file: &str) -> String {
+    let out = run(dir, "sha256sum", &[file], "coreutils");
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}
+
+/// The checks every format must pass: checksum file, bmap copy back to the raw image, and the
+/// manifest's raw hash against sha256sum's.
+fn check_common(dir: &Path, name: &str, manifest: &Manifest) {
+    let sums = fs::read_to_string(dir.join(format!("{name}.sha256"))).unwrap();
+    assert!(sums.ends_with(&format!("  {name}\n")), "{sums}");
+    run(
+        dir,
+        "sha256sum",
+        &["-c", &format!("{name}.sha256")],
+        "coreutils",
+    );
+
+    let copy = format!("{name}.copy");
+    run(
+        dir,
+        "bmaptool",
+        &["copy", "--bmap", &format!("{name}.bmap"), name, &copy],
+        "bmap-tools",
+    );
+    run(dir, "cmp", &[&copy, "raw.img"], "diffutils");
+    fs::remove_file(dir.join(&copy)).unwrap();
+
+    assert_eq!(manifest.output.raw_sha256, sha256sum(dir, "raw.img"));
+    assert_eq!(manifest.output.sha256, sha256sum(dir, name));
+    assert_eq!(
+        manifest.output.raw_size,
+        fs::metadata(dir.join("raw.img")).unwrap().len()
+    );
+    let on_disk: Manifest = serde_json::from_str(
+        &fs::read_to_string(dir.join(format!("{name}.manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(&on_disk, manifest);
+}
+
+#[test]
+fn raw_output_is_sparse_and_flashable_with_bmaptool() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_image(d);
+    let manifest = emit_with(&raw, &d.join("n.img"), None);
+    check_common(d, "n.img", &manifest);
+    run(d, "cmp", &["n.img", "raw.img"], "diffutils");
+
+    // Allocated 512-byte sectors: about 0.9 MB of data is allocated out of 40 MiB, and the
+    // 3 MiB of written zeros became a hole.
+    let stat = sh(d, "stat -c %b n.img; stat -c %b raw.img");
+    let text = String::from_utf8_lossy(&stat.stdout);
+    let bytes: Vec<u64> = text
+        .lines()
+        .map(|l| l.parse::<u64>().unwrap() * 512)
+        .collect();
+    assert!(bytes[0] < 2 << 20, "{bytes:?}");
+    assert!(bytes[0] + (5 << 19) < bytes[1], "{bytes:?}");
+}
+
+#[test]
+fn xz_output_passes_xz_and_bmaptool() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_image(d);
+    let manifest = emit_with(&raw, &d.join("n.img.xz"), None);
+    check_common(d, "n.img.xz", &manifest);
+    run(d, "xz", &["-t", "n.img.xz"], "xz-utils");
+    sh(d, "xz -dc n.img.xz | cmp - raw.img");
+    // Several independent blocks (multithreaded encoding), each checked with CRC64.
+    let list = sh(d, "xz -lvv n.img.xz");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("CRC64"), "{text}");
+    let blocks = text.lines().find(|l| l.trim_start().starts_with("Blocks:"));
+    assert_eq!(
+        blocks.map(|l| l.split_whitespace().nth(1)),
+        Some(Some("6")),
+        "{text}"
+    );
+}
+
+#[test]
+fn zstd_output_passes_zstd_and_bmaptool() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_image(d);
+    let manifest = emit_with(&raw, &d.join("n.img.zst"), None);
+    check_common(d, "n.img.zst", &manifest);
+    run(d, "zstd", &["-q", "-t", "n.img.zst"], "zstd");
+    sh(d, "zstd -qdc n.img.zst | cmp - raw.img");
+    let list = sh(d, "zstd -lv n.img.zst");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("Check: XXH64"), "{text}");
+    assert!(text.contains("41943552 B"), "{text}");
+}
+
+#[test]
+fn output_does_not_depend_on_threads_or_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_image(d);
+    for ext in ["img", "img.xz", "img.zst"] {
+        let one = emit_with(&raw, &d.join(format!("one.{ext}")), Some(1));
+        let two = emit_with(&raw, &d.join(format!("two.{ext}")), Some(2));
+        run(
+            d,
+            "cmp",
+            &[&format!("one.{ext}"), &format!("two.{ext}")],
+            "diffutils",
+        );
+        run(
+            d,
+            "cmp",
+            &[&format!("one.{ext}.bmap"), &format!("two.{ext}.bmap")],
+            "diffutils",
+        );
+        assert_eq!(one.output.sha256, two.output.sha256);
+    }
+}
+
+/// A reader that fails after `left` bytes, like a disk that goes bad mid-read.
+struct FailingReader {
+    left: usize,
+}
+
+impl Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::other("injected read failure"));
+        }
+        let n = buf.len().min(self.left);
+        buf[..n].fill(0xa5);
+        self.left -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn failed_emit_leaves_no_output_and_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("old.img.zst"), b"previous build").unwrap();
+    for name in ["n.img", "n.img.xz", "n.img.zst", "old.img.zst"] {
+        let source = StreamSource::new(FailingReader { left: 5 << 20 }, 64 << 20);
+        let err = emit::emit_from(
+            source,
+            Path::new("failing"),
+            &d.join(name),
+            build(),
+            &EmitOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, EmitError::Read { .. }), "{err}");
+        assert!(err.to_string().contains("injected read failure"), "{err}");
+        assert_eq!(entries(d), ["old.img.zst"], "after {name}");
+    }
+    assert_eq!(fs::read(d.join("old.img.zst")).unwrap(), b"previous build");
+
+    // An output directory that does not exist: a write error naming the output.
+    let raw = raw_image(d);
+    let missing = d.join("gone/n.img.zst");
+    let err = emit::emit(&raw, &missing, build(), &EmitOptions::default()).unwrap_err();
+    assert!(matches!(err, EmitError::Write { .. }), "{err}");
+    assert!(err.to_string().contains("gone/n.img.zst"), "{err}");
+    assert_eq!(entries(d), ["old.img.zst", "raw.img"]);
+}
+
+#[test]
+fn unknown_extension_is_refused_with_the_accepted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_image(d);
+    for name in ["n.img.gz", "n.raw", "n.xz"] {
+        let err = emit::emit(&raw, &d.join(name), build(), &EmitOptions::default()).unwrap_err();
+        assert!(matches!(err, EmitError::UnknownFormat(_)), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(".img, .img.xz, .img.zst"), "{message}");
+        assert!(message.contains(name), "{message}");
+    }
+    assert_eq!(entries(d), ["raw.img"]);
+}
