@@ -67,7 +67,10 @@ pub fn epoch(image: &Image) -> Result<i64> {
 pub fn image_arch(image: &mut Image) -> Result<Option<Arch>> {
     for p in ["/usr/bin/env", "/bin/sh", "/usr/bin/ls"] {
         let mut head = Vec::new();
-        if image.read_to(p, &mut LimitWriter::new(&mut head, 64)).is_ok() {
+        if image
+            .read_to(p, &mut LimitWriter::new(&mut head, 64))
+            .is_ok()
+        {
             match arch::elf_arch(&head) {
                 Ok(a) => return Ok(Some(a)),
                 Err(arch::ElfError::NotElf) => continue,
@@ -142,8 +145,13 @@ pub fn build(req: &Request) -> Result<Manifest> {
             board.base.checksum_url.clone(),
         ),
     };
-    let fetched = fetch::fetch_base(&source, sha256.as_deref(), checksum_url.as_deref(), req.fetch)
-        .context("getting the base image")?;
+    let fetched = fetch::fetch_base(
+        &source,
+        sha256.as_deref(),
+        checksum_url.as_deref(),
+        req.fetch,
+    )
+    .context("getting the base image")?;
 
     let out_dir = match req.out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -203,6 +211,15 @@ pub fn build(req: &Request) -> Result<Manifest> {
         epoch,
     };
     let changes = plan::plan(&mut image, &spec)?;
+    if let (Some(b), Some(id)) = (&req.config.backup, &identity)
+        && b.ssh_key_file.is_none()
+    {
+        eprintln!(
+            "node {}: backups authenticate with {}; authorize it on the NAS",
+            req.node,
+            id.backup_key_pub_path.display()
+        );
+    }
     let ops: Vec<Op> = changes.iter().map(|c| c.op.clone()).collect();
     image.apply(&ops, epoch).context("customizing the image")?;
 

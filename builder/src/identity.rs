@@ -30,9 +30,7 @@ pub enum IdentityError {
     NoSshKeygen,
     #[error("ssh-keygen failed: {0}")]
     SshKeygen(String),
-    #[error(
-        "{0} is readable by others; the state directory holds private keys: chmod 700 it"
-    )]
+    #[error("{0} is readable by others; the state directory holds private keys: chmod 700 it")]
     TooOpen(String),
 }
 
@@ -47,6 +45,10 @@ pub struct HostKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub host_keys: Vec<HostKey>,
+    /// The node's own key for sending backups to the NAS, used when the config names no
+    /// shared one; its .pub must be authorized on the NAS.
+    pub backup_key: HostKey,
+    pub backup_key_pub_path: PathBuf,
     /// What k3s keeps in /etc/rancher/node/password and the server remembers per node name.
     pub k3s_node_password: String,
 }
@@ -76,6 +78,15 @@ pub fn load_or_create(state_dir: &Path, node: &str) -> Result<Identity, Identity
             public: fs::read(&public).map_err(io(&public))?,
         });
     }
+    let bk = dir.join("backup_key");
+    if !bk.exists() || !bk.with_extension("pub").exists() {
+        generate(&bk, &["-t", "ed25519"], node)?;
+    }
+    let backup_key = HostKey {
+        kind: "ed25519".into(),
+        private: fs::read(&bk).map_err(io(&bk))?,
+        public: fs::read(bk.with_extension("pub")).map_err(io(&bk))?,
+    };
     let pw_path = dir.join("k3s-node-password");
     let k3s_node_password = match fs::read_to_string(&pw_path) {
         Ok(s) => s.trim().to_string(),
@@ -88,6 +99,8 @@ pub fn load_or_create(state_dir: &Path, node: &str) -> Result<Identity, Identity
     };
     Ok(Identity {
         host_keys,
+        backup_key,
+        backup_key_pub_path: bk.with_extension("pub"),
         k3s_node_password,
     })
 }
@@ -181,7 +194,12 @@ mod tests {
         );
         // ssh-keygen itself reads the key back and derives the same public key.
         let key = state.join("a/ssh_host_ed25519_key");
-        let out = Command::new("ssh-keygen").arg("-y").arg("-f").arg(&key).output().unwrap();
+        let out = Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&key)
+            .output()
+            .unwrap();
         assert!(out.status.success());
         let derived = String::from_utf8(out.stdout).unwrap();
         let stored = String::from_utf8(a1.host_keys[0].public.clone()).unwrap();

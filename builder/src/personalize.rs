@@ -25,8 +25,8 @@ pub struct Request<'a> {
 
 /// Writes the seed and returns its path inside the image.
 pub fn personalize(req: &Request) -> Result<String> {
-    let mut image = Image::open(req.image)
-        .with_context(|| format!("opening {}", req.image.display()))?;
+    let mut image =
+        Image::open(req.image).with_context(|| format!("opening {}", req.image.display()))?;
     let vendor = match req.vendor {
         Some(v) => v,
         None => vendor::detect(&mut image)?,
@@ -85,8 +85,16 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
         0o600,
         node.to_toml_string()?.as_bytes(),
     ));
-    files.push(SeedFile::new("/etc/hostname", 0o644, format!("{}\n", spec.name).as_bytes()));
-    for k in &spec.identity.expect("personalize always has an identity").host_keys {
+    files.push(SeedFile::new(
+        "/etc/hostname",
+        0o644,
+        format!("{}\n", spec.name).as_bytes(),
+    ));
+    for k in &spec
+        .identity
+        .expect("personalize always has an identity")
+        .host_keys
+    {
         let name = format!("/etc/ssh/ssh_host_{}_key", k.kind);
         files.push(SeedFile::new(&name, 0o600, &k.private));
         files.push(SeedFile::new(&format!("{name}.pub"), 0o644, &k.public));
@@ -105,7 +113,11 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
         Ok(b.trim_ascii_end().to_vec())
     };
     if let Some(k) = &c.k3s {
-        files.push(SeedFile::new(plan::K3S_TOKEN, 0o600, &read(&k.token_file, "k3s token_file")?));
+        files.push(SeedFile::new(
+            plan::K3S_TOKEN,
+            0o600,
+            &read(&k.token_file, "k3s token_file")?,
+        ));
     }
     if let Some(u) = &c.ups {
         files.push(SeedFile::new(
@@ -114,9 +126,18 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
             &read(&u.password_file, "ups password_file")?,
         ));
     }
-    if let Some(k) = c.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
-        let full = loaded.resolve(k);
-        let key = std::fs::read(&full).with_context(|| format!("backup ssh_key_file {}", full.display()))?;
+    if let Some(b) = &c.backup {
+        let key = match &b.ssh_key_file {
+            Some(k) => {
+                let full = loaded.resolve(k);
+                std::fs::read(&full)
+                    .with_context(|| format!("backup ssh_key_file {}", full.display()))?
+            }
+            None => spec
+                .identity
+                .map(|id| id.backup_key.private.clone())
+                .unwrap_or_default(),
+        };
         files.push(SeedFile::new(plan::BACKUP_KEY, 0o600, &key));
     }
     Ok(Seed { files })

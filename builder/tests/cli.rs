@@ -33,7 +33,11 @@ fn fails(args: &[&str], needle: &str) -> String {
     assert!(!out.status.success(), "imagegen {args:?} succeeded");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    assert_eq!(err.lines().count(), 1, "expected one error line, got: {err}");
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "expected one error line, got: {err}"
+    );
     assert!(err.starts_with("error: "), "{err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
     err
@@ -65,11 +69,20 @@ fn inspect_matches_the_real_tools() {
             assert_eq!(o["size"], p.size * 512, "{layout} p{}", p.number);
             let blk = oracle::blkid(&img, p.start);
             if let Some(label) = blk.get("LABEL") {
-                assert_eq!(o["filesystem"]["label"], label.as_str(), "{layout} p{}", p.number);
+                assert_eq!(
+                    o["filesystem"]["label"],
+                    label.as_str(),
+                    "{layout} p{}",
+                    p.number
+                );
             }
             if let Some(uuid) = blk.get("UUID") {
                 let ours = o["filesystem"]["uuid"].as_str().unwrap();
-                assert!(ours.eq_ignore_ascii_case(uuid), "{layout} p{}: {ours} vs {uuid}", p.number);
+                assert!(
+                    ours.eq_ignore_ascii_case(uuid),
+                    "{layout} p{}: {ours} vs {uuid}",
+                    p.number
+                );
             }
         }
         assert!(v["os"]["ID"].is_string(), "{layout}: no OS detected");
@@ -84,10 +97,20 @@ fn ls_and_cat_through_the_mount_view() {
     let names = ok(&["ls", &t(&img, "/boot/firmware")]);
     assert!(names.lines().any(|l| l == "cmdline.txt"), "{names}");
     let cmdline = ok(&["cat", &t(&img, "/boot/firmware/cmdline.txt")]);
-    assert_eq!(cmdline, oracle::fat_cat(&img, oracle::partition(&img, 1).start, "/cmdline.txt"));
+    assert_eq!(
+        cmdline,
+        oracle::fat_cat(&img, oracle::partition(&img, 1).start, "/cmdline.txt")
+    );
     let long = ok(&["ls", "-l", &t(&img, "/etc")]);
-    assert!(long.lines().any(|l| l.starts_with('l') && l.ends_with(" os-release")), "{long}");
-    fails(&["cat", &t(&img, "/etc/nope")], "/etc/nope: no such file or directory");
+    assert!(
+        long.lines()
+            .any(|l| l.starts_with('l') && l.ends_with(" os-release")),
+        "{long}"
+    );
+    fails(
+        &["cat", &t(&img, "/etc/nope")],
+        "/etc/nope: no such file or directory",
+    );
     fails(&["cat", &t(&img, "/etc")], "is a directory");
 }
 
@@ -99,10 +122,29 @@ fn editing_commands() {
     std::fs::write(host.path(), b"key material\n").unwrap();
     let hp = host.path().to_str().unwrap();
 
-    ok(&["mkdir", "-p", "--mode", "0750", "--owner", "1000:1000", &t(&img, "/srv/a/b")]);
-    ok(&["cp", hp, &t(&img, "/srv/a/b/k"), "--mode", "0600", "--owner", "1000:1000"]);
+    ok(&[
+        "mkdir",
+        "-p",
+        "--mode",
+        "0750",
+        "--owner",
+        "1000:1000",
+        &t(&img, "/srv/a/b"),
+    ]);
+    ok(&[
+        "cp",
+        hp,
+        &t(&img, "/srv/a/b/k"),
+        "--mode",
+        "0600",
+        "--owner",
+        "1000:1000",
+    ]);
     ok(&["ln", "-s", "b/k", &t(&img, "/srv/a/link")]);
-    fails(&["ln", "-s", "b/k", &t(&img, "/srv/a/link")], "already exists");
+    fails(
+        &["ln", "-s", "b/k", &t(&img, "/srv/a/link")],
+        "already exists",
+    );
     ok(&["ln", "-sf", "b", &t(&img, "/srv/a/link")]);
     ok(&["cp", hp, &t(&img, "/boot/firmware/user-data")]);
     ok(&["rm", &t(&img, "/etc/fixture-100.conf")]);
@@ -112,35 +154,57 @@ fn editing_commands() {
     oracle::assert_e2fsck_clean(&img, start);
     let p1 = oracle::partition(&img, 1);
     oracle::assert_fsck_fat_clean(&img, p1.start, p1.size);
-    assert_eq!(oracle::ext4_cat(&img, start, "/srv/a/b/k"), "key material\n");
+    assert_eq!(
+        oracle::ext4_cat(&img, start, "/srv/a/b/k"),
+        "key material\n"
+    );
     let st = oracle::debugfs(&img, start, "stat /srv/a/b/k");
-    assert!(st.contains("Mode:  0600") && st.contains("User:  1000   Group:  1000"), "{st}");
+    assert!(
+        st.contains("Mode:  0600") && st.contains("User:  1000   Group:  1000"),
+        "{st}"
+    );
     let st = oracle::debugfs(&img, start, "stat /srv/a");
     assert!(st.contains("Mode:  0750"), "{st}");
     let st = oracle::debugfs(&img, start, "stat /srv/a/link");
     assert!(st.contains("Fast link dest: \"b\""), "{st}");
-    assert_eq!(oracle::fat_cat(&img, p1.start, "/user-data"), "key material\n");
+    assert_eq!(
+        oracle::fat_cat(&img, p1.start, "/user-data"),
+        "key material\n"
+    );
     // cat follows the symlink we made.
     assert_eq!(ok(&["cat", &t(&img, "/srv/a/link/k")]), "key material\n");
 }
 
 #[test]
 fn grow_every_table_kind() {
-    for (layout, last) in [("rpios-bookworm", 2), ("armbian-bpim5", 1), ("ubuntu-cloud-amd64", 1)] {
+    for (layout, last) in [
+        ("rpios-bookworm", 2),
+        ("armbian-bpim5", 1),
+        ("ubuntu-cloud-amd64", 1),
+    ] {
         let img = fixture(layout);
         let before = oracle::partition(&img, last);
         let blocks = |img: &Path, start| {
-            oracle::dumpe2fs(img, start)["Block count"].parse::<u64>().unwrap()
+            oracle::dumpe2fs(img, start)["Block count"]
+                .parse::<u64>()
+                .unwrap()
         };
         let old_blocks = blocks(&img, before.start);
         let old_len = std::fs::metadata(&img).unwrap().len();
         ok(&["grow", img.to_str().unwrap(), "--size", "+256M"]);
-        assert_eq!(std::fs::metadata(&img).unwrap().len(), old_len + (256 << 20), "{layout}");
+        assert_eq!(
+            std::fs::metadata(&img).unwrap().len(),
+            old_len + (256 << 20),
+            "{layout}"
+        );
         let after = oracle::partition(&img, last);
         assert_eq!(after.start, before.start, "{layout}");
         assert!(after.size > before.size, "{layout}");
         oracle::assert_e2fsck_clean(&img, after.start);
-        assert!(blocks(&img, after.start) > old_blocks, "{layout}: filesystem did not grow");
+        assert!(
+            blocks(&img, after.start) > old_blocks,
+            "{layout}: filesystem did not grow"
+        );
         if layout == "ubuntu-cloud-amd64" {
             let v = oracle::run("sgdisk", &["-v", img.to_str().unwrap()]);
             assert!(v.contains("No problems found"), "{v}");
@@ -149,10 +213,20 @@ fn grow_every_table_kind() {
         let n = (before.start * 512) as usize;
         let orig = std::fs::read(cached_fixture(layout)).unwrap();
         let now = std::fs::read(&img).unwrap();
-        let table = if layout == "ubuntu-cloud-amd64" { 34 * 512 } else { 512 };
-        assert!(orig[table..n] == now[table..n], "{layout}: bytes before p{last} changed");
+        let table = if layout == "ubuntu-cloud-amd64" {
+            34 * 512
+        } else {
+            512
+        };
+        assert!(
+            orig[table..n] == now[table..n],
+            "{layout}: bytes before p{last} changed"
+        );
         assert!(orig[..446] == now[..446], "{layout}: boot code changed");
-        fails(&["grow", img.to_str().unwrap(), "--size", "1M"], "not larger");
+        fails(
+            &["grow", img.to_str().unwrap(), "--size", "1M"],
+            "not larger",
+        );
     }
 }
 
@@ -183,10 +257,22 @@ fn failures_leave_the_image_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
     // Larger than the free space of the ~256 MiB root filesystem (sparse on the host).
     let big = dir.path().join("big");
-    std::fs::File::create(&big).unwrap().set_len(400 << 20).unwrap();
-    fails(&["cp", big.to_str().unwrap(), &t(&img, "/big")], "no space left");
-    fails(&["cp", big.to_str().unwrap(), &t(&img, "/nodir/big")], "no such file or directory");
-    assert!(std::fs::read(&img).unwrap() == original, "a failed edit changed the image");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(400 << 20)
+        .unwrap();
+    fails(
+        &["cp", big.to_str().unwrap(), &t(&img, "/big")],
+        "no space left",
+    );
+    fails(
+        &["cp", big.to_str().unwrap(), &t(&img, "/nodir/big")],
+        "no such file or directory",
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == original,
+        "a failed edit changed the image"
+    );
     oracle::assert_e2fsck_clean(&img, start);
 
     // A filesystem that was not cleanly unmounted: refuse, change nothing.
@@ -195,6 +281,12 @@ fn failures_leave_the_image_as_it_was() {
     let dirty = std::fs::read(&img).unwrap();
     let small = dir.path().join("small");
     std::fs::write(&small, b"x").unwrap();
-    fails(&["cp", small.to_str().unwrap(), &t(&img, "/etc/x")], "recovery");
-    assert!(std::fs::read(&img).unwrap() == dirty, "refused edit changed the image");
+    fails(
+        &["cp", small.to_str().unwrap(), &t(&img, "/etc/x")],
+        "recovery",
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == dirty,
+        "refused edit changed the image"
+    );
 }

@@ -98,7 +98,10 @@ fn batch(fat_mount: Option<&str>) -> Vec<Op> {
 }
 
 fn part(parts: &[SfdiskPartition], n: u32) -> &SfdiskPartition {
-    parts.iter().find(|p| p.number == n).expect("partition exists")
+    parts
+        .iter()
+        .find(|p| p.number == n)
+        .expect("partition exists")
 }
 
 /// `debugfs stat` fields we check.
@@ -155,7 +158,10 @@ fn edit_and_check(layout: &str) {
     }
     // Read back with debugfs.
     let r = root.start;
-    assert_eq!(oracle::ext4_cat(&img, r, "/etc/imagegen-secret"), "s3cret\n");
+    assert_eq!(
+        oracle::ext4_cat(&img, r, "/etc/imagegen-secret"),
+        "s3cret\n"
+    );
     let st = stat(&img, r, "/etc/imagegen-secret");
     assert!(st.contains("Mode:  0600"), "{st}");
     assert!(st.contains("User:  1000   Group:  1000"), "{st}");
@@ -163,17 +169,27 @@ fn edit_and_check(layout: &str) {
     let st = stat(&img, r, "/etc/imagegen-link");
     assert!(st.contains("Fast link dest: \"hostname\""), "{st}");
     let st = stat(&img, r, "/opt/imagegen/a/b");
-    assert!(st.contains("Type: directory") && st.contains("Mode:  0755"), "{st}");
+    assert!(
+        st.contains("Type: directory") && st.contains("Mode:  0755"),
+        "{st}"
+    );
     let dumped = tempfile::NamedTempFile::new().unwrap();
     oracle::debugfs(
         &img,
         r,
         &format!("dump /opt/imagegen/a/b/big.bin {}", dumped.path().display()),
     );
-    assert!(std::fs::read(dumped.path()).unwrap() == mebibyte(), "1 MiB file differs");
+    assert!(
+        std::fs::read(dumped.path()).unwrap() == mebibyte(),
+        "1 MiB file differs"
+    );
     let gone = oracle::output(
         "debugfs",
-        &["-R", "stat /etc/fixture-007.conf", &oracle::ext4_at(&img, r)],
+        &[
+            "-R",
+            "stat /etc/fixture-007.conf",
+            &oracle::ext4_at(&img, r),
+        ],
     );
     assert!(
         String::from_utf8_lossy(&gone.stderr).contains("File not found"),
@@ -216,7 +232,10 @@ fn same_edits_give_same_bytes() {
             image.apply(&batch(sh.fat.map(|f| f.1)), EPOCH).unwrap();
         }
         let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-        assert!(x == y, "{layout}: two identical batches gave different bytes");
+        assert!(
+            x == y,
+            "{layout}: two identical batches gave different bytes"
+        );
     }
 }
 
@@ -226,18 +245,28 @@ fn mount_view_follows_fstab_and_symlinks() {
     let img = cached_fixture("rpios-bookworm");
     let parts = oracle::partitions(&img);
     let mut image = Image::open(&img).unwrap();
-    let via_view = String::from_utf8(image.read_file("/boot/firmware/cmdline.txt").unwrap()).unwrap();
-    assert_eq!(via_view, oracle::fat_cat(&img, part(&parts, 1).start, "/cmdline.txt"));
+    let via_view =
+        String::from_utf8(image.read_file("/boot/firmware/cmdline.txt").unwrap()).unwrap();
+    assert_eq!(
+        via_view,
+        oracle::fat_cat(&img, part(&parts, 1).start, "/cmdline.txt")
+    );
     assert!(via_view.contains("root=PARTUUID=d9c86127-02"), "{via_view}");
     // /etc/os-release is a relative symlink to ../usr/lib/os-release.
     let os = image.os_release().unwrap().unwrap();
-    assert_eq!(os.get("VERSION_CODENAME").map(String::as_str), Some("bookworm"));
+    assert_eq!(
+        os.get("VERSION_CODENAME").map(String::as_str),
+        Some("bookworm")
+    );
 
     // Ubuntu cloud: /boot is its own ext4 (BOOT, p16), /boot/efi the ESP inside it.
     let img = cached_fixture("ubuntu-cloud-amd64");
     let parts = oracle::partitions(&img);
     let mut image = Image::open(&img).unwrap();
     let grub = String::from_utf8(image.read_file("/boot/grub/grub.cfg").unwrap()).unwrap();
-    assert_eq!(grub, oracle::ext4_cat(&img, part(&parts, 16).start, "/grub/grub.cfg"));
+    assert_eq!(
+        grub,
+        oracle::ext4_cat(&img, part(&parts, 16).start, "/grub/grub.cfg")
+    );
     assert!(grub.contains("root=LABEL=cloudimg-rootfs"), "{grub}");
 }

@@ -132,7 +132,8 @@ fn operator_defaults() -> Result<(String, Vec<String>)> {
         .filter(|u| {
             !matches!(u.as_str(), "root" | "pi" | "ubuntu" | "debian")
                 && u.bytes().next().is_some_and(|c| c.is_ascii_lowercase())
-                && u.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+                && u.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
         })
         .unwrap_or_else(|| "admin".into());
     let home = std::env::var_os("HOME").map(PathBuf::from);
@@ -146,8 +147,13 @@ fn operator_defaults() -> Result<(String, Vec<String>)> {
             .collect();
         pubs.sort();
         for p in pubs {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            keys.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            keys.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_string),
+            );
         }
     }
     if keys.is_empty() {
@@ -169,8 +175,18 @@ pub fn boards(a: BoardsArgs) -> Result<()> {
         return Ok(());
     }
     for b in boards {
-        writeln!(out, "{:<14} {:<8} {}", b.id, b.arch.to_string(), b.description)?;
-        writeln!(out, "{:<14} default base: {} {}", "", b.base.vendor, b.base.url)?;
+        writeln!(
+            out,
+            "{:<14} {:<8} {}",
+            b.id,
+            b.arch.to_string(),
+            b.description
+        )?;
+        writeln!(
+            out,
+            "{:<14} default base: {} {}",
+            "", b.base.vendor, b.base.url
+        )?;
         writeln!(out, "{:<14} also accepts: {}", "", b.accepts.join(", "))?;
     }
     Ok(())

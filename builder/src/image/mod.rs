@@ -242,14 +242,12 @@ impl Image {
         }
         let bytes = fs.read_file("/etc/fstab")?;
         let text = String::from_utf8_lossy(&bytes);
-        fstab::parse(&text)
-            .map(Some)
-            .map_err(|e| match e {
-                fstab::FstabError::Line { line, reason } => ImageError::Fstab {
-                    line,
-                    detail: reason,
-                },
-            })
+        fstab::parse(&text).map(Some).map_err(|e| match e {
+            fstab::FstabError::Line { line, reason } => ImageError::Fstab {
+                line,
+                detail: reason,
+            },
+        })
     }
 
     /// Maps fstab entries to partitions. Entries for filesystems imagegen does not edit

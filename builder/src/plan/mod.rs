@@ -85,7 +85,15 @@ impl Plan {
         self.push(path, Content::Bytes(content), 0o600, 0, 0, true);
     }
 
-    pub fn push(&mut self, path: &str, content: Content, mode: u32, uid: u32, gid: u32, secret: bool) {
+    pub fn push(
+        &mut self,
+        path: &str,
+        content: Content,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        secret: bool,
+    ) {
         self.changes.push(Change {
             op: Op::WriteFile {
                 path: path.into(),
@@ -189,12 +197,23 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
             let pw = read_secret(&spec.resolve(&u.password_file), "ups password_file")?;
             p.secret(NUT_PASSWORD, pw);
         }
-        if let Some(key) = cfg.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
-            let k = std::fs::read(spec.resolve(key)).map_err(|source| PlanError::Read {
-                path: spec.resolve(key).display().to_string(),
-                source,
-            })?;
-            p.secret(BACKUP_KEY, k);
+        if let Some(b) = &cfg.backup {
+            let key = match (&b.ssh_key_file, spec.identity) {
+                (Some(key), _) => {
+                    std::fs::read(spec.resolve(key)).map_err(|source| PlanError::Read {
+                        path: spec.resolve(key).display().to_string(),
+                        source,
+                    })?
+                }
+                (None, Some(id)) => id.backup_key.private.clone(),
+                (None, None) => Vec::new(),
+            };
+            if !key.is_empty() {
+                p.secret(BACKUP_KEY, key);
+            }
+        }
+        if let Some(bin) = cfg.k3s.as_ref().and_then(|k| k.binary.as_ref()) {
+            stage_k3s(&spec.resolve(bin), spec.board, &mut p)?;
         }
     }
 
@@ -224,7 +243,10 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         for (unit, target) in units::ENABLED_BY_BUILDER {
             let wants = format!("/etc/systemd/system/{target}.wants");
             p.dir(&wants, 0o755, 0, 0);
-            p.symlink(&format!("{wants}/{unit}"), &format!("/etc/systemd/system/{unit}"));
+            p.symlink(
+                &format!("{wants}/{unit}"),
+                &format!("/etc/systemd/system/{unit}"),
+            );
         }
     }
     Ok(p.changes)
@@ -285,11 +307,31 @@ fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
     }
     for k in &id.host_keys {
         let name = format!("ssh_host_{}_key", k.kind);
-        p.push(&format!("/etc/ssh/{name}"), Content::Bytes(k.private.clone()), 0o600, 0, 0, true);
-        p.file(&format!("/etc/ssh/{name}.pub"), k.public.clone(), 0o644, 0, 0);
+        p.push(
+            &format!("/etc/ssh/{name}"),
+            Content::Bytes(k.private.clone()),
+            0o600,
+            0,
+            0,
+            true,
+        );
+        p.file(
+            &format!("/etc/ssh/{name}.pub"),
+            k.public.clone(),
+            0o644,
+            0,
+            0,
+        );
         if keep_copy {
             let dir = crate::vendor::adapt::IDENTITY_DIR;
-            p.push(&format!("{dir}/{name}"), Content::Bytes(k.private.clone()), 0o600, 0, 0, true);
+            p.push(
+                &format!("{dir}/{name}"),
+                Content::Bytes(k.private.clone()),
+                0o600,
+                0,
+                0,
+                true,
+            );
             p.file(&format!("{dir}/{name}.pub"), k.public.clone(), 0o644, 0, 0);
         }
     }
@@ -340,7 +382,10 @@ fn kernel_cmdline(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<()
 /// will not find its root after flashing.
 fn check_root_reference(image: &mut Image, root: &str, file: &str) -> Result<(), PlanError> {
     let ok = if let Some(u) = root.strip_prefix("PARTUUID=") {
-        image.slots().iter().any(|s| s.partition.partuuid.eq_ignore_ascii_case(u))
+        image
+            .slots()
+            .iter()
+            .any(|s| s.partition.partuuid.eq_ignore_ascii_case(u))
     } else if let Some(want) = root.strip_prefix("LABEL=").or(root.strip_prefix("UUID=")) {
         let by_label = root.starts_with("LABEL=");
         let mut found = false;
@@ -364,6 +409,87 @@ fn check_root_reference(image: &mut Image, root: &str, file: &str) -> Result<(),
     }
 }
 
+/// The k3s binary at the path install.sh uses, and the units install.sh would write, so first
+/// boot needs no internet for k3s. The agent enables the right one once it has checked the
+/// server's CA.
+fn stage_k3s(bin: &Path, board: &Board, p: &mut Plan) -> Result<(), PlanError> {
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(bin)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|source| PlanError::Read {
+            path: format!("k3s binary {}", bin.display()),
+            source,
+        })?;
+    // A script (a test stand-in, a wrapper) runs anywhere; a binary must match the board.
+    if !head[..n].starts_with(b"#!") {
+        let arch = crate::arch::elf_arch(&head[..n])
+            .map_err(|e| PlanError::Invalid(format!("k3s binary {}: {e}", bin.display())))?;
+        if arch != board.arch {
+            return Err(PlanError::Invalid(format!(
+                "k3s binary {} is for {arch}, but board {} is {}: give the k3s-{} release file",
+                bin.display(),
+                board.id,
+                board.arch,
+                match board.arch {
+                    crate::arch::Arch::X86_64 => "amd64",
+                    crate::arch::Arch::Aarch64 => "arm64",
+                    crate::arch::Arch::Arm => "armhf",
+                }
+            )));
+        }
+    }
+    p.dir("/usr/local/bin", 0o755, 0, 0);
+    p.push(
+        "/usr/local/bin/k3s",
+        Content::HostFile(bin.to_path_buf()),
+        0o755,
+        0,
+        0,
+        false,
+    );
+    for (unit, cmd) in [("k3s.service", "server"), ("k3s-agent.service", "agent")] {
+        p.file(
+            &format!("/etc/systemd/system/{unit}"),
+            k3s_unit(cmd).into_bytes(),
+            0o644,
+            0,
+            0,
+        );
+    }
+    Ok(())
+}
+
+/// What k3s's install.sh writes (shared/research/cluster-node.md 1.1); the join settings
+/// come from /etc/rancher/k3s/config.yaml, which the agent writes.
+fn k3s_unit(cmd: &str) -> String {
+    format!(
+        "[Unit]\n\
+         Description=Lightweight Kubernetes ({cmd}), staged by imagegen\n\
+         Documentation=https://k3s.io\n\
+         Wants=network-online.target\n\
+         After=network-online.target\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n\
+         \n\
+         [Service]\n\
+         Type=notify\n\
+         EnvironmentFile=-/etc/default/%N\n\
+         KillMode=process\n\
+         Delegate=yes\n\
+         LimitNOFILE=1048576\n\
+         LimitNPROC=infinity\n\
+         LimitCORE=infinity\n\
+         TasksMax=infinity\n\
+         TimeoutStartSec=0\n\
+         Restart=always\n\
+         RestartSec=5s\n\
+         ExecStartPre=-/sbin/modprobe br_netfilter\n\
+         ExecStartPre=-/sbin/modprobe overlay\n\
+         ExecStart=/usr/local/bin/k3s {cmd}\n"
+    )
+}
+
 fn read_secret(path: &Path, what: &str) -> Result<Vec<u8>, PlanError> {
     let bytes = std::fs::read(path).map_err(|source| PlanError::Read {
         path: format!("{what} {}", path.display()),
@@ -372,19 +498,34 @@ fn read_secret(path: &Path, what: &str) -> Result<Vec<u8>, PlanError> {
     // A trailing newline from `echo > file` is not part of the secret.
     let trimmed = bytes.trim_ascii_end().to_vec();
     if trimmed.is_empty() {
-        return Err(PlanError::Invalid(format!("{what} {} is empty", path.display())));
+        return Err(PlanError::Invalid(format!(
+            "{what} {} is empty",
+            path.display()
+        )));
     }
     Ok(trimmed)
 }
 
 fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
-    p.file("/etc/hostname", format!("{}\n", spec.name).into_bytes(), 0o644, 0, 0);
+    p.file(
+        "/etc/hostname",
+        format!("{}\n", spec.name).into_bytes(),
+        0o644,
+        0,
+        0,
+    );
     let hosts = match image.read_file("/etc/hosts") {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(ImageError::Fs(crate::fs::FsError::NotFound(_))) => String::new(),
         Err(e) => return Err(e.into()),
     };
-    p.file("/etc/hosts", set_hosts_name(&hosts, spec.name).into_bytes(), 0o644, 0, 0);
+    p.file(
+        "/etc/hosts",
+        set_hosts_name(&hosts, spec.name).into_bytes(),
+        0o644,
+        0,
+        0,
+    );
     Ok(())
 }
 
@@ -436,7 +577,13 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
     let shadow_gid = group_id(&acc.group, "shadow").unwrap_or(0);
     p.file("/etc/group", acc.group.into_bytes(), 0o644, 0, 0);
     p.file("/etc/shadow", acc.shadow.into_bytes(), 0o640, 0, shadow_gid);
-    p.file("/etc/gshadow", acc.gshadow.into_bytes(), 0o640, 0, shadow_gid);
+    p.file(
+        "/etc/gshadow",
+        acc.gshadow.into_bytes(),
+        0o640,
+        0,
+        shadow_gid,
+    );
 
     let home = a.home.clone();
     p.dir(&home, 0o750, a.uid, a.gid);
@@ -444,7 +591,13 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
         for e in image.read_dir("/etc/skel")? {
             if e.stat.file_type == FileType::Regular {
                 let content = image.read_file(&format!("/etc/skel/{}", e.name))?;
-                p.file(&format!("{home}/{}", e.name), content, e.stat.mode, a.uid, a.gid);
+                p.file(
+                    &format!("{home}/{}", e.name),
+                    content,
+                    e.stat.mode,
+                    a.uid,
+                    a.gid,
+                );
             }
         }
     }
@@ -454,7 +607,13 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
         keys.push_str(k.get_ref().trim());
         keys.push('\n');
     }
-    p.file(&format!("{home}/.ssh/authorized_keys"), keys.into_bytes(), 0o600, a.uid, a.gid);
+    p.file(
+        &format!("{home}/.ssh/authorized_keys"),
+        keys.into_bytes(),
+        0o600,
+        a.uid,
+        a.gid,
+    );
     p.dir("/etc/sudoers.d", 0o755, 0, 0);
     p.file(
         "/etc/sudoers.d/90-imagegen-admin",
@@ -481,7 +640,11 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         Role::Server => node::Role::Server,
         Role::Agent => node::Role::Agent,
     };
-    let ups_host_node = cfg.ups.as_ref().and_then(|u| u.server.as_ref()).map(|s| s.get_ref().clone());
+    let ups_host_node = cfg
+        .ups
+        .as_ref()
+        .and_then(|u| u.server.as_ref())
+        .map(|s| s.get_ref().clone());
     let is_ups_server = ups_host_node.as_deref() == Some(spec.name);
     let k3s = cfg.k3s.as_ref().map(|k| {
         let url = k.server_url.get_ref().clone();
@@ -512,8 +675,16 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             user: u.user.clone(),
             password_file: PathBuf::from(NUT_PASSWORD),
             primary: is_ups_server,
-            driver: if is_ups_server { u.driver.clone() } else { None },
-            driver_port: if is_ups_server { Some("auto".into()) } else { None },
+            driver: if is_ups_server {
+                u.driver.clone()
+            } else {
+                None
+            },
+            driver_port: if is_ups_server {
+                Some("auto".into())
+            } else {
+                None
+            },
             ..default_ups()
         }),
         None => None,
@@ -535,7 +706,11 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     };
     let n = node::NodeConfig {
         node: node::NodeSection {
-            name: if spec.generic { "generic".into() } else { spec.name.into() },
+            name: if spec.generic {
+                "generic".into()
+            } else {
+                spec.name.into()
+            },
             role,
             cluster: cfg.cluster.name.get_ref().clone(),
             cluster_init: false,
@@ -553,7 +728,8 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         commands: Default::default(),
         agent: Default::default(),
     };
-    n.validate().map_err(|e| PlanError::Invalid(e.to_string()))?;
+    n.validate()
+        .map_err(|e| PlanError::Invalid(e.to_string()))?;
     Ok(n)
 }
 
@@ -661,10 +837,7 @@ pub fn change_digest(c: &Change) -> Result<Option<String>, PlanError> {
 
 /// Loads a config or, for `--board` alone, the embedded defaults.
 pub fn default_config(board: &Board, user: &str, keys: Vec<String>) -> ClusterConfig {
-    let toml_keys: Vec<String> = keys
-        .iter()
-        .map(|k| format!("{:?}", k.trim()))
-        .collect();
+    let toml_keys: Vec<String> = keys.iter().map(|k| format!("{:?}", k.trim())).collect();
     let text = format!(
         "[cluster]\nname = {:?}\n[admin]\nuser = {user:?}\nssh_authorized_keys = [{}]\n[[nodes]]\nname = {:?}\nboard = {:?}\nrole = \"agent\"\n",
         board.id,
@@ -682,7 +855,10 @@ mod tests {
     #[test]
     fn hosts_name_replaces_or_inserts() {
         assert_eq!(
-            set_hosts_name("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n::1 localhost\n", "pi4-a"),
+            set_hosts_name(
+                "127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n::1 localhost\n",
+                "pi4-a"
+            ),
             "127.0.0.1\tlocalhost\n127.0.1.1\tpi4-a\n::1 localhost\n"
         );
         assert_eq!(
@@ -702,14 +878,26 @@ mod tests {
             ssh_url_to_rsync("ssh://backup@127.0.0.1:2222/srv/b").unwrap(),
             "backup@127.0.0.1:/srv/b"
         );
-        assert_eq!(ssh_url_port("ssh://backup@127.0.0.1:2222/srv/b"), Some(2222));
+        assert_eq!(
+            ssh_url_port("ssh://backup@127.0.0.1:2222/srv/b"),
+            Some(2222)
+        );
         assert!(ssh_url_to_rsync("ssh://nas").is_err());
     }
 
     #[test]
     fn url_hosts() {
-        assert_eq!(url_host("https://10.147.17.10:6443").as_deref(), Some("10.147.17.10"));
-        assert_eq!(url_host("https://[fd00::1]:6443/x").as_deref(), Some("fd00::1"));
-        assert_eq!(url_host("https://master.lan").as_deref(), Some("master.lan"));
+        assert_eq!(
+            url_host("https://10.147.17.10:6443").as_deref(),
+            Some("10.147.17.10")
+        );
+        assert_eq!(
+            url_host("https://[fd00::1]:6443/x").as_deref(),
+            Some("fd00::1")
+        );
+        assert_eq!(
+            url_host("https://master.lan").as_deref(),
+            Some("master.lan")
+        );
     }
 }

@@ -20,7 +20,12 @@ pub struct Context<'a> {
 pub const IDENTITY_DIR: &str = "/etc/imagegen/identity";
 const HOSTKEYS_UNIT: &str = "imagegen-hostkeys.service";
 
-pub fn plan(vendor: Vendor, image: &mut Image, ctx: &Context, p: &mut Plan) -> Result<(), PlanError> {
+pub fn plan(
+    vendor: Vendor,
+    image: &mut Image,
+    ctx: &Context,
+    p: &mut Plan,
+) -> Result<(), PlanError> {
     match vendor {
         Vendor::RpiOsBookworm | Vendor::RpiOsTrixie => rpios(vendor, image, ctx, p)?,
         Vendor::Armbian => armbian(image, ctx, p)?,
@@ -59,7 +64,13 @@ fn rpios(vendor: Vendor, image: &mut Image, ctx: &Context, p: &mut Plan) -> Resu
             // which do not need it. machine-id stays `uninitialized`: rpi-resize.service runs
             // only on a systemd first boot.
             if exists(image, "/etc/cloud")? {
-                p.file("/etc/cloud/cloud-init.disabled", b"imagegen: provisioned offline\n".to_vec(), 0o644, 0, 0);
+                p.file(
+                    "/etc/cloud/cloud-init.disabled",
+                    b"imagegen: provisioned offline\n".to_vec(),
+                    0o644,
+                    0,
+                    0,
+                );
             }
         }
         Vendor::RpiOsBookworm if ctx.has_identity => {
@@ -162,7 +173,12 @@ pub fn set_shell_var(text: &str, name: &str, value: &str) -> String {
 /// resizefs), so cloud-init stays on but gets a seed that asks it for that alone: no users, no
 /// passwords, no host key deletion, no hostname. Everything else comes from the image and the
 /// agent, so the two never do the same job.
-fn cloud_init(vendor: Vendor, image: &mut Image, ctx: &Context, p: &mut Plan) -> Result<(), PlanError> {
+fn cloud_init(
+    vendor: Vendor,
+    image: &mut Image,
+    ctx: &Context,
+    p: &mut Plan,
+) -> Result<(), PlanError> {
     let instance = format!("imagegen-{}", ctx.node);
     let meta = format!("instance-id: {instance}\nlocal-hostname: {}\n", ctx.node);
     let user = user_data(ctx.has_identity);
@@ -223,10 +239,19 @@ fn enable_ssh(image: &mut Image, p: &mut Plan) -> Result<(), PlanError> {
             return Ok(());
         }
     }
-    for unit in ["/usr/lib/systemd/system/ssh.service", "/lib/systemd/system/ssh.service"] {
-        if image.lstat(unit)?.is_some_and(|s| s.file_type == FileType::Regular) {
+    for unit in [
+        "/usr/lib/systemd/system/ssh.service",
+        "/lib/systemd/system/ssh.service",
+    ] {
+        if image
+            .lstat(unit)?
+            .is_some_and(|s| s.file_type == FileType::Regular)
+        {
             p.dir("/etc/systemd/system/multi-user.target.wants", 0o755, 0, 0);
-            p.symlink("/etc/systemd/system/multi-user.target.wants/ssh.service", unit);
+            p.symlink(
+                "/etc/systemd/system/multi-user.target.wants/ssh.service",
+                unit,
+            );
             if image.lstat("/etc/systemd/system/sshd.service")?.is_none() {
                 p.symlink("/etc/systemd/system/sshd.service", unit);
             }
@@ -247,7 +272,11 @@ mod tests {
     #[test]
     fn shell_vars() {
         assert_eq!(
-            set_shell_var("# c\nOPENSSHD_REGENERATE_HOST_KEYS=true\nX=1\n", "OPENSSHD_REGENERATE_HOST_KEYS", "false"),
+            set_shell_var(
+                "# c\nOPENSSHD_REGENERATE_HOST_KEYS=true\nX=1\n",
+                "OPENSSHD_REGENERATE_HOST_KEYS",
+                "false"
+            ),
             "# c\nOPENSSHD_REGENERATE_HOST_KEYS=false\nX=1\n"
         );
         assert_eq!(set_shell_var("X=1\n", "Y", "2"), "X=1\nY=2\n");
