@@ -166,10 +166,11 @@ pub struct BuildArgs {
     /// Vendor family of the base image, when detection is not wanted
     #[arg(long, value_name = "ID")]
     pub vendor: Option<String>,
-    /// imagegen-firstboot binary (repeatable, one per architecture); its ELF header says
-    /// which architecture it is for [default: the one installed beside imagegen]
-    #[arg(long, value_name = "PATH")]
-    pub agent: Vec<PathBuf>,
+    /// imagegen-firstboot binary (repeatable, one per architecture): a file, or
+    /// URL#sha256=HEX; its ELF header says which architecture it is for
+    /// [default: the one installed beside imagegen]
+    #[arg(long, value_name = "PATH|URL#sha256=HEX")]
+    pub agent: Vec<String>,
     /// A generic image without node name, identity or secrets (add them with
     /// `imagegen personalize` when flashing)
     #[arg(long)]

@@ -42,12 +42,12 @@ pub fn build(a: BuildArgs) -> Result<()> {
     if nodes.is_empty() {
         bail!("the config has no [[nodes]]");
     }
-    let agents = agents(&a.agent)?;
     let mut fetch = FetchOptions::default();
     if let Some(d) = &a.cache_dir {
         fetch.cache_dir = d.clone();
     }
     fetch.insecure = a.insecure;
+    let agents = agents(&a.agent, &fetch)?;
     let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
     let base = a.base.as_deref().map(Source::parse);
     let state_dir = a
@@ -95,17 +95,29 @@ fn output_path(a: &BuildArgs, node: &str) -> Result<PathBuf> {
 
 /// `--agent` binaries, by their ELF architecture; without any, the agent installed beside
 /// this imagegen (for the host's architecture).
-fn agents(paths: &[PathBuf]) -> Result<Vec<Agent>> {
+fn agents(args: &[String], fetch: &FetchOptions) -> Result<Vec<Agent>> {
     let mut out: Vec<Agent> = Vec::new();
-    for p in paths {
-        let arch = build::agent_arch(p)?;
+    for arg in args {
+        let path = match Source::parse(arg) {
+            Source::File(p) => p,
+            Source::Url(u) => {
+                // A downloaded binary runs as root on every node: it must be pinned.
+                let (url, sha) = u
+                    .split_once("#sha256=")
+                    .with_context(|| format!("--agent {u}: give its sha256 as URL#sha256=HEX"))?;
+                crate::fetch::fetch_base(&Source::Url(url.into()), Some(sha), None, fetch)
+                    .with_context(|| format!("getting the agent {url}"))?
+                    .raw_path
+            }
+        };
+        let arch = build::agent_arch(&path)?;
         if out.iter().any(|a| a.arch == arch) {
             bail!("two --agent binaries for {arch}; give one per architecture");
         }
         out.push(Agent {
             arch,
-            path: p.clone(),
-            source: p.display().to_string(),
+            path,
+            source: arg.clone(),
         });
     }
     if out.is_empty()
