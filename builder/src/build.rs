@@ -266,12 +266,11 @@ fn inputs(
         sha256: fetched.source_sha256.clone(),
     }];
     if let Some(a) = agent {
-        let mut r = crate::io::hash::HashReader::new(std::fs::File::open(&a.path)?);
-        std::io::copy(&mut r, &mut std::io::sink())?;
         v.push(emit::Input {
             name: format!("agent-{}", a.arch),
             source: a.source.clone(),
-            sha256: r.finish().1,
+            sha256: crate::io::hash::sha256_file(&a.path)
+                .with_context(|| format!("reading agent {}", a.path.display()))?,
         });
     }
     Ok(v)

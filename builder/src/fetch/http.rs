@@ -203,7 +203,7 @@ impl Client {
                 let total = header(&resp, "content-range")
                     .and_then(|v| v.strip_prefix("bytes */").and_then(|n| n.parse().ok()));
                 if total == Some(have) {
-                    let digest = hash_file(part)
+                    let digest = crate::io::hash::sha256_file(part)
                         .map_err(|e| Failure::Fatal(FetchError::io(part, "cannot read", e)))?;
                     return Ok((digest, have));
                 }
@@ -346,18 +346,4 @@ pub fn discard_partial(cache: &Cache, url: &str) {
 
 fn file_label(url: &str) -> &str {
     super::checksum::file_name(url)
-}
-
-pub fn hash_file(path: &Path) -> io::Result<String> {
-    let mut hasher = HashWriter::new(io::sink());
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; BUFFER_SIZE];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.write_all(&buf[..n])?;
-    }
-    Ok(hasher.finish().1)
 }

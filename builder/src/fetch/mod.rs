@@ -268,7 +268,8 @@ fn local(
     expected: Option<String>,
     checksum_url: Option<&str>,
 ) -> Result<(PathBuf, String, Verification), FetchError> {
-    let sha = http::hash_file(path).map_err(|e| FetchError::io(path, "cannot read", e))?;
+    let sha =
+        crate::io::hash::sha256_file(path).map_err(|e| FetchError::io(path, "cannot read", e))?;
     let (want, verification) = match (expected, checksum_url) {
         (Some(e), _) => (Some(e), Verification::Pinned),
         (None, Some(c)) => {

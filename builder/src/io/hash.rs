@@ -8,6 +8,14 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Lowercase hex SHA-256 of a file's content, streamed.
+pub fn sha256_file(path: &std::path::Path) -> io::Result<String> {
+    let mut r = HashReader::new(std::fs::File::open(path)?);
+    let mut buf = vec![0u8; super::BUFFER_SIZE];
+    while r.read(&mut buf)? > 0 {}
+    Ok(r.finish().1)
+}
+
 /// Hashes everything read through it.
 pub struct HashReader<R> {
     inner: R,

@@ -819,18 +819,12 @@ pub fn change_digest(c: &Change) -> Result<Option<String>, PlanError> {
         Op::WriteFile {
             content: Content::HostFile(path),
             ..
-        } => {
-            let f = std::fs::File::open(path).map_err(|source| PlanError::Read {
+        } => crate::io::hash::sha256_file(path)
+            .map(Some)
+            .map_err(|source| PlanError::Read {
                 path: path.display().to_string(),
                 source,
-            })?;
-            let mut r = crate::io::hash::HashReader::new(f);
-            std::io::copy(&mut r, &mut std::io::sink()).map_err(|source| PlanError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
-            Ok(Some(r.finish().1))
-        }
+            }),
         _ => Ok(None),
     }
 }
