@@ -198,6 +198,14 @@ pub fn build(req: &Request) -> Result<Manifest> {
         )
     };
 
+    let k3s_binary = match &req.config.k3s {
+        Some(k) if k.binary.is_some() => k.binary.as_ref().map(|b| req.config_dir.join(b)),
+        Some(k) if !req.generic => match &k.version {
+            Some(v) => Some(download_k3s(v, board.arch, req.fetch)?),
+            None => None,
+        },
+        _ => None,
+    };
     let spec = NodeSpec {
         name: req.node,
         role: node.role,
@@ -206,6 +214,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         config: req.config,
         config_dir: req.config_dir,
         agent: agent.map(|a| a.path.as_path()),
+        k3s_binary: k3s_binary.as_deref(),
         generic: req.generic,
         identity: identity.as_ref(),
         epoch,
@@ -221,7 +230,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         );
     }
     let ops: Vec<Op> = changes.iter().map(|c| c.op.clone()).collect();
-    image.apply(&ops, epoch).context("customizing the image")?;
+    let mut image = apply_growing(image, &work.0, &ops, epoch)?;
 
     let record = BuildRecord {
         imagegen_version: env!("CARGO_PKG_VERSION").into(),
@@ -236,6 +245,58 @@ pub fn build(req: &Request) -> Result<Manifest> {
     let manifest = emit::emit(&work.0, req.out, record, &EmitOptions::default())
         .with_context(|| format!("writing {}", req.out.display()))?;
     Ok(manifest)
+}
+
+/// Applies the plan; when the root filesystem is too small for it (a staged k3s binary is
+/// ~70 MB), grows the image, its last partition and filesystem by what is missing plus room
+/// to breathe, and applies again. The vendor's first-boot expansion still takes the rest of
+/// the card, since the root stays the last partition and only grows.
+fn apply_growing(mut image: Image, path: &Path, ops: &[Op], epoch: i64) -> Result<Image> {
+    const HEADROOM: u64 = 256 << 20;
+    match image.apply(ops, epoch) {
+        Err(crate::image::ImageError::Fs(crate::fs::FsError::NoSpace {
+            kind: FsKind::Ext4,
+            needed,
+            free,
+        })) => {
+            drop(image);
+            let len = std::fs::metadata(path)?.len();
+            let more = (needed.saturating_sub(free) + HEADROOM).next_multiple_of(1 << 20);
+            eprintln!(
+                "the root filesystem is {} MiB short; growing the image by {} MiB",
+                needed.saturating_sub(free) >> 20,
+                more >> 20
+            );
+            crate::image::grow(path, len + more, epoch).context("growing the image")?;
+            let mut image = Image::open(path).context("reading the grown image")?;
+            image.apply(ops, epoch).context("customizing the image")?;
+            Ok(image)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("customizing the image")),
+        Ok(()) => Ok(image),
+    }
+}
+
+/// The k3s release binary for `arch`, verified against the release's sha256sum file and
+/// cached like a base image.
+fn download_k3s(version: &str, arch: Arch, fetch: &FetchOptions) -> Result<PathBuf> {
+    let (file, sums) = match arch {
+        Arch::X86_64 => ("k3s", "sha256sum-amd64.txt"),
+        Arch::Aarch64 => ("k3s-arm64", "sha256sum-arm64.txt"),
+        Arch::Arm => ("k3s-armhf", "sha256sum-arm.txt"),
+    };
+    let base = format!(
+        "https://github.com/k3s-io/k3s/releases/download/{}",
+        version.replace('+', "%2B")
+    );
+    let got = fetch::fetch_base(
+        &Source::Url(format!("{base}/{file}")),
+        None,
+        Some(&format!("{base}/{sums}")),
+        fetch,
+    )
+    .with_context(|| format!("getting k3s {version} for {arch}"))?;
+    Ok(got.raw_path)
 }
 
 fn choose_agent<'a>(board: &Board, agents: &'a [Agent]) -> Result<Option<&'a Agent>> {

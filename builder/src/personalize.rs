@@ -54,6 +54,7 @@ pub fn personalize(req: &Request) -> Result<String> {
         config: &req.config.config,
         config_dir: &req.config.dir,
         agent: None,
+        k3s_binary: None,
         generic: false,
         identity: Some(req.identity),
         epoch: 0,

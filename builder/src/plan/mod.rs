@@ -57,6 +57,8 @@ pub struct NodeSpec<'a> {
     pub config_dir: &'a Path,
     /// The agent binary for the board's architecture, already checked.
     pub agent: Option<&'a Path>,
+    /// A k3s binary to stage (from `[k3s] binary`, or downloaded for `[k3s] version`).
+    pub k3s_binary: Option<&'a Path>,
     /// Leave out every secret and the node's identity (a generic image for CI artifacts).
     pub generic: bool,
     /// The node's identity (None for a generic image).
@@ -212,8 +214,8 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 p.secret(BACKUP_KEY, key);
             }
         }
-        if let Some(bin) = cfg.k3s.as_ref().and_then(|k| k.binary.as_ref()) {
-            stage_k3s(&spec.resolve(bin), spec.board, &mut p)?;
+        if let Some(bin) = spec.k3s_binary {
+            stage_k3s(bin, spec.board, &mut p)?;
         }
     }
 
