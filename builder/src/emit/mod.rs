@@ -11,6 +11,7 @@ mod atomic;
 pub mod bmap;
 pub mod format;
 pub mod manifest;
+mod rawhash;
 pub mod source;
 
 use std::fs::File;
@@ -26,6 +27,7 @@ use bmap::{BLOCK_SIZE, BmapBuilder};
 use format::Encoder;
 pub use format::{Compressor, EXTENSIONS, Format};
 pub use manifest::{BuildRecord, Change, Input, Manifest, Output, Tool};
+use rawhash::RawHasher;
 pub use source::{RawSource, SparseFile, StreamSource};
 
 /// How to emit; the defaults suit every build.
@@ -151,10 +153,9 @@ fn scan<S: RawSource>(
     bar: &indicatif::ProgressBar,
 ) -> Result<(String, String, u64), Failed> {
     let size = source.size();
-    let mut raw = HashWriter::new(io::sink());
+    let raw = RawHasher::spawn().map_err(Failed::Write)?;
     let mut bmap = BmapBuilder::new(size);
     let mut mapped_blocks = 0;
-    let mut buf = vec![0u8; BUFFER_SIZE];
     // Invariant: `pos` is block-aligned or at the end.
     let mut pos = 0;
     while pos < size {
@@ -168,40 +169,31 @@ fn scan<S: RawSource>(
         };
         if start > pos {
             let len = start - pos;
-            hole(&mut raw, sink, &mut bmap, len)?;
+            raw.zeros(len).map_err(Failed::Write)?;
+            sink.zeros(len).map_err(Failed::Write)?;
+            bmap.unmapped(len);
             bar.inc(len);
             pos = start;
         }
         while pos < end {
             let len = usize::try_from(end - pos).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
-            let chunk = &mut buf[..len];
-            source.read_exact_at(chunk, pos).map_err(Failed::Read)?;
-            raw.write_all(chunk).map_err(Failed::Write)?;
-            mapped_blocks += blocks(chunk, sink, &mut bmap)?;
+            let mut buf = raw.buffer().map_err(Failed::Write)?;
+            source
+                .read_exact_at(&mut buf[..len], pos)
+                .map_err(Failed::Read)?;
+            mapped_blocks += blocks(&buf[..len], sink, &mut bmap)?;
+            raw.data(buf, len).map_err(Failed::Write)?;
             bar.inc(len as u64);
             pos += len as u64;
         }
     }
-    let (_, raw_sha256) = raw.finish();
-    Ok((raw_sha256, bmap.finish(), mapped_blocks))
-}
-
-/// A hole of `len` bytes: zeros for the hash and the compressor, a gap in the raw output.
-fn hole(
-    raw: &mut HashWriter<io::Sink>,
-    sink: &mut Sink<'_>,
-    bmap: &mut BmapBuilder,
-    len: u64,
-) -> Result<(), Failed> {
-    let mut left = len;
-    while left > 0 {
-        let n = usize::try_from(left).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
-        raw.write_all(&ZEROS[..n]).map_err(Failed::Write)?;
-        left -= n as u64;
+    let (hashed, raw_sha256) = raw.finish().map_err(Failed::Write)?;
+    if hashed != size {
+        return Err(Failed::Read(io::Error::other(format!(
+            "read {hashed} bytes of a {size} byte image"
+        ))));
     }
-    sink.zeros(len).map_err(Failed::Write)?;
-    bmap.unmapped(len);
-    Ok(())
+    Ok((raw_sha256, bmap.finish(), mapped_blocks))
 }
 
 /// Splits a block-aligned chunk into runs of data and all-zero blocks; returns the number of
