@@ -243,8 +243,7 @@ fn choose_agent<'a>(board: &Board, agents: &'a [Agent]) -> Result<Option<&'a Age
         Some(a) => Ok(Some(a)),
         None => bail!(
             "no imagegen-firstboot agent for {} (board {}); build one for {} and give it with \
-             --agent PATH (or --agent URL --agent-sha256 HEX); release archives carry one per \
-             architecture",
+             --agent PATH; release archives carry one per architecture",
             board.arch,
             board.id,
             board.arch
