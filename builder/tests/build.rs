@@ -12,7 +12,7 @@ use common::oracle;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::http_server::{Fault, Server};
 use tempfile::TempDir;
@@ -37,7 +37,11 @@ fn scratch() -> TempDir {
                 .ok()
         })
         .is_some_and(|avail| avail >= 4 << 30);
-    if roomy && let Ok(dir) = tempfile::Builder::new().prefix("buildtest-").tempdir_in(shm) {
+    if roomy
+        && let Ok(dir) = tempfile::Builder::new()
+            .prefix("buildtest-")
+            .tempdir_in(shm)
+    {
         return dir;
     }
     tempfile::Builder::new()
@@ -116,7 +120,11 @@ impl Cluster {
     }
 
     /// `build` with this cluster's config, cache, state and both agents.
-    fn build_args<'a>(&'a self, node: &'a str, base: &'a str, out: &'a str) -> Vec<String> {
+    fn build_args(&self, node: &str, base: &str, out: &str) -> Vec<String> {
+        self.build_args_with(node, base, out, &["agent-arm64", "agent-amd64"])
+    }
+
+    fn build_args_with(&self, node: &str, base: &str, out: &str, agents: &[&str]) -> Vec<String> {
         let mut v: Vec<String> = [
             "build",
             "-c",
@@ -125,19 +133,18 @@ impl Cluster {
             node,
             "--base",
             base,
-            "--agent",
-            "agent-arm64",
-            "--agent",
-            "agent-amd64",
             "--cache-dir",
             s(&self.cache()),
             "--state-dir",
             s(&self.path("state")),
             "-o",
+            s(&self.out_dir().join(out)),
         ]
         .map(String::from)
         .to_vec();
-        v.push(s(&self.out_dir().join(out)).to_string());
+        for a in agents {
+            v.extend(["--agent".to_string(), a.to_string()]);
+        }
         v
     }
 
@@ -158,9 +165,22 @@ impl Cluster {
     /// Runs a build that must fail: one `error:` line, non-zero exit, nothing in the output
     /// directory, nothing unverified in the cache. Returns the error line.
     fn build_fails(&self, node: &str, base: &str, out: &str, needle: &str) -> String {
-        let args = self.build_args(node, base, out);
+        self.build_fails_with(&self.build_args(node, base, out), needle)
+    }
+
+    fn build_fails_with(&self, args: &[String], needle: &str) -> String {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let err = fails(self.imagegen(&args), needle);
+        // Advice must name options that exist.
+        let help = self.imagegen(&["build", "--help"]);
+        let help = String::from_utf8_lossy(&help.stdout);
+        for option in err.split_whitespace().filter(|w| w.starts_with("--")) {
+            let option = option.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+            assert!(
+                help.contains(&format!("{option} ")) || help.contains(&format!("{option}\n")),
+                "the error advises {option}, which `imagegen build` does not have: {err}"
+            );
+        }
         assert_eq!(
             entries(&self.out_dir()),
             BTreeSet::new(),
@@ -372,7 +392,10 @@ fn builds_from_http_are_flashable_and_reproducible() {
     for out in [&a, &za] {
         assert_flashable(out, c.dir.path());
     }
-    assert_eq!(manifest(&za)["output"]["raw_sha256"], manifest(&a)["output"]["sha256"]);
+    assert_eq!(
+        manifest(&za)["output"]["raw_sha256"],
+        manifest(&a)["output"]["sha256"]
+    );
     assert_cache_verified(&c.cache());
     // Each download was verified and kept once; nothing is left half-downloaded.
     let mut blobs = entries(&c.cache().join("blobs/sha256"));
@@ -439,4 +462,491 @@ fn cut_transfer_resumes() {
     assert_eq!(manifest(&out)["inputs"][0]["sha256"], hex_sha256(&zst));
     assert_flashable(&out, c.dir.path());
     assert_cache_verified(&c.cache());
+}
+
+/// Only what the cache layout allows after a failed download: no blob, no raw image, and no
+/// partial download of a file that failed verification.
+fn assert_cache_empty(c: &Cluster) {
+    assert_cache_verified(&c.cache());
+    for sub in ["blobs/sha256", "raw/sha256", "partial"] {
+        assert_eq!(
+            entries(&c.cache().join(sub)),
+            BTreeSet::new(),
+            "cache {sub}"
+        );
+    }
+}
+
+#[test]
+fn download_failures_are_one_clear_line_and_leave_nothing() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let url = web.url("/rpios-trixie.img.zst");
+
+    // The vendor's checksum file says something else.
+    web.server.put(
+        "/rpios-trixie.img.zst.sha256",
+        format!("{}  rpios-trixie.img.zst\n", "ab".repeat(32)).as_bytes(),
+        None,
+    );
+    let err = c.build_fails("pi4-a", &url, "pi4-a.img", "sha256 mismatch");
+    assert!(err.contains(&hex_sha256(&zst)), "{err}");
+    assert_cache_empty(&c);
+
+    // A pinned hash that does not match.
+    let mut args = c.build_args("pi4-a", &url, "pi4-a.img.zst");
+    args.extend(["--sha256".to_string(), "cd".repeat(32)]);
+    c.build_fails_with(&args, "sha256 mismatch");
+    assert_cache_empty(&c);
+
+    // No such file: with a checksum that vouches for it, and pinned.
+    web.server.put(
+        "/SHA256SUMS",
+        format!("{}  gone.img.zst\n", hex_sha256(&zst)).as_bytes(),
+        None,
+    );
+    let gone = web.url("/gone.img.zst");
+    c.build_fails("pi4-a", &gone, "pi4-a.img", "404");
+    let mut args = c.build_args("pi4-a", &gone, "pi4-a.img");
+    args.extend(["--sha256".to_string(), hex_sha256(&zst)]);
+    c.build_fails_with(&args, "404");
+    assert_cache_empty(&c);
+
+    // No checksum anywhere.
+    web.server.remove("/SHA256SUMS");
+    web.server.remove("/rpios-trixie.img.zst.sha256");
+    c.build_fails("pi4-a", &url, "pi4-a.img", "cannot verify");
+    assert_cache_empty(&c);
+}
+
+/// The CLI waits 60 s for a silent server and retries five times, so this one goes through the
+/// library with short time-outs; the error is what the CLI would print after `error: `.
+#[test]
+fn server_that_stops_answering_fails_and_the_download_resumes_later() {
+    use imagegen::build::{Agent, Request, build};
+    use imagegen::fetch::{FetchOptions, Source};
+
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let path = "/rpios-trixie.img.zst";
+    let half = zst.len() / 2;
+    // Every attempt stalls: the first after half the file, the retry at once.
+    web.server
+        .fault(path, Fault::StallAfter(half, Duration::from_secs(6)));
+    web.server
+        .fault(path, Fault::StallAfter(0, Duration::from_secs(6)));
+    let loaded = imagegen::config::load(&c.config()).unwrap();
+    let agents = [Agent {
+        arch: imagegen::arch::Arch::Aarch64,
+        path: c.path("agent-arm64"),
+        source: "agent-arm64".into(),
+    }];
+    let fetch = FetchOptions {
+        cache_dir: c.cache(),
+        retries: 1,
+        backoff: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(10),
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+        insecure: false,
+    };
+    let out = c.out_dir().join("pi4-a.img");
+    let state = c.path("state");
+    let request = Request {
+        config: &loaded.config,
+        config_dir: &loaded.dir,
+        node: "pi4-a",
+        out: &out,
+        base: Some(Source::Url(web.url(path))),
+        sha256: Some(hex_sha256(&zst)),
+        vendor: None,
+        agents: &agents,
+        generic: false,
+        state_dir: &state,
+        fetch: &fetch,
+    };
+    let started = Instant::now();
+    let err = format!("{:#}", build(&request).unwrap_err());
+    assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    assert_eq!(entries(&c.out_dir()), BTreeSet::new());
+    // The half that arrived waits in partial/ to be resumed; nothing unverified elsewhere.
+    assert_cache_verified(&c.cache());
+    assert_eq!(entries(&c.cache().join("blobs/sha256")), BTreeSet::new());
+    assert!(!entries(&c.cache().join("partial")).is_empty());
+
+    // The server is back: the next build resumes from the partial download.
+    web.server.clear_log();
+    build(&request).unwrap();
+    let requests = web.server.requests_for(path);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        requests[0].headers.get("range").map(String::as_str),
+        Some(format!("bytes={half}-").as_str())
+    );
+    assert_flashable(&out, c.dir.path());
+}
+
+#[test]
+fn bad_configs_and_inputs_are_one_clear_line_and_leave_nothing() {
+    let c = Cluster::new();
+    c.add_nodes("\n[[nodes]]\nname = \"gen-a\"\nboard = \"arm64-generic\"\nrole = \"agent\"\n");
+    let rpios = common::fixture("rpios-trixie");
+    let amd64 = common::fixture("ubuntu-cloud-amd64");
+    let (rpios, amd64) = (s(&rpios), s(&amd64));
+
+    c.build_fails("nope", rpios, "nope.img", "nope");
+    // Wrong architecture: the board boots cloud images, but this one is x86-64.
+    let err = c.build_fails("gen-a", amd64, "gen-a.img", "x86_64");
+    assert!(err.contains("aarch64"), "{err}");
+    // A base the board does not boot at all.
+    let err = c.build_fails("master", rpios, "master.img", "does not boot");
+    assert!(err.contains("ubuntu-cloud"), "{err}");
+    c.build_fails("pi4-a", rpios, "pi4-a.iso", ".img.xz");
+    c.build_fails("pi4-a", rpios, "pi4-a", ".img.zst");
+    // No agent for the board's architecture.
+    let args = c.build_args_with("master", amd64, "master.img", &["agent-arm64"]);
+    c.build_fails_with(&args, "x86_64");
+    // A missing secret is named.
+    fs::remove_file(c.path("secrets/nut-password")).unwrap();
+    c.build_fails("pi4-a", rpios, "pi4-a.img", "secrets/nut-password");
+    fails(
+        c.imagegen(&["check", "--config", s(&c.config())]),
+        "secrets/nut-password",
+    );
+    assert_cache_empty(&c);
+
+    // A syntax error and an unknown board, each with its line.
+    let text = fs::read_to_string(c.config()).unwrap();
+    let lines = text.lines().count();
+    fs::write(
+        c.config(),
+        format!("{text}\n[[nodes]]\nname = \"x\nboard = \"rpi4\"\n"),
+    )
+    .unwrap();
+    c.build_fails(
+        "pi4-a",
+        rpios,
+        "pi4-a.img",
+        &format!("cluster.toml:{}:", lines + 3),
+    );
+    fs::write(
+        c.config(),
+        format!("{text}\n[[nodes]]\nname = \"x\"\nboard = \"rpi9\"\nrole = \"agent\"\n"),
+    )
+    .unwrap();
+    let err = c.build_fails("x", rpios, "x.img", &format!("cluster.toml:{}:", lines + 4));
+    assert!(err.contains("rpi9") && err.contains("rpi4"), "{err}");
+}
+
+#[test]
+fn boards_lists_every_board_with_arch_and_default_base() {
+    let c = Cluster::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards");
+    let files: BTreeSet<String> = entries(&dir)
+        .into_iter()
+        .filter_map(|f| f.strip_suffix(".toml").map(str::to_owned))
+        .collect();
+    for id in ["rpi3", "rpi4", "bpi-m5", "x86-64", "rpi5", "arm64-generic"] {
+        assert!(files.contains(id), "boards/{id}.toml");
+    }
+    let out = c.imagegen(&["boards", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let boards: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let boards = boards.as_array().expect("a JSON array");
+    let ids: BTreeSet<String> = boards
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, files);
+    let text = c.imagegen(&["boards"]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    for b in boards {
+        let id = b["id"].as_str().unwrap();
+        let toml = fs::read_to_string(dir.join(format!("{id}.toml"))).unwrap();
+        let arch = b["arch"].as_str().unwrap();
+        let url = b["base"]["url"].as_str().unwrap();
+        let vendor = b["base"]["vendor"].as_str().unwrap();
+        assert!(toml.contains(&format!("arch = \"{arch}\"")), "{id}: {arch}");
+        assert!(toml.contains(&format!("url = \"{url}\"")), "{id}: {url}");
+        assert!(toml.contains(&format!("vendor = \"{vendor}\"")), "{id}");
+        assert!(
+            text.lines().any(|l| l.starts_with(id) && l.contains(arch)),
+            "{id} {arch} in:\n{text}"
+        );
+        assert!(text.contains(url), "{url} in:\n{text}");
+    }
+}
+
+#[test]
+fn init_writes_a_config_that_check_accepts() {
+    let c = Cluster::new();
+    let out = c.imagegen(&["check", "--config", s(&c.config())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // init never overwrites a config by accident.
+    fails(c.imagegen(&["init", s(&c.config())]), "--force");
+    fs::remove_file(c.path("secrets/k3s-token")).unwrap();
+    fails(
+        c.imagegen(&["check", "--config", s(&c.config())]),
+        "secrets/k3s-token",
+    );
+}
+
+#[test]
+fn build_all_builds_every_node() {
+    let c = Cluster::new();
+    let text = fs::read_to_string(c.config()).unwrap();
+    let head = &text[..text.find("[[nodes]]").unwrap()];
+    // The UPS server must be a node; point at one outside this two-node cluster.
+    let head = head.replace("server = \"master\"", "host = \"10.0.0.5\"");
+    fs::write(
+        c.config(),
+        format!(
+            "{head}[[nodes]]\nname = \"pi-1\"\nboard = \"rpi4\"\nrole = \"agent\"\n\n\
+             [[nodes]]\nname = \"pi-2\"\nboard = \"rpi3\"\nrole = \"agent\"\n"
+        ),
+    )
+    .unwrap();
+    let img = common::fixture("rpios-trixie");
+    let dir = c.path("all");
+    let out = c.imagegen(&[
+        "build",
+        "-c",
+        s(&c.config()),
+        "--all",
+        "--base",
+        s(&img),
+        "--agent",
+        "agent-arm64",
+        "--cache-dir",
+        s(&c.cache()),
+        "--state-dir",
+        s(&c.path("state")),
+        "-o",
+        s(&dir),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut want = BTreeSet::new();
+    for node in ["pi-1", "pi-2"] {
+        for suffix in ["", ".sha256", ".bmap", ".manifest.json"] {
+            want.insert(format!("{node}.img.zst{suffix}"));
+        }
+    }
+    assert_eq!(entries(&dir), want);
+    for node in ["pi-1", "pi-2"] {
+        let out = dir.join(format!("{node}.img.zst"));
+        assert_eq!(manifest(&out)["node"], node);
+        let raw = raw_of(&out, c.dir.path());
+        let root = oracle::partition(&raw, 2).start;
+        assert_eq!(
+            oracle::ext4_cat(&raw, root, "/etc/hostname"),
+            format!("{node}\n")
+        );
+        oracle::assert_e2fsck_clean(&raw, root);
+        fs::remove_file(raw).unwrap();
+        let check = Command::new("sha256sum")
+            .args(["-c", &format!("{node}.img.zst.sha256")])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{}", stderr(&check));
+    }
+}
+
+/// The bytes of `path` in the ext4 filesystem at `start`, by `debugfs -R cat` (binary-safe,
+/// unlike the text helper).
+fn ext4_bytes(img: &Path, start: u64, path: &str) -> Vec<u8> {
+    let out = oracle::output(
+        "debugfs",
+        &[
+            "-R",
+            &format!("cat \"{path}\""),
+            &oracle::ext4_at(img, start),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(
+        out.status.success() && err.lines().all(|l| l.starts_with("debugfs ")),
+        "debugfs cat {path}: {err}"
+    );
+    out.stdout
+}
+
+/// Byte offsets where `needle` occurs in `file`, by `grep -obaF`.
+fn grep_offsets(file: &Path, needle: &str) -> Vec<u64> {
+    let out = oracle::output("grep", &["-obaF", needle, s(file)]);
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_once(':').unwrap().0.parse().unwrap())
+        .collect()
+}
+
+/// Asserts that `secret` occurs once in the image, inside the root-owned 0600 file `path` of
+/// the ext4 filesystem at `start` (and so nowhere else: no other file, no FAT partition, no
+/// slack of a block that was freed).
+fn assert_only_in(img: &Path, start: u64, path: &str, secret: &str) {
+    assert_eq!(
+        oracle::ext4_cat(img, start, path).trim_end(),
+        secret,
+        "{path}"
+    );
+    let stat = oracle::debugfs(img, start, &format!("stat \"{path}\""));
+    assert!(stat.contains("Mode:  0600"), "{path}: {stat}");
+    assert!(
+        stat.contains("User:     0   Group:     0"),
+        "{path}: {stat}"
+    );
+    let blocks: Vec<u64> = oracle::debugfs(img, start, &format!("blocks \"{path}\""))
+        .split_whitespace()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    let offsets = grep_offsets(img, secret);
+    assert_eq!(offsets.len(), 1, "{path}: the secret is at {offsets:?}");
+    let block = (offsets[0] - start * 512) / 4096;
+    assert!(
+        blocks.contains(&block),
+        "{path}: found in block {block}, file is {blocks:?}"
+    );
+}
+
+#[test]
+fn manifest_records_inputs_and_changes_and_no_secret() {
+    let c = Cluster::new();
+    let web = Served::new();
+    web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let served = c.path("rpios-trixie.img.zst");
+    let pin = sha256sum(&served);
+    let url = web.url("/rpios-trixie.img.zst");
+    let mut args = c.build_args("pi4-a", &url, "pi4-a.img");
+    args.extend(["--sha256".to_string(), pin.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = c.imagegen(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    no_secrets_in(&String::from_utf8_lossy(&run.stdout), "build stdout");
+    no_secrets_in(&stderr(&run), "build stderr");
+    let out = c.out_dir().join("pi4-a.img");
+    let text = fs::read_to_string(c.out_dir().join("pi4-a.img.manifest.json")).unwrap();
+    no_secrets_in(&text, "manifest");
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    let version = String::from_utf8(c.imagegen(&["--version"]).stdout).unwrap();
+    assert_eq!(
+        version.trim(),
+        format!("imagegen {}", m["imagegen_version"].as_str().unwrap())
+    );
+    assert_eq!(m["board"], "rpi4");
+    assert_eq!(m["node"], "pi4-a");
+    let inputs = m["inputs"].as_array().unwrap();
+    let base = inputs
+        .iter()
+        .find(|i| i["name"] == "base")
+        .expect("base input");
+    assert_eq!(base["source"], url.as_str());
+    assert_eq!(base["sha256"], pin.as_str());
+    let agent = inputs
+        .iter()
+        .find(|i| i["name"] == "agent-aarch64")
+        .expect("agent input");
+    assert_eq!(agent["sha256"], sha256sum(&c.path("agent-arm64")).as_str());
+    // `debugfs 1.47.0 (5-Feb-2023)`
+    let debugfs = oracle::output("debugfs", &["-V"]);
+    let banner = String::from_utf8_lossy(&debugfs.stderr).into_owned()
+        + &String::from_utf8_lossy(&debugfs.stdout);
+    let e2fsprogs = m["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "e2fsprogs")
+        .expect("e2fsprogs in tools");
+    let v = e2fsprogs["version"].as_str().unwrap();
+    assert!(banner.contains(&format!("debugfs {v} ")), "{v} vs {banner}");
+    assert_eq!(m["output"]["sha256"], sha256sum(&out).as_str());
+    assert_eq!(m["output"]["raw_size"], fs::metadata(&out).unwrap().len());
+
+    // Every recorded file change is what the image holds, read back by debugfs and mtools.
+    let root = oracle::partition(&out, 2).start;
+    let boot = oracle::partition(&out, 1).start;
+    let changes = m["changes"].as_array().unwrap();
+    let mut last = std::collections::BTreeMap::new();
+    for ch in changes {
+        last.insert(ch["path"].as_str().unwrap(), ch);
+    }
+    assert!(last.contains_key("/etc/hostname"));
+    let mut checked = 0;
+    for (path, ch) in &last {
+        let Some(want) = ch["sha256"].as_str() else {
+            continue;
+        };
+        let content = match ch["partition"].as_str().unwrap() {
+            "p2" => ext4_bytes(&out, root, path),
+            "p1" => {
+                let on_fat = path.strip_prefix("/boot/firmware").unwrap();
+                oracle::fat_cat(&out, boot, on_fat).into_bytes()
+            }
+            other => panic!("{path} on {other}"),
+        };
+        assert_eq!(hex_sha256(&content), want, "{path}");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} changes with a sha256");
+    assert_eq!(
+        hex_sha256(oracle::ext4_cat(&out, root, "/etc/hostname").as_bytes()),
+        last["/etc/hostname"]["sha256"].as_str().unwrap()
+    );
+
+    assert_only_in(&out, root, "/etc/rancher/k3s/token", TOKEN);
+    assert_only_in(&out, root, "/etc/imagegen/nut-password", NUT_PASSWORD);
+    for name in ["pi4-a.img.sha256", "pi4-a.img.bmap"] {
+        no_secrets_in(&fs::read_to_string(c.out_dir().join(name)).unwrap(), name);
+    }
+}
+
+/// Interrupted while emitting a large `.img.xz` (Ctrl-C, then a hard kill): no `OUT`, and no
+/// sidecar that would describe one.
+#[test]
+fn interrupted_build_leaves_no_output() {
+    let c = Cluster::new();
+    let img = common::fixture("rpios-trixie");
+    for signal in ["INT", "KILL"] {
+        let args = c.build_args("pi4-a", s(&img), "pi4-a.img.xz");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+            .args(&args)
+            .current_dir(c.dir.path())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        // The compressed output's temp file appears once the image is built and emitting.
+        while !entries(&c.out_dir()).iter().any(|e| e.ends_with(".tmp")) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the build ended before it could be interrupted"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "emit never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        oracle::run("kill", &["-s", signal, &child.id().to_string()]);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "SIG{signal}: {status}");
+        let left = entries(&c.out_dir());
+        for name in ["pi4-a.img.xz", "pi4-a.img.xz.sha256", "pi4-a.img.xz.bmap"] {
+            assert!(!left.contains(name), "SIG{signal} left {name}: {left:?}");
+        }
+        assert!(
+            !left.contains("pi4-a.img.xz.manifest.json"),
+            "SIG{signal}: {left:?}"
+        );
+    }
 }
