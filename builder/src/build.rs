@@ -135,6 +135,17 @@ pub fn build(req: &Request) -> Result<Manifest> {
             emit::EXTENSIONS
         );
     }
+    let out_dir = match req.out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Before a download that may take long, not after it.
+    if !out_dir.is_dir() {
+        bail!(
+            "the output directory {} does not exist; create it first",
+            out_dir.display()
+        );
+    }
     let agent = choose_agent(&board, req.agents)?;
 
     let (source, sha256, checksum_url) = match &req.base {
@@ -153,10 +164,6 @@ pub fn build(req: &Request) -> Result<Manifest> {
     )
     .context("getting the base image")?;
 
-    let out_dir = match req.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let work = WorkFile(out_dir.join(format!(
         ".{}.work-{}",
         req.out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
