@@ -499,12 +499,17 @@ fn download_failures_are_one_clear_line_and_leave_nothing() {
     );
     let err = c.build_fails("pi4-a", &url, "pi4-a.img", "sha256 mismatch");
     assert!(err.contains(&hex_sha256(&zst)), "{err}");
+    assert!(
+        err.contains(&format!("{url}.sha256")),
+        "names the checksum file: {err}"
+    );
+    assert!(!err.contains("pinned"), "nothing was pinned: {err}");
     assert_cache_empty(&c);
 
     // A pinned hash that does not match.
     let mut args = c.build_args("pi4-a", &url, "pi4-a.img.zst");
     args.extend(["--sha256".to_string(), "cd".repeat(32)]);
-    c.build_fails_with(&args, "sha256 mismatch");
+    c.build_fails_with(&args, "pinned sha256");
     assert_cache_empty(&c);
 
     // No such file: with a checksum that vouches for it, and pinned.
@@ -621,6 +626,7 @@ fn bad_configs_and_inputs_are_one_clear_line_and_leave_nothing() {
     assert!(err.contains("ubuntu-cloud"), "{err}");
     c.build_fails("pi4-a", rpios, "pi4-a.iso", ".img.xz");
     c.build_fails("pi4-a", rpios, "pi4-a", ".img.zst");
+    c.build_fails("pi4-a", rpios, "missing/pi4-a.img", "does not exist");
     // No agent for the board's architecture.
     let args = c.build_args_with("master", amd64, "master.img", &["agent-arm64"]);
     c.build_fails_with(&args, "x86_64");
