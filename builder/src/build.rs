@@ -110,12 +110,24 @@ impl std::io::Write for LimitWriter<'_> {
     }
 }
 
-/// Removes the working copy however the build ends.
-struct WorkFile(PathBuf);
+/// Removes the working copy however the build ends, interrupted included.
+struct WorkFile {
+    path: PathBuf,
+    _interrupted: crate::interrupt::Guard,
+}
+
+impl WorkFile {
+    fn new(path: PathBuf) -> WorkFile {
+        WorkFile {
+            _interrupted: crate::interrupt::Guard::new(&path),
+            path,
+        }
+    }
+}
 
 impl Drop for WorkFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -164,15 +176,15 @@ pub fn build(req: &Request) -> Result<Manifest> {
     )
     .context("getting the base image")?;
 
-    let work = WorkFile(out_dir.join(format!(
+    let work = WorkFile::new(out_dir.join(format!(
         ".{}.work-{}",
         req.out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
         std::process::id()
     )));
-    fetch::copy_sparse(&fetched.raw_path, &work.0)
-        .with_context(|| format!("copying the base image to {}", work.0.display()))?;
+    fetch::copy_sparse(&fetched.raw_path, &work.path)
+        .with_context(|| format!("copying the base image to {}", work.path.display()))?;
 
-    let mut image = Image::open(&work.0).context("reading the base image")?;
+    let mut image = Image::open(&work.path).context("reading the base image")?;
     let vendor = match req.vendor {
         Some(v) => v,
         None => vendor::detect(&mut image)?,
@@ -240,7 +252,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         changes: manifest_changes(&mut image, &changes)?,
     };
     drop(image);
-    let manifest = emit::emit(&work.0, req.out, record, &EmitOptions::default())
+    let manifest = emit::emit(&work.path, req.out, record, &EmitOptions::default())
         .with_context(|| format!("writing {}", req.out.display()))?;
     Ok(manifest)
 }

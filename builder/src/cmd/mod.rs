@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::interrupt::install();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -13,6 +13,7 @@ use tempfile::NamedTempFile;
 pub struct PendingFile {
     tmp: NamedTempFile,
     dest: PathBuf,
+    _interrupted: crate::interrupt::Guard,
 }
 
 impl PendingFile {
@@ -29,6 +30,7 @@ impl PendingFile {
             .permissions(Permissions::from_mode(0o644))
             .tempfile_in(dir)?;
         Ok(PendingFile {
+            _interrupted: crate::interrupt::Guard::new(tmp.path()),
             tmp,
             dest: dest.to_path_buf(),
         })
