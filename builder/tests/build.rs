@@ -442,12 +442,14 @@ fn xz_output_is_flashable_and_reproducible() {
 }
 
 #[test]
-fn cut_transfer_resumes() {
+fn server_error_is_retried_and_cut_transfer_resumes() {
     let c = Cluster::new();
     let web = Served::new();
     let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
     let path = "/rpios-trixie.img.zst";
     let half = zst.len() / 2;
+    // A transient server error first (retried), then a transfer cut in the middle.
+    web.server.fault(path, Fault::Status(503));
     web.server.fault(path, Fault::CutAfter(half));
     let url = web.url(path);
     let out = {
@@ -460,9 +462,9 @@ fn cut_transfer_resumes() {
         c.out_dir().join("pi4-a.img")
     };
     let requests = web.server.requests_for(path);
-    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests.len(), 3, "{requests:?}");
     assert_eq!(
-        requests[1].headers.get("range").map(String::as_str),
+        requests[2].headers.get("range").map(String::as_str),
         Some(format!("bytes={half}-").as_str()),
         "the second request resumes where the cut left off"
     );
