@@ -13,6 +13,7 @@ use crate::plan::{self, Change, NodeSpec};
 use crate::vendor::{self, Vendor};
 use anyhow::{Context, Result, bail};
 use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// An agent binary for one architecture.
@@ -181,6 +182,15 @@ pub fn build(req: &Request) -> Result<Manifest> {
         req.out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
         std::process::id()
     )));
+    // Owner-only from the start: the secrets are written into this copy.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&work.path)
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+        .with_context(|| format!("creating {}", work.path.display()))?;
     fetch::copy_sparse(&fetched.raw_path, &work.path)
         .with_context(|| format!("copying the base image to {}", work.path.display()))?;
 
@@ -252,7 +262,12 @@ pub fn build(req: &Request) -> Result<Manifest> {
         changes: manifest_changes(&mut image, &changes)?,
     };
     drop(image);
-    let manifest = emit::emit(&work.path, req.out, record, &EmitOptions::default())
+    // Unless generic, the image holds the node's secrets and private keys.
+    let options = EmitOptions {
+        private: !req.generic,
+        ..EmitOptions::default()
+    };
+    let manifest = emit::emit(&work.path, req.out, record, &options)
         .with_context(|| format!("writing {}", req.out.display()))?;
     Ok(manifest)
 }
