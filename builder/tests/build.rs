@@ -925,6 +925,24 @@ fn manifest_records_inputs_and_changes_and_no_secret() {
         last["/etc/hostname"]["sha256"].as_str().unwrap()
     );
 
+    // The image carries the secrets: only its owner may read it. The sidecars carry none.
+    assert_eq!(oracle::run("stat", &["-c", "%a", s(&out)]).trim(), "600");
+    // Sidecars are like any file the user creates (the umask applies).
+    let probe = c.path("probe");
+    fs::write(&probe, b"").unwrap();
+    let usual = oracle::run("stat", &["-c", "%a", s(&probe)]);
+    for name in [
+        "pi4-a.img.manifest.json",
+        "pi4-a.img.sha256",
+        "pi4-a.img.bmap",
+    ] {
+        let sidecar = c.out_dir().join(name);
+        assert_eq!(
+            oracle::run("stat", &["-c", "%a", s(&sidecar)]),
+            usual,
+            "{name}"
+        );
+    }
     assert_only_in(&out, root, "/etc/rancher/k3s/token", TOKEN);
     assert_only_in(&out, root, "/etc/imagegen/nut-password", NUT_PASSWORD);
     for name in ["pi4-a.img.sha256", "pi4-a.img.bmap"] {
@@ -961,6 +979,11 @@ fn interrupted_build_leaves_no_output() {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_millis(500));
+        // The working copy and the output being written hold the secrets: owner-only.
+        for name in entries(&c.out_dir()) {
+            let mode = oracle::run("stat", &["-c", "%a", s(&c.out_dir().join(&name))]);
+            assert_eq!(mode.trim(), "600", "{name}");
+        }
         oracle::run("kill", &["-s", signal, &child.id().to_string()]);
         let status = child.wait().unwrap();
         assert!(!status.success(), "SIG{signal}: {status}");
