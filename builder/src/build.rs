@@ -194,7 +194,16 @@ pub fn build(req: &Request) -> Result<Manifest> {
     fetch::copy_sparse(&fetched.raw_path, &work.path)
         .with_context(|| format!("copying the base image to {}", work.path.display()))?;
 
-    let mut image = Image::open(&work.path).context("reading the base image")?;
+    // Errors name the working copy; say which input it was copied from.
+    let mut image = Image::open(&work.path).with_context(|| {
+        format!(
+            "reading the base image {}",
+            match &source {
+                Source::Url(u) => u.clone(),
+                Source::File(p) => p.display().to_string(),
+            }
+        )
+    })?;
     let vendor = match req.vendor {
         Some(v) => v,
         None => vendor::detect(&mut image)?,
