@@ -629,6 +629,14 @@ fn bad_configs_and_inputs_are_one_clear_line_and_leave_nothing() {
     c.build_fails("pi4-a", rpios, "pi4-a.iso", ".img.xz");
     c.build_fails("pi4-a", rpios, "pi4-a", ".img.zst");
     c.build_fails("pi4-a", rpios, "missing/pi4-a.img", "does not exist");
+    // Not a disk image at all: the error names the input, not an internal file.
+    let err = c.build_fails(
+        "pi4-a",
+        "agent-arm64",
+        "pi4-a.img",
+        "base image agent-arm64",
+    );
+    assert!(err.contains("partition table"), "{err}");
     // No agent for the board's architecture.
     let args = c.build_args_with("master", amd64, "master.img", &["agent-arm64"]);
     c.build_fails_with(&args, "x86_64");
