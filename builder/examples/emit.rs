@@ -11,6 +11,7 @@ fn main() -> anyhow::Result<()> {
     };
     let options = EmitOptions {
         threads: rest.first().map(|t| t.parse()).transpose()?,
+        ..EmitOptions::default()
     };
     let build = BuildRecord {
         imagegen_version: env!("CARGO_PKG_VERSION").into(),

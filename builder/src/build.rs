@@ -13,6 +13,7 @@ use crate::plan::{self, Change, NodeSpec};
 use crate::vendor::{self, Vendor};
 use anyhow::{Context, Result, bail};
 use std::io::Read;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// An agent binary for one architecture.
@@ -110,12 +111,24 @@ impl std::io::Write for LimitWriter<'_> {
     }
 }
 
-/// Removes the working copy however the build ends.
-struct WorkFile(PathBuf);
+/// Removes the working copy however the build ends, interrupted included.
+struct WorkFile {
+    path: PathBuf,
+    _interrupted: crate::interrupt::Guard,
+}
+
+impl WorkFile {
+    fn new(path: PathBuf) -> WorkFile {
+        WorkFile {
+            _interrupted: crate::interrupt::Guard::new(&path),
+            path,
+        }
+    }
+}
 
 impl Drop for WorkFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -133,6 +146,17 @@ pub fn build(req: &Request) -> Result<Manifest> {
             "cannot tell the output format of {}: its name must end in one of {}",
             req.out.display(),
             emit::EXTENSIONS
+        );
+    }
+    let out_dir = match req.out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // Before a download that may take long, not after it.
+    if !out_dir.is_dir() {
+        bail!(
+            "the output directory {} does not exist; create it first",
+            out_dir.display()
         );
     }
     let agent = choose_agent(&board, req.agents)?;
@@ -153,19 +177,33 @@ pub fn build(req: &Request) -> Result<Manifest> {
     )
     .context("getting the base image")?;
 
-    let out_dir = match req.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let work = WorkFile(out_dir.join(format!(
+    let work = WorkFile::new(out_dir.join(format!(
         ".{}.work-{}",
         req.out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
         std::process::id()
     )));
-    fetch::copy_sparse(&fetched.raw_path, &work.0)
-        .with_context(|| format!("copying the base image to {}", work.0.display()))?;
+    // Owner-only from the start: the secrets are written into this copy.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&work.path)
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+        .with_context(|| format!("creating {}", work.path.display()))?;
+    fetch::copy_sparse(&fetched.raw_path, &work.path)
+        .with_context(|| format!("copying the base image to {}", work.path.display()))?;
 
-    let mut image = Image::open(&work.0).context("reading the base image")?;
+    // Errors name the working copy; say which input it was copied from.
+    let mut image = Image::open(&work.path).with_context(|| {
+        format!(
+            "reading the base image {}",
+            match &source {
+                Source::Url(u) => u.clone(),
+                Source::File(p) => p.display().to_string(),
+            }
+        )
+    })?;
     let vendor = match req.vendor {
         Some(v) => v,
         None => vendor::detect(&mut image)?,
@@ -242,7 +280,12 @@ pub fn build(req: &Request) -> Result<Manifest> {
         changes: manifest_changes(&mut image, &changes)?,
     };
     drop(image);
-    let manifest = emit::emit(&work.0, req.out, record, &EmitOptions::default())
+    // Unless generic, the image holds the node's secrets and private keys.
+    let options = EmitOptions {
+        private: !req.generic,
+        ..EmitOptions::default()
+    };
+    let manifest = emit::emit(&work.path, req.out, record, &options)
         .with_context(|| format!("writing {}", req.out.display()))?;
     Ok(manifest)
 }

@@ -16,6 +16,7 @@ pub mod fetch;
 pub mod fs;
 pub mod identity;
 pub mod image;
+pub mod interrupt;
 pub mod io;
 pub mod personalize;
 pub mod plan;

@@ -54,7 +54,16 @@ fn build() -> BuildRecord {
 }
 
 fn emit_with(raw: &Path, out: &Path, threads: Option<u32>) -> Manifest {
-    emit::emit(raw, out, build(), &EmitOptions { threads }).unwrap()
+    emit::emit(
+        raw,
+        out,
+        build(),
+        &EmitOptions {
+            threads,
+            ..EmitOptions::default()
+        },
+    )
+    .unwrap()
 }
 
 fn entries(dir: &Path) -> Vec<String> {

@@ -13,13 +13,32 @@ use std::process::ExitCode;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::interrupt::install();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Many library errors already print their cause (an
+/// `io::Error` field named `source` is both in the message and the cause chain), so a cause
+/// the line already says is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -74,6 +93,21 @@ pub(crate) fn edit_epoch(image: &crate::image::Image) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let e = anyhow::Error::new(crate::plan::PlanError::Read {
+            path: "secrets/x".into(),
+            source: io,
+        })
+        .context("building node a");
+        assert_eq!(
+            one_line(&e),
+            format!("building node a: reading secrets/x: {text}")
+        );
+    }
 
     #[test]
     fn targets_split_at_the_existing_image() {

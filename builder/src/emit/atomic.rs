@@ -13,11 +13,18 @@ use tempfile::NamedTempFile;
 pub struct PendingFile {
     tmp: NamedTempFile,
     dest: PathBuf,
+    _interrupted: crate::interrupt::Guard,
 }
 
 impl PendingFile {
-    /// A hidden temp file in `dest`'s directory (same filesystem, so the rename is atomic).
+    /// A hidden temp file in `dest`'s directory (same filesystem, so the rename is atomic),
+    /// mode 0644 like any file the user creates (the umask applies), not tempfile's 0600.
     pub fn create(dest: &Path) -> io::Result<PendingFile> {
+        Self::create_with_mode(dest, 0o644)
+    }
+
+    /// Like [`PendingFile::create`], with the given permissions (before the umask).
+    pub fn create_with_mode(dest: &Path, mode: u32) -> io::Result<PendingFile> {
         let dir = parent_dir(dest);
         let name = dest
             .file_name()
@@ -25,10 +32,10 @@ impl PendingFile {
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{}.", name.to_string_lossy()))
             .suffix(".tmp")
-            // Like any file the user creates (the umask applies), not tempfile's 0600.
-            .permissions(Permissions::from_mode(0o644))
+            .permissions(Permissions::from_mode(mode))
             .tempfile_in(dir)?;
         Ok(PendingFile {
+            _interrupted: crate::interrupt::Guard::new(tmp.path()),
             tmp,
             dest: dest.to_path_buf(),
         })

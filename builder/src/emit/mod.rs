@@ -35,6 +35,9 @@ pub use source::{RawSource, SparseFile, StreamSource};
 pub struct EmitOptions {
     /// Compressor threads; `None` uses every core. The output bytes do not depend on it.
     pub threads: Option<u32>,
+    /// The image holds secrets: only its owner may read it (mode 0600). The sidecars never
+    /// hold secrets and stay readable.
+    pub private: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +93,8 @@ pub fn emit_from<S: RawSource>(
         std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
     });
     let size = source.size();
-    let image = PendingFile::create(out).map_err(write_err(out))?;
+    let mode = if options.private { 0o600 } else { 0o644 };
+    let image = PendingFile::create_with_mode(out, mode).map_err(write_err(out))?;
     let mut sink = Sink::new(format, image.file(), threads, size).map_err(write_err(out))?;
 
     let bar = progress::bar(&file_name, Some(size));

@@ -228,7 +228,7 @@ pub fn fetch_base(
                     }
                 },
             };
-            let (path, sha) = download(&cache, &client, url, want.as_deref())?;
+            let (path, sha) = download(&cache, &client, url, want.as_deref(), &verification)?;
             (path, sha, verification)
         }
     };
@@ -334,6 +334,7 @@ fn download(
     client: &Client,
     url: &str,
     want: Option<&str>,
+    verification: &Verification,
 ) -> Result<(PathBuf, String), FetchError> {
     if let Some(want) = want {
         let blob = cache.blob(want);
@@ -345,12 +346,25 @@ fn download(
     let (sha, _) = client.download(cache, url)?;
     if let Some(want) = want.filter(|w| *w != sha) {
         http::discard_partial(cache, url);
+        // Nothing was pinned when the hash came from the vendor's checksum file: advising to
+        // update a pin would send the user looking for one.
+        let (what, action) = match verification {
+            Verification::ChecksumFile(from) => (
+                format!("{url} (checked against {from})"),
+                "the download was deleted; try again, and if it fails again the server is \
+                 serving another file than its checksum file lists",
+            ),
+            _ => (
+                url.to_string(),
+                "the download was deleted. If the vendor replaced the image, update the \
+                 pinned sha256; otherwise try again",
+            ),
+        };
         return Err(FetchError::Mismatch {
-            what: url.to_string(),
+            what,
             expected: want.to_string(),
             actual: sha,
-            action: "the download was deleted. If the vendor replaced the image, update the \
-                     pinned sha256; otherwise try again",
+            action,
         });
     }
     // Content-addressed: even an unverified (insecure) download is named by what it is.

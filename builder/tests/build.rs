@@ -1,0 +1,1019 @@
+//! Acceptance tests for `imagegen build` (issue #3), run as users run it: the real binary,
+//! vendor-shaped fixture images served over loopback HTTP, and real tools as oracles
+//! (`e2fsck -fn`, `fsck.fat -n`, `sha256sum -c`, `bmaptool copy`, `debugfs`, `xz`, `zstd`,
+//! `grep`, `cmp`).
+
+mod common;
+mod support {
+    pub mod http_server;
+}
+
+use common::oracle;
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use support::http_server::{Fault, Server};
+use tempfile::TempDir;
+
+const TOKEN: &str = "K10aa54f2c0e8d3b7a1f9e6c5d4b3a29181706f5e4d3c2b1a09f8e7d6c5b4a3::server:imagegen-test-token-7f3c9a";
+const NUT_PASSWORD: &str = "nut-test-password-51d2e8";
+
+/// A scratch directory, on tmpfs when there is room (e2fsprogs and the output writer fsync,
+/// which makes builds several times slower on a busy disk).
+fn scratch() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    let roomy = Command::new("df")
+        .args(["--output=avail", "-B1", "/dev/shm"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .is_some_and(|avail| avail >= 4 << 30);
+    if roomy
+        && let Ok(dir) = tempfile::Builder::new()
+            .prefix("buildtest-")
+            .tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::Builder::new()
+        .prefix("buildtest-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create a scratch directory")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A 64-byte ELF header for `machine` (183 aarch64, 62 x86-64): enough for imagegen to tell
+/// the agent's architecture.
+fn elf_stub(path: &Path, machine: u16) {
+    let mut h = b"\x7fELF\x02\x01\x01".to_vec();
+    h.extend([0; 9]);
+    h.extend(2u16.to_le_bytes());
+    h.extend(machine.to_le_bytes());
+    h.extend(1u32.to_le_bytes());
+    h.extend([0; 40]);
+    fs::write(path, h).unwrap();
+}
+
+/// A cluster directory made by `imagegen init`, with its secrets and agents, plus the cache,
+/// state and output directories each build uses.
+struct Cluster {
+    dir: TempDir,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = scratch();
+        let c = Cluster { dir };
+        let out = c.imagegen(&["init", s(&c.config())]);
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        fs::create_dir(c.path("secrets")).unwrap();
+        fs::write(c.path("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
+        fs::write(c.path("secrets/nut-password"), format!("{NUT_PASSWORD}\n")).unwrap();
+        fs::create_dir(c.out_dir()).unwrap();
+        elf_stub(&c.path("agent-arm64"), 183);
+        elf_stub(&c.path("agent-amd64"), 62);
+        c
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("cluster.toml")
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.path("out")
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    /// Appends nodes to the example config.
+    fn add_nodes(&self, toml: &str) {
+        let mut text = fs::read_to_string(self.config()).unwrap();
+        text.push_str(toml);
+        fs::write(self.config(), text).unwrap();
+    }
+
+    fn imagegen(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_imagegen"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .output()
+            .expect("run imagegen")
+    }
+
+    /// `build` with this cluster's config, cache, state and both agents.
+    fn build_args(&self, node: &str, base: &str, out: &str) -> Vec<String> {
+        self.build_args_with(node, base, out, &["agent-arm64", "agent-amd64"])
+    }
+
+    fn build_args_with(&self, node: &str, base: &str, out: &str, agents: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "build",
+            "-c",
+            s(&self.config()),
+            "--node",
+            node,
+            "--base",
+            base,
+            "--cache-dir",
+            s(&self.cache()),
+            "--state-dir",
+            s(&self.path("state")),
+            "-o",
+            s(&self.out_dir().join(out)),
+        ]
+        .map(String::from)
+        .to_vec();
+        for a in agents {
+            v.extend(["--agent".to_string(), a.to_string()]);
+        }
+        v
+    }
+
+    fn build(&self, node: &str, base: &str, out: &str) -> PathBuf {
+        let args = self.build_args(node, base, out);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = self.imagegen(&args);
+        assert!(
+            output.status.success(),
+            "imagegen {args:?} failed: {}",
+            stderr(&output)
+        );
+        no_secrets_in(&String::from_utf8_lossy(&output.stdout), "build stdout");
+        no_secrets_in(&stderr(&output), "build stderr");
+        self.out_dir().join(out)
+    }
+
+    /// Runs a build that must fail: one `error:` line, non-zero exit, nothing in the output
+    /// directory, nothing unverified in the cache. Returns the error line.
+    fn build_fails(&self, node: &str, base: &str, out: &str, needle: &str) -> String {
+        self.build_fails_with(&self.build_args(node, base, out), needle)
+    }
+
+    fn build_fails_with(&self, args: &[String], needle: &str) -> String {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = fails(self.imagegen(&args), needle);
+        // Advice must name options that exist.
+        let help = self.imagegen(&["build", "--help"]);
+        let help = String::from_utf8_lossy(&help.stdout);
+        for option in err.split_whitespace().filter(|w| w.starts_with("--")) {
+            let option = option.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+            assert!(
+                help.contains(&format!("{option} ")) || help.contains(&format!("{option}\n")),
+                "the error advises {option}, which `imagegen build` does not have: {err}"
+            );
+        }
+        assert_eq!(
+            entries(&self.out_dir()),
+            BTreeSet::new(),
+            "a failed build left files in the output directory ({err})"
+        );
+        assert_cache_verified(&self.cache());
+        err
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exactly one line on stderr, starting with "error:" and mentioning `needle`; exit status 1.
+fn fails(out: Output, needle: &str) -> String {
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.lines().count(), 1, "expected one error line: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    let parts: Vec<&str> = err.trim_end().split(": ").collect();
+    for (i, part) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(part),
+            "{part:?} is said twice in: {err}"
+        );
+    }
+    no_secrets_in(&err, "error message");
+    err
+}
+
+fn no_secrets_in(text: &str, what: &str) {
+    assert!(!text.contains(TOKEN), "the k3s token is in the {what}");
+    assert!(
+        !text.contains(NUT_PASSWORD),
+        "the NUT password is in the {what}"
+    );
+}
+
+fn entries(dir: &Path) -> BTreeSet<String> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+fn sha256sum(path: &Path) -> String {
+    oracle::run("sha256sum", &[s(path)])[..64].to_string()
+}
+
+/// Whatever sits in `blobs/` is what its name says (by `sha256sum`), every `raw/` image
+/// belongs to such a blob, and no unpacking is left half-done in `tmp/`.
+fn assert_cache_verified(cache: &Path) {
+    let blobs = entries(&cache.join("blobs/sha256"));
+    for b in &blobs {
+        assert_eq!(
+            &sha256sum(&cache.join("blobs/sha256").join(b)),
+            b,
+            "cache blob {b} is not what its name says"
+        );
+    }
+    for r in entries(&cache.join("raw/sha256")) {
+        let blob = r.strip_suffix(".img").expect("raw images are <sha256>.img");
+        assert!(blobs.contains(blob), "raw image {r} has no verified blob");
+    }
+    assert_eq!(entries(&cache.join("tmp")), BTreeSet::new(), "cache tmp/");
+}
+
+/// Fixture images compressed by the real tools, and the sha256 of each file as served.
+struct Served {
+    server: Server,
+}
+
+impl Served {
+    fn new() -> Served {
+        Served {
+            server: Server::start(),
+        }
+    }
+
+    /// Serves `layout` compressed by `xz` or `zstd` at `/<layout>.img.<ext>`; returns its
+    /// bytes.
+    fn compressed(&self, dir: &Path, layout: &str, ext: &str) -> Vec<u8> {
+        let img = common::fixture(layout);
+        let out = dir.join(format!("{layout}.img.{ext}"));
+        match ext {
+            "xz" => sh(&format!(
+                "xz -T2 --block-size=8MiB -3 -c {} > {}",
+                s(&img),
+                s(&out)
+            )),
+            "zst" => oracle::run("zstd", &["-q", "-T2", "-3", s(&img), "-o", s(&out)]).len(),
+            _ => unreachable!("xz or zst"),
+        };
+        let bytes = fs::read(&out).unwrap();
+        self.server
+            .put(&format!("/{layout}.img.{ext}"), &bytes, Some("\"v1\""));
+        bytes
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.server.url(path)
+    }
+}
+
+fn sh(script: &str) -> usize {
+    let out = Command::new(oracle::tool("bash"))
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {}", stderr(&out));
+    out.stdout.len()
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The raw image inside `out` (decompressed by the real tool when compressed).
+fn raw_of(out: &Path, scratch: &Path) -> PathBuf {
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    let raw = scratch.join(format!("{name}.raw"));
+    if name.ends_with(".img.xz") {
+        sh(&format!("xz -dc {} > {}", s(out), s(&raw)));
+    } else if name.ends_with(".img.zst") {
+        oracle::run("zstd", &["-q", "-d", s(out), "-o", s(&raw)]);
+    } else {
+        return out.to_path_buf();
+    }
+    raw
+}
+
+/// Every check a flashable output must pass: filesystems clean by e2fsck and fsck.fat,
+/// `sha256sum -c OUT.sha256` in OUT's directory, and `bmaptool copy` giving back the raw image.
+fn assert_flashable(out: &Path, scratch: &Path) {
+    let dir = out.parent().unwrap();
+    let name = out.file_name().unwrap().to_str().unwrap();
+    let check = Command::new("sha256sum")
+        .args(["-c", &format!("{name}.sha256")])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "sha256sum -c: {}", stderr(&check));
+
+    let raw = raw_of(out, scratch);
+    let mut filesystems = 0;
+    for p in oracle::partitions(&raw) {
+        match oracle::blkid(&raw, p.start).get("TYPE").map(String::as_str) {
+            Some("ext4") => oracle::assert_e2fsck_clean(&raw, p.start),
+            Some("vfat") => oracle::assert_fsck_fat_clean(&raw, p.start, p.size),
+            _ => continue,
+        }
+        filesystems += 1;
+    }
+    assert!(filesystems > 0, "{name}: no filesystem found to check");
+
+    let copy = scratch.join(format!("{name}.bmapcopy"));
+    oracle::run(
+        "bmaptool",
+        &[
+            "copy",
+            "--bmap",
+            &format!("{}.bmap", s(out)),
+            s(out),
+            s(&copy),
+        ],
+    );
+    oracle::run("cmp", &[s(&copy), s(&raw)]);
+    fs::remove_file(copy).unwrap();
+    if raw != out {
+        fs::remove_file(raw).unwrap();
+    }
+}
+
+fn manifest(out: &Path) -> serde_json::Value {
+    let mut path = out.as_os_str().to_owned();
+    path.push(".manifest.json");
+    serde_json::from_slice(&fs::read(PathBuf::from(path)).unwrap()).unwrap()
+}
+
+#[test]
+fn builds_from_http_are_flashable_and_reproducible() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let xz = web.compressed(c.dir.path(), "rpios-trixie", "xz");
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    // The vendors' two checksum file shapes: one beside the file, one SHA256SUMS list.
+    web.server.put(
+        "/rpios-trixie.img.xz.sha256",
+        format!("{}  rpios-trixie.img.xz\n", hex_sha256(&xz)).as_bytes(),
+        None,
+    );
+    web.server.put(
+        "/SHA256SUMS",
+        format!(
+            "{} *other.img\n{} *rpios-trixie.img.zst\n",
+            "0".repeat(64),
+            hex_sha256(&zst)
+        )
+        .as_bytes(),
+        None,
+    );
+
+    // Two builds of each kind from different downloads of the same image: same bytes.
+    let a = c.build("pi4-a", &web.url("/rpios-trixie.img.xz"), "a.img");
+    let b = c.build("pi4-a", &web.url("/rpios-trixie.img.zst"), "b.img");
+    oracle::run("cmp", &[s(&a), s(&b)]);
+    let za = c.build("pi4-a", &web.url("/rpios-trixie.img.zst"), "a.img.zst");
+    let zb = c.build("pi4-a", &web.url("/rpios-trixie.img.xz"), "b.img.zst");
+    oracle::run("cmp", &[s(&za), s(&zb)]);
+    for out in [&a, &za] {
+        assert_flashable(out, c.dir.path());
+    }
+    assert_eq!(
+        manifest(&za)["output"]["raw_sha256"],
+        manifest(&a)["output"]["sha256"]
+    );
+    assert_cache_verified(&c.cache());
+    // Each download was verified and kept once; nothing is left half-downloaded.
+    let mut blobs = entries(&c.cache().join("blobs/sha256"));
+    assert_eq!(
+        blobs,
+        BTreeSet::from([hex_sha256(&xz), hex_sha256(&zst)]),
+        "cache blobs"
+    );
+    blobs.clear();
+    assert_eq!(entries(&c.cache().join("partial")), blobs, "cache partial/");
+}
+
+#[test]
+fn xz_output_is_flashable_and_reproducible() {
+    // The smallest fixture: xz at preset 6 costs seconds per 100 MiB.
+    let c = Cluster::new();
+    let web = Served::new();
+    let xz = web.compressed(c.dir.path(), "armbian-bpim5", "xz");
+    // Armbian's checksum file shape: `URL.sha`, binary-mode line.
+    web.server.put(
+        "/armbian-bpim5.img.xz.sha",
+        format!("{} *armbian-bpim5.img.xz\n", hex_sha256(&xz)).as_bytes(),
+        None,
+    );
+    let url = web.url("/armbian-bpim5.img.xz");
+    let first = c.build("bpi-a", &url, "a.img.xz");
+    let args = c.build_args("bpi-a", &url, "b.img.xz");
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Pinned instead of a checksum file this time.
+    let pin = hex_sha256(&xz);
+    args.extend(["--sha256", &pin]);
+    let out = c.imagegen(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = c.out_dir().join("b.img.xz");
+    oracle::run("cmp", &[s(&first), s(&second)]);
+    assert_flashable(&first, c.dir.path());
+}
+
+#[test]
+fn server_error_is_retried_and_cut_transfer_resumes() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let path = "/rpios-trixie.img.zst";
+    let half = zst.len() / 2;
+    // A transient server error first (retried), then a transfer cut in the middle.
+    web.server.fault(path, Fault::Status(503));
+    web.server.fault(path, Fault::CutAfter(half));
+    let url = web.url(path);
+    let out = {
+        let args = c.build_args("pi4-a", &url, "pi4-a.img");
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pin = hex_sha256(&zst);
+        args.extend(["--sha256", &pin]);
+        let out = c.imagegen(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        c.out_dir().join("pi4-a.img")
+    };
+    let requests = web.server.requests_for(path);
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert_eq!(
+        requests[2].headers.get("range").map(String::as_str),
+        Some(format!("bytes={half}-").as_str()),
+        "the second request resumes where the cut left off"
+    );
+    assert_eq!(manifest(&out)["inputs"][0]["sha256"], hex_sha256(&zst));
+    assert_flashable(&out, c.dir.path());
+    assert_cache_verified(&c.cache());
+}
+
+/// Only what the cache layout allows after a failed download: no blob, no raw image, and no
+/// partial download of a file that failed verification.
+fn assert_cache_empty(c: &Cluster) {
+    assert_cache_verified(&c.cache());
+    for sub in ["blobs/sha256", "raw/sha256", "partial"] {
+        assert_eq!(
+            entries(&c.cache().join(sub)),
+            BTreeSet::new(),
+            "cache {sub}"
+        );
+    }
+}
+
+#[test]
+fn download_failures_are_one_clear_line_and_leave_nothing() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let url = web.url("/rpios-trixie.img.zst");
+
+    // The vendor's checksum file says something else.
+    web.server.put(
+        "/rpios-trixie.img.zst.sha256",
+        format!("{}  rpios-trixie.img.zst\n", "ab".repeat(32)).as_bytes(),
+        None,
+    );
+    let err = c.build_fails("pi4-a", &url, "pi4-a.img", "sha256 mismatch");
+    assert!(err.contains(&hex_sha256(&zst)), "{err}");
+    assert!(
+        err.contains(&format!("{url}.sha256")),
+        "names the checksum file: {err}"
+    );
+    assert!(!err.contains("pinned"), "nothing was pinned: {err}");
+    assert_cache_empty(&c);
+
+    // A pinned hash that does not match.
+    let mut args = c.build_args("pi4-a", &url, "pi4-a.img.zst");
+    args.extend(["--sha256".to_string(), "cd".repeat(32)]);
+    c.build_fails_with(&args, "pinned sha256");
+    assert_cache_empty(&c);
+
+    // No such file: with a checksum that vouches for it, and pinned.
+    web.server.put(
+        "/SHA256SUMS",
+        format!("{}  gone.img.zst\n", hex_sha256(&zst)).as_bytes(),
+        None,
+    );
+    let gone = web.url("/gone.img.zst");
+    c.build_fails("pi4-a", &gone, "pi4-a.img", "404");
+    let mut args = c.build_args("pi4-a", &gone, "pi4-a.img");
+    args.extend(["--sha256".to_string(), hex_sha256(&zst)]);
+    c.build_fails_with(&args, "404");
+    assert_cache_empty(&c);
+
+    // No checksum anywhere.
+    web.server.remove("/SHA256SUMS");
+    web.server.remove("/rpios-trixie.img.zst.sha256");
+    c.build_fails("pi4-a", &url, "pi4-a.img", "cannot verify");
+    assert_cache_empty(&c);
+}
+
+/// The CLI waits 60 s for a silent server and retries five times, so this one goes through the
+/// library with short time-outs; the error is what the CLI would print after `error: `.
+#[test]
+fn server_that_stops_answering_fails_and_the_download_resumes_later() {
+    use imagegen::build::{Agent, Request, build};
+    use imagegen::fetch::{FetchOptions, Source};
+
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let path = "/rpios-trixie.img.zst";
+    let half = zst.len() / 2;
+    // Every attempt stalls: the first after half the file, the retry at once.
+    web.server
+        .fault(path, Fault::StallAfter(half, Duration::from_secs(6)));
+    web.server
+        .fault(path, Fault::StallAfter(0, Duration::from_secs(6)));
+    let loaded = imagegen::config::load(&c.config()).unwrap();
+    let agents = [Agent {
+        arch: imagegen::arch::Arch::Aarch64,
+        path: c.path("agent-arm64"),
+        source: "agent-arm64".into(),
+    }];
+    let fetch = FetchOptions {
+        cache_dir: c.cache(),
+        retries: 1,
+        backoff: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(10),
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(1),
+        insecure: false,
+    };
+    let out = c.out_dir().join("pi4-a.img");
+    let state = c.path("state");
+    let request = Request {
+        config: &loaded.config,
+        config_dir: &loaded.dir,
+        node: "pi4-a",
+        out: &out,
+        base: Some(Source::Url(web.url(path))),
+        sha256: Some(hex_sha256(&zst)),
+        vendor: None,
+        agents: &agents,
+        generic: false,
+        state_dir: &state,
+        fetch: &fetch,
+    };
+    let started = Instant::now();
+    let err = format!("{:#}", build(&request).unwrap_err());
+    assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("did not answer"), "{err}");
+    assert_eq!(entries(&c.out_dir()), BTreeSet::new());
+    // The half that arrived waits in partial/ to be resumed; nothing unverified elsewhere.
+    assert_cache_verified(&c.cache());
+    assert_eq!(entries(&c.cache().join("blobs/sha256")), BTreeSet::new());
+    assert!(!entries(&c.cache().join("partial")).is_empty());
+
+    // The server is back: the next build resumes from the partial download.
+    web.server.clear_log();
+    build(&request).unwrap();
+    let requests = web.server.requests_for(path);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        requests[0].headers.get("range").map(String::as_str),
+        Some(format!("bytes={half}-").as_str())
+    );
+    assert_flashable(&out, c.dir.path());
+}
+
+#[test]
+fn bad_configs_and_inputs_are_one_clear_line_and_leave_nothing() {
+    let c = Cluster::new();
+    c.add_nodes("\n[[nodes]]\nname = \"gen-a\"\nboard = \"arm64-generic\"\nrole = \"agent\"\n");
+    let rpios = common::fixture("rpios-trixie");
+    let amd64 = common::fixture("ubuntu-cloud-amd64");
+    let (rpios, amd64) = (s(&rpios), s(&amd64));
+
+    c.build_fails("nope", rpios, "nope.img", "nope");
+    // Wrong architecture: the board boots cloud images, but this one is x86-64.
+    let err = c.build_fails("gen-a", amd64, "gen-a.img", "x86_64");
+    assert!(err.contains("aarch64"), "{err}");
+    // And the other way round: a cloud image whose userland is aarch64, for an x86-64 board.
+    let arm_cloud = common::fixture("debian-genericcloud");
+    let env = format!("{}:/usr/bin/env", s(&arm_cloud));
+    let cp = c.imagegen(&["cp", "--mode", "0755", "agent-arm64", &env]);
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    let err = c.build_fails("master", s(&arm_cloud), "master.img", "aarch64");
+    assert!(err.contains("x86_64"), "{err}");
+    // A base the board does not boot at all.
+    let err = c.build_fails("master", rpios, "master.img", "does not boot");
+    assert!(err.contains("ubuntu-cloud"), "{err}");
+    c.build_fails("pi4-a", rpios, "pi4-a.iso", ".img.xz");
+    c.build_fails("pi4-a", rpios, "pi4-a", ".img.zst");
+    c.build_fails("pi4-a", rpios, "missing/pi4-a.img", "does not exist");
+    // Not a disk image at all: the error names the input, not an internal file.
+    let err = c.build_fails(
+        "pi4-a",
+        "agent-arm64",
+        "pi4-a.img",
+        "base image agent-arm64",
+    );
+    assert!(err.contains("partition table"), "{err}");
+    // No agent for the board's architecture.
+    let args = c.build_args_with("master", amd64, "master.img", &["agent-arm64"]);
+    c.build_fails_with(&args, "x86_64");
+    // A missing secret is named.
+    fs::remove_file(c.path("secrets/nut-password")).unwrap();
+    c.build_fails("pi4-a", rpios, "pi4-a.img", "secrets/nut-password");
+    fails(
+        c.imagegen(&["check", "--config", s(&c.config())]),
+        "secrets/nut-password",
+    );
+    assert_cache_empty(&c);
+
+    // A syntax error and an unknown board, each with its line.
+    let text = fs::read_to_string(c.config()).unwrap();
+    let lines = text.lines().count();
+    fs::write(
+        c.config(),
+        format!("{text}\n[[nodes]]\nname = \"x\nboard = \"rpi4\"\n"),
+    )
+    .unwrap();
+    c.build_fails(
+        "pi4-a",
+        rpios,
+        "pi4-a.img",
+        &format!("cluster.toml:{}:", lines + 3),
+    );
+    fs::write(
+        c.config(),
+        format!("{text}\n[[nodes]]\nname = \"x\"\nboard = \"rpi9\"\nrole = \"agent\"\n"),
+    )
+    .unwrap();
+    let err = c.build_fails("x", rpios, "x.img", &format!("cluster.toml:{}:", lines + 4));
+    assert!(err.contains("rpi9") && err.contains("rpi4"), "{err}");
+}
+
+#[test]
+fn boards_lists_every_board_with_arch_and_default_base() {
+    let c = Cluster::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards");
+    let files: BTreeSet<String> = entries(&dir)
+        .into_iter()
+        .filter_map(|f| f.strip_suffix(".toml").map(str::to_owned))
+        .collect();
+    for id in ["rpi3", "rpi4", "bpi-m5", "x86-64", "rpi5", "arm64-generic"] {
+        assert!(files.contains(id), "boards/{id}.toml");
+    }
+    let out = c.imagegen(&["boards", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let boards: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let boards = boards.as_array().expect("a JSON array");
+    let ids: BTreeSet<String> = boards
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, files);
+    let text = c.imagegen(&["boards"]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    for b in boards {
+        let id = b["id"].as_str().unwrap();
+        let toml = fs::read_to_string(dir.join(format!("{id}.toml"))).unwrap();
+        let arch = b["arch"].as_str().unwrap();
+        let url = b["base"]["url"].as_str().unwrap();
+        let vendor = b["base"]["vendor"].as_str().unwrap();
+        assert!(toml.contains(&format!("arch = \"{arch}\"")), "{id}: {arch}");
+        assert!(toml.contains(&format!("url = \"{url}\"")), "{id}: {url}");
+        assert!(toml.contains(&format!("vendor = \"{vendor}\"")), "{id}");
+        assert!(
+            text.lines().any(|l| l.starts_with(id) && l.contains(arch)),
+            "{id} {arch} in:\n{text}"
+        );
+        assert!(text.contains(url), "{url} in:\n{text}");
+    }
+}
+
+#[test]
+fn init_writes_a_config_that_check_accepts() {
+    let c = Cluster::new();
+    let out = c.imagegen(&["check", "--config", s(&c.config())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // init never overwrites a config by accident.
+    fails(c.imagegen(&["init", s(&c.config())]), "--force");
+    fs::remove_file(c.path("secrets/k3s-token")).unwrap();
+    fails(
+        c.imagegen(&["check", "--config", s(&c.config())]),
+        "secrets/k3s-token",
+    );
+}
+
+#[test]
+fn build_all_builds_every_node() {
+    let c = Cluster::new();
+    let text = fs::read_to_string(c.config()).unwrap();
+    let head = &text[..text.find("[[nodes]]").unwrap()];
+    // The UPS server must be a node; point at one outside this two-node cluster.
+    let head = head.replace("server = \"master\"", "host = \"10.0.0.5\"");
+    fs::write(
+        c.config(),
+        format!(
+            "{head}[[nodes]]\nname = \"pi-1\"\nboard = \"rpi4\"\nrole = \"agent\"\n\n\
+             [[nodes]]\nname = \"pi-2\"\nboard = \"rpi3\"\nrole = \"agent\"\n"
+        ),
+    )
+    .unwrap();
+    let img = common::fixture("rpios-trixie");
+    let dir = c.path("all");
+    let out = c.imagegen(&[
+        "build",
+        "-c",
+        s(&c.config()),
+        "--all",
+        "--base",
+        s(&img),
+        "--agent",
+        "agent-arm64",
+        "--cache-dir",
+        s(&c.cache()),
+        "--state-dir",
+        s(&c.path("state")),
+        "-o",
+        s(&dir),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut want = BTreeSet::new();
+    for node in ["pi-1", "pi-2"] {
+        for suffix in ["", ".sha256", ".bmap", ".manifest.json"] {
+            want.insert(format!("{node}.img.zst{suffix}"));
+        }
+    }
+    assert_eq!(entries(&dir), want);
+    for node in ["pi-1", "pi-2"] {
+        let out = dir.join(format!("{node}.img.zst"));
+        assert_eq!(manifest(&out)["node"], node);
+        let raw = raw_of(&out, c.dir.path());
+        let root = oracle::partition(&raw, 2).start;
+        assert_eq!(
+            oracle::ext4_cat(&raw, root, "/etc/hostname"),
+            format!("{node}\n")
+        );
+        oracle::assert_e2fsck_clean(&raw, root);
+        fs::remove_file(raw).unwrap();
+        let check = Command::new("sha256sum")
+            .args(["-c", &format!("{node}.img.zst.sha256")])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{}", stderr(&check));
+    }
+}
+
+/// The bytes of `path` in the ext4 filesystem at `start`, by `debugfs -R cat` (binary-safe,
+/// unlike the text helper).
+fn ext4_bytes(img: &Path, start: u64, path: &str) -> Vec<u8> {
+    let out = oracle::output(
+        "debugfs",
+        &[
+            "-R",
+            &format!("cat \"{path}\""),
+            &oracle::ext4_at(img, start),
+        ],
+    );
+    let err = stderr(&out);
+    assert!(
+        out.status.success() && err.lines().all(|l| l.starts_with("debugfs ")),
+        "debugfs cat {path}: {err}"
+    );
+    out.stdout
+}
+
+/// Byte offsets where `needle` occurs in `file`, by `grep -obaF`.
+fn grep_offsets(file: &Path, needle: &str) -> Vec<u64> {
+    let out = oracle::output("grep", &["-obaF", needle, s(file)]);
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_once(':').unwrap().0.parse().unwrap())
+        .collect()
+}
+
+/// Asserts that `secret` occurs once in the image, inside the root-owned 0600 file `path` of
+/// the ext4 filesystem at `start` (and so nowhere else: no other file, no FAT partition, no
+/// slack of a block that was freed).
+fn assert_only_in(img: &Path, start: u64, path: &str, secret: &str) {
+    assert_eq!(
+        oracle::ext4_cat(img, start, path).trim_end(),
+        secret,
+        "{path}"
+    );
+    let stat = oracle::debugfs(img, start, &format!("stat \"{path}\""));
+    assert!(stat.contains("Mode:  0600"), "{path}: {stat}");
+    assert!(
+        stat.contains("User:     0   Group:     0"),
+        "{path}: {stat}"
+    );
+    let blocks: Vec<u64> = oracle::debugfs(img, start, &format!("blocks \"{path}\""))
+        .split_whitespace()
+        .map(|b| b.parse().unwrap())
+        .collect();
+    let offsets = grep_offsets(img, secret);
+    assert_eq!(offsets.len(), 1, "{path}: the secret is at {offsets:?}");
+    let block = (offsets[0] - start * 512) / 4096;
+    assert!(
+        blocks.contains(&block),
+        "{path}: found in block {block}, file is {blocks:?}"
+    );
+}
+
+#[test]
+fn manifest_records_inputs_and_changes_and_no_secret() {
+    let c = Cluster::new();
+    let web = Served::new();
+    web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let served = c.path("rpios-trixie.img.zst");
+    let pin = sha256sum(&served);
+    let url = web.url("/rpios-trixie.img.zst");
+    let mut args = c.build_args("pi4-a", &url, "pi4-a.img");
+    args.extend(["--sha256".to_string(), pin.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = c.imagegen(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    no_secrets_in(&String::from_utf8_lossy(&run.stdout), "build stdout");
+    no_secrets_in(&stderr(&run), "build stderr");
+    let out = c.out_dir().join("pi4-a.img");
+    let text = fs::read_to_string(c.out_dir().join("pi4-a.img.manifest.json")).unwrap();
+    no_secrets_in(&text, "manifest");
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    let version = String::from_utf8(c.imagegen(&["--version"]).stdout).unwrap();
+    assert_eq!(
+        version.trim(),
+        format!("imagegen {}", m["imagegen_version"].as_str().unwrap())
+    );
+    assert_eq!(m["board"], "rpi4");
+    assert_eq!(m["node"], "pi4-a");
+    let inputs = m["inputs"].as_array().unwrap();
+    let base = inputs
+        .iter()
+        .find(|i| i["name"] == "base")
+        .expect("base input");
+    assert_eq!(base["source"], url.as_str());
+    assert_eq!(base["sha256"], pin.as_str());
+    let agent = inputs
+        .iter()
+        .find(|i| i["name"] == "agent-aarch64")
+        .expect("agent input");
+    assert_eq!(agent["sha256"], sha256sum(&c.path("agent-arm64")).as_str());
+    // `debugfs 1.47.0 (5-Feb-2023)`
+    let debugfs = oracle::output("debugfs", &["-V"]);
+    let banner = String::from_utf8_lossy(&debugfs.stderr).into_owned()
+        + &String::from_utf8_lossy(&debugfs.stdout);
+    let e2fsprogs = m["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "e2fsprogs")
+        .expect("e2fsprogs in tools");
+    let v = e2fsprogs["version"].as_str().unwrap();
+    assert!(banner.contains(&format!("debugfs {v} ")), "{v} vs {banner}");
+    assert_eq!(m["output"]["sha256"], sha256sum(&out).as_str());
+    assert_eq!(m["output"]["raw_size"], fs::metadata(&out).unwrap().len());
+
+    // Every recorded file change is what the image holds, read back by debugfs and mtools.
+    let root = oracle::partition(&out, 2).start;
+    let boot = oracle::partition(&out, 1).start;
+    let changes = m["changes"].as_array().unwrap();
+    let mut last = std::collections::BTreeMap::new();
+    for ch in changes {
+        last.insert(ch["path"].as_str().unwrap(), ch);
+    }
+    assert!(last.contains_key("/etc/hostname"));
+    let mut checked = 0;
+    for (path, ch) in &last {
+        let Some(want) = ch["sha256"].as_str() else {
+            continue;
+        };
+        let content = match ch["partition"].as_str().unwrap() {
+            "p2" => ext4_bytes(&out, root, path),
+            "p1" => {
+                let on_fat = path.strip_prefix("/boot/firmware").unwrap();
+                oracle::fat_cat(&out, boot, on_fat).into_bytes()
+            }
+            other => panic!("{path} on {other}"),
+        };
+        assert_eq!(hex_sha256(&content), want, "{path}");
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} changes with a sha256");
+    assert_eq!(
+        hex_sha256(oracle::ext4_cat(&out, root, "/etc/hostname").as_bytes()),
+        last["/etc/hostname"]["sha256"].as_str().unwrap()
+    );
+
+    // The image carries the secrets: only its owner may read it. The sidecars carry none.
+    assert_eq!(oracle::run("stat", &["-c", "%a", s(&out)]).trim(), "600");
+    // Sidecars are like any file the user creates (the umask applies).
+    let probe = c.path("probe");
+    fs::write(&probe, b"").unwrap();
+    let usual = oracle::run("stat", &["-c", "%a", s(&probe)]);
+    for name in [
+        "pi4-a.img.manifest.json",
+        "pi4-a.img.sha256",
+        "pi4-a.img.bmap",
+    ] {
+        let sidecar = c.out_dir().join(name);
+        assert_eq!(
+            oracle::run("stat", &["-c", "%a", s(&sidecar)]),
+            usual,
+            "{name}"
+        );
+    }
+    assert_only_in(&out, root, "/etc/rancher/k3s/token", TOKEN);
+    assert_only_in(&out, root, "/etc/imagegen/nut-password", NUT_PASSWORD);
+    for name in ["pi4-a.img.sha256", "pi4-a.img.bmap"] {
+        no_secrets_in(&fs::read_to_string(c.out_dir().join(name)).unwrap(), name);
+    }
+}
+
+/// Interrupted while emitting a large `.img.xz` (SIGTERM, then SIGKILL; SIGINT is not used
+/// because a shell running the tests in the background makes its children ignore it): no
+/// `OUT`, and no sidecar that would describe one.
+#[test]
+fn interrupted_build_leaves_no_output() {
+    let c = Cluster::new();
+    let img = common::fixture("rpios-trixie");
+    for signal in ["TERM", "KILL"] {
+        let args = c.build_args("pi4-a", s(&img), "pi4-a.img.xz");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+            .args(&args)
+            .current_dir(c.dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        // The compressed output's temp file appears once the image is built and emitting.
+        while !entries(&c.out_dir()).iter().any(|e| e.ends_with(".tmp")) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the build ended before it could be interrupted"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "emit never started"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        // The working copy and the output being written hold the secrets: owner-only.
+        for name in entries(&c.out_dir()) {
+            let mode = oracle::run("stat", &["-c", "%a", s(&c.out_dir().join(&name))]);
+            assert_eq!(mode.trim(), "600", "{name}");
+        }
+        oracle::run("kill", &["-s", signal, &child.id().to_string()]);
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "SIG{signal}: {status}");
+        let left = entries(&c.out_dir());
+        for name in ["pi4-a.img.xz", "pi4-a.img.xz.sha256", "pi4-a.img.xz.bmap"] {
+            assert!(!left.contains(name), "SIG{signal} left {name}: {left:?}");
+        }
+        assert!(
+            !left.contains("pi4-a.img.xz.manifest.json"),
+            "SIG{signal}: {left:?}"
+        );
+        if signal == "TERM" {
+            // Catchable: the working copy and the half-written output go too.
+            assert_eq!(left, BTreeSet::new(), "SIGTERM left files behind");
+        }
+        // A kill cannot be caught: what it leaves is hidden, and no output.
+        for name in &left {
+            assert!(
+                name.starts_with(".pi4-a.img.xz."),
+                "SIG{signal} left {name}"
+            );
+            fs::remove_file(c.out_dir().join(name)).unwrap();
+        }
+    }
+}
