@@ -268,7 +268,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         );
     }
     let ops: Vec<Op> = changes.iter().map(|c| c.op.clone()).collect();
-    let mut image = apply_growing(image, &work.0, &ops, epoch)?;
+    let mut image = apply_growing(image, &work.path, &ops, epoch)?;
 
     let record = BuildRecord {
         imagegen_version: env!("CARGO_PKG_VERSION").into(),
