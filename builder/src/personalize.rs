@@ -58,7 +58,14 @@ pub fn personalize(req: &Request) -> Result<String> {
         identity: Some(req.identity),
         epoch: 0,
     };
-    let seed = seed_for(&spec, req.config)?;
+    // The full build points 127.0.1.1 at the node's name; without it the node cannot resolve
+    // its own name (sudo warns on every call).
+    let hosts = match image.read_file("/etc/hosts") {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(crate::image::ImageError::Fs(crate::fs::FsError::NotFound(_))) => String::new(),
+        Err(e) => return Err(e).context("reading /etc/hosts"),
+    };
+    let seed = seed_for(&spec, req.config, &hosts)?;
     let text = seed.to_toml_string()?;
     let epoch = crate::build::epoch(&image)?;
     let path = format!("{boot}/{SEED_FILE_NAME}");
@@ -77,7 +84,7 @@ pub fn personalize(req: &Request) -> Result<String> {
 
 /// Everything that makes a generic image this node: its node.toml, hostname, identity and
 /// secrets.
-fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
+fn seed_for(spec: &NodeSpec, loaded: &Loaded, hosts: &str) -> Result<Seed> {
     let mut files = Vec::new();
     let node = plan::node_config(spec)?;
     files.push(SeedFile::new(
@@ -89,6 +96,11 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
         "/etc/hostname",
         0o644,
         format!("{}\n", spec.name).as_bytes(),
+    ));
+    files.push(SeedFile::new(
+        "/etc/hosts",
+        0o644,
+        plan::set_hosts_name(hosts, spec.name).as_bytes(),
     ));
     for k in &spec
         .identity
