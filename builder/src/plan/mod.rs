@@ -212,9 +212,11 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 p.secret(BACKUP_KEY, key);
             }
         }
-        if let Some(bin) = cfg.k3s.as_ref().and_then(|k| k.binary.as_ref()) {
-            stage_k3s(&spec.resolve(bin), spec.board, &mut p)?;
-        }
+    }
+    // Not a secret and the same for every node of a board: a generic image carries it too, or
+    // a personalized node would lack the k3s a full build of it has.
+    if let Some(bin) = cfg.k3s.as_ref().and_then(|k| k.binary.as_ref()) {
+        stage_k3s(&spec.resolve(bin), spec.board, &mut p)?;
     }
 
     if let Some(agent) = spec.agent {
