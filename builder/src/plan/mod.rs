@@ -21,6 +21,8 @@ pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
 pub const K3S_TOKEN: &str = "/etc/rancher/k3s/token";
 pub const NUT_PASSWORD: &str = "/etc/imagegen/nut-password";
 pub const BACKUP_KEY: &str = "/etc/imagegen/backup-key";
+/// systemd preset for the units the agent enables itself; sorts before the vendor's.
+pub const PRESET: &str = "/etc/systemd/system-preset/00-imagegen.preset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -215,8 +217,10 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     }
     // Not a secret and the same for every node of a board: a generic image carries it too, or
     // a personalized node would lack the k3s a full build of it has.
+    let mut enabled_by_agent: Vec<&str> = Vec::new();
     if let Some(bin) = cfg.k3s.as_ref().and_then(|k| k.binary.as_ref()) {
         stage_k3s(&spec.resolve(bin), spec.board, &mut p)?;
+        enabled_by_agent.extend(["k3s.service", "k3s-agent.service"]);
     }
 
     if let Some(agent) = spec.agent {
@@ -250,8 +254,38 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 &format!("/etc/systemd/system/{unit}"),
             );
         }
+        enabled_by_agent.extend(
+            units::UNITS
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| !units::ENABLED_BY_BUILDER.iter().any(|(u, _)| u == name)),
+        );
+    }
+    if !enabled_by_agent.is_empty() {
+        p.dir("/etc/systemd/system-preset", 0o755, 0, 0);
+        p.file(
+            PRESET,
+            preset_file(&enabled_by_agent).into_bytes(),
+            0o644,
+            0,
+            0,
+        );
     }
     Ok(p.changes)
+}
+
+/// Keeps systemd presets from enabling the units the agent enables itself, and only where the
+/// node needs them. A systemd first boot (machine-id `uninitialized`, as on Raspberry Pi OS
+/// trixie) runs `preset-all`, and Debian's presets enable every unit with an [Install]
+/// section: both k3s.service and k3s-agent.service would start, a server on an agent node.
+fn preset_file(units: &[&str]) -> String {
+    let mut s = String::from(
+        "# Written by imagegen: imagegen-firstboot enables these when the node needs them.\n",
+    );
+    for u in units {
+        s.push_str(&format!("disable {u}\n"));
+    }
+    s
 }
 
 /// sshd drop-in, sysctl, firewall and unattended upgrades, as the config's toggles say.
