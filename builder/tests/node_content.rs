@@ -302,7 +302,23 @@ fn base(fam: &Family) -> tempfile::TempPath {
         "[Unit]\nDescription=OpenBSD Secure Shell server socket\n\n[Socket]\nListenStream=22\nAccept=no\n\n[Install]\nWantedBy=sockets.target\n",
     )
     .unwrap();
+    // Debian ships nftables.service disabled; the build enables it for the firewall.
+    let nftables = scratch.path().join("nftables.service");
+    fs::write(
+        &nftables,
+        "[Unit]\nDescription=nftables\nDefaultDependencies=no\n\n[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/sbin/nft -f /etc/nftables.conf\n\n[Install]\nWantedBy=sysinit.target\n",
+    )
+    .unwrap();
     let mut script = String::new();
+    let unit_dir = if debugfs_exists(&img, start, "/usr/lib/systemd/system") {
+        "/usr/lib/systemd/system"
+    } else {
+        "/lib/systemd/system"
+    };
+    script.push_str(&format!(
+        "write {} {unit_dir}/nftables.service\nsif {unit_dir}/nftables.service uid 0\nsif {unit_dir}/nftables.service gid 0\n",
+        s(&nftables)
+    ));
     if !debugfs_exists(&img, start, "/etc/ssh/sshd_config.d") {
         script.push_str("mkdir /etc/ssh/sshd_config.d\n");
     }
@@ -617,6 +633,7 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
         }
     }
     for unit in [
+        "sysinit.target.wants/nftables.service",
         "multi-user.target.wants/imagegen-firstboot.service",
         "timers.target.wants/imagegen-firstboot-retry.timer",
     ] {
@@ -754,6 +771,7 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
                     &mut fails,
                 );
                 require(cloud_init_off, "trixie: cloud-init disabled", &mut fails);
+                preset_all_spares_agent_units(img, root, &mut fails);
             }
         }
         "armbian-bpim5" => {
@@ -898,6 +916,42 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
         "{} node {node}:\n  {}",
         fam.layout,
         fails.join("\n  ")
+    );
+}
+
+/// A systemd first boot (machine-id `uninitialized`) runs `preset-all`, which on Debian enables
+/// every unit with an [Install] section. Run it on the image's units with systemctl --root: the
+/// units the agent enables only when the node needs them must stay off.
+fn preset_all_spares_agent_units(img: &Path, root: u64, fails: &mut Vec<String>) {
+    let systemctl = Path::new("/usr/bin/systemctl");
+    assert!(
+        systemctl.exists(),
+        "systemctl is needed by this test: apt-get install systemd"
+    );
+    let tree = rdump(img, root, &["/etc", "/usr/lib/systemd"]);
+    let out = Command::new(systemctl)
+        .arg(format!("--root={}", s(tree.path())))
+        .args(["preset-all", "--preset-mode=enable-only"])
+        .output()
+        .unwrap();
+    // Masked vendor units make it exit non-zero after doing everything else.
+    let log = String::from_utf8_lossy(&out.stderr);
+    for unit in [
+        "k3s.service",
+        "k3s-agent.service",
+        "imagegen-ups-watch.service",
+        "imagegen-backup.timer",
+    ] {
+        if log
+            .lines()
+            .any(|l| l.starts_with("Created symlink") && l.contains(&format!("/{unit} ")))
+        {
+            fails.push(format!("a first boot's preset-all enables {unit}"));
+        }
+    }
+    assert!(
+        log.contains("Created symlink") || log.contains("masked") || out.status.success(),
+        "systemctl preset-all did not run: {log}"
     );
 }
 
@@ -1216,54 +1270,53 @@ fn differing_ranges(a: &Path, b: &Path) -> Vec<(u64, u64)> {
     out
 }
 
+/// Each `[hardening]` toggle, switched off alone, leaves its own files as the vendor shipped
+/// them (absent here) and the other measures in place.
 #[test]
 fn hardening_toggles_off_leave_files_out() {
     let fam = family("debian-genericcloud");
-    let on = Cluster::new("");
-    let off = Cluster::new(
-        "[hardening]\nsshd = false\nsysctl = false\nfirewall = false\nunattended_upgrades = false\n",
-    );
     let base_img = base(fam);
-    let b_on = on.build(fam, &base_img, "x86-b", "on.img", &[]);
-    let b_off = off.build(fam, &base_img, "x86-b", "off.img", &[]);
     let base_root = oracle::partition(&base_img, fam.root).start;
-    let paths = [
-        "/etc/ssh/sshd_config.d/00-imagegen-hardening.conf",
-        "/etc/sysctl.d/60-imagegen-hardening.conf",
-        "/etc/nftables.conf",
-        "/etc/systemd/system/nftables.service.d/imagegen.conf",
-        "/etc/apt/apt.conf.d/20auto-upgrades",
-        "/etc/apt/apt.conf.d/52imagegen-unattended-upgrades",
+    let groups: &[(&str, &[&str])] = &[
+        ("sshd", &["/etc/ssh/sshd_config.d/00-imagegen-hardening.conf"]),
+        ("sysctl", &["/etc/sysctl.d/60-imagegen-hardening.conf"]),
+        (
+            "firewall",
+            &[
+                "/etc/nftables.conf",
+                "/etc/systemd/system/nftables.service.d/imagegen.conf",
+                "/etc/systemd/system/sysinit.target.wants/nftables.service",
+            ],
+        ),
+        (
+            "unattended_upgrades",
+            &[
+                "/etc/apt/apt.conf.d/20auto-upgrades",
+                "/etc/apt/apt.conf.d/52imagegen-unattended-upgrades",
+            ],
+        ),
     ];
-    let root_on = oracle::partition(&b_on.img, fam.root).start;
-    let root_off = oracle::partition(&b_off.img, fam.root).start;
-    for p in paths {
-        assert!(
-            stat(&b_on.img, root_on, p).is_some(),
-            "with hardening on, {p} is written"
-        );
-        // Off means what the vendor shipped: absent, or the vendor's own bytes.
-        match stat(&base_img, base_root, p) {
-            None => assert!(
-                stat(&b_off.img, root_off, p).is_none(),
-                "with its toggle off, {p} is still written"
-            ),
-            Some(_) => assert_eq!(
-                ext4_bytes(&b_off.img, root_off, p),
-                ext4_bytes(&base_img, base_root, p),
-                "with its toggle off, {p} was changed"
-            ),
+    for (off, _) in groups {
+        let cluster = Cluster::new(&format!("[hardening]\n{off} = false\n"));
+        let b = cluster.build(fam, &base_img, "x86-b", "node.img", &[]);
+        let root = oracle::partition(&b.img, fam.root).start;
+        for (toggle, paths) in groups {
+            for p in *paths {
+                let now = stat(&b.img, root, p);
+                if toggle != off {
+                    assert!(now.is_some(), "{off} off: {p} ({toggle}) is missing");
+                    continue;
+                }
+                match stat(&base_img, base_root, p) {
+                    None => assert!(now.is_none(), "{off} off: {p} is still written"),
+                    Some(_) => assert_eq!(
+                        ext4_bytes(&b.img, root, p),
+                        ext4_bytes(&base_img, base_root, p),
+                        "{off} off: {p} was changed"
+                    ),
+                }
+            }
         }
-    }
-    let wants = "/etc/systemd/system/sysinit.target.wants/nftables.service";
-    assert_eq!(
-        stat(&b_off.img, root_off, wants).is_some(),
-        stat(&base_img, base_root, wants).is_some(),
-        "firewall off: nftables.service left as the vendor ships it"
-    );
-    for p in oracle::partitions(&b_off.img) {
-        if oracle::blkid(&b_off.img, p.start).get("TYPE").map(String::as_str) == Some("ext4") {
-            oracle::assert_e2fsck_clean(&b_off.img, p.start);
-        }
+        oracle::assert_e2fsck_clean(&b.img, root);
     }
 }
