@@ -97,6 +97,11 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded, hosts: &str) -> Result<Seed> {
         0o644,
         format!("{}\n", spec.name).as_bytes(),
     ));
+    // A generic image carries the firewall of the node it was built with; this node's role
+    // (server, UPS server) may open other ports.
+    for f in plan::hardening_files(spec)? {
+        files.push(SeedFile::new(&f.path, f.mode, f.content.as_bytes()));
+    }
     files.push(SeedFile::new(
         "/etc/hosts",
         0o644,

@@ -291,17 +291,6 @@ fn preset_file(units: &[&str]) -> String {
 /// sshd drop-in, sysctl, firewall and unattended upgrades, as the config's toggles say.
 fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
     let cfg = spec.config;
-    let ups_server = cfg
-        .ups
-        .as_ref()
-        .and_then(|u| u.server.as_ref())
-        .is_some_and(|s| s.get_ref() == spec.name);
-    let ctx = hardening::Context {
-        admin_user: cfg.admin.user.get_ref(),
-        role: spec.role,
-        ups_server,
-        zerotier: cfg.zerotier.is_some(),
-    };
     if cfg.hardening.sshd {
         let main = read_text(image, "/etc/ssh/sshd_config")?;
         let dropins: Vec<String> = match image.read_dir("/etc/ssh/sshd_config.d") {
@@ -311,7 +300,7 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
         };
         hardening::check_sshd_order(&main, &dropins)?;
     }
-    for f in hardening::files(&cfg.hardening, &ctx)? {
+    for f in hardening_files(spec)? {
         if let Some((parent, _)) = crate::fs::path::split(&f.path) {
             p.dir(parent, 0o755, 0, 0);
         }
@@ -333,6 +322,24 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
         }
     }
     Ok(())
+}
+
+/// The hardening files as the config's toggles say, for this node: the firewall depends on its
+/// role and on whether the UPS is plugged into it.
+pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, PlanError> {
+    let cfg = spec.config;
+    let ups_server = cfg
+        .ups
+        .as_ref()
+        .and_then(|u| u.server.as_ref())
+        .is_some_and(|s| s.get_ref() == spec.name);
+    let ctx = hardening::Context {
+        admin_user: cfg.admin.user.get_ref(),
+        role: spec.role,
+        ups_server,
+        zerotier: cfg.zerotier.is_some(),
+    };
+    Ok(hardening::files(&cfg.hardening, &ctx)?)
 }
 
 /// The node's SSH host keys at their usual paths and the k3s node password.
