@@ -159,6 +159,10 @@ name = "x86-b"
 board = "x86-64"
 role = "agent"
 [[nodes]]
+name = "x86-c"
+board = "x86-64"
+role = "agent"
+[[nodes]]
 name = "pi4-a"
 board = "rpi4"
 role = "agent"
@@ -1119,25 +1123,27 @@ fn tree_files(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
 /// `personalize` touches the boot partition only and seeds what a full build would have put in.
 #[test]
 fn generic_image_and_personalize() {
-    for layout in ["rpios-bookworm", "ubuntu-raspi"] {
-        generic_and_personalize(family(layout));
-    }
+    generic_and_personalize(family("rpios-bookworm"), ["pi4-a", "pi4-b"], "pi4-a");
+    generic_and_personalize(family("ubuntu-raspi"), ["pi4-a", "pi4-b"], "pi4-b");
+    // Made from agents' names, personalized into the server that also runs the UPS.
+    generic_and_personalize(family("debian-genericcloud"), ["x86-b", "x86-c"], "master");
 }
 
-fn generic_and_personalize(fam: &Family) {
+fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
     let cluster = Cluster::new("");
     let base_img = base(fam);
-    // The full build first, so the state directory holds pi4-a's identity.
-    let full = cluster.build(fam, &base_img, "pi4-a", "full.img", &[]);
-    let ga = cluster.build(fam, &base_img, "pi4-a", "ga.img", &["--no-secrets"]);
-    let gb = cluster.build(fam, &base_img, "pi4-b", "gb.img", &["--no-secrets"]);
+    // The full build first, so the state directory holds the node's identity.
+    let full = cluster.build(fam, &base_img, node, "full.img", &[]);
+    let ga = cluster.build(fam, &base_img, generic[0], "ga.img", &["--no-secrets"]);
+    let gb = cluster.build(fam, &base_img, generic[1], "gb.img", &["--no-secrets"]);
     oracle::run("cmp", &[s(&ga.img), s(&gb.img)]);
 
     let root = oracle::partition(&ga.img, fam.root).start;
     let identity = identity_of(&full.img, fam.root);
     let mut forbidden: Vec<(String, Vec<u8>)> = vec![
-        ("node name pi4-a".into(), b"pi4-a".to_vec()),
-        ("node name pi4-b".into(), b"pi4-b".to_vec()),
+        (format!("node name {node}"), node.as_bytes().to_vec()),
+        (format!("node name {}", generic[0]), generic[0].as_bytes().to_vec()),
+        (format!("node name {}", generic[1]), generic[1].as_bytes().to_vec()),
         ("k3s token".into(), cluster.token.clone().into_bytes()),
         ("NUT password".into(), cluster.nut_password.clone().into_bytes()),
     ];
@@ -1172,7 +1178,7 @@ fn generic_and_personalize(fam: &Family) {
     // personalize: only the boot partition's bytes change.
     let pers = cluster.path("pers.img");
     oracle::run("cp", &["--sparse=always", s(&ga.img), s(&pers)]);
-    let out = cluster.personalize(&pers, "pi4-a");
+    let out = cluster.personalize(&pers, node);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -1236,7 +1242,7 @@ fn generic_and_personalize(fam: &Family) {
             || path.starts_with("/var/lib/cloud/seed/nocloud/");
         assert!(
             by_design,
-            "{}: a full build of pi4-a has {path}, which the personalized generic image lacks",
+            "{}: a full build of {node} has {path}, which the personalized generic image lacks",
             fam.layout
         );
     }
