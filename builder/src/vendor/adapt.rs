@@ -57,21 +57,19 @@ fn rpios(vendor: Vendor, image: &mut Image, ctx: &Context, p: &mut Plan) -> Resu
         p.mask("regenerate_ssh_host_keys.service");
     }
     match vendor {
-        Vendor::RpiOsTrixie => {
-            // Trixie feeds cloud-init from the boot partition; it would delete the host keys
-            // (ssh_deletekeys) and re-do users. imagegen provisions everything, so cloud-init is
-            // switched off; the root expansion is the initramfs `resize` + rpi-resize.service,
-            // which do not need it. machine-id stays `uninitialized`: rpi-resize.service runs
-            // only on a systemd first boot.
-            if exists(image, "/etc/cloud")? {
-                p.file(
-                    "/etc/cloud/cloud-init.disabled",
-                    b"imagegen: provisioned offline\n".to_vec(),
-                    0o644,
-                    0,
-                    0,
-                );
-            }
+        // Trixie feeds cloud-init from the boot partition; it would delete the host keys
+        // (ssh_deletekeys) and re-do users. imagegen provisions everything, so cloud-init is
+        // switched off; the root expansion is the initramfs `resize` + rpi-resize.service,
+        // which do not need it. machine-id stays `uninitialized`: rpi-resize.service runs
+        // only on a systemd first boot.
+        Vendor::RpiOsTrixie if exists(image, "/etc/cloud")? => {
+            p.file(
+                "/etc/cloud/cloud-init.disabled",
+                b"imagegen: provisioned offline\n".to_vec(),
+                0o644,
+                0,
+                0,
+            );
         }
         Vendor::RpiOsBookworm if ctx.has_identity => {
             // The bookworm `init=.../firstboot` also grows the root partition, so it stays; but
