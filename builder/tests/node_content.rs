@@ -352,7 +352,11 @@ fn base(fam: &Family) -> tempfile::TempPath {
 fn debugfs_exists(img: &Path, start: u64, path: &str) -> bool {
     let out = oracle::output(
         "debugfs",
-        &["-R", &format!("stat \"{path}\""), &oracle::ext4_at(img, start)],
+        &[
+            "-R",
+            &format!("stat \"{path}\""),
+            &oracle::ext4_at(img, start),
+        ],
     );
     !String::from_utf8_lossy(&out.stderr).contains("not found")
 }
@@ -389,11 +393,7 @@ fn stat(img: &Path, start: u64, path: &str) -> Option<Inode> {
 /// The bytes of `path` in the ext4 filesystem at `start`.
 fn ext4_bytes(img: &Path, start: u64, path: &str) -> Vec<u8> {
     let out = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    oracle::debugfs(
-        img,
-        start,
-        &format!("dump \"{path}\" {}", s(out.path())),
-    );
+    oracle::debugfs(img, start, &format!("dump \"{path}\" {}", s(out.path())));
     fs::read(out.path()).unwrap()
 }
 
@@ -492,7 +492,11 @@ fn offsets_of(path: &Path, needle: &[u8]) -> Vec<u64> {
     let mut found = Vec::new();
     for range in data_ranges(path) {
         let bytes = read_range(&mut f, range);
-        found.extend(memfind(&bytes, needle).into_iter().map(|i| range.0 + i as u64));
+        found.extend(
+            memfind(&bytes, needle)
+                .into_iter()
+                .map(|i| range.0 + i as u64),
+        );
     }
     found
 }
@@ -535,6 +539,18 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
         &mut fails,
     );
 
+    // Nobody logs in with a password: vendor defaults (Armbian's root, RPi's pi) are locked.
+    let shadow = fs::read_to_string(etc.join("shadow")).unwrap();
+    for l in shadow.lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        let hash = f.get(1).copied().unwrap_or("");
+        require(
+            hash.starts_with(['!', '*']),
+            &format!("{} can log in with a password (or none): {hash:?}", f[0]),
+            &mut fails,
+        );
+    }
+
     // sshd: our drop-in first, effective settings from the image's own /etc/ssh and host keys.
     let ssh = etc.join("ssh");
     let mut dropins: Vec<String> = fs::read_dir(ssh.join("sshd_config.d"))
@@ -547,7 +563,13 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
     let base_tree = rdump(base_img, base_root, &["/etc/ssh"]);
     let ours: Vec<&String> = dropins
         .iter()
-        .filter(|d| !base_tree.path().join("etc/ssh/sshd_config.d").join(d).exists())
+        .filter(|d| {
+            !base_tree
+                .path()
+                .join("etc/ssh/sshd_config.d")
+                .join(d)
+                .exists()
+        })
         .collect();
     require(
         ours.len() == 1 && dropins.first() == ours.first().copied(),
@@ -564,18 +586,26 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
     sshd.arg("-T").arg("-f").arg(ssh.join("sshd_config"));
     for kind in ["ed25519", "ecdsa", "rsa"] {
         let key = ssh.join(format!("ssh_host_{kind}_key"));
-        assert!(key.exists(), "{layout}: no {kind} host key", layout = fam.layout);
+        assert!(
+            key.exists(),
+            "{layout}: no {kind} host key",
+            layout = fam.layout
+        );
         // The private and public halves belong together.
         let derived = oracle::run("ssh-keygen", &["-y", "-f", s(&key)]);
         let public = fs::read_to_string(ssh.join(format!("ssh_host_{kind}_key.pub"))).unwrap();
         require(
-            public.split_whitespace().take(2).eq(derived.split_whitespace().take(2)),
+            public
+                .split_whitespace()
+                .take(2)
+                .eq(derived.split_whitespace().take(2)),
             &format!("{kind} host key pair matches"),
             &mut fails,
         );
         sshd.arg("-h").arg(key);
     }
-    sshd.arg("-C").arg(format!("user={ADMIN},host=x,addr=1.2.3.4"));
+    sshd.arg("-C")
+        .arg(format!("user={ADMIN},host=x,addr=1.2.3.4"));
     let out = sshd.output().unwrap();
     assert!(
         out.status.success(),
@@ -710,7 +740,11 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
     if let Some(cmd) = &cmd {
         let args: Vec<&str> = cmd.split_whitespace().collect();
         for want in CGROUP_ARGS {
-            require(args.contains(want), &format!("cmdline has {want}"), &mut fails);
+            require(
+                args.contains(want),
+                &format!("cmdline has {want}"),
+                &mut fails,
+            );
         }
         let root_arg = args
             .iter()
@@ -828,7 +862,13 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
                 "user-data is cloud-config",
                 &mut fails,
             );
-            for bad in ["passw", "chpasswd", "plain_text", "ssh_authorized_keys", "- name:"] {
+            for bad in [
+                "passw",
+                "chpasswd",
+                "plain_text",
+                "ssh_authorized_keys",
+                "- name:",
+            ] {
                 require(
                     !user_data.lines().any(|l| l.trim_start().starts_with(bad)),
                     &format!("cloud-init user-data has no {bad:?}:\n{user_data}"),
@@ -903,7 +943,11 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
     ] {
         let inside = file_extent_bytes(img, root, file);
         let hits = offsets_of(img, secret.as_bytes());
-        require(!hits.is_empty(), &format!("{file} found in the raw image"), &mut fails);
+        require(
+            !hits.is_empty(),
+            &format!("{file} found in the raw image"),
+            &mut fails,
+        );
         for at in hits {
             require(
                 inside
@@ -960,8 +1004,7 @@ fn preset_all_spares_agent_units(img: &Path, root: u64, fails: &mut Vec<String>)
 }
 
 fn is_masked(etc: &Path, unit: &str) -> bool {
-    fs::read_link(etc.join("systemd/system").join(unit))
-        .is_ok_and(|t| t == Path::new("/dev/null"))
+    fs::read_link(etc.join("systemd/system").join(unit)).is_ok_and(|t| t == Path::new("/dev/null"))
 }
 
 /// `key: value` pairs at the top level of a YAML document (enough for cloud-config).
@@ -984,7 +1027,9 @@ fn check_bookworm_key_restore(etc: &Path, fails: &mut Vec<String>) {
         let unit = etc.join(target.strip_prefix("/etc").unwrap_or(&target));
         if let Ok(text) = fs::read_to_string(&unit)
             && text.contains("ssh_host_")
-            && text.lines().any(|l| l.starts_with("Before=") && l.contains("ssh.service"))
+            && text
+                .lines()
+                .any(|l| l.starts_with("Before=") && l.contains("ssh.service"))
         {
             restorer = Some(text);
         }
@@ -1000,7 +1045,9 @@ fn check_bookworm_key_restore(etc: &Path, fails: &mut Vec<String>) {
         .expect("the restore unit names its directory");
     for kind in ["ed25519", "ecdsa", "rsa"] {
         let name = format!("ssh_host_{kind}_key");
-        let copy = etc.join(Path::new(dir).strip_prefix("/etc").unwrap()).join(&name);
+        let copy = etc
+            .join(Path::new(dir).strip_prefix("/etc").unwrap())
+            .join(&name);
         let live = etc.join("ssh").join(&name);
         if fs::read(&copy).ok() != fs::read(&live).ok() {
             fails.push(format!("bookworm: the kept copy of {name} differs"));
@@ -1087,6 +1134,12 @@ fn identity_is_kept_per_node_and_never_shared() {
             );
         }
     }
+    // The state directory holds private keys: the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [cluster.state(), cluster.state().join("pi4-a")] {
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+    }
     // The private keys come from the state directory, the same files a rebuild reads.
     for kind in ["ed25519", "ecdsa", "rsa"] {
         let name = format!("ssh_host_{kind}_key");
@@ -1122,10 +1175,18 @@ fn tree_files(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
 /// Generic images: the same bytes for every node of a board, nothing of any node in them; then
 /// `personalize` touches the boot partition only and seeds what a full build would have put in.
 #[test]
-fn generic_image_and_personalize() {
+fn generic_rpios_bookworm_personalized() {
     generic_and_personalize(family("rpios-bookworm"), ["pi4-a", "pi4-b"], "pi4-a");
+}
+
+#[test]
+fn generic_ubuntu_raspi_personalized() {
     generic_and_personalize(family("ubuntu-raspi"), ["pi4-a", "pi4-b"], "pi4-b");
-    // Made from agents' names, personalized into the server that also runs the UPS.
+}
+
+/// Made from agents' names, personalized into the server that also runs the UPS.
+#[test]
+fn generic_debian_cloud_personalized_into_a_server() {
     generic_and_personalize(family("debian-genericcloud"), ["x86-b", "x86-c"], "master");
 }
 
@@ -1142,10 +1203,19 @@ fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
     let identity = identity_of(&full.img, fam.root);
     let mut forbidden: Vec<(String, Vec<u8>)> = vec![
         (format!("node name {node}"), node.as_bytes().to_vec()),
-        (format!("node name {}", generic[0]), generic[0].as_bytes().to_vec()),
-        (format!("node name {}", generic[1]), generic[1].as_bytes().to_vec()),
+        (
+            format!("node name {}", generic[0]),
+            generic[0].as_bytes().to_vec(),
+        ),
+        (
+            format!("node name {}", generic[1]),
+            generic[1].as_bytes().to_vec(),
+        ),
         ("k3s token".into(), cluster.token.clone().into_bytes()),
-        ("NUT password".into(), cluster.nut_password.clone().into_bytes()),
+        (
+            "NUT password".into(),
+            cluster.nut_password.clone().into_bytes(),
+        ),
     ];
     for (path, value) in &identity {
         // The longest line is unique to the item (key material, the password itself).
@@ -1158,10 +1228,16 @@ fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
     }
     for (what, needle) in &forbidden {
         let hits = offsets_of(&ga.img, needle);
-        assert!(hits.is_empty(), "{}: generic image holds {what} at {hits:?}", fam.layout);
+        assert!(
+            hits.is_empty(),
+            "{}: generic image holds {what} at {hits:?}",
+            fam.layout
+        );
         for out in [&ga.stdout, &ga.stderr] {
             assert!(
-                !out.as_bytes().windows(needle.len()).any(|w| w == needle.as_slice())
+                !out.as_bytes()
+                    .windows(needle.len())
+                    .any(|w| w == needle.as_slice())
                     || what.starts_with("node name"),
                 "{what} in the output of a generic build"
             );
@@ -1184,7 +1260,10 @@ fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!text.contains(&cluster.token), "personalize printed the token");
+    assert!(
+        !text.contains(&cluster.token),
+        "personalize printed the token"
+    );
     let boot = oracle::partition(&pers, fam.fat);
     let (lo, hi) = (boot.start * 512, (boot.start + boot.size) * 512);
     let changed = differing_ranges(&ga.img, &pers);
@@ -1206,7 +1285,11 @@ fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
     for f in &seed.files {
         let content = f.content().unwrap();
         let want = ext4_bytes(&full.img, full_root, &f.path);
-        assert_eq!(content, want, "{}: seed {} differs from the full build", fam.layout, f.path);
+        assert_eq!(
+            content, want,
+            "{}: seed {} differs from the full build",
+            fam.layout, f.path
+        );
         let st = stat(&full.img, full_root, &f.path).unwrap();
         assert_eq!(f.mode_bits().unwrap(), st.mode, "seed mode of {}", f.path);
         seeded.insert(f.path.clone(), content);
@@ -1218,7 +1301,11 @@ fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
         "/etc/rancher/node/password",
         "/etc/ssh/ssh_host_ed25519_key",
     ] {
-        assert!(seeded.contains_key(need), "{}: the seed lacks {need}", fam.layout);
+        assert!(
+            seeded.contains_key(need),
+            "{}: the seed lacks {need}",
+            fam.layout
+        );
     }
 
     // Every file the full build has and the generic image lacks (or has otherwise) is seeded,
@@ -1233,8 +1320,7 @@ fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
     let generic_tree = rdump(&ga.img, root, &dirs);
     let generic_files = tree_files(generic_tree.path());
     for (path, (bytes, _)) in tree_files(full_tree.path()) {
-        if generic_files.get(&path).map(|(b, _)| b) == Some(&bytes) || seeded.contains_key(&path)
-        {
+        if generic_files.get(&path).map(|(b, _)| b) == Some(&bytes) || seeded.contains_key(&path) {
             continue;
         }
         let by_design = path.starts_with("/etc/imagegen/identity/")
@@ -1284,7 +1370,10 @@ fn hardening_toggles_off_leave_files_out() {
     let base_img = base(fam);
     let base_root = oracle::partition(&base_img, fam.root).start;
     let groups: &[(&str, &[&str])] = &[
-        ("sshd", &["/etc/ssh/sshd_config.d/00-imagegen-hardening.conf"]),
+        (
+            "sshd",
+            &["/etc/ssh/sshd_config.d/00-imagegen-hardening.conf"],
+        ),
         ("sysctl", &["/etc/sysctl.d/60-imagegen-hardening.conf"]),
         (
             "firewall",
