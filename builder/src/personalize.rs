@@ -31,6 +31,30 @@ pub fn personalize(req: &Request) -> Result<String> {
         Some(v) => v,
         None => vendor::detect(&mut image)?,
     };
+    if !req.board.accepts.iter().any(|a| a == vendor.id()) {
+        bail!(
+            "node {} is a {} node, which does not boot {} images (it accepts: {}); \
+             personalize a generic image built for that board",
+            req.node,
+            req.board.id,
+            vendor.description(),
+            req.board.accepts.join(", ")
+        );
+    }
+    // Only the agent consumes and wipes the seed: on an image without it, the secrets would
+    // stay readable on the boot partition for good.
+    for needed in [
+        plan::NODE_TOML,
+        imagegen_firstboot::units::AGENT_BINARY_PATH,
+    ] {
+        if image.lstat(needed)?.is_none() {
+            bail!(
+                "{} has no {needed}, so nothing on it would take the seed in and wipe it: \
+                 personalize an image made with `imagegen build --no-secrets`",
+                req.image.display()
+            );
+        }
+    }
     let boot = plan::boot_mount(vendor);
     let resolved = image.resolve(boot, true)?;
     let slot = image.locate(&resolved).slot;
