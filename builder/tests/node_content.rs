@@ -228,9 +228,19 @@ role = "agent"
     }
 
     fn personalize(&self, img: &Path, node: &str) -> Output {
+        let out = self.try_personalize(img, node);
+        assert!(
+            out.status.success(),
+            "personalize failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn try_personalize(&self, img: &Path, node: &str) -> Output {
         let config = self.path("cluster.toml");
         let state = self.state();
-        imagegen(&[
+        imagegen_output(&[
             "personalize",
             s(img),
             "--config",
@@ -260,12 +270,16 @@ struct Built {
     stderr: String,
 }
 
-fn imagegen(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+fn imagegen_output(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imagegen"))
         .args(args)
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn imagegen(args: &[&str]) -> Output {
+    let out = imagegen_output(args);
     assert!(
         out.status.success(),
         "imagegen {} failed ({}):\n{}",
@@ -1340,7 +1354,7 @@ fn differing_ranges(a: &Path, b: &Path) -> Vec<(u64, u64)> {
     assert_eq!(
         fa.metadata().unwrap().len(),
         fb.metadata().unwrap().len(),
-        "personalize changed the image size"
+        "the image size changed"
     );
     let mut ranges = data_ranges(a);
     ranges.extend(data_ranges(b));
@@ -1413,5 +1427,38 @@ fn hardening_toggles_off_leave_files_out() {
             }
         }
         oracle::assert_e2fsck_clean(&b.img, root);
+    }
+}
+
+/// personalize writes secrets only where the agent will take them in and wipe them, and only
+/// onto an image the node's board boots; a refusal leaves the image as it was.
+#[test]
+fn personalize_refuses_images_that_cannot_become_the_node() {
+    let fam = family("ubuntu-raspi");
+    let cluster = Cluster::new("");
+    let vendor_img = common::fixture(fam.layout);
+    let generic = cluster.build(fam, &vendor_img, "pi4-a", "g.img", &["--no-secrets"]);
+    for (img, node, why) in [
+        (
+            vendor_img.to_path_buf(),
+            "pi4-a",
+            "imagegen build --no-secrets",
+        ),
+        (generic.img.clone(), "master", "does not boot"),
+    ] {
+        let before = cluster.path("before.img");
+        oracle::run("cp", &["--sparse=always", s(&img), s(&before)]);
+        let out = cluster.try_personalize(&img, node);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "personalize {node} on {} succeeded",
+            img.display()
+        );
+        assert!(err.contains(why), "the refusal says why ({why}): {err}");
+        assert!(
+            differing_ranges(&before, &img).is_empty(),
+            "a refused personalize changed the image"
+        );
     }
 }
