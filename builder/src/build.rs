@@ -238,7 +238,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
 
     let k3s_binary = match &req.config.k3s {
         Some(k) if k.binary.is_some() => k.binary.as_ref().map(|b| req.config_dir.join(b)),
-        Some(k) if !req.generic => match &k.version {
+        Some(k) => match &k.version {
             Some(v) => Some(download_k3s(v, board.arch, req.fetch)?),
             None => None,
         },

@@ -31,6 +31,30 @@ pub fn personalize(req: &Request) -> Result<String> {
         Some(v) => v,
         None => vendor::detect(&mut image)?,
     };
+    if !req.board.accepts.iter().any(|a| a == vendor.id()) {
+        bail!(
+            "node {} is a {} node, which does not boot {} images (it accepts: {}); \
+             personalize a generic image built for that board",
+            req.node,
+            req.board.id,
+            vendor.description(),
+            req.board.accepts.join(", ")
+        );
+    }
+    // Only the agent consumes and wipes the seed: on an image without it, the secrets would
+    // stay readable on the boot partition for good.
+    for needed in [
+        plan::NODE_TOML,
+        imagegen_firstboot::units::AGENT_BINARY_PATH,
+    ] {
+        if image.lstat(needed)?.is_none() {
+            bail!(
+                "{} has no {needed}, so nothing on it would take the seed in and wipe it: \
+                 personalize an image made with `imagegen build --no-secrets`",
+                req.image.display()
+            );
+        }
+    }
     let boot = plan::boot_mount(vendor);
     let resolved = image.resolve(boot, true)?;
     let slot = image.locate(&resolved).slot;
@@ -59,7 +83,14 @@ pub fn personalize(req: &Request) -> Result<String> {
         identity: Some(req.identity),
         epoch: 0,
     };
-    let seed = seed_for(&spec, req.config)?;
+    // The full build points 127.0.1.1 at the node's name; without it the node cannot resolve
+    // its own name (sudo warns on every call).
+    let hosts = match image.read_file("/etc/hosts") {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(crate::image::ImageError::Fs(crate::fs::FsError::NotFound(_))) => String::new(),
+        Err(e) => return Err(e).context("reading /etc/hosts"),
+    };
+    let seed = seed_for(&spec, req.config, &hosts)?;
     let text = seed.to_toml_string()?;
     let epoch = crate::build::epoch(&image)?;
     let path = format!("{boot}/{SEED_FILE_NAME}");
@@ -78,7 +109,7 @@ pub fn personalize(req: &Request) -> Result<String> {
 
 /// Everything that makes a generic image this node: its node.toml, hostname, identity and
 /// secrets.
-fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
+fn seed_for(spec: &NodeSpec, loaded: &Loaded, hosts: &str) -> Result<Seed> {
     let mut files = Vec::new();
     let node = plan::node_config(spec)?;
     files.push(SeedFile::new(
@@ -90,6 +121,16 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded) -> Result<Seed> {
         "/etc/hostname",
         0o644,
         format!("{}\n", spec.name).as_bytes(),
+    ));
+    // A generic image carries the firewall of the node it was built with; this node's role
+    // (server, UPS server) may open other ports.
+    for f in plan::hardening_files(spec)? {
+        files.push(SeedFile::new(&f.path, f.mode, f.content.as_bytes()));
+    }
+    files.push(SeedFile::new(
+        "/etc/hosts",
+        0o644,
+        plan::set_hosts_name(hosts, spec.name).as_bytes(),
     ));
     for k in &spec
         .identity

@@ -65,9 +65,9 @@ pub fn load_config(root: &Root) -> Result<NodeConfig, RunError> {
     result
 }
 
-/// Makes seeded identity files take effect on the running system: the hostname now, and sshd
-/// restarted so it serves the node's own host keys. Best effort: the files are in place, and
-/// the next boot uses them anyway.
+/// Makes seeded identity files take effect on the running system: the hostname now, sshd
+/// restarted so it serves the node's own host keys, the node's firewall loaded. Best effort:
+/// the files are in place, and the next boot uses them anyway.
 fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
     if placed.iter().any(|p| p == "/etc/hostname")
         && let Ok(name) = std::fs::read_to_string(root.path("/etc/hostname"))
@@ -87,6 +87,18 @@ fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
         );
         if let Err(e) = restarted {
             eprintln!("seed: cannot restart sshd for the new host keys: {e}");
+        }
+    }
+    // The seed carries this node's firewall (a server opens more ports than the agent the
+    // generic image was built for); our ruleset reloads atomically.
+    if placed.iter().any(|p| p == "/etc/nftables.conf") {
+        let reloaded = crate::command::run(
+            root,
+            &config.commands.systemctl,
+            &["try-reload-or-restart", "nftables.service"],
+        );
+        if let Err(e) = reloaded {
+            eprintln!("seed: cannot reload the firewall: {e}");
         }
     }
 }

@@ -21,6 +21,8 @@ pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
 pub const K3S_TOKEN: &str = "/etc/rancher/k3s/token";
 pub const NUT_PASSWORD: &str = "/etc/imagegen/nut-password";
 pub const BACKUP_KEY: &str = "/etc/imagegen/backup-key";
+/// systemd preset for the units the agent enables itself; sorts before the vendor's.
+pub const PRESET: &str = "/etc/systemd/system-preset/00-imagegen.preset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -214,9 +216,13 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 p.secret(BACKUP_KEY, key);
             }
         }
-        if let Some(bin) = spec.k3s_binary {
-            stage_k3s(bin, spec.board, &mut p)?;
-        }
+    }
+    // Not a secret and the same for every node of a board: a generic image carries it too, or
+    // a personalized node would lack the k3s a full build of it has.
+    let mut enabled_by_agent: Vec<&str> = Vec::new();
+    if let Some(bin) = spec.k3s_binary {
+        stage_k3s(bin, spec.board, &mut p)?;
+        enabled_by_agent.extend(["k3s.service", "k3s-agent.service"]);
     }
 
     if let Some(agent) = spec.agent {
@@ -250,24 +256,43 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 &format!("/etc/systemd/system/{unit}"),
             );
         }
+        enabled_by_agent.extend(
+            units::UNITS
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| !units::ENABLED_BY_BUILDER.iter().any(|(u, _)| u == name)),
+        );
+    }
+    if !enabled_by_agent.is_empty() {
+        p.dir("/etc/systemd/system-preset", 0o755, 0, 0);
+        p.file(
+            PRESET,
+            preset_file(&enabled_by_agent).into_bytes(),
+            0o644,
+            0,
+            0,
+        );
     }
     Ok(p.changes)
+}
+
+/// Keeps systemd presets from enabling the units the agent enables itself, and only where the
+/// node needs them. A systemd first boot (machine-id `uninitialized`, as on Raspberry Pi OS
+/// trixie) runs `preset-all`, and Debian's presets enable every unit with an [Install]
+/// section: both k3s.service and k3s-agent.service would start, a server on an agent node.
+fn preset_file(units: &[&str]) -> String {
+    let mut s = String::from(
+        "# Written by imagegen: imagegen-firstboot enables these when the node needs them.\n",
+    );
+    for u in units {
+        s.push_str(&format!("disable {u}\n"));
+    }
+    s
 }
 
 /// sshd drop-in, sysctl, firewall and unattended upgrades, as the config's toggles say.
 fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
     let cfg = spec.config;
-    let ups_server = cfg
-        .ups
-        .as_ref()
-        .and_then(|u| u.server.as_ref())
-        .is_some_and(|s| s.get_ref() == spec.name);
-    let ctx = hardening::Context {
-        admin_user: cfg.admin.user.get_ref(),
-        role: spec.role,
-        ups_server,
-        zerotier: cfg.zerotier.is_some(),
-    };
     if cfg.hardening.sshd {
         let main = read_text(image, "/etc/ssh/sshd_config")?;
         let dropins: Vec<String> = match image.read_dir("/etc/ssh/sshd_config.d") {
@@ -277,7 +302,7 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
         };
         hardening::check_sshd_order(&main, &dropins)?;
     }
-    for f in hardening::files(&cfg.hardening, &ctx)? {
+    for f in hardening_files(spec)? {
         if let Some((parent, _)) = crate::fs::path::split(&f.path) {
             p.dir(parent, 0o755, 0, 0);
         }
@@ -299,6 +324,24 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
         }
     }
     Ok(())
+}
+
+/// The hardening files as the config's toggles say, for this node: the firewall depends on its
+/// role and on whether the UPS is plugged into it.
+pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, PlanError> {
+    let cfg = spec.config;
+    let ups_server = cfg
+        .ups
+        .as_ref()
+        .and_then(|u| u.server.as_ref())
+        .is_some_and(|s| s.get_ref() == spec.name);
+    let ctx = hardening::Context {
+        admin_user: cfg.admin.user.get_ref(),
+        role: spec.role,
+        ups_server,
+        zerotier: cfg.zerotier.is_some(),
+    };
+    Ok(hardening::files(&cfg.hardening, &ctx)?)
 }
 
 /// The node's SSH host keys at their usual paths and the k3s node password.
