@@ -94,6 +94,17 @@ pub fn personalize(req: &Request) -> Result<String> {
     let text = seed.to_toml_string()?;
     let epoch = crate::build::epoch(&image)?;
     let path = format!("{boot}/{SEED_FILE_NAME}");
+    // From here on the image file holds this node's secrets: nobody else may read it, as with
+    // a full build's output.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(req.image)
+            .with_context(|| format!("reading {}", req.image.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(req.image, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", req.image.display()))?;
+        }
+    }
     image
         .apply(
             &[Op::WriteFile {
