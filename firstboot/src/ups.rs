@@ -150,7 +150,12 @@ pub fn setup(
     command::run(
         root,
         systemctl,
-        &["enable", "--now", "--no-block", "imagegen-ups-watch.service"],
+        &[
+            "enable",
+            "--now",
+            "--no-block",
+            "imagegen-ups-watch.service",
+        ],
     )?;
     details.insert(
         "watching".into(),
