@@ -145,10 +145,17 @@ pub fn setup(
             details.insert("listen".into(), l.into());
         }
     }
+    // The unit is ordered after imagegen-firstboot.service, whose run this is: a blocking start
+    // would wait for this very run to end, and hang until systemd kills it.
     command::run(
         root,
         systemctl,
-        &["enable", "--now", "imagegen-ups-watch.service"],
+        &[
+            "enable",
+            "--now",
+            "--no-block",
+            "imagegen-ups-watch.service",
+        ],
     )?;
     details.insert(
         "watching".into(),

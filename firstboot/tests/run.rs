@@ -183,13 +183,16 @@ fn run_twice_gives_the_same_tree_and_places_the_seed() {
         "imagegen-backup.timer",
         "zerotier-one.service",
         "k3s-agent.service",
-        "imagegen-ups-watch.service",
     ] {
         assert!(
             calls.contains(&format!("enable --now {unit}")),
             "{unit}: {calls:?}"
         );
     }
+    assert!(
+        calls.contains(&"enable --now --no-block imagegen-ups-watch.service".to_owned()),
+        "{calls:?}"
+    );
 
     let first = tree(n.root());
     let out = n.command(&["run"]).output().unwrap();

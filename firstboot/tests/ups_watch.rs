@@ -297,7 +297,7 @@ driver_port = "dummy.dev"
     assert!(n.read("etc/nut/upsmon.conf").contains(" primary\n"));
     let calls = n.calls("systemctl");
     assert!(calls.contains(&"enable --now nut-server.service nut-monitor.service".to_owned()));
-    assert!(calls.contains(&"enable --now imagegen-ups-watch.service".to_owned()));
+    assert!(calls.contains(&"enable --now --no-block imagegen-ups-watch.service".to_owned()));
 
     let files: Vec<(&str, String)> = ["ups.conf", "upsd.conf", "upsd.users"]
         .into_iter()

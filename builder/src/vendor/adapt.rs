@@ -218,6 +218,9 @@ fn user_data(has_identity: bool) -> String {
          ssh_deletekeys: {}\n\
          preserve_hostname: true\n\
          manage_etc_hosts: false\n\
+         # Left alone, cloud-init's locale module runs update-locale with en_US.UTF-8, which\n\
+         # fails on an image without that locale and leaves cloud-config.service failed.\n\
+         locale: false\n\
          growpart:\n  mode: auto\n  devices: [\"/\"]\n\
          resize_rootfs: true\n",
         !has_identity
