@@ -241,10 +241,13 @@ pub fn setup(
         Role::Server => "k3s.service",
         Role::Agent => "k3s-agent.service",
     };
+    // --no-block: k3s is Type=notify with no start timeout, and signals ready only once it has
+    // joined; a join that stalls (a rejected node password) must not hold the agent. The
+    // /ping wait below bounds how long we look for the server instead.
     command::run(
         root,
         &config.commands.systemctl,
-        &["enable", "--now", service],
+        &["enable", "--now", "--no-block", service],
     )?;
     eprintln!("k3s: enabled {service}");
 

@@ -65,7 +65,7 @@ fn matching_ca_hash_writes_config_and_enables_agent() {
     assert!(!yaml.contains("k3s-join-secret-123"));
     assert_eq!(
         n.calls("systemctl"),
-        ["enable --now k3s-agent.service"],
+        ["enable --now --no-block k3s-agent.service"],
         "{log}"
     );
     // The image's node password is kept as it was.
@@ -139,6 +139,9 @@ fn token_without_ca_hash_is_refused_unless_allowed() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("cannot be verified"), "{log}");
-    assert_eq!(n.calls("systemctl"), ["enable --now k3s-agent.service"]);
+    assert_eq!(
+        n.calls("systemctl"),
+        ["enable --now --no-block k3s-agent.service"]
+    );
     assert_token_never_sent(&server);
 }
