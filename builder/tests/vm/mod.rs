@@ -23,9 +23,17 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Outside the checkout by default, so a fresh clone (CI) on the same machine reuses the base
+/// image instead of paying mmdebstrap again; the key is the hash of mkbase.sh.
 fn cache_dir() -> PathBuf {
-    match std::env::var_os("IMAGEGEN_VM_CACHE") {
-        Some(dir) => PathBuf::from(dir),
+    if let Some(dir) = std::env::var_os("IMAGEGEN_VM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let user_cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
+    match user_cache {
+        Some(c) => c.join("imagegen-tests/vm"),
         None => Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-cache"),
     }
 }
