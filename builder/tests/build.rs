@@ -605,6 +605,36 @@ fn server_that_stops_answering_fails_and_the_download_resumes_later() {
 }
 
 #[test]
+fn timeout_and_retries_flags_bound_a_silent_server() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let path = "/rpios-trixie.img.zst";
+    web.server
+        .fault(path, Fault::StallAfter(0, Duration::from_secs(30)));
+    let mut args = c.build_args("pi4-a", &web.url(path), "pi4-a.img");
+    args.extend(
+        [
+            "--sha256",
+            &hex_sha256(&zst),
+            "--timeout",
+            "1",
+            "--retries",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let started = Instant::now();
+    c.build_fails_with(&args, "did not answer");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a 1 s time-out with no retries took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(web.server.requests_for(path).len(), 1);
+}
+
+#[test]
 fn bad_configs_and_inputs_are_one_clear_line_and_leave_nothing() {
     let c = Cluster::new();
     c.add_nodes("\n[[nodes]]\nname = \"gen-a\"\nboard = \"arm64-generic\"\nrole = \"agent\"\n");

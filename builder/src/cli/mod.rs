@@ -185,6 +185,13 @@ pub struct BuildArgs {
     /// Use a downloaded base image even when no checksum vouches for it
     #[arg(long)]
     pub insecure: bool,
+    /// Seconds a download may go without receiving data before the attempt fails
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+    /// Further download attempts after a network error, time-out, 408, 429 or 5xx (each
+    /// resumes where the last stopped)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
 }
 
 #[derive(Debug, Args)]

@@ -47,6 +47,11 @@ pub fn build(a: BuildArgs) -> Result<()> {
         fetch.cache_dir = d.clone();
     }
     fetch.insecure = a.insecure;
+    if a.timeout == 0 {
+        bail!("--timeout must be at least 1 second");
+    }
+    fetch.timeout = std::time::Duration::from_secs(a.timeout);
+    fetch.retries = a.retries;
     let agents = agents(&a.agent, &fetch)?;
     let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
     let base = a.base.as_deref().map(Source::parse);
