@@ -60,6 +60,10 @@ pub struct K3s {
 #[serde(deny_unknown_fields)]
 pub struct ZeroTier {
     pub network_id: Spanned<String>,
+    /// A zerotier-one .deb for the board's architecture, staged in the image so first boot
+    /// installs it without the network (else the agent expects zerotier-one to be present).
+    #[serde(default)]
+    pub package: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1047,3 +1047,29 @@ fn interrupted_build_leaves_no_output() {
         }
     }
 }
+
+#[test]
+fn a_given_zerotier_package_is_staged_for_the_agent() {
+    let c = Cluster::new();
+    let text = fs::read_to_string(c.config()).unwrap();
+    let text = text.replacen(
+        "network_id = \"8056c2e21c000001\"",
+        "network_id = \"8056c2e21c000001\"\npackage = \"zerotier-one_arm64.deb\"",
+        1,
+    );
+    fs::write(c.config(), text).unwrap();
+    let deb = b"!<arch>\ndebian-binary   stand-in for a zerotier-one package\n".to_vec();
+    fs::write(c.path("zerotier-one_arm64.deb"), &deb).unwrap();
+    let base = common::fixture("rpios-trixie");
+    let out = c.build("pi4-a", s(&base), "pi4-a.img");
+    let root = oracle::partition(&out, 2).start;
+    assert_eq!(
+        ext4_bytes(&out, root, "/var/cache/imagegen/zerotier-one.deb"),
+        deb
+    );
+    let node = String::from_utf8(ext4_bytes(&out, root, "/etc/imagegen/node.toml")).unwrap();
+    assert!(
+        node.contains("package = \"/var/cache/imagegen/zerotier-one.deb\""),
+        "{node}"
+    );
+}

@@ -21,6 +21,8 @@ pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
 pub const K3S_TOKEN: &str = "/etc/rancher/k3s/token";
 pub const NUT_PASSWORD: &str = "/etc/imagegen/nut-password";
 pub const BACKUP_KEY: &str = "/etc/imagegen/backup-key";
+/// Where a staged zerotier-one package waits for the agent to install it.
+pub const ZEROTIER_PACKAGE: &str = "/var/cache/imagegen/zerotier-one.deb";
 /// systemd preset for the units the agent enables itself; sorts before the vendor's.
 pub const PRESET: &str = "/etc/systemd/system-preset/00-imagegen.preset";
 
@@ -216,6 +218,17 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 p.secret(BACKUP_KEY, key);
             }
         }
+    }
+    if let Some(pkg) = cfg.zerotier.as_ref().and_then(|z| z.package.as_ref()) {
+        let pkg = spec.resolve(pkg);
+        if !pkg.is_file() {
+            return Err(PlanError::Invalid(format!(
+                "zerotier package {} does not exist",
+                pkg.display()
+            )));
+        }
+        p.dir("/var/cache/imagegen", 0o755, 0, 0);
+        p.push(ZEROTIER_PACKAGE, Content::HostFile(pkg), 0o644, 0, 0, false);
     }
     // Not a secret and the same for every node of a board: a generic image carries it too, or
     // a personalized node would lack the k3s a full build of it has.
@@ -763,6 +776,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         k3s,
         zerotier: cfg.zerotier.as_ref().map(|z| node::ZeroTierSection {
             network_id: z.network_id.get_ref().clone(),
+            package: z.package.as_ref().map(|_| PathBuf::from(ZEROTIER_PACKAGE)),
             ..default_zerotier()
         }),
         ups,
