@@ -1,6 +1,7 @@
 //! ls, cat, cp, mkdir, ln, rm, grow.
 
-use super::{edit_epoch, split_target};
+use super::split_target;
+use crate::build::epoch as edit_epoch;
 use crate::cli::{CatArgs, CpArgs, GrowArgs, LnArgs, LsArgs, MkdirArgs, RmArgs, SizeArg};
 use crate::fs::{Content, FileType, Meta, Op};
 use crate::image::{self, Image};

@@ -6,7 +6,7 @@ mod edit;
 mod inspect;
 
 use crate::cli::{Cli, Command};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -76,17 +76,6 @@ pub(crate) fn split_target(target: &str) -> Result<(PathBuf, String)> {
     match fallback {
         Some((img, _)) => bail!("{img}: no such image file"),
         None => bail!("{target:?} is not IMAGE:/PATH (e.g. disk.img:/etc/hostname)"),
-    }
-}
-
-/// SOURCE_DATE_EPOCH if set, else the image's own last write time.
-pub(crate) fn edit_epoch(image: &crate::image::Image) -> Result<i64> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) => v
-            .trim()
-            .parse::<i64>()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
-        Err(_) => Ok(image.intrinsic_epoch()),
     }
 }
 

@@ -112,20 +112,12 @@ impl Image {
         Ok(image)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn table(&self) -> &PartitionTable {
         &self.table
     }
 
     pub fn slots(&self) -> &[Slot] {
         &self.slots
-    }
-
-    pub fn mounts(&self) -> &[Mount] {
-        &self.mounts
     }
 
     /// The mount point of a slot, if the mount view has one.
@@ -460,14 +452,6 @@ impl Image {
             }
         }
         Ok(None)
-    }
-
-    /// Drops every open filesystem handle, so the next access sees the file as it is now
-    /// (after a tool changed it behind our back, e.g. a grow).
-    pub fn reload(self) -> Result<Image, ImageError> {
-        let path = self.path.clone();
-        drop(self);
-        Image::open(&path)
     }
 }
 

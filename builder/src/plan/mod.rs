@@ -154,10 +154,6 @@ impl Plan {
     pub fn mask(&mut self, unit: &str) {
         self.symlink(&format!("/etc/systemd/system/{unit}"), "/dev/null");
     }
-
-    pub fn epoch(&self) -> i64 {
-        self.epoch
-    }
 }
 
 /// The changes that make `image` into node `spec`.

@@ -30,7 +30,7 @@ pub fn plan(
         Vendor::RpiOsBookworm | Vendor::RpiOsTrixie => rpios(vendor, image, ctx, p)?,
         Vendor::Armbian => armbian(image, ctx, p)?,
         Vendor::UbuntuRaspi | Vendor::UbuntuCloud | Vendor::DebianCloud => {
-            cloud_init(vendor, image, ctx, p)?
+            cloud_init(vendor, ctx, p)?
         }
     }
     enable_ssh(image, p)?;
@@ -172,12 +172,7 @@ pub fn set_shell_var(text: &str, name: &str, value: &str) -> String {
 /// resizefs), so cloud-init stays on but gets a seed that asks it for that alone: no users, no
 /// passwords, no host key deletion, no hostname. Everything else comes from the image and the
 /// agent, so the two never do the same job.
-fn cloud_init(
-    vendor: Vendor,
-    image: &mut Image,
-    ctx: &Context,
-    p: &mut Plan,
-) -> Result<(), PlanError> {
+fn cloud_init(vendor: Vendor, ctx: &Context, p: &mut Plan) -> Result<(), PlanError> {
     let instance = format!("imagegen-{}", ctx.node);
     let meta = format!("instance-id: {instance}\nlocal-hostname: {}\n", ctx.node);
     let user = user_data(ctx.has_identity);
@@ -203,7 +198,6 @@ fn cloud_init(
             );
         }
     }
-    let _ = image;
     Ok(())
 }
 
