@@ -490,9 +490,8 @@ fn run_script(script: &Path, image: &Path, offset: u64, epoch: i64) -> Result<()
 mod tests {
     use super::*;
 
-    /// debugfs exits 0 when a command fails; the error must still surface.
-    #[test]
-    fn failed_commands_are_errors() {
+    /// An empty 8 MiB ext4 with 4 KiB blocks, made by mkfs.ext4.
+    fn scratch_fs() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("fs.img");
         std::fs::File::create(&image)
@@ -500,11 +499,18 @@ mod tests {
             .set_len(8 << 20)
             .unwrap();
         let mkfs = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
+            .args(["-q", "-F", "-b", "4096"])
             .arg(&image)
             .status()
             .expect("mkfs.ext4 is missing: install e2fsprogs");
         assert!(mkfs.success());
+        (dir, image)
+    }
+
+    /// debugfs exits 0 when a command fails; the error must still surface.
+    #[test]
+    fn failed_commands_are_errors() {
+        let (dir, image) = scratch_fs();
         let script = dir.path().join("script");
         std::fs::write(&script, "mkdir /a\n").unwrap();
         run_script(&script, &image, 0, 0).unwrap();
@@ -519,18 +525,7 @@ mod tests {
 
     #[test]
     fn refuses_lines_debugfs_would_split() {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(8 << 20)
-            .unwrap();
-        let mkfs = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096"])
-            .arg(&image)
-            .status()
-            .expect("mkfs.ext4 is missing: install e2fsprogs");
-        assert!(mkfs.success());
+        let (_dir, image) = scratch_fs();
         let fs = super::read::load(std::fs::File::open(&image).unwrap(), 0, 8 << 20).unwrap();
         let sb = Superblock::read(&std::fs::File::open(&image).unwrap(), 0).unwrap();
         let name = "n".repeat(255);
