@@ -14,7 +14,41 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-const QEMU: &str = "qemu-system-x86_64";
+pub mod arm;
+pub mod lab;
+
+/// The emulated machine: the x86-64 PC of the genericcloud stand-in, or qemu's generic arm64
+/// `virt` board for the ARM layouts (no Raspberry Pi or Amlogic board model boots Debian's
+/// generic arm64 kernel with virtio disks; `virt` is what Debian's arm64 kernel supports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Machine {
+    X86_64,
+    Aarch64,
+}
+
+impl Machine {
+    fn qemu(self) -> &'static str {
+        match self {
+            Machine::X86_64 => "qemu-system-x86_64",
+            Machine::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    fn package(self) -> &'static str {
+        match self {
+            Machine::X86_64 => "qemu-system-x86",
+            Machine::Aarch64 => "qemu-system-arm",
+        }
+    }
+
+    /// The serial console's device name in the guest.
+    fn console(self) -> &'static str {
+        match self {
+            Machine::X86_64 => "ttyS0,115200",
+            Machine::Aarch64 => "ttyAMA0,115200",
+        }
+    }
+}
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,23 +72,35 @@ fn cache_dir() -> PathBuf {
     }
 }
 
-/// Whether qemu can run here at all. When it cannot, prints a loud banner so that a skipped VM
-/// test is never mistaken for a passing one; callers return early on `false`.
-pub fn qemu_available() -> bool {
-    let found = Command::new(QEMU)
+/// Whether qemu for `machine` can run here at all. When it cannot, prints a loud banner so that
+/// a skipped VM test is never mistaken for a passing one; callers return early on `false`. Under
+/// CI (`CI=true`), where `ci/install-deps` installs qemu, a missing qemu fails the test instead.
+pub fn qemu_available_for(machine: Machine) -> bool {
+    let qemu = machine.qemu();
+    let found = Command::new(qemu)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
+        let package = machine.package();
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{qemu} cannot run here, and CI=true: apt-get install {package} (ci/install-deps)"
+        );
         eprintln!(
-            "\n{bar}\n!!! SKIPPED: {QEMU} cannot run here (apt-get install qemu-system-x86).\n\
+            "\n{bar}\n!!! SKIPPED: {qemu} cannot run here (apt-get install {package}).\n\
              !!! This VM test proved NOTHING.\n{bar}\n",
             bar = "!".repeat(78)
         );
     }
     found
+}
+
+/// [`qemu_available_for`] the x86-64 PC.
+pub fn qemu_available() -> bool {
+    qemu_available_for(Machine::X86_64)
 }
 
 /// Panics, naming the Debian package, when a tool a VM test needs is missing.
@@ -82,43 +128,60 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// The cached base image, built on first use by `tests/vm/mkbase.sh` (about two minutes) and
-/// keyed by that script's hash. Next to it: `<image>.vmlinuz`, `<image>.initrd`. Never boot or
-/// edit it in place: copy it with `cp --sparse=always` (see [`copy_base`]).
-pub fn base_image() -> PathBuf {
-    let script = workspace_root().join("tests/vm/mkbase.sh");
-    let body = fs::read(&script).unwrap_or_else(|e| panic!("cannot read {script:?}: {e}"));
-    let key = &hex::encode(Sha256::digest(&body))[..16];
+/// A file in the test cache built on first use by `make(path)` and keyed by the hash of the
+/// scripts that decide its content (`tests/vm/...`), so editing a script rebuilds it. Several
+/// test binaries may ask at once: one builds, the others wait on the lock. `make` must create
+/// `path` last (after any siblings), by rename, so an interrupted build is never taken for done.
+pub fn cached(name: &str, ext: &str, scripts: &[&str], make: impl FnOnce(&Path)) -> PathBuf {
+    let mut hash = Sha256::new();
+    for script in scripts {
+        let path = workspace_root().join(script);
+        hash.update(fs::read(&path).unwrap_or_else(|e| panic!("cannot read {path:?}: {e}")));
+    }
+    let key = &hex::encode(hash.finalize())[..16];
     let dir = cache_dir();
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {dir:?}: {e}"));
-    let image = dir.join(format!("debian12-genericcloud-{key}.img"));
-
-    // Several test binaries may ask at once: one builds, the others wait on the lock.
-    let lock_path = dir.join(format!("{key}.lock"));
+    let path = dir.join(format!("{name}-{key}.{ext}"));
+    let lock_path = dir.join(format!("{name}-{key}.lock"));
     let lock = File::create(&lock_path).unwrap_or_else(|e| panic!("{lock_path:?}: {e}"));
     lock.lock()
         .unwrap_or_else(|e| panic!("cannot lock {lock_path:?}: {e}"));
-    // mkbase.sh renames the image into place last, after the kernel and initrd.
-    if !image.exists() {
-        for (tool, package) in [
-            ("mmdebstrap", "mmdebstrap"),
-            ("mkfs.ext4", "e2fsprogs"),
-            ("mkfs.vfat", "dosfstools"),
-            ("sgdisk", "gdisk"),
-        ] {
-            require_tool(tool, package);
-        }
-        eprintln!(
-            "vm: building the base image {image:?} with mmdebstrap (about 2 minutes on an idle 2-core machine)"
-        );
+    if !path.exists() {
         let started = Instant::now();
-        run(Command::new("sh").arg(&script).arg(&image));
+        make(&path);
+        assert!(path.exists(), "building {path:?} left no file");
         eprintln!(
-            "vm: base image built in {:.1} s",
+            "vm: built {path:?} in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
-    image
+    path
+}
+
+/// The Debian 12 genericcloud stand-in, built on first use by `tests/vm/mkbase.sh` (about two
+/// minutes). Next to it: `<image>.vmlinuz`, `<image>.initrd`. Never boot or edit it in place:
+/// copy it with `cp --sparse=always` (see [`copy_base`]).
+pub fn base_image() -> PathBuf {
+    cached(
+        "debian12-genericcloud",
+        "img",
+        &["tests/vm/mkbase.sh"],
+        |image| {
+            for (tool, package) in [
+                ("mmdebstrap", "mmdebstrap"),
+                ("mkfs.ext4", "e2fsprogs"),
+                ("mkfs.vfat", "dosfstools"),
+                ("sgdisk", "gdisk"),
+            ] {
+                require_tool(tool, package);
+            }
+            eprintln!(
+                "vm: building the base image {image:?} with mmdebstrap (about 2 minutes on an idle 2-core machine)"
+            );
+            let script = workspace_root().join("tests/vm/mkbase.sh");
+            run(Command::new("sh").arg(&script).arg(image));
+        },
+    )
 }
 
 /// A sparse copy of the base image at `dest`, for one test to boot and edit.
@@ -129,20 +192,29 @@ pub fn copy_base(dest: &Path) {
         .arg(dest));
 }
 
-/// Byte offset of partition `number` of a GPT disk image, read with sgdisk.
+/// Byte offset of partition `number` of a disk image (MBR or GPT), read with `sfdisk --json`.
 pub fn partition_offset(disk: &Path, number: u32) -> u64 {
-    require_tool("sgdisk", "gdisk");
-    let out = run(Command::new("sgdisk")
-        .arg(format!("--info={number}"))
-        .arg(disk));
-    let text = String::from_utf8_lossy(&out.stdout);
-    // sgdisk's sector unit is the disk's logical sector; image files are 512.
-    text.lines()
-        .find_map(|l| l.strip_prefix("First sector: "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse::<u64>().ok())
-        .map(|sector| sector * 512)
-        .unwrap_or_else(|| panic!("{disk:?} has no partition {number}:\n{text}"))
+    require_tool("sfdisk", "fdisk");
+    let out = run(Command::new("sfdisk").arg("--json").arg(disk));
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("sfdisk --json {disk:?}: {e}"));
+    let table = &table["partitiontable"];
+    // Image files have 512-byte sectors; sfdisk says so in `sectorsize` (older ones omit it).
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    let suffix = number.to_string();
+    table["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["node"].as_str().is_some_and(|n| {
+                n.strip_suffix(&suffix)
+                    .is_some_and(|rest| !rest.ends_with(|c: char| c.is_ascii_digit()))
+            })
+        })
+        .and_then(|p| p["start"].as_u64())
+        .map(|start| start * sector)
+        .unwrap_or_else(|| panic!("{disk:?} has no partition {number}:\n{table:#}"))
 }
 
 /// The `debugfs` spelling of the ext4 filesystem at `offset` inside `disk`.
@@ -203,10 +275,14 @@ pub fn fstab_root(disk: &Path, root_offset: u64) -> String {
 /// How to boot a disk. `Default` boots with the base image's kernel and initrd.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
+    pub machine: Machine,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// Partition number of the root filesystem; its fstab gives `root=`.
+    /// Partition number of the root filesystem; its fstab gives `root=` unless `cmdline` is set.
     pub root_partition: u32,
+    /// The whole kernel command line, as the board's firmware would pass it (read from the
+    /// image); the serial console is appended. `None`: `root=` from the image's fstab.
+    pub cmdline: Option<String>,
     /// Appended to the kernel command line.
     pub extra_args: String,
     pub memory_mib: u32,
@@ -217,9 +293,11 @@ impl Default for VmOptions {
     fn default() -> Self {
         let image = base_image();
         VmOptions {
+            machine: Machine::X86_64,
             kernel: sibling(&image, "vmlinuz"),
             initrd: sibling(&image, "initrd"),
             root_partition: 1,
+            cmdline: None,
             extra_args: String::new(),
             memory_mib: 1024,
             cpus: 2,
@@ -251,8 +329,13 @@ impl Vm {
     /// guest, the host's loopback services are at 10.0.2.2. The NIC is virtio-net in PCI slot 3
     /// of qemu's `pc` machine, so Debian names it `ens3`.
     pub fn boot(disk: &Path, opts: VmOptions) -> Vm {
-        let root_offset = partition_offset(disk, opts.root_partition);
-        let root = fstab_root(disk, root_offset);
+        let cmdline = match &opts.cmdline {
+            Some(c) => c.clone(),
+            None => {
+                let root_offset = partition_offset(disk, opts.root_partition);
+                format!("root={} ro", fstab_root(disk, root_offset))
+            }
+        };
         let dir = tempfile::Builder::new()
             .prefix("imagegen-vm-")
             .tempdir()
@@ -262,11 +345,22 @@ impl Vm {
         let ssh_port = free_port();
 
         let accel = std::env::var("IMAGEGEN_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
-        let mut cmd = Command::new(QEMU);
-        cmd.args(["-nodefaults", "-display", "none", "-no-reboot"])
-            .args(["-machine", "pc", "-accel", &accel]);
-        if accel == "kvm" {
-            cmd.args(["-cpu", "host"]);
+        let qemu = opts.machine.qemu();
+        let mut cmd = Command::new(qemu);
+        cmd.args(["-nodefaults", "-display", "none", "-no-reboot"]);
+        match opts.machine {
+            Machine::X86_64 => {
+                cmd.args(["-machine", "pc", "-accel", &accel]);
+                if accel == "kvm" {
+                    cmd.args(["-cpu", "host"]);
+                }
+            }
+            // The Cortex-A72 is the Raspberry Pi 4's core (the Pi 3's A53 and the S905X3's
+            // A55 run the same arm64 userland).
+            Machine::Aarch64 => {
+                cmd.args(["-machine", "virt", "-accel", &accel, "-cpu"]);
+                cmd.arg(if accel == "kvm" { "host" } else { "cortex-a72" });
+            }
         }
         cmd.args(["-m", &opts.memory_mib.to_string()])
             .args(["-smp", &opts.cpus.to_string()])
@@ -278,7 +372,8 @@ impl Vm {
             .arg(&opts.initrd)
             .arg("-append")
             .arg(format!(
-                "root={root} ro console=ttyS0,115200 {}",
+                "{cmdline} console={} {}",
+                opts.machine.console(),
                 opts.extra_args
             ))
             .arg("-drive")
@@ -295,7 +390,7 @@ impl Vm {
             .stderr(File::create(&stderr).expect("qemu stderr log"));
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {qemu}: {e}"));
         Vm {
             child,
             ssh_port,
@@ -457,7 +552,7 @@ impl Drop for Vm {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     // The port is free now; qemu binds it a moment later. A clash makes qemu exit, which
     // wait_for_ssh reports with qemu's stderr.
     TcpListener::bind(("127.0.0.1", 0))
