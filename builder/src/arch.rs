@@ -13,6 +13,9 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Every architecture imagegen knows, in the order it lists them.
+    pub const ALL: [Arch; 3] = [Arch::X86_64, Arch::Aarch64, Arch::Arm];
+
     /// The architecture this imagegen binary was built for.
     pub fn host() -> Option<Arch> {
         match std::env::consts::ARCH {
@@ -89,6 +92,18 @@ mod tests {
     fn reads_the_host_binary() {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         assert_eq!(elf_arch(&exe[..64]).ok(), Arch::host());
+    }
+
+    #[test]
+    fn all_lists_every_variant() {
+        // A new variant fails to compile here until it is added to ALL as well.
+        for a in Arch::ALL {
+            match a {
+                Arch::X86_64 | Arch::Aarch64 | Arch::Arm => {}
+            }
+        }
+        let names: Vec<String> = Arch::ALL.iter().map(Arch::to_string).collect();
+        assert_eq!(names, ["x86_64", "aarch64", "arm"]);
     }
 
     #[test]

@@ -12,18 +12,10 @@ use crate::image::Image;
 use crate::plan::{self, Change, NodeSpec};
 use crate::vendor::{self, Vendor};
 use anyhow::{Context, Result, bail};
-use std::io::Read;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// An agent binary for one architecture.
-#[derive(Debug, Clone)]
-pub struct Agent {
-    pub arch: Arch,
-    pub path: PathBuf,
-    /// Where it came from (path or URL), for the manifest.
-    pub source: String,
-}
+pub use crate::agent::Agent;
 
 /// One node to build.
 pub struct Request<'a> {
@@ -40,15 +32,6 @@ pub struct Request<'a> {
     /// Where node identities live (SSH host keys, k3s node password).
     pub state_dir: &'a Path,
     pub fetch: &'a FetchOptions,
-}
-
-/// Checks an agent binary's ELF header and returns its architecture.
-pub fn agent_arch(path: &Path) -> Result<Arch> {
-    let mut head = [0u8; 64];
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("opening agent {}", path.display()))?;
-    let n = f.read(&mut head)?;
-    arch::elf_arch(&head[..n]).with_context(|| format!("agent {}", path.display()))
 }
 
 /// SOURCE_DATE_EPOCH when set; otherwise a time derived from the inputs (the base image's own
@@ -342,17 +325,26 @@ fn download_k3s(version: &str, arch: Arch, fetch: &FetchOptions) -> Result<PathB
     Ok(got.raw_path)
 }
 
+/// The agent for the board. `imagegen build` checks every node against its `AgentSet` before
+/// building any, with an error that says what was given and where imagegen looked; this
+/// guards callers of the library that pass their own list.
 fn choose_agent<'a>(board: &Board, agents: &'a [Agent]) -> Result<Option<&'a Agent>> {
     match agents.iter().find(|a| a.arch == board.arch) {
         Some(a) => Ok(Some(a)),
-        None => bail!(
-            "no imagegen-firstboot agent for {} (board {}); build one for {} and give it with \
-             --agent PATH (or --agent URL#sha256=HEX); releases carry one per \
-             architecture",
-            board.arch,
-            board.id,
-            board.arch
-        ),
+        None => {
+            let have: Vec<String> = agents.iter().map(|a| a.arch.to_string()).collect();
+            bail!(
+                "no imagegen-firstboot agent for {} (board {}) among the agents given ({}); \
+                 build them with `bash ci/build-agents`, or give one with --agent",
+                board.arch,
+                board.id,
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
+            )
+        }
     }
 }
 

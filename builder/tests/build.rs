@@ -667,9 +667,12 @@ fn bad_configs_and_inputs_are_one_clear_line_and_leave_nothing() {
         "base image agent-arm64",
     );
     assert!(err.contains("partition table"), "{err}");
-    // No agent for the board's architecture.
-    let args = c.build_args_with("master", amd64, "master.img", &["agent-arm64"]);
-    c.build_fails_with(&args, "x86_64");
+    // No agent for the board's architecture, only one given for another. Agents found beside
+    // the imagegen binary count too, and target/debug may hold an x86_64 imagegen-firstboot
+    // (cargo builds it for the agent's own tests), so the board here is an aarch64 one.
+    let args = c.build_args_with("pi4-a", rpios, "pi4-a.img", &["agent-amd64"]);
+    let err = c.build_fails_with(&args, "is for x86_64 but board rpi4 is aarch64");
+    assert!(err.contains("agent-amd64"), "{err}");
     // A missing secret is named.
     fs::remove_file(c.path("secrets/nut-password")).unwrap();
     c.build_fails("pi4-a", rpios, "pi4-a.img", "secrets/nut-password");

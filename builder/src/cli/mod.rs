@@ -140,6 +140,7 @@ pub struct GrowArgs {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["board", "node", "all"])))]
+#[command(after_help = crate::agent::SEARCH_ORDER)]
 pub struct BuildArgs {
     /// Build one node with the embedded defaults of this board (see `imagegen boards`)
     #[arg(long, conflicts_with_all = ["config", "node", "all"])]
@@ -167,8 +168,9 @@ pub struct BuildArgs {
     #[arg(long, value_name = "ID")]
     pub vendor: Option<String>,
     /// imagegen-firstboot binary (repeatable, one per architecture): a file, or
-    /// URL#sha256=HEX; its ELF header says which architecture it is for
-    /// [default: the one installed beside imagegen]
+    /// URL#sha256=HEX; its ELF header says which architecture it is for. It replaces
+    /// the agent found for that architecture only [default: found beside imagegen,
+    /// see below]
     #[arg(long, value_name = "PATH|URL#sha256=HEX")]
     pub agent: Vec<String>,
     /// A generic image without node name, identity or secrets (add them with

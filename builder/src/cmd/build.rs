@@ -1,7 +1,9 @@
 //! build, boards, init, check.
 
+use crate::agent::{self, Agent, AgentSet};
+use crate::arch::Arch;
 use crate::board;
-use crate::build::{self, Agent};
+use crate::build;
 use crate::cli::{BoardsArgs, BuildArgs, CheckArgs, InitArgs, PersonalizeArgs};
 use crate::config::{self, ClusterConfig};
 use crate::fetch::{FetchOptions, Source};
@@ -53,6 +55,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
     fetch.timeout = std::time::Duration::from_secs(a.timeout);
     fetch.retries = a.retries;
     let agents = agents(&a.agent, &fetch)?;
+    check_agents(&agents, &config, &nodes)?;
     let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
     let base = a.base.as_deref().map(Source::parse);
     let state_dir = a
@@ -70,7 +73,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
             base: base.clone(),
             sha256: a.sha256.clone(),
             vendor,
-            agents: &agents,
+            agents: agents.agents(),
             generic: a.no_secrets,
             state_dir: &state_dir,
             fetch: &fetch,
@@ -98,10 +101,10 @@ fn output_path(a: &BuildArgs, node: &str) -> Result<PathBuf> {
     })
 }
 
-/// `--agent` binaries, by their ELF architecture; without any, the agent installed beside
-/// this imagegen (for the host's architecture).
-fn agents(args: &[String], fetch: &FetchOptions) -> Result<Vec<Agent>> {
-    let mut out: Vec<Agent> = Vec::new();
+/// The agents found beside this imagegen (see `crate::agent` for the search order), with each
+/// `--agent` replacing the one of its architecture.
+fn agents(args: &[String], fetch: &FetchOptions) -> Result<AgentSet> {
+    let mut set = AgentSet::discover(&agent::default_search_dirs())?;
     for arg in args {
         let path = match Source::parse(arg) {
             Source::File(p) => p,
@@ -115,31 +118,33 @@ fn agents(args: &[String], fetch: &FetchOptions) -> Result<Vec<Agent>> {
                     .raw_path
             }
         };
-        let arch = build::agent_arch(&path)?;
-        if out.iter().any(|a| a.arch == arch) {
-            bail!("two --agent binaries for {arch}; give one per architecture");
-        }
-        out.push(Agent {
-            arch,
+        set.give(Agent {
+            arch: agent::agent_arch(&path)?,
             path,
             source: arg.clone(),
-        });
+        })?;
     }
-    if out.is_empty()
-        && let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        let beside = dir.join("imagegen-firstboot");
-        if beside.is_file() {
-            let arch = build::agent_arch(&beside)?;
-            out.push(Agent {
-                arch,
-                source: beside.display().to_string(),
-                path: beside,
-            });
-        }
+    Ok(set)
+}
+
+/// Every node's board must have an agent: checked for all of them before the first download,
+/// so `--all` does not stop after building half the cluster.
+fn check_agents(agents: &AgentSet, config: &ClusterConfig, nodes: &[String]) -> Result<()> {
+    for node in nodes {
+        // An unknown node or board is left to build::build, which names it in its own words.
+        let Some(board) = config
+            .nodes
+            .iter()
+            .find(|n| n.name.get_ref() == node)
+            .and_then(|n| board::get(n.board.get_ref()).ok())
+        else {
+            continue;
+        };
+        agents
+            .for_board(&board)
+            .with_context(|| format!("building node {node}"))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The admin for `--board` builds: the operator's user name and ~/.ssh/*.pub keys.
@@ -191,7 +196,7 @@ pub fn boards(a: BoardsArgs) -> Result<()> {
         writeln!(out)?;
         return Ok(());
     }
-    for b in boards {
+    for b in &boards {
         writeln!(
             out,
             "{:<14} {:<8} {}",
@@ -206,7 +211,53 @@ pub fn boards(a: BoardsArgs) -> Result<()> {
         )?;
         writeln!(out, "{:<14} also accepts: {}", "", b.accepts.join(", "))?;
     }
+    // Where each board architecture's agent would come from, so a missing one shows before a
+    // build does.
+    writeln!(out)?;
+    for line in wrap(crate::agent::SEARCH_ORDER, 92) {
+        writeln!(out, "{line}")?;
+    }
+    match AgentSet::discover(&agent::default_search_dirs()) {
+        Ok(set) => {
+            let dirs: Vec<String> = set
+                .searched()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            writeln!(out, "  searched {}", dirs.join(", "))?;
+            for arch in Arch::ALL {
+                let used = boards.iter().any(|b| b.arch == arch);
+                match set.get(arch) {
+                    Some(a) => writeln!(out, "  agent {:<8} {}", arch.to_string(), a.source)?,
+                    None if used => writeln!(
+                        out,
+                        "  agent {:<8} none found: run `bash ci/build-agents`, or give --agent",
+                        arch.to_string()
+                    )?,
+                    None => {}
+                }
+            }
+        }
+        Err(e) => writeln!(out, "  agents: {e}")?,
+    }
     Ok(())
+}
+
+/// `text` in lines of at most `width` columns, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let line = lines.last_mut().expect("never empty");
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(word.to_string());
+        } else {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        }
+    }
+    lines
 }
 
 pub fn init(a: InitArgs) -> Result<()> {
