@@ -51,12 +51,31 @@ pub fn imagegen_with_agents(arches: &[&str]) -> Option<PathBuf> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci/build-agents");
         let target_dir = tmp.parent().expect("CARGO_TARGET_TMPDIR is <target>/tmp");
         let started = std::time::Instant::now();
-        let out = Command::new("bash")
-            .arg(&script)
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script)
             .arg("--out")
             .arg(&dir)
             .args(&missing)
-            .env("CARGO_TARGET_DIR", target_dir)
+            .env("CARGO_TARGET_DIR", target_dir);
+        // `cargo test` gives the test process the variables it gives build scripts
+        // (CARGO_MANIFEST_DIR=builder/, CARGO_PKG_*...). Passed on, ring's build script sees
+        // its rerun-if-env-changed CARGO_MANIFEST_DIR change between a build from here and
+        // one from a shell, and every such switch rebuilt both agents (about 2 minutes here).
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                ]
+                .contains(&name.as_ref())
+            {
+                cmd.env_remove(name.as_ref());
+            }
+        }
+        let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run bash {script:?}: {e}"));
         let stderr = String::from_utf8_lossy(&out.stderr);
