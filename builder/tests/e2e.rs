@@ -8,10 +8,11 @@
 //! "another node", and node A rebuilt as a replacement, powered off hard in the middle of its
 //! first boot and booted again.
 
+mod agents;
 mod vm;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -27,46 +28,18 @@ use vm::{Vm, VmOptions};
 const ROOT_PARTITION: u32 = 1;
 const NODES: &[(&str, &str)] = &[("node-a", "x86-64"), ("node-b", "x86-64")];
 
-/// The agent binary for the image, built like the workspace's other binaries.
-fn agent_binary() -> PathBuf {
-    let imagegen = Path::new(env!("CARGO_BIN_EXE_imagegen"));
-    let profile_dir = imagegen.parent().expect("the binary's directory");
-    let target_dir = profile_dir.parent().expect("the target directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "imagegen-firstboot",
-        "--target-dir",
-    ])
-    .arg(target_dir);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("cargo runs");
-    let agent = profile_dir.join("imagegen-firstboot");
-    assert!(
-        status.success() && agent.is_file(),
-        "cannot build the agent ({status}); run `cargo build -p imagegen-firstboot` and look for {agent:?}"
-    );
-    agent
-}
-
 /// `imagegen build` of one node of `cluster` onto the cached VM base image.
-fn build(cluster: &Path, node: &str, state: &Path, out: &Path) {
+/// Made as the README's set-up makes it: the x86_64 agent beside imagegen, no `--agent`.
+fn build(imagegen: &Path, cluster: &Path, node: &str, state: &Path, out: &Path) {
     let started = Instant::now();
     let cache = state.with_extension("cache");
     vm::run(
-        Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        Command::new(imagegen)
             .arg("build")
             .arg("--config")
             .arg(cluster)
             .args(["--node", node, "--base"])
             .arg(vm::base_image())
-            .arg("--agent")
-            .arg(agent_binary())
             .arg("--state-dir")
             .arg(state)
             .arg("--cache-dir")
@@ -277,13 +250,16 @@ fn nodes_boot_harden_join_back_up_shut_down_on_ups_and_survive_replacement_and_p
     ] {
         vm::require_tool(tool, package);
     }
+    let Some(imagegen) = agents::imagegen_with_agents(&["x86_64"]) else {
+        return;
+    };
     let started = Instant::now();
     vm::base_image();
     let lab = Lab::start();
     let good = lab.cluster("cluster", true, NODES);
     let state = lab.path("cluster/state");
     let a_img = lab.path("node-a.img");
-    build(&good, "node-a", &state, &a_img);
+    build(&imagegen, &good, "node-a", &state, &a_img);
     // The other two images are built while node-a boots: the same inputs, so the same images
     // as building them later, and a minute less of the suite.
     let bad = lab.cluster("wrong-token", false, NODES);
@@ -292,9 +268,10 @@ fn nodes_boot_harden_join_back_up_shut_down_on_ups_and_survive_replacement_and_p
     let builds = {
         let (bad, b_state, b_img) = (bad.clone(), lab.path("wrong-token/state"), b_img.clone());
         let (good, state, again) = (good.clone(), state.clone(), again.clone());
+        let imagegen = imagegen.clone();
         thread::spawn(move || {
-            build(&bad, "node-b", &b_state, &b_img);
-            build(&good, "node-a", &state, &again);
+            build(&imagegen, &bad, "node-b", &b_state, &b_img);
+            build(&imagegen, &good, "node-a", &state, &again);
         })
     };
 

@@ -1,0 +1,323 @@
+//! The boards the users own, booted: Raspberry Pi OS (`--board rpi4`), Armbian for the Banana
+//! Pi M5 (`--board bpi-m5`) and Ubuntu raspi (`--board rpi4` with an Ubuntu base), each made by
+//! the real CLI with the aarch64 agent it finds by itself (no `--agent`), booted under
+//! `qemu-system-aarch64` the way the board's firmware would boot it, and checked on the running
+//! node with real clients against the lab of `vm/lab.rs` (UPS, NAS, k3s server stand-in).
+//!
+//! The bases are a real Debian 12 arm64 userland (`tests/vm/mkroot-arm64.sh`) laid out as each
+//! vendor lays out its image (`tests/vm/mkarm.sh`; the differences from the real images are in
+//! `tests/vm/README.md`). The boot files come out of the built image with mtools and debugfs
+//! (`vm/arm.rs`): the kernel and initramfs that `config.txt` names and the command line of
+//! `cmdline.txt` for the Pis, the `armbianEnv.txt` variables in the meson64 `boot.cmd` line for
+//! the Banana Pi. The board's own kernel cannot run on qemu's `virt` machine, so Debian's generic
+//! arm64 kernel stands in for it, under the vendor's file names.
+//!
+//! The three tests boot one at a time (a software-emulated arm64 guest takes both cores); the
+//! image builds overlap with the other tests' boots.
+
+mod agents;
+mod vm;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use vm::Machine;
+use vm::lab::{
+    ADMIN, Lab, boot_settled, check_node, e2fsck_clean, host_key_fingerprint, ups_poweroff,
+};
+
+/// One emulated arm64 guest at a time.
+static BOOTS: Mutex<()> = Mutex::new(());
+
+/// The imagegen to build with (the aarch64 agent beside it), when this test can run; under
+/// `CI=true` a missing tool fails it instead.
+fn ready() -> Option<PathBuf> {
+    if !vm::qemu_available_for(Machine::Aarch64) {
+        return None;
+    }
+    for (tool, package) in [
+        ("ssh", "openssh-client"),
+        ("ssh-keygen", "openssh-client"),
+        ("ssh-keyscan", "openssh-client"),
+        ("e2fsck", "e2fsprogs"),
+        ("debugfs", "e2fsprogs"),
+        ("mcopy", "mtools"),
+        ("sfdisk", "fdisk"),
+    ] {
+        vm::require_tool(tool, package);
+    }
+    agents::imagegen_with_agents(&["aarch64"])
+}
+
+/// `imagegen build` of one node with no `--agent`: the imagegen used has the agents for every
+/// architecture beside it, as the README's set-up command leaves them.
+fn build(imagegen: &Path, lab: &Lab, cluster: &Path, node: &str, base: &Path, out: &Path) {
+    let started = Instant::now();
+    let state = cluster.with_file_name("state");
+    vm::run(
+        Command::new(imagegen)
+            .arg("build")
+            .arg("--config")
+            .arg(cluster)
+            .args(["--node", node, "--base"])
+            .arg(base)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--cache-dir")
+            .arg(lab.path("download-cache"))
+            .arg("-o")
+            .arg(out),
+    );
+    eprintln!(
+        "arm: built {node} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The agent in the built image is an aarch64 ELF (e_machine 183), read with debugfs.
+fn assert_aarch64_agent(disk: &Path, root_partition: u32, work: &Path) {
+    let offset = vm::partition_offset(disk, root_partition);
+    let agent = work.join("agent-from-image");
+    vm::debugfs(
+        disk,
+        offset,
+        false,
+        &format!(
+            "dump /usr/local/bin/imagegen-firstboot {}\n",
+            agent.display()
+        ),
+    );
+    let out = vm::run(Command::new("readelf").arg("-h").arg(&agent));
+    let header = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        header
+            .lines()
+            .any(|l| l.trim_start().starts_with("Machine:") && l.contains("AArch64")),
+        "the agent in {disk:?} is not an aarch64 ELF:\n{header}"
+    );
+}
+
+/// The fingerprint of the ed25519 host key stored in the image's root filesystem.
+fn image_host_key(disk: &Path, root_partition: u32, work: &Path) -> String {
+    let offset = vm::partition_offset(disk, root_partition);
+    let public = work.join("image-host-key.pub");
+    vm::debugfs(
+        disk,
+        offset,
+        false,
+        &format!(
+            "dump /etc/ssh/ssh_host_ed25519_key.pub {}\n",
+            public.display()
+        ),
+    );
+    let out = vm::run(Command::new("ssh-keygen").arg("-lf").arg(&public));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fingerprint for the host key in {disk:?}"))
+        .to_owned()
+}
+
+fn work_dir(lab: &Lab, name: &str) -> PathBuf {
+    let dir = lab.path(name);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn cmdline_words(opts: &vm::VmOptions) -> Vec<String> {
+    opts.cmdline
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn raspberry_pi_os_node_boots_joins_and_shuts_down_on_ups() {
+    let Some(imagegen) = ready() else {
+        return;
+    };
+    let node = "pi-a";
+    let base = vm::arm::base("rpios-bookworm");
+    let lab = Lab::start();
+    let cluster = lab.cluster("cluster", true, &[(node, "rpi4")]);
+    let work = work_dir(&lab, "work");
+    let disk = lab.path("pi-a.img");
+    build(&imagegen, &lab, &cluster, node, &base, &disk);
+    assert_aarch64_agent(&disk, 2, &work);
+    let built_key = image_host_key(&disk, 2, &work);
+
+    let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = vm::arm::pi4_boot(&disk, &work);
+    let words = cmdline_words(&opts);
+    // What imagegen left in cmdline.txt: k3s's memory cgroup on, the vendor's root expansion
+    // (bookworm's init=firstboot, which also grows the partition on a real Pi) kept.
+    for want in [
+        "cgroup_memory=1",
+        "cgroup_enable=memory",
+        "init=/usr/lib/raspberrypi-sys-mods/firstboot",
+        "root=PARTUUID=d9c86127-02",
+    ] {
+        assert!(
+            words.iter().any(|w| w == want),
+            "cmdline.txt lacks {want}: {words:?}"
+        );
+    }
+    let started = Instant::now();
+    let guest = boot_settled(&disk, opts, &lab.admin_key, node, &[]);
+    let facts = check_node(&lab, &guest, node);
+    eprintln!(
+        "arm: {node}: all steps done {:.1} s after power-on",
+        started.elapsed().as_secs_f64()
+    );
+    let key = &lab.admin_key;
+    assert_eq!(guest.ssh_ok(ADMIN, key, "uname -m").trim(), "aarch64");
+    // The vendor's first boot ran (it removes itself from cmdline.txt) and regenerated the host
+    // keys; imagegen's unit put the node's own keys back before sshd started.
+    let cmdline = guest.ssh_ok(ADMIN, key, "cat /boot/firmware/cmdline.txt");
+    assert!(
+        !cmdline.contains("init=") && cmdline.contains("cgroup_enable=memory"),
+        "the vendor's first boot did not run, or lost imagegen's arguments: {cmdline:?}"
+    );
+    assert_eq!(facts.host_key, built_key);
+    // The rename wizard is disarmed: its unit is masked and never ran.
+    assert_eq!(
+        guest
+            .ssh(ADMIN, key, "systemctl is-enabled userconfig.service")
+            .stdout,
+        b"masked\n"
+    );
+    // The agent's status copy on the boot partition, as a person would read it on a PC.
+    let copy = guest.ssh_ok(ADMIN, key, "cat /boot/firmware/imagegen-status.txt");
+    assert!(copy.contains(node), "status copy: {copy}");
+    ups_poweroff(&lab, guest, node, &disk, 2);
+    drop(_one_guest);
+
+    // A rebuild of the node from the same config keeps its SSH host key.
+    let again = lab.path("pi-a-again.img");
+    build(&imagegen, &lab, &cluster, node, &base, &again);
+    assert_eq!(image_host_key(&again, 2, &work), facts.host_key);
+}
+
+#[test]
+fn armbian_node_on_banana_pi_m5_boots_and_joins() {
+    let Some(imagegen) = ready() else {
+        return;
+    };
+    let node = "m5-a";
+    let base = vm::arm::base("armbian-bpim5");
+    let lab = Lab::start();
+    let cluster = lab.cluster("cluster", true, &[(node, "bpi-m5")]);
+    let work = work_dir(&lab, "work");
+    let disk = lab.path("m5-a.img");
+    build(&imagegen, &lab, &cluster, node, &base, &disk);
+    assert_aarch64_agent(&disk, 1, &work);
+    let built_key = image_host_key(&disk, 1, &work);
+    // U-Boot lives before the first partition (sector 8192): the boot code area of the MBR and
+    // sectors 1-8191 are the base's bytes.
+    let (b, d) = (fs::read(&base).unwrap(), fs::read(&disk).unwrap());
+    assert!(
+        b[..440] == d[..440] && b[512..8192 * 512] == d[512..8192 * 512],
+        "imagegen changed the U-Boot area"
+    );
+    drop((b, d));
+
+    let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = vm::arm::armbian_boot(&disk, &work);
+    let started = Instant::now();
+    let guest = boot_settled(&disk, opts, &lab.admin_key, node, &[]);
+    let facts = check_node(&lab, &guest, node);
+    eprintln!(
+        "arm: {node}: all steps done {:.1} s after power-on",
+        started.elapsed().as_secs_f64()
+    );
+    let key = &lab.admin_key;
+    assert_eq!(guest.ssh_ok(ADMIN, key, "uname -m").trim(), "aarch64");
+    // armbianEnv.txt's extraargs reached the kernel.
+    let env = guest.ssh_ok(ADMIN, key, "cat /boot/armbianEnv.txt");
+    let proc_cmdline = guest.ssh_ok(ADMIN, key, "cat /proc/cmdline");
+    if let Some(extra) = env.lines().find_map(|l| l.strip_prefix("extraargs=")) {
+        assert!(
+            proc_cmdline.contains(extra.trim()),
+            "extraargs {extra:?} not in /proc/cmdline {proc_cmdline:?}"
+        );
+    }
+    // The console wizard is disarmed and root is not logged in automatically.
+    guest.ssh_ok(ADMIN, key, "sudo test ! -e /root/.not_logged_in_yet");
+    let autologin = guest.ssh(
+        ADMIN,
+        key,
+        "grep -rs -- --autologin /etc/systemd/system/getty@.service.d \
+         /etc/systemd/system/serial-getty@.service.d",
+    );
+    assert!(
+        autologin.stdout.is_empty(),
+        "root autologin left: {}",
+        String::from_utf8_lossy(&autologin.stdout)
+    );
+    // Armbian's first run was told to keep the node's host keys.
+    assert_eq!(facts.host_key, built_key);
+    assert_eq!(host_key_fingerprint(&guest), built_key);
+    let copy = guest.ssh_ok(ADMIN, key, "cat /boot/imagegen-status.txt");
+    assert!(copy.contains(node), "status copy: {copy}");
+    let _ = guest.ssh(ADMIN, key, "sudo systemctl poweroff");
+    let mut guest = guest;
+    guest.wait_for_exit(Duration::from_secs(120));
+    drop(guest);
+    e2fsck_clean(&disk, 1);
+}
+
+#[test]
+fn ubuntu_raspi_node_consumes_its_cloud_init_seed() {
+    let Some(imagegen) = ready() else {
+        return;
+    };
+    let node = "ubu-a";
+    let base = vm::arm::base("ubuntu-raspi");
+    let lab = Lab::start();
+    let cluster = lab.cluster("cluster", true, &[(node, "rpi4")]);
+    let work = work_dir(&lab, "work");
+    let disk = lab.path("ubu-a.img");
+    build(&imagegen, &lab, &cluster, node, &base, &disk);
+    assert_aarch64_agent(&disk, 2, &work);
+
+    let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = vm::arm::pi4_boot(&disk, &work);
+    let words = cmdline_words(&opts);
+    for want in ["cgroup_memory=1", "cgroup_enable=memory"] {
+        assert!(
+            words.iter().any(|w| w == want),
+            "cmdline.txt lacks {want}: {words:?}"
+        );
+    }
+    let started = Instant::now();
+    let guest = boot_settled(&disk, opts, &lab.admin_key, node, &[]);
+    check_node(&lab, &guest, node);
+    eprintln!(
+        "arm: {node}: all steps done {:.1} s after power-on",
+        started.elapsed().as_secs_f64()
+    );
+    let key = &lab.admin_key;
+    // The real cloud-init found imagegen's seed on the system-boot partition and finished.
+    let status = guest.ssh_ok(ADMIN, key, "cloud-init status --wait");
+    assert!(status.contains("status: done"), "cloud-init: {status}");
+    let result = guest.ssh_ok(ADMIN, key, "cat /run/cloud-init/result.json");
+    // NoCloud names where its seed came from: the partition, not a seed directory in the root.
+    assert!(
+        result.contains("DataSourceNoCloud") && !result.contains("/var/lib/cloud/seed"),
+        "cloud-init did not use the NoCloud seed on the boot partition: {result}"
+    );
+    let instance = guest.ssh_ok(ADMIN, key, "cat /var/lib/cloud/data/instance-id");
+    assert_eq!(instance.trim(), format!("imagegen-{node}"));
+    let copy = guest.ssh_ok(ADMIN, key, "cat /boot/firmware/imagegen-status.txt");
+    assert!(copy.contains(node), "status copy: {copy}");
+    let _ = guest.ssh(ADMIN, key, "sudo systemctl poweroff");
+    let mut guest = guest;
+    guest.wait_for_exit(Duration::from_secs(120));
+    drop(guest);
+    e2fsck_clean(&disk, 2);
+}
