@@ -191,6 +191,19 @@ fn raspberry_pi_os_node_boots_joins_and_shuts_down_on_ups() {
             .stdout,
         b"masked\n"
     );
+    // ...and so is what pi-gen's `rename-user` left for it to undo: a console login on tty1,
+    // no "set up a user first" banner for SSH logins.
+    assert_eq!(
+        guest
+            .ssh(ADMIN, key, "systemctl is-enabled getty@tty1.service")
+            .stdout,
+        b"enabled\n"
+    );
+    guest.ssh_ok(
+        ADMIN,
+        key,
+        "test ! -e /etc/ssh/sshd_config.d/rename_user.conf",
+    );
     // The agent's status copy on the boot partition, as a person would read it on a PC.
     let copy = guest.ssh_ok(ADMIN, key, "cat /boot/firmware/imagegen-status.txt");
     assert!(copy.contains(node), "status copy: {copy}");
@@ -286,7 +299,11 @@ fn ubuntu_raspi_node_consumes_its_cloud_init_seed() {
     assert_aarch64_agent(&disk, 2, &work);
 
     let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let opts = vm::arm::pi4_boot(&disk, &work);
+    let mut opts = vm::arm::pi4_boot(&disk, &work);
+    // On a Pi the kernel names the onboard NIC `eth0`, which Ubuntu's network-config names;
+    // qemu's virtio NIC would be `enp0s1` and cloud-init's `eth0` stanza would match nothing
+    // (tried: networking.service fails, no network). This gives the kernel's name back.
+    opts.extra_args = "net.ifnames=0".into();
     let words = cmdline_words(&opts);
     for want in ["cgroup_memory=1", "cgroup_enable=memory"] {
         assert!(

@@ -160,14 +160,20 @@ pub fn pi4_boot(disk: &Path, work: &Path) -> VmOptions {
     arm_options(kernel, initrd, cmdline)
 }
 
-/// Boot options for an Armbian image as its U-Boot `boot.scr` builds them: the variables of
-/// `/boot/armbianEnv.txt` substituted into the meson64 `boot.cmd` bootargs line
-/// (armbian/build config/bootscripts/boot-meson64.cmd:
-/// `root=${rootdev} rootwait rootfstype=${rootfstype} ${consoleargs} consoleblank=0
-/// coherent_pool=2M loglevel=${verbosity} ubootpart=${partuuid} libata.force=noncq
-/// usb-storage.quirks=${usbstoragequirks} ${extraargs} ${extraboardargs}`), the kernel
-/// `/boot/Image` and the initramfs behind `/boot/uInitrd`. The console arguments are left out:
-/// the harness gives qemu's serial console.
+/// Boot options for an Armbian image as its U-Boot `boot.scr` builds them, on the "modern
+/// kernel" branch of armbian/build config/bootscripts/boot-meson64.cmd:
+///
+/// ```text
+/// setenv bootargs "root=${rootdev} rootwait rootfstype=${rootfstype} ${consoleargs} consoleblank=0
+///   coherent_pool=2M loglevel=${verbosity} ubootpart=${partuuid} libata.force=noncq
+///   usb-storage.quirks=${usbstoragequirks} ${extraargs} ${extraboardargs}"
+/// if test "${docker_optimizations}" = "on"; then setenv bootargs "${bootargs} cgroup_enable=memory swapaccount=1"; fi
+/// ```
+///
+/// with the script's defaults (verbosity=1, console=both, docker_optimizations=on) overridden by
+/// `/boot/armbianEnv.txt`, `partuuid` the PARTUUID of partition 1, and the kernel
+/// `/boot/Image` and initramfs `/boot/uInitrd` (a U-Boot legacy ramdisk image, which qemu's
+/// `-initrd` unwraps as U-Boot does) that the script loads, symlinks resolved.
 pub fn armbian_boot(disk: &Path, work: &Path) -> VmOptions {
     let offset = partition_offset(disk, 1);
     let env = debugfs(disk, offset, false, "cat /boot/armbianEnv.txt\n");
@@ -180,22 +186,35 @@ pub fn armbian_boot(disk: &Path, work: &Path) -> VmOptions {
     let rootdev = vars
         .get("rootdev")
         .unwrap_or_else(|| panic!("armbianEnv.txt has no rootdev:\n{env}"));
-    let cmdline = format!(
-        "root={rootdev} rootwait rootfstype={} consoleblank=0 coherent_pool=2M loglevel={} \
-         libata.force=noncq {}",
+    let consoleargs = match var("console", "both").as_str() {
+        "serial" => "console=ttyAML0,115200",
+        "display" => "console=tty1",
+        _ => "console=ttyAML0,115200 console=tty1",
+    };
+    let mut cmdline = format!(
+        "root={rootdev} rootwait rootfstype={} {consoleargs} consoleblank=0 coherent_pool=2M \
+         loglevel={} ubootpart={}-01 libata.force=noncq usb-storage.quirks={} {} {}",
         var("rootfstype", "ext4"),
         var("verbosity", "1"),
+        mbr_disk_id(disk),
+        var("usbstoragequirks", ""),
         var("extraargs", ""),
+        var("extraboardargs", ""),
     );
+    if var("docker_optimizations", "on") == "on" {
+        cmdline.push_str(" cgroup_enable=memory swapaccount=1");
+    }
+    let cmdline = cmdline.split_whitespace().collect::<Vec<_>>().join(" ");
     let kernel = work.join("armbian-Image");
-    let initrd = work.join("armbian-initrd");
-    let initrd_name = armbian_initrd(disk, offset);
+    let initrd = work.join("armbian-uInitrd");
+    let kernel_name = ext4_resolve(disk, offset, "/boot", "Image");
+    let initrd_name = ext4_resolve(disk, offset, "/boot", "uInitrd");
     debugfs(
         disk,
         offset,
         false,
         &format!(
-            "dump /boot/Image {}\ndump {initrd_name} {}\n",
+            "dump {kernel_name} {}\ndump {initrd_name} {}\n",
             kernel.display(),
             initrd.display()
         ),
@@ -203,17 +222,30 @@ pub fn armbian_boot(disk: &Path, work: &Path) -> VmOptions {
     arm_options(kernel, initrd, cmdline)
 }
 
-/// The initramfs Armbian's U-Boot loads: `/boot/uInitrd` is a U-Boot legacy image (a 64-byte
-/// header around the initramfs) or a symlink to one; qemu wants the bare initramfs, which
-/// Armbian keeps beside it as `/boot/initrd.img-<version>`.
-fn armbian_initrd(disk: &Path, offset: u64) -> String {
-    let listing = debugfs(disk, offset, false, "ls -p /boot\n");
-    let name = listing
+/// `dir/name` with a symlink followed (once, relative or absolute), read with debugfs.
+fn ext4_resolve(disk: &Path, offset: u64, dir: &str, name: &str) -> String {
+    let path = format!("{dir}/{name}");
+    let stat = debugfs(disk, offset, false, &format!("stat {path}\n"));
+    match stat
         .lines()
-        .filter_map(|l| l.split('/').nth(5))
-        .find(|n| n.starts_with("initrd.img-"))
-        .unwrap_or_else(|| panic!("no /boot/initrd.img-* in the Armbian image:\n{listing}"));
-    format!("/boot/{name}")
+        .find_map(|l| l.trim().strip_prefix("Fast link dest: "))
+        .map(|t| t.trim_matches('"'))
+    {
+        Some(target) if target.starts_with('/') => target.to_owned(),
+        Some(target) => format!("{dir}/{target}"),
+        None => path,
+    }
+}
+
+/// The MBR disk identifier in lowercase hex, as in PARTUUIDs, read with sfdisk.
+fn mbr_disk_id(disk: &Path) -> String {
+    let out = run(Command::new("sfdisk").arg("--json").arg(disk));
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).expect("sfdisk --json");
+    table["partitiontable"]["id"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("0x"))
+        .unwrap_or_else(|| panic!("{disk:?} has no MBR disk id"))
+        .to_ascii_lowercase()
 }
 
 fn arm_options(kernel: PathBuf, initrd: PathBuf, cmdline: String) -> VmOptions {

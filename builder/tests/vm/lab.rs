@@ -436,7 +436,7 @@ pub fn boot_settled(disk: &Path, opts: VmOptions, key: &Path, label: &str, faile
             break state;
         }
         eprintln!(
-            "e2e: {label}: ssh dropped while waiting for boot to finish: {}",
+            "vm: {label}: ssh dropped while waiting for boot to finish: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     };
@@ -455,7 +455,7 @@ pub fn boot_settled(disk: &Path, opts: VmOptions, key: &Path, label: &str, faile
         "{label}: system state {state:?}, expected {expected:?} with failed units {failed:?}:\n{listed}"
     );
     eprintln!(
-        "e2e: {label}: SSH after {:.1} s, running after {:.1} s",
+        "vm: {label}: SSH after {:.1} s, running after {:.1} s",
         to_ssh.as_secs_f64(),
         guest.uptime().as_secs_f64()
     );
