@@ -19,6 +19,9 @@ pub struct Context<'a> {
 /// them unconditionally (Raspberry Pi OS bookworm), and the unit that puts them back.
 pub const IDENTITY_DIR: &str = "/etc/imagegen/identity";
 const HOSTKEYS_UNIT: &str = "imagegen-hostkeys.service";
+/// What userconf-pi's `rename-user` leaves for its wizard to remove.
+const RENAME_USER_BANNER: &str = "/etc/ssh/sshd_config.d/rename_user.conf";
+const GETTY_TTY1: &str = "/etc/systemd/system/getty.target.wants/getty@tty1.service";
 
 pub fn plan(
     vendor: Vendor,
@@ -53,6 +56,18 @@ fn rpios(vendor: Vendor, image: &mut Image, ctx: &Context, p: &mut Plan) -> Resu
     // userconf-pi opens a rename wizard on tty8 when no userconf.txt is given; the admin
     // account comes from imagegen, so the wizard has nothing to do.
     p.mask("userconfig.service");
+    // pi-gen arms that wizard with `rename-user -f -s`, which also disables getty@tty1 and adds
+    // an sshd Banner ("SSH may not work until a valid user has been set up"); only the wizard
+    // or `cancel-rename` undo them (RPi-Distro/userconf-pi rename-user, cancel-rename). With the
+    // wizard masked, do what cancel-rename does, or the node has no console login on HDMI and
+    // greets every SSH login with that banner (seen in the ARM boot test).
+    if exists(image, RENAME_USER_BANNER)? {
+        p.remove(RENAME_USER_BANNER);
+    }
+    if exists(image, "/lib/systemd/system/getty@.service")? && !exists(image, GETTY_TTY1)? {
+        p.dir("/etc/systemd/system/getty.target.wants", 0o755, 0, 0);
+        p.symlink(GETTY_TTY1, "/lib/systemd/system/getty@.service");
+    }
     if ctx.has_identity {
         p.mask("regenerate_ssh_host_keys.service");
     }
