@@ -596,6 +596,11 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
         main.replace("Include /etc/ssh/", &format!("Include {}/", s(&ssh))),
     )
     .unwrap();
+    // sshd run by root insists on its privilege separation directory even for -T; the service
+    // makes it (RuntimeDirectory), but a machine where sshd never ran as a service lacks it.
+    if Path::new("/run").is_dir() && std::env::var("USER").as_deref() == Ok("root") {
+        let _ = fs::create_dir_all("/run/sshd");
+    }
     let mut sshd = Command::new(oracle::tool("sshd"));
     sshd.arg("-T").arg("-f").arg(ssh.join("sshd_config"));
     for kind in ["ed25519", "ecdsa", "rsa"] {
