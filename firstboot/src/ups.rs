@@ -130,11 +130,17 @@ pub fn setup(
     };
     let mut details = BTreeMap::new();
     let systemctl = &config.commands.systemctl;
+    // On the UPS server before ZeroTier has an address: upsd listens on loopback only for now,
+    // so this node's own upsmon protects it already; the step stays pending until the address
+    // is known and the other nodes can reach upsd.
+    let mut waiting = None;
     if ups.primary {
         if config.zerotier.is_some() && zt.is_none() {
-            return Err(UpsError::Waiting(
-                "upsd listens on the ZeroTier address, which is not known yet".into(),
-            ));
+            waiting = Some(
+                "upsd listens on 127.0.0.1 only (this node is protected) until the ZeroTier \
+                 address is known for the other nodes"
+                    .to_owned(),
+            );
         }
         let pw_path = ups.password_file.display().to_string();
         let password =
@@ -174,8 +180,9 @@ pub fn setup(
             details.insert("listen".into(), l.into());
         }
     }
-    // The unit is ordered after imagegen-firstboot.service, whose run this is: a blocking start
-    // would wait for this very run to end, and hang until systemd kills it.
+    // --no-block: nothing here needs to wait for the watch to be up. Its start job runs now,
+    // beside this run, because the watch is not ordered after imagegen-firstboot.service (a
+    // blocking start of a unit ordered after the service whose run this is would hang).
     command::run(
         root,
         systemctl,
@@ -190,7 +197,10 @@ pub fn setup(
         "watching".into(),
         format!("{}@{}:{}", ups.ups, ups.host, ups.port),
     );
-    Ok(details)
+    match waiting {
+        Some(why) => Err(UpsError::Waiting(why)),
+        None => Ok(details),
+    }
 }
 
 /// The local upsmon's password: kept from an earlier run, else made now from the kernel's random
