@@ -290,6 +290,10 @@ fn default_budget() -> u64 {
     240
 }
 
+/// Upper bound for `[agent] time_budget_secs`. The unit's `TimeoutStartSec=300` ends `run`
+/// long before; the bound keeps deadline arithmetic far from overflowing.
+pub const MAX_TIME_BUDGET_SECS: u64 = 3600;
+
 impl NodeConfig {
     /// Parses and validates `node.toml`. Errors name the line and column.
     pub fn from_toml_str(s: &str) -> Result<NodeConfig, ConfigError> {
@@ -400,6 +404,13 @@ impl NodeConfig {
                     ups.dead_time_secs, ups.poll_interval_ms
                 ));
             }
+        }
+        if self.agent.time_budget_secs > MAX_TIME_BUDGET_SECS {
+            return bad(format!(
+                "[agent] time_budget_secs {} must be at most {MAX_TIME_BUDGET_SECS} (and below \
+                 the first-boot unit's TimeoutStartSec=300)",
+                self.agent.time_budget_secs
+            ));
         }
         if let Some(b) = &self.backup {
             if !b.target.contains(':') {

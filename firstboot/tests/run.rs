@@ -506,3 +506,20 @@ time_budget_secs = 30
         ("done", "done")
     );
 }
+
+/// A time budget too large for the clock used to panic (`Instant + Duration` overflow); it is a
+/// config error that names the key.
+#[test]
+fn huge_time_budget_is_a_config_error() {
+    let n = Node::new(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [agent]\ntime_budget_secs = 18446744073709551615\n",
+    );
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("time_budget_secs"), "{log}");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["config"]["state"], "failed");
+}
