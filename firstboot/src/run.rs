@@ -201,7 +201,9 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
                 paths.join(" "),
             )])))
         }
-        Ok(seed::Consumed::NoSeed) if before.is_done("seed") => None,
+        // No seed now: whatever the last one came to stands (a rejected seed stays failed until
+        // a new one arrives).
+        Ok(seed::Consumed::NoSeed) if before.step("seed").is_some() => None,
         Ok(seed::Consumed::NoSeed) => Some(Outcome::Done(BTreeMap::from([(
             "placed".to_owned(),
             "none (no seed on the boot partition)".to_owned(),
@@ -210,7 +212,7 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
     };
     match seed_outcome {
         Some(o) => summary.set("seed", rec.record("seed", o)?),
-        None => summary.set("seed", State::Done),
+        None => summary.set("seed", before.step("seed").map_or(State::Done, |s| s.state)),
     }
     if reload {
         // A personalized generic image: the seed brought this node's own node.toml, so the

@@ -523,3 +523,46 @@ fn huge_time_budget_is_a_config_error() {
     let st = n.status_json();
     assert_eq!(st["steps"]["config"]["state"], "failed");
 }
+
+/// A seed that does not parse fails the same way on every boot; it used to stay on the FAT
+/// partition, secrets and all, for good. It is wiped from there (kept root-only for the
+/// operator) and the failure stays in the status.
+#[test]
+fn unparsable_seed_is_wiped_from_the_boot_partition() {
+    const SECRET: &str = "c2VjcmV0LWluLWJhZC1zZWVk"; // base64 of "secret-in-bad-seed"
+    let n = Node::new("[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n");
+    let seed = format!(
+        "[[file]]\npath = \"/etc/rancher/k3s/token\"\nmode = \"0600\"\n\
+         content_base64 = \"{SECRET}\"\nbroken = [\n"
+    );
+    n.write(&format!("boot/firmware/{SEED_FILE_NAME}"), &seed);
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        !log.contains(SECRET) && !log.contains("secret-in-bad-seed"),
+        "{log}"
+    );
+    for (path, (_, content)) in tree(&n.root().join("boot")) {
+        let text = String::from_utf8_lossy(&content);
+        assert!(!text.contains(SECRET), "boot/{path} still holds the secret");
+    }
+    assert!(!n.root().join("boot/firmware").join(SEED_FILE_NAME).exists());
+    let kept = n.root().join("var/lib/imagegen/rejected-seed.toml");
+    assert_eq!(fs::read_to_string(&kept).unwrap(), seed);
+    assert_eq!(
+        fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let reason = n.status_json()["steps"]["seed"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("rejected-seed.toml"), "{reason}");
+    assert!(reason.contains("line 5"), "{reason}");
+
+    // The next run has no seed; the rejection stays visible until a new seed arrives.
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(n.status_json()["steps"]["seed"]["state"], "failed");
+}
