@@ -234,10 +234,7 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
         }
     };
     let mut login = if ups.primary {
-        record(Update::done(BTreeMap::from([(
-            "login".to_owned(),
-            "none: on the UPS server, upsmon is the primary client".to_owned(),
-        )])));
+        // Reported done with the first status read.
         LoginState::NotNeeded
     } else {
         match read_password(root, ups) {
@@ -368,6 +365,12 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
                     if changed {
                         eprintln!("ups-watch: {target} status {}", words.join(" "));
                         shown = Some(words.clone());
+                    }
+                    if known.is_none() && matches!(login, LoginState::NotNeeded) {
+                        record(Update::done(BTreeMap::from([(
+                            "login".to_owned(),
+                            "none: on the UPS server, upsmon is the primary client".to_owned(),
+                        )])));
                     }
                     let critical = is_critical(&words);
                     known = Some(Known {

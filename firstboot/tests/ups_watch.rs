@@ -473,6 +473,7 @@ fn ups_watch_on_the_ups_server_does_not_log_in() {
     let w = Running::spawn(node.command(&["ups-watch"]));
     holds_without_shutdown(&w, "OL", &shutdowns);
     assert_eq!(numlogins(nut.port), "NUMLOGINS dummy 0", "{}", w.log_text());
+    assert_eq!(node.status_json()["steps"]["ups-watch"]["state"], "done");
 }
 
 /// upsmon(8), DEAD UPSES: a UPS that cannot be reached for DEADTIME seconds "while that UPS was
