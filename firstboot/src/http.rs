@@ -170,8 +170,7 @@ pub fn request(
     req.push_str("\r\n");
 
     let mut raw = Vec::new();
-    let clean_end;
-    if u.tls {
+    let clean_end = if u.tls {
         let config = tls_config(trust).map_err(|source| HttpError::Tls {
             url: url.to_owned(),
             source,
@@ -186,13 +185,13 @@ pub fn request(
         s.write_all(req.as_bytes()).map_err(io_err)?;
         s.write_all(body).map_err(io_err)?;
         s.flush().map_err(io_err)?;
-        clean_end = read_reply(&mut s, &mut raw).map_err(io_err)?;
+        read_reply(&mut s, &mut raw).map_err(io_err)?
     } else {
         let mut s = tcp;
         s.write_all(req.as_bytes()).map_err(io_err)?;
         s.write_all(body).map_err(io_err)?;
-        clean_end = read_reply(&mut s, &mut raw).map_err(io_err)?;
-    }
+        read_reply(&mut s, &mut raw).map_err(io_err)?
+    };
     match parse_response(&raw, clean_end) {
         Parsed::Complete(r) => Ok(r),
         Parsed::Incomplete(why) => Err(HttpError::Truncated {
