@@ -544,7 +544,7 @@ pub fn check_node(lab: &Lab, guest: &Vm, node: &str) -> Facts {
     let key = &lab.admin_key;
     // 1. The agent finishes every step on its own.
     let s = wait_status(
-        &guest,
+        guest,
         key,
         Duration::from_secs(180),
         &format!("{node} all steps done"),
@@ -564,7 +564,7 @@ pub fn check_node(lab: &Lab, guest: &Vm, node: &str) -> Facts {
 
     // 2. Keys only, admin only; the node's own name and identity.
     assert_refused(
-        &guest,
+        guest,
         ADMIN,
         &[
             "-o",
@@ -575,7 +575,7 @@ pub fn check_node(lab: &Lab, guest: &Vm, node: &str) -> Facts {
         "password login of the admin",
     );
     let key_opts = ["-i", key.to_str().unwrap(), "-o", "IdentitiesOnly=yes"];
-    assert_refused(&guest, "root", &key_opts, "root login with the admin's key");
+    assert_refused(guest, "root", &key_opts, "root login with the admin's key");
     assert_eq!(guest.ssh_ok(ADMIN, key, "hostname").trim(), node);
     let machine_id = guest
         .ssh_ok(ADMIN, key, "cat /etc/machine-id")
@@ -585,7 +585,7 @@ pub fn check_node(lab: &Lab, guest: &Vm, node: &str) -> Facts {
         machine_id.len() == 32 && machine_id.bytes().all(|b| b.is_ascii_hexdigit()),
         "machine-id {machine_id:?}"
     );
-    let host_key = host_key_fingerprint(&guest);
+    let host_key = host_key_fingerprint(guest);
 
     // 3. Default-deny firewall, loaded by nftables.service at boot; SSH still answers (we are
     //    talking over it).
