@@ -173,11 +173,9 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded, hosts: &str) -> Result<Seed> {
         ));
     }
     if let Some(u) = &c.ups {
-        files.push(SeedFile::new(
-            plan::NUT_PASSWORD,
-            0o600,
-            &read(&u.password_file, "ups password_file")?,
-        ));
+        let pw = read(&u.password_file, "ups password_file")?;
+        plan::check_nut_password(&pw, &loaded.resolve(&u.password_file))?;
+        files.push(SeedFile::new(plan::NUT_PASSWORD, 0o600, &pw));
     }
     if let Some(b) = &c.backup {
         let key = match &b.ssh_key_file {

@@ -147,6 +147,10 @@ pub struct UpsSection {
     pub port: u16,
     /// UPS name in `ups.conf`.
     pub ups: String,
+    /// The NUT user every node's `ups-watch` logs in as. On the UPS server it is written to
+    /// `upsd.users` as `upsmon secondary`: it may watch the UPS and register as powered by it,
+    /// never set FSD. The UPS server's own upsmon is the only primary, as
+    /// [`PRIMARY_USER`](crate::ups::PRIMARY_USER) with a password made on that node.
     pub user: String,
     pub password_file: PathBuf,
     #[serde(default = "default_shutdown_command")]
@@ -163,6 +167,10 @@ pub struct UpsSection {
     /// How often `ups-watch` asks for `ups.status`.
     #[serde(default = "default_poll_ms")]
     pub poll_interval_ms: u64,
+    /// upsmon's DEADTIME: a UPS last seen on battery that gives no status for this long is
+    /// taken as critical (upsmon(8), "DEAD UPSES"). NUT's default is 15 s.
+    #[serde(default = "default_dead_time")]
+    pub dead_time_secs: u64,
 }
 
 fn default_nut_port() -> u16 {
@@ -173,6 +181,9 @@ fn default_shutdown_command() -> Vec<String> {
 }
 fn default_poll_ms() -> u64 {
     5000
+}
+fn default_dead_time() -> u64 {
+    15
 }
 
 /// `[backup]`: snapshots sent to the NAS over SSH.
@@ -279,6 +290,10 @@ fn default_budget() -> u64 {
     240
 }
 
+/// Upper bound for `[agent] time_budget_secs`. The unit's `TimeoutStartSec=300` ends `run`
+/// long before; the bound keeps deadline arithmetic far from overflowing.
+pub const MAX_TIME_BUDGET_SECS: u64 = 3600;
+
 impl NodeConfig {
     /// Parses and validates `node.toml`. Errors name the line and column.
     pub fn from_toml_str(s: &str) -> Result<NodeConfig, ConfigError> {
@@ -360,6 +375,42 @@ impl NodeConfig {
             if ups.poll_interval_ms == 0 {
                 return bad("[ups] poll_interval_ms must be positive".into());
             }
+            // Both go into upsd.users and upsmon.conf as bare words (`[user]`, `ups@host`):
+            // anything else could end the section or add a line.
+            for (key, v) in [("user", &ups.user), ("ups", &ups.ups)] {
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                {
+                    return bad(format!(
+                        "[ups] {key} {v:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+                    ));
+                }
+            }
+            if ups.user == crate::ups::PRIMARY_USER {
+                return bad(format!(
+                    "[ups] user {:?} is the UPS server's own upsmon user; choose another name",
+                    ups.user
+                ));
+            }
+            // upsmon.conf(5) advises DEADTIME of 3 polls; below one poll, a single late reply
+            // would already count as a dead UPS.
+            if ups.dead_time_secs.saturating_mul(1000) < ups.poll_interval_ms {
+                return bad(format!(
+                    "[ups] dead_time_secs ({}) must be at least one poll_interval_ms ({} ms); \
+                     NUT advises three",
+                    ups.dead_time_secs, ups.poll_interval_ms
+                ));
+            }
+        }
+        if self.agent.time_budget_secs > MAX_TIME_BUDGET_SECS {
+            return bad(format!(
+                "[agent] time_budget_secs {} must be at most {MAX_TIME_BUDGET_SECS} (and below \
+                 the first-boot unit's TimeoutStartSec=300)",
+                self.agent.time_budget_secs
+            ));
         }
         if let Some(b) = &self.backup {
             if !b.target.contains(':') {
@@ -427,6 +478,28 @@ password_file = "/etc/imagegen/ups-password"
             .unwrap_err()
             .to_string();
         assert!(e.contains("node"), "{e}");
+    }
+
+    #[test]
+    fn nut_names_and_dead_time_are_checked() {
+        let bad = |from: &str, to: &str| {
+            NodeConfig::from_toml_str(&AGENT.replace(from, to))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("user = \"monuser\"", "user = \"mon]\\n\\tupsmon primary\"");
+        assert!(e.contains("[ups] user"), "{e}");
+        let e = bad("ups = \"riello\"", "ups = \"riello ups\"");
+        assert!(e.contains("[ups] ups"), "{e}");
+        let e = bad("user = \"monuser\"", "user = \"imagegen-primary\"");
+        assert!(e.contains("own upsmon user"), "{e}");
+        let e = bad(
+            "user = \"monuser\"",
+            "user = \"monuser\"\ndead_time_secs = 2",
+        );
+        assert!(e.contains("dead_time_secs"), "{e}");
+        let c = NodeConfig::from_toml_str(AGENT).unwrap();
+        assert_eq!(c.ups.unwrap().dead_time_secs, 15);
     }
 
     #[test]

@@ -4,11 +4,20 @@
 //! local API), each on its own `Connection: close` connection. A general client (ureq) would bring
 //! more code than these needs, and the agent ships to every SD card; this one is about 200 lines and
 //! lets the TLS policy (accept-anything for `/cacerts`, pinned CA for `/ping`) be explicit per request.
+//!
+//! Two rules keep a misbehaving server from deciding for the agent:
+//! - one deadline per request, for connect, handshake, sending and every read together: a server
+//!   that sends a byte a second never trips a per-read timeout, and would otherwise hold `run` past
+//!   its time budget;
+//! - a reply is complete only when its end is known: all `Content-Length` bytes, the last chunk,
+//!   or, when the body runs to the end of the connection, a clean end (TLS close_notify, or TCP
+//!   FIN for plain HTTP). A TLS connection cut without close_notify is a truncation (RFC 8446
+//!   section 6.1 requires close_notify before closing the write side), not a short body.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -28,8 +37,24 @@ pub enum HttpError {
     Tls { url: String, source: rustls::Error },
     #[error("{url}: malformed HTTP response")]
     Malformed { url: String },
+    /// The connection ended before the reply did.
+    #[error("{url}: reply cut short ({why})")]
+    Truncated { url: String, why: &'static str },
     #[error("CA bundle contains no PEM certificate")]
     NoCa,
+    #[error("CA bundle is not well-formed PEM: {0}")]
+    BadPem(String),
+}
+
+impl HttpError {
+    /// The TLS error behind this failure, if the handshake or a record was refused.
+    pub fn tls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            HttpError::Io { source, .. } => source.get_ref()?.downcast_ref::<rustls::Error>(),
+            HttpError::Tls { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 /// How to treat the server's certificate.
@@ -44,10 +69,12 @@ pub enum Trust {
 }
 
 impl Trust {
+    /// The certificates of a PEM bundle. Every certificate section must parse: a bundle cut in
+    /// the middle of one is an error, not a shorter bundle.
     pub fn from_pem(pem: &[u8]) -> Result<Trust, HttpError> {
-        let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
-            .filter_map(Result::ok)
-            .collect();
+        let certs = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| HttpError::BadPem(e.to_string()))?;
         if certs.is_empty() {
             return Err(HttpError::NoCa);
         }
@@ -104,6 +131,7 @@ fn parse_url(url: &str) -> Option<Url<'_>> {
 }
 
 /// One request. `trust` must be `Plain` for `http://` URLs and a TLS mode for `https://`.
+/// `timeout` bounds the whole request, from connect to the last byte of the reply.
 pub fn request(
     method: &str,
     url: &str,
@@ -122,9 +150,9 @@ pub fn request(
         .map_err(io_err)?
         .next()
         .ok_or_else(|| io_err(io::Error::other("host has no address")))?;
+    let deadline = Instant::now() + timeout;
     let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(io_err)?;
-    tcp.set_read_timeout(Some(timeout)).map_err(io_err)?;
-    tcp.set_write_timeout(Some(timeout)).map_err(io_err)?;
+    let tcp = DeadlineStream { tcp, deadline };
 
     let host_header = if u.host.contains(':') {
         format!("[{}]:{}", u.host, u.port)
@@ -142,7 +170,7 @@ pub fn request(
     req.push_str("\r\n");
 
     let mut raw = Vec::new();
-    if u.tls {
+    let clean_end = if u.tls {
         let config = tls_config(trust).map_err(|source| HttpError::Tls {
             url: url.to_owned(),
             source,
@@ -157,39 +185,112 @@ pub fn request(
         s.write_all(req.as_bytes()).map_err(io_err)?;
         s.write_all(body).map_err(io_err)?;
         s.flush().map_err(io_err)?;
-        read_all(&mut s, &mut raw).map_err(io_err)?;
+        read_reply(&mut s, &mut raw).map_err(io_err)?
     } else {
         let mut s = tcp;
         s.write_all(req.as_bytes()).map_err(io_err)?;
         s.write_all(body).map_err(io_err)?;
-        read_all(&mut s, &mut raw).map_err(io_err)?;
+        read_reply(&mut s, &mut raw).map_err(io_err)?
+    };
+    match parse_response(&raw, clean_end) {
+        Parsed::Complete(r) => Ok(r),
+        Parsed::Incomplete(why) => Err(HttpError::Truncated {
+            url: url.to_owned(),
+            why,
+        }),
+        Parsed::Malformed => Err(HttpError::Malformed {
+            url: url.to_owned(),
+        }),
     }
-    parse_response(&raw).ok_or_else(|| HttpError::Malformed {
-        url: url.to_owned(),
-    })
 }
 
-/// Reads to EOF. Servers that close without TLS close_notify (common) end the body the same way.
-fn read_all(r: &mut impl Read, out: &mut Vec<u8>) -> io::Result<()> {
+/// A TCP stream whose every read and write gets only what is left until one deadline.
+struct DeadlineStream {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineStream {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete reply within the request's time limit",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DeadlineStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Reads until the reply is complete or the connection ends. Returns whether it ended cleanly:
+/// `Ok(0)` is TCP FIN on plain streams and close_notify under rustls, which reports a TCP close
+/// without close_notify as `UnexpectedEof`.
+fn read_reply(r: &mut impl Read, out: &mut Vec<u8>) -> io::Result<bool> {
     let mut buf = [0u8; 8192];
     loop {
         match r.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(true),
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
                 if out.len() > MAX_BODY {
                     return Err(io::Error::other("response larger than 1 MiB"));
                 }
+                // Done as soon as Content-Length says so; a server that keeps the connection
+                // open after a whole reply does not hold us until the deadline.
+                if let Parsed::Complete(_) = parse_response(out, false) {
+                    return Ok(true);
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !out.is_empty() => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
 }
 
-fn parse_response(raw: &[u8]) -> Option<Response> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+enum Parsed {
+    Complete(Response),
+    Incomplete(&'static str),
+    Malformed,
+}
+
+/// `clean_end`: the connection has ended cleanly after `raw`, which then delimits a body that
+/// has neither a length nor chunks.
+fn parse_response(raw: &[u8], clean_end: bool) -> Parsed {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Parsed::Incomplete("no end of headers");
+    };
+    match parse_complete(raw, end, clean_end) {
+        Some(Ok(r)) => Parsed::Complete(r),
+        Some(Err(why)) => Parsed::Incomplete(why),
+        None => Parsed::Malformed,
+    }
+}
+
+fn parse_complete(
+    raw: &[u8],
+    end: usize,
+    clean_end: bool,
+) -> Option<Result<Response, &'static str>> {
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let rest = &raw[end + 4..];
     let mut lines = head.split("\r\n");
@@ -206,27 +307,42 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
         }
     }
     let body = if chunked {
-        dechunk(rest)?
+        match dechunk(rest)? {
+            Some(b) => b,
+            None => return Some(Err("chunked body without its last chunk")),
+        }
     } else if let Some(n) = length {
-        rest.get(..n)?.to_vec()
-    } else {
+        match rest.get(..n) {
+            Some(b) => b.to_vec(),
+            None => return Some(Err("fewer bytes than Content-Length")),
+        }
+    } else if clean_end {
         rest.to_vec()
+    } else {
+        return Some(Err("connection closed without TLS close_notify"));
     };
-    Some(Response { status, body })
+    Some(Ok(Response { status, body }))
 }
 
-fn dechunk(mut rest: &[u8]) -> Option<Vec<u8>> {
+/// `None`: not chunked encoding; `Some(None)`: cut before the last chunk.
+fn dechunk(mut rest: &[u8]) -> Option<Option<Vec<u8>>> {
     let mut body = Vec::new();
     loop {
-        let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Some(None);
+        };
         let size_str = std::str::from_utf8(&rest[..eol]).ok()?;
         let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
         rest = &rest[eol + 2..];
         if size == 0 {
-            return Some(body);
+            return Some(Some(body));
         }
-        body.extend_from_slice(rest.get(..size)?);
-        rest = rest.get(size + 2..)?;
+        match (rest.get(..size), rest.get(size..size + 2)) {
+            (Some(chunk), Some(b"\r\n")) => body.extend_from_slice(chunk),
+            (Some(_), Some(_)) => return None,
+            _ => return Some(None),
+        }
+        rest = &rest[size + 2..];
     }
 }
 
@@ -321,10 +437,28 @@ mod tests {
 
     #[test]
     fn chunked_body() {
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npong\r\n0\r\n\r\n",
-        )
-        .unwrap();
+        let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npong\r\n0\r\n\r\n";
+        let Parsed::Complete(r) = parse_response(raw, false) else {
+            panic!("not complete")
+        };
         assert_eq!((r.status, r.body.as_slice()), (200, &b"pong"[..]));
+        let cut = &raw[..raw.len() - 5];
+        assert!(matches!(parse_response(cut, true), Parsed::Incomplete(_)));
+    }
+
+    #[test]
+    fn body_to_end_of_connection_needs_a_clean_end() {
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n-----BEGIN";
+        assert!(matches!(parse_response(raw, false), Parsed::Incomplete(_)));
+        assert!(matches!(parse_response(raw, true), Parsed::Complete(_)));
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc";
+        assert!(matches!(parse_response(short, true), Parsed::Incomplete(_)));
+    }
+
+    #[test]
+    fn cut_pem_is_not_a_shorter_bundle() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n";
+        assert!(matches!(Trust::from_pem(pem), Err(HttpError::BadPem(_))));
+        assert!(matches!(Trust::from_pem(b"hello"), Err(HttpError::NoCa)));
     }
 }

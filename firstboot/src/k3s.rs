@@ -97,6 +97,11 @@ pub fn token_ca_hash(token: &str) -> Result<Option<String>, String> {
 }
 
 /// Fetches the server's CA and checks it against `expected` (when given). Returns the PEM bundle.
+///
+/// A refusal is remembered until the token or server changes, so only a definite answer may
+/// produce one: a complete reply (see `http`) that is a well-formed PEM bundle and whose hash is
+/// not the token's. A reply cut short, garbled or unparsable is the network, not the server's
+/// word, and is retried.
 pub fn fetch_verified_ca(
     server: &str,
     expected: Option<&str>,
@@ -109,30 +114,52 @@ pub fn fetch_verified_ca(
         return Err(K3sError::Waiting(format!("{url}: HTTP {}", r.status)));
     }
     let served = hex::encode(Sha256::digest(&r.body));
+    let parsed = Trust::from_pem(&r.body);
     if let Some(expected) = expected
         && served != expected
     {
+        if let Err(e) = parsed {
+            return Err(K3sError::Waiting(format!(
+                "{url}: reply is not a CA bundle ({e}); retrying"
+            )));
+        }
         return Err(K3sError::CaMismatch {
             server: server.to_owned(),
             expected: expected.to_owned(),
             served,
         });
     }
-    let trust = Trust::from_pem(&r.body).map_err(|e| K3sError::CaChain {
+    let trust = parsed.map_err(|e| K3sError::CaChain {
         server: server.to_owned(),
         source: e,
     })?;
-    http::request("GET", &url, &[], b"", &trust, timeout).map_err(|e| match e {
-        // rustls reports a certificate it rejects as InvalidData; anything else is the network.
-        HttpError::Io { ref source, .. } if source.kind() != std::io::ErrorKind::InvalidData => {
+    http::request("GET", &url, &[], b"", &trust, timeout).map_err(|e| {
+        if is_certificate_refusal(&e) {
+            K3sError::CaChain {
+                server: server.to_owned(),
+                source: e,
+            }
+        } else {
             K3sError::Waiting(e.to_string())
         }
-        e => K3sError::CaChain {
-            server: server.to_owned(),
-            source: e,
-        },
     })?;
     Ok(r.body)
+}
+
+/// Whether the server's certificate was rejected for a reason that stays true for this token and
+/// server: it does not chain to the CA, or is not for this address. Validity dates are not such a
+/// reason: a board without a real-time clock boots with a stale time until NTP syncs, and k3s
+/// renews its certificates by itself. Anything else (a cut connection, a garbled record, a
+/// timeout) is the network and is retried.
+fn is_certificate_refusal(e: &HttpError) -> bool {
+    use rustls::CertificateError as C;
+    match e.tls_error() {
+        Some(rustls::Error::InvalidCertificate(c)) => !matches!(
+            c,
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. }
+        ),
+        _ => false,
+    }
 }
 
 /// A hash of what a refusal depends on, so an unchanged token and server are not retried blindly.

@@ -2,21 +2,37 @@
 //! which shuts the node down when the UPS server says the battery is critical.
 //!
 //! Shutdown happens on `FSD`, or `OB` together with `LB`; status words are space-separated and
-//! unknown ones are ignored. A lost connection is retried and never shuts down by itself: a network
-//! blip must not power off the cluster.
+//! unknown ones are ignored. A lost connection is retried and is no reason to power off by itself:
+//! a network blip must not power off the cluster. But a UPS last seen on battery that gives no
+//! status for `[ups] dead_time_secs` is taken as critical, as upsmon does (upsmon(8), "DEAD
+//! UPSES": "If this happens while that UPS was last known to be on battery, it is assumed to have
+//! gone critical"): the UPS server may have gone down with the battery, and nobody else will say so.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::command;
 use crate::config::UpsSection;
 use crate::root::Root;
 use crate::status::{self, Update};
+
+/// Longest reply line accepted. NUT's own parser caps a word at 512 bytes
+/// (`PCONF_DEFAULT_WORDLEN_LIMIT`, common/parseconf.h); a `VAR` line is a few of those.
+pub const MAX_LINE: usize = 4096;
+
+/// Longest password or name NUT keeps whole: parseconf stops a word at 512 bytes.
+const MAX_WORD: usize = 512;
+
+/// Consecutive logins that break the connection before the watch goes on without logging in.
+const LOGIN_ATTEMPTS: u32 = 3;
+
+/// How long the watch goes without logging in after logins kept failing, before trying again.
+const RELOGIN_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NutError {
@@ -27,6 +43,8 @@ pub enum NutError {
     Server(String),
     #[error("upsd sent an unexpected line {0:?}")]
     Protocol(String),
+    #[error("upsd sent a line longer than {MAX_LINE} bytes")]
+    LineTooLong,
 }
 
 pub struct NutClient {
@@ -52,15 +70,28 @@ impl NutClient {
     fn request(&mut self, line: &str) -> Result<String, NutError> {
         self.writer.write_all(line.as_bytes())?;
         self.writer.write_all(b"\n")?;
-        let mut reply = String::new();
-        if self.reader.read_line(&mut reply)? == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-        }
-        let reply = reply.trim_end().to_owned();
+        let reply = self.read_line()?;
         match reply.strip_prefix("ERR ") {
             Some(code) => Err(NutError::Server(code.to_owned())),
             None => Ok(reply),
         }
+    }
+
+    /// One reply line, at most [`MAX_LINE`] bytes: a server that never ends its line must not
+    /// grow the agent without bound.
+    fn read_line(&mut self) -> Result<String, NutError> {
+        let mut buf = Vec::new();
+        (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)?;
+        if buf.last() != Some(&b'\n') {
+            if buf.len() > MAX_LINE {
+                return Err(NutError::LineTooLong);
+            }
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        let line = String::from_utf8_lossy(&buf);
+        Ok(line.trim_end().to_owned())
     }
 
     fn expect_ok(&mut self, line: &str) -> Result<(), NutError> {
@@ -98,8 +129,41 @@ impl NutClient {
     }
 }
 
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+/// A word quoted for NUT's parser, on the wire and in its config files alike (upsd parses both
+/// with common/parseconf.c): inside double quotes a backslash takes the next character
+/// literally, and `\`, `"` and `#` must be escaped. The `#` is NUT 2.8.0's rule: its parser
+/// rejects an unescaped `#` inside quotes ("Unbalanced word due to unescaped # in quotes"), and
+/// upsd then drops the rest of that client's line; NUT's own encoder, `pconf_encode`, escapes the
+/// same three characters. The word must pass [`check_word`].
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if matches!(c, '\\' | '"' | '#') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Whether NUT can carry `s` unchanged as one word: parseconf silently drops every byte outside
+/// printable ASCII (`addchar`, CVE-2012-2944) and stops a word at 512 bytes, so such a password
+/// would be stored as a different one.
+pub fn check_word(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("it is empty".into());
+    }
+    if s.len() > MAX_WORD {
+        return Err(format!("it is longer than {MAX_WORD} bytes"));
+    }
+    if let Some(c) = s.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(format!(
+            "it contains {c:?}; NUT keeps only printable ASCII (space to '~')"
+        ));
+    }
+    Ok(())
 }
 
 fn unquote(s: &str) -> String {
@@ -131,33 +195,93 @@ pub enum WatchEnd {
     ShutdownStarted,
 }
 
+/// The last status upsd gave, and when: the DEAD rule needs it across lost connections.
+struct Known {
+    words: Vec<String>,
+    at: Instant,
+}
+
+/// Whether to log in on the next connection.
+enum LoginState {
+    /// The UPS server: its upsmon is the primary client; no password needed to read the status.
+    NotNeeded,
+    /// No usable password: watching only, which the status already says.
+    Unusable,
+    Try {
+        password: String,
+        /// Consecutive logins that broke the connection.
+        broken: u32,
+        /// Watching without login until then, after logins kept failing.
+        pause_until: Option<Instant>,
+    },
+}
+
 /// Watches the UPS until it is critical, then logs out and runs the shutdown command once.
 /// On the UPS server (`primary`), NUT's own primary upsmon shuts down last, after the others: this
-/// only reports.
+/// only reports, and does not log in, so upsmon does not wait for it (upsmon(8): the primary
+/// waits until it is the only client logged into the UPS, or HOSTSYNC runs out).
 pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Result<WatchEnd> {
     let poll = Duration::from_millis(ups.poll_interval_ms);
-    let timeout = poll.max(Duration::from_secs(2));
+    let dead_time = Duration::from_secs(ups.dead_time_secs);
+    // Connect and reply timeouts: long enough for a slow link, short enough that the DEAD rule
+    // is checked about on time.
+    let timeout = poll
+        .max(Duration::from_secs(2))
+        .min(dead_time.max(Duration::from_secs(1)));
     let record = |u: Update| {
         if let Err(e) = status::set(root, boot, node, "ups-watch", u) {
             eprintln!("ups-watch: cannot update status: {e}");
         }
     };
-    let password = match root.read_to_string(&ups.password_file) {
-        Ok(p) => Some(p.trim_end_matches(['\r', '\n']).to_owned()),
-        Err(e) => {
-            let msg = format!(
-                "cannot read password file {}: {e}; monitoring without login",
-                ups.password_file.display()
-            );
-            eprintln!("ups-watch: {msg}");
-            record(Update::failed(msg));
-            None
+    let mut login = if ups.primary {
+        // Reported done with the first status read.
+        LoginState::NotNeeded
+    } else {
+        match read_password(root, ups) {
+            Ok(password) => LoginState::Try {
+                password,
+                broken: 0,
+                pause_until: None,
+            },
+            Err(why) => {
+                let msg = format!("{why}; monitoring without login");
+                eprintln!("ups-watch: {msg}");
+                record(Update::failed(msg));
+                LoginState::Unusable
+            }
         }
     };
     let target = format!("{}@{}:{}", ups.ups, ups.host, ups.port);
-    let mut last_words: Option<Vec<String>> = None;
+    let mut known: Option<Known> = None;
+    let mut shown: Option<Vec<String>> = None;
     let mut connected_once = false;
     let mut down_logged = false;
+    // The DEAD rule: true when the UPS was last seen on battery and has given no status since
+    // longer than the dead time.
+    let dead = |known: &Option<Known>| {
+        known
+            .as_ref()
+            .is_some_and(|k| k.words.iter().any(|w| w == "OB") && k.at.elapsed() > dead_time)
+    };
+    let dead_shutdown = |known: &Option<Known>, client: Option<&mut NutClient>| {
+        let k = known
+            .as_ref()
+            .map(|k| k.words.join(" "))
+            .unwrap_or_default();
+        if ups.primary {
+            return false;
+        }
+        eprintln!(
+            "ups-watch: {target} gave no status for more than {}s and was last seen on battery \
+             ({k}): taking it as dead and critical (upsmon DEADTIME)",
+            dead_time.as_secs()
+        );
+        if let Some(c) = client {
+            let _ = c.logout();
+        }
+        shutdown(root, &ups.shutdown_command);
+        true
+    };
     loop {
         let mut client = match NutClient::connect(&ups.host, ups.port, timeout) {
             Ok(c) => c,
@@ -165,6 +289,9 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
                 if !down_logged {
                     eprintln!("ups-watch: cannot reach upsd {target}: {e}; retrying");
                     down_logged = true;
+                }
+                if dead(&known) && dead_shutdown(&known, None) {
+                    return Ok(WatchEnd::ShutdownStarted);
                 }
                 thread::sleep(poll);
                 continue;
@@ -180,34 +307,77 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
             }
         );
         connected_once = true;
-        if let Some(pw) = &password {
-            match client.login(&ups.user, pw, &ups.ups) {
-                Ok(()) => record(Update::done(BTreeMap::new())),
-                Err(NutError::Server(code)) => {
-                    let msg = format!(
-                        "login as {:?} refused by upsd ({code}): check the UPS password; \
-                         monitoring without login, so the UPS server will not wait for this node",
-                        ups.user
-                    );
-                    eprintln!("ups-watch: error: {msg}");
-                    record(Update::failed(msg));
-                }
-                Err(e) => {
-                    eprintln!("ups-watch: login: {e}; reconnecting");
-                    thread::sleep(poll);
-                    continue;
+        let mut relogin_at = None;
+        if let LoginState::Try {
+            password,
+            broken,
+            pause_until,
+        } = &mut login
+        {
+            if pause_until.is_some_and(|t| Instant::now() < t) {
+                relogin_at = *pause_until;
+            } else {
+                match client.login(&ups.user, password, &ups.ups) {
+                    Ok(()) => {
+                        *broken = 0;
+                        *pause_until = None;
+                        record(Update::done(BTreeMap::new()));
+                    }
+                    Err(NutError::Server(code)) => {
+                        let msg = format!(
+                            "login as {:?} refused by upsd ({code}): check the UPS password; \
+                             monitoring without login, so the UPS server will not wait for this node",
+                            ups.user
+                        );
+                        eprintln!("ups-watch: error: {msg}");
+                        record(Update::failed(msg));
+                    }
+                    Err(e) => {
+                        *broken += 1;
+                        eprintln!("ups-watch: login: {e} (attempt {broken})");
+                        if *broken >= LOGIN_ATTEMPTS {
+                            // A login that keeps breaking the connection would otherwise be
+                            // retried forever without ever reading the status.
+                            let msg = format!(
+                                "login as {:?} keeps failing ({e}); monitoring without login \
+                                 and trying again every {} min, so the UPS server will not wait \
+                                 for this node",
+                                ups.user,
+                                RELOGIN_AFTER.as_secs() / 60
+                            );
+                            eprintln!("ups-watch: error: {msg}");
+                            record(Update::failed(msg));
+                            *pause_until = Some(Instant::now() + RELOGIN_AFTER);
+                        }
+                        if dead(&known) && dead_shutdown(&known, None) {
+                            return Ok(WatchEnd::ShutdownStarted);
+                        }
+                        thread::sleep(poll);
+                        continue;
+                    }
                 }
             }
         }
         loop {
             match client.status(&ups.ups) {
                 Ok(words) => {
-                    let changed = last_words.as_ref() != Some(&words);
+                    let changed = shown.as_ref() != Some(&words);
                     if changed {
                         eprintln!("ups-watch: {target} status {}", words.join(" "));
-                        last_words = Some(words.clone());
+                        shown = Some(words.clone());
                     }
-                    if is_critical(&words) {
+                    if known.is_none() && matches!(login, LoginState::NotNeeded) {
+                        record(Update::done(BTreeMap::from([(
+                            "login".to_owned(),
+                            "none: on the UPS server, upsmon is the primary client".to_owned(),
+                        )])));
+                    }
+                    let critical = is_critical(&words);
+                    known = Some(Known {
+                        words,
+                        at: Instant::now(),
+                    });
+                    if critical {
                         if ups.primary {
                             if changed {
                                 eprintln!(
@@ -224,22 +394,45 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
                         }
                     }
                 }
-                // Stale or missing data is no reason to power off; keep asking.
+                // Stale or missing data (DATA-STALE, DRIVER-NOT-CONNECTED) is a failed status
+                // fetch: by itself no reason to power off, but it counts towards the dead time.
                 Err(NutError::Server(code)) => {
-                    if last_words.take().is_some() {
+                    if shown.take().is_some() {
                         eprintln!("ups-watch: {target}: ERR {code}");
+                    }
+                    if dead(&known) && dead_shutdown(&known, Some(&mut client)) {
+                        return Ok(WatchEnd::ShutdownStarted);
                     }
                 }
                 Err(e) => {
                     eprintln!("ups-watch: lost upsd {target}: {e}; reconnecting");
-                    last_words = None;
+                    shown = None;
                     break;
                 }
             }
+            if relogin_at.is_some_and(|t| Instant::now() >= t) {
+                // Watching without login after logins kept failing: time to try again.
+                let _ = client.logout();
+                break;
+            }
             thread::sleep(poll);
+        }
+        if dead(&known) && dead_shutdown(&known, None) {
+            return Ok(WatchEnd::ShutdownStarted);
         }
         thread::sleep(poll);
     }
+}
+
+/// The password from `[ups] password_file`, checked to be one NUT can carry.
+fn read_password(root: &Root, ups: &UpsSection) -> Result<String, String> {
+    let path = ups.password_file.display();
+    let p = root
+        .read_to_string(&ups.password_file)
+        .map_err(|e| format!("cannot read password file {path}: {e}"))?;
+    let p = p.trim_end_matches(['\r', '\n']).to_owned();
+    check_word(&p).map_err(|why| format!("password in {path} cannot be sent to upsd: {why}"))?;
+    Ok(p)
 }
 
 fn shutdown(root: &Root, argv: &[String]) {
@@ -282,5 +475,15 @@ mod tests {
     fn quoting() {
         assert_eq!(unquote(r#""a \"b\" \\c""#), r#"a "b" \c"#);
         assert_eq!(quote(r#"p"w"#), r#""p\"w""#);
+        assert_eq!(quote(r#"a b#c\"#), r#""a b\#c\\""#);
+    }
+
+    #[test]
+    fn words_nut_cannot_carry() {
+        assert!(check_word(r#"pa ss#wo"rd\x~"#).is_ok());
+        assert!(check_word("").is_err());
+        assert!(check_word("tab\there").is_err());
+        assert!(check_word("caf\u{e9}").is_err());
+        assert!(check_word(&"x".repeat(513)).is_err());
     }
 }

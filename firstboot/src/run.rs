@@ -1,12 +1,20 @@
-//! `run`: the first-boot steps in order, each idempotent, with one time budget for all network
-//! waits. Steps that need the network and do not get it stay `pending`, the process ends so boot
+//! `run`: the first-boot steps, each idempotent, with one time budget for all network waits.
+//! Steps that need the network and do not get it stay `pending`, the process ends so boot
 //! completes, and the retry timer runs it again later.
+//!
+//! Order: protection first. The backup timer and the UPS watch (and, on the UPS server, NUT on
+//! loopback with its primary upsmon) are set up before anything waits on the network, so a node
+//! whose k3s server or VPN is not there yet is still shut down cleanly when the power goes. And a
+//! waiting step never delays another that does not need its result: k3s that does not take its
+//! address from ZeroTier runs beside the ZeroTier wait, and the UPS server's upsd starts listening
+//! on the VPN address as soon as ZeroTier has one, not after k3s.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::{ConfigError, NODE_CONFIG_PATH, NodeConfig, PathsSection};
+use crate::config::{ConfigError, NODE_CONFIG_PATH, NodeConfig, NodeIpFrom, PathsSection};
 use crate::root::Root;
 use crate::status::{self, State, Status, Update};
 use crate::zerotier::Joined;
@@ -111,12 +119,31 @@ pub struct Summary {
     pub failed: Vec<String>,
 }
 
-pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
-    let deadline = Instant::now() + Duration::from_secs(config.agent.time_budget_secs);
-    let boot: &Path = &config.paths.boot;
-    let node = config.node.name.as_str();
-    let mut summary = Summary::default();
-    let record = |name: &str, outcome: Outcome, summary: &mut Summary| -> Result<(), RunError> {
+impl Summary {
+    /// Sets a step's final state; a step run twice (the UPS server's) is listed once.
+    fn set(&mut self, name: &str, state: State) {
+        for list in [&mut self.done, &mut self.pending, &mut self.failed] {
+            list.retain(|n| n != name);
+        }
+        match state {
+            State::Done => &mut self.done,
+            State::Pending => &mut self.pending,
+            State::Failed => &mut self.failed,
+        }
+        .push(name.into());
+    }
+}
+
+/// Writes step outcomes to the status; shared by the steps that run side by side (the status
+/// file is locked per update).
+struct Recorder<'a> {
+    root: &'a Root,
+    boot: &'a Path,
+    node: &'a str,
+}
+
+impl Recorder<'_> {
+    fn record(&self, name: &str, outcome: Outcome) -> Result<State, RunError> {
         let update = match outcome {
             Outcome::Done(d) => Update::done(d),
             Outcome::Pending(r) => {
@@ -134,19 +161,37 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
                 }
             }
         };
-        match update.state {
-            State::Done => summary.done.push(name.into()),
-            State::Pending => summary.pending.push(name.into()),
-            State::Failed => summary.failed.push(name.into()),
-        }
-        status::set(root, boot, node, name, update)?;
-        Ok(())
+        let state = update.state;
+        status::set(self.root, self.boot, self.node, name, update)?;
+        Ok(state)
+    }
+
+    /// The status when `name` still has to run, `None` when it is done.
+    fn current(&self, name: &str) -> Result<Option<Status>, RunError> {
+        let s = status::load(self.root)?;
+        Ok((!s.is_done(name)).then_some(s))
+    }
+}
+
+pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
+    let budget = Duration::from_secs(config.agent.time_budget_secs);
+    let deadline = Instant::now().checked_add(budget).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "[agent] time_budget_secs {} is too large",
+            config.agent.time_budget_secs
+        ))
+    })?;
+    let rec = Recorder {
+        root,
+        boot: &config.paths.boot,
+        node: &config.node.name,
     };
+    let mut summary = Summary::default();
 
     // The seed runs every time: a user may personalize the card again later.
     let before = status::load(root)?;
     let mut reload = false;
-    let seed_outcome = match seed::consume(root, boot) {
+    let seed_outcome = match seed::consume(root, rec.boot) {
         Ok(seed::Consumed::Placed(paths)) => {
             eprintln!("seed: placed {} file(s) and wiped the seed", paths.len());
             reload = paths.iter().any(|p| p == NODE_CONFIG_PATH);
@@ -156,7 +201,9 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
                 paths.join(" "),
             )])))
         }
-        Ok(seed::Consumed::NoSeed) if before.is_done("seed") => None,
+        // No seed now: whatever the last one came to stands (a rejected seed stays failed until
+        // a new one arrives).
+        Ok(seed::Consumed::NoSeed) if before.step("seed").is_some() => None,
         Ok(seed::Consumed::NoSeed) => Some(Outcome::Done(BTreeMap::from([(
             "placed".to_owned(),
             "none (no seed on the boot partition)".to_owned(),
@@ -164,8 +211,8 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
         Err(e) => Some(failed(e)),
     };
     match seed_outcome {
-        Some(o) => record("seed", o, &mut summary)?,
-        None => summary.done.push("seed".into()),
+        Some(o) => summary.set("seed", rec.record("seed", o)?),
+        None => summary.set("seed", before.step("seed").map_or(State::Done, |s| s.state)),
     }
     if reload {
         // A personalized generic image: the seed brought this node's own node.toml, so the
@@ -175,96 +222,129 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
         return run(root, &config);
     }
 
-    let current = |name: &str| -> Result<Option<Status>, RunError> {
-        let s = status::load(root)?;
-        Ok((!s.is_done(name)).then_some(s))
-    };
-
+    // Protection first: nothing here waits on the network.
     if config.backup.is_some() {
-        if current("backup")?.is_some() {
-            let o = match backup::schedule(root, config) {
-                Ok(d) => Outcome::Done(d),
-                Err(e) => failed(e),
-            };
-            record("backup", o, &mut summary)?;
-        } else {
-            summary.done.push("backup".into());
-        }
-    }
-
-    let mut joined: Option<Joined> = None;
-    if let Some(zt) = &config.zerotier {
-        match current("zerotier")? {
-            None => {
-                let s = status::load(root)?;
-                joined = s
-                    .detail("zerotier", "address")
-                    .zip(s.detail("zerotier", "interface"))
-                    .map(|(a, i)| Joined {
-                        address: a.into(),
-                        interface: i.into(),
-                    });
-                summary.done.push("zerotier".into());
-            }
+        let state = match rec.current("backup")? {
             Some(_) => {
-                let o = match zerotier::join(root, zt, &config.commands, deadline) {
-                    Ok(j) => {
-                        let d = BTreeMap::from([
-                            ("address".to_owned(), j.address.clone()),
-                            ("interface".to_owned(), j.interface.clone()),
-                        ]);
-                        joined = Some(j);
-                        Outcome::Done(d)
-                    }
-                    Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
+                let o = match backup::schedule(root, config) {
+                    Ok(d) => Outcome::Done(d),
                     Err(e) => failed(e),
                 };
-                record("zerotier", o, &mut summary)?;
+                rec.record("backup", o)?
             }
-        }
+            None => State::Done,
+        };
+        summary.set("backup", state);
     }
-
-    if config.k3s.is_some() {
-        match current("k3s")? {
-            None => summary.done.push("k3s".into()),
-            Some(s) => {
-                let inputs = k3s::inputs_fingerprint(root, config);
-                let refused = s
-                    .step("k3s")
-                    .is_some_and(|st| st.refused_inputs.as_deref() == Some(inputs.as_str()));
-                if refused {
-                    eprintln!(
-                        "k3s: refused earlier for this token and server; not retrying until the \
-                         token file or [k3s] server_url changes"
-                    );
-                    summary.failed.push("k3s".into());
-                } else {
-                    let o = match k3s::setup(root, config, joined.as_ref(), deadline) {
-                        Ok(d) => Outcome::Done(d),
-                        Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
-                        Err(e) if e.is_refusal() => Outcome::Failed {
-                            reason: e.to_string(),
-                            refused_inputs: Some(inputs),
-                        },
-                        Err(e) => failed(e),
-                    };
-                    record("k3s", o, &mut summary)?;
-                }
-            }
-        }
+    let mut joined: Option<Joined> = None;
+    if config.zerotier.is_some() && rec.current("zerotier")?.is_none() {
+        let s = status::load(root)?;
+        joined = s
+            .detail("zerotier", "address")
+            .zip(s.detail("zerotier", "interface"))
+            .map(|(a, i)| Joined {
+                address: a.into(),
+                interface: i.into(),
+            });
+        summary.set("zerotier", State::Done);
     }
-
     if config.ups.is_some() {
-        if current("ups")?.is_some() {
-            let o = match ups::setup(root, config, joined.as_ref()) {
-                Ok(d) => Outcome::Done(d),
+        summary.set("ups", ups_step(&rec, config, joined.as_ref())?);
+    }
+
+    let k3s_needs_zerotier = config
+        .k3s
+        .as_ref()
+        .is_some_and(|k| k.node_ip_from == NodeIpFrom::Zerotier);
+    thread::scope(|scope| -> Result<(), RunError> {
+        let beside = (config.k3s.is_some() && !k3s_needs_zerotier)
+            .then(|| scope.spawn(|| k3s_step(&rec, config, None, deadline)));
+
+        if let Some(zt) = &config.zerotier
+            && joined.is_none()
+        {
+            let o = match zerotier::join(root, zt, &config.commands, deadline) {
+                Ok(j) => {
+                    let d = BTreeMap::from([
+                        ("address".to_owned(), j.address.clone()),
+                        ("interface".to_owned(), j.interface.clone()),
+                    ]);
+                    joined = Some(j);
+                    Outcome::Done(d)
+                }
                 Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
                 Err(e) => failed(e),
             };
-            record("ups", o, &mut summary)?;
-        } else {
-            summary.done.push("ups".into());
+            summary.set("zerotier", rec.record("zerotier", o)?);
+            // The UPS server's upsd can now listen on the VPN address too.
+            if config.ups.is_some() && joined.is_some() && rec.current("ups")?.is_some() {
+                summary.set("ups", ups_step(&rec, config, joined.as_ref())?);
+            }
         }
-    }
+
+        let k3s = match beside {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| rec.record("k3s", failed("the k3s step panicked")).map(Some))?,
+            None if config.k3s.is_some() => k3s_step(&rec, config, joined.as_ref(), deadline)?,
+            None => None,
+        };
+        if let Some(state) = k3s {
+            summary.set("k3s", state);
+        }
+        Ok(())
+    })?;
     Ok(summary)
+}
+
+fn ups_step(
+    rec: &Recorder,
+    config: &NodeConfig,
+    joined: Option<&Joined>,
+) -> Result<State, RunError> {
+    if rec.current("ups")?.is_none() {
+        return Ok(State::Done);
+    }
+    let o = match ups::setup(rec.root, config, joined) {
+        Ok(d) => Outcome::Done(d),
+        Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
+        Err(e) => failed(e),
+    };
+    rec.record("ups", o)
+}
+
+/// The k3s step; `None` when the config has no `[k3s]`.
+fn k3s_step(
+    rec: &Recorder,
+    config: &NodeConfig,
+    joined: Option<&Joined>,
+    deadline: Instant,
+) -> Result<Option<State>, RunError> {
+    if config.k3s.is_none() {
+        return Ok(None);
+    }
+    let Some(s) = rec.current("k3s")? else {
+        return Ok(Some(State::Done));
+    };
+    let inputs = k3s::inputs_fingerprint(rec.root, config);
+    let refused = s
+        .step("k3s")
+        .is_some_and(|st| st.refused_inputs.as_deref() == Some(inputs.as_str()));
+    if refused {
+        eprintln!(
+            "k3s: refused earlier for this token and server; not retrying until the \
+             token file or [k3s] server_url changes"
+        );
+        return Ok(Some(State::Failed));
+    }
+    let o = match k3s::setup(rec.root, config, joined, deadline) {
+        Ok(d) => Outcome::Done(d),
+        Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
+        Err(e) if e.is_refusal() => Outcome::Failed {
+            reason: e.to_string(),
+            refused_inputs: Some(inputs),
+        },
+        Err(e) => failed(e),
+    };
+    rec.record("k3s", o).map(Some)
 }

@@ -14,6 +14,10 @@
 //! then overwritten with zeros in place, fsynced and deleted, so the secret does not stay readable on
 //! a partition any PC can mount. A power cut in between is harmless: placing is idempotent and the
 //! seed is only wiped after every file is in place.
+//!
+//! A seed that does not parse or names an impossible file fails the same way on every boot, so
+//! waiting is no use, and leaving it would keep its secrets on the FAT partition for good: it is
+//! moved to [`REJECTED_PATH`] (root-only, for the operator to read) and wiped like a placed one.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -28,6 +32,9 @@ use crate::root::{Root, sync_dir};
 /// File name on the boot partition.
 pub const SEED_FILE_NAME: &str = "imagegen-seed.toml";
 
+/// Where a seed that cannot be used is kept, root-only, after it is wiped from the boot partition.
+pub const REJECTED_PATH: &str = "/var/lib/imagegen/rejected-seed.toml";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     #[error("seed {SEED_FILE_NAME}: {0}")]
@@ -38,6 +45,12 @@ pub enum SeedError {
     Serialize(#[from] toml::ser::Error),
     #[error("seed: {what}: {source}")]
     Io { what: String, source: io::Error },
+    /// A seed that can never be used; `kept` says where it went instead of the boot partition.
+    #[error("{reason}; wiped from the boot partition, {kept}")]
+    Rejected {
+        reason: Box<SeedError>,
+        kept: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,8 +113,18 @@ impl SeedFile {
 }
 
 impl Seed {
+    /// Parses and checks a seed. Errors name the line, never a value.
     pub fn from_toml_str(s: &str) -> Result<Seed, SeedError> {
-        let seed: Seed = toml::from_str(s).map_err(|e| SeedError::Parse(e.message().to_owned()))?;
+        let seed: Seed = toml::from_str(s).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| {
+                    let n = s[..span.start.min(s.len())].matches('\n').count() + 1;
+                    format!("line {n}: ")
+                })
+                .unwrap_or_default();
+            SeedError::Parse(format!("{line}{}", e.message()))
+        })?;
         for f in &seed.files {
             f.check_path()?;
             f.mode_bits()?;
@@ -126,8 +149,8 @@ pub enum Consumed {
 /// Places the seed found on the boot partition and wipes it.
 pub fn consume(root: &Root, boot: &Path) -> Result<Consumed, SeedError> {
     let seed_path = root.path(boot).join(SEED_FILE_NAME);
-    let text = match fs::read_to_string(&seed_path) {
-        Ok(t) => t,
+    let bytes = match fs::read(&seed_path) {
+        Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Consumed::NoSeed),
         Err(source) => {
             return Err(SeedError::Io {
@@ -136,7 +159,13 @@ pub fn consume(root: &Root, boot: &Path) -> Result<Consumed, SeedError> {
             });
         }
     };
-    let seed = Seed::from_toml_str(&text)?;
+    let parsed = std::str::from_utf8(&bytes)
+        .map_err(|e| SeedError::Parse(format!("not UTF-8 text ({e})")))
+        .and_then(Seed::from_toml_str);
+    let seed = match parsed {
+        Ok(seed) => seed,
+        Err(reason) => return Err(reject(root, &seed_path, &bytes, reason)),
+    };
     let mut placed = Vec::new();
     for f in &seed.files {
         let content = f.content()?;
@@ -147,11 +176,35 @@ pub fn consume(root: &Root, boot: &Path) -> Result<Consumed, SeedError> {
             })?;
         placed.push(f.path.clone());
     }
-    wipe(&seed_path, text.len()).map_err(|source| SeedError::Io {
+    wipe(&seed_path, bytes.len()).map_err(|source| SeedError::Io {
         what: format!("wipe {}", seed_path.display()),
         source,
     })?;
     Ok(Consumed::Placed(placed))
+}
+
+/// Moves a seed that can never be used off the boot partition: a root-only copy for the
+/// operator, then the same wipe as a consumed seed. The wipe happens even when the copy cannot be
+/// written: secrets must not stay on the FAT partition.
+fn reject(root: &Root, seed_path: &Path, bytes: &[u8], reason: SeedError) -> SeedError {
+    eprintln!("seed: {reason}; rejecting it");
+    let kept = match root.write_atomic(REJECTED_PATH, bytes, 0o600) {
+        Ok(_) => format!("kept root-only in {REJECTED_PATH}"),
+        Err(e) => {
+            eprintln!("seed: cannot keep a copy in {REJECTED_PATH}: {e}");
+            format!("not kept ({REJECTED_PATH}: {e})")
+        }
+    };
+    if let Err(source) = wipe(seed_path, bytes.len()) {
+        return SeedError::Io {
+            what: format!("wipe rejected seed {}", seed_path.display()),
+            source,
+        };
+    }
+    SeedError::Rejected {
+        reason: Box::new(reason),
+        kept,
+    }
 }
 
 /// Overwrites in place before deleting: FAT reuses the same clusters for an in-place overwrite,
@@ -203,6 +256,30 @@ mod tests {
         );
         assert!(!t.path().join("boot/firmware").join(SEED_FILE_NAME).exists());
         assert_eq!(consume(&root, boot).unwrap(), Consumed::NoSeed);
+    }
+
+    #[test]
+    fn unusable_seeds_are_wiped_and_kept_root_only() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Root::new(t.path());
+        let boot = Path::new("/boot/firmware");
+        let seed = t.path().join("boot/firmware").join(SEED_FILE_NAME);
+        fs::create_dir_all(seed.parent().unwrap()).unwrap();
+        let bad_path =
+            "[[file]]\npath = \"etc/x\"\nmode = \"0600\"\ncontent_base64 = \"c2VjcmV0\"\n";
+        for content in [bad_path.as_bytes(), b"\xff\xfe not text c2VjcmV0"] {
+            fs::write(&seed, content).unwrap();
+            let e = consume(&root, boot).unwrap_err().to_string();
+            assert!(e.contains(REJECTED_PATH), "{e}");
+            assert!(!e.contains("c2VjcmV0"), "{e}");
+            assert!(!seed.exists());
+            let kept = t.path().join(REJECTED_PATH.trim_start_matches('/'));
+            assert_eq!(fs::read(&kept).unwrap(), content);
+            assert_eq!(
+                fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
     }
 
     #[test]

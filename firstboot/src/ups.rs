@@ -1,12 +1,26 @@
 //! The UPS step: on the UPS server, configure NUT (driver, upsd, primary upsmon) and enable it; on
 //! every node, enable `imagegen-ups-watch.service`.
+//!
+//! Who may do what: upsd lets only `upsmon primary` users set FSD (upsd.users(5): `upsmon`
+//! "adds the necessary actions"; NUT's net-protocol: FSD needs primary), and FSD powers off every
+//! node on the UPS. So the `[ups] user` all nodes share is `upsmon secondary`: a node, or anyone
+//! holding its SD card, can watch the UPS and register as powered by it, never shut the cluster
+//! down. The one primary is the UPS server's own upsmon, as [`PRIMARY_USER`] with a password made
+//! on that node ([`PRIMARY_PASSWORD_PATH`]) that never leaves it.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 
 use crate::command::{self, CommandError};
 use crate::config::NodeConfig;
+use crate::nut::{check_word, quote};
 use crate::root::Root;
 use crate::zerotier::Joined;
+
+/// The NUT user of the UPS server's own upsmon, the only `upsmon primary`.
+pub const PRIMARY_USER: &str = "imagegen-primary";
+/// Its password, made on the UPS server on first use (root-only).
+pub const PRIMARY_PASSWORD_PATH: &str = "/etc/imagegen/nut-primary-password";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpsError {
@@ -15,10 +29,10 @@ pub enum UpsError {
         path: String,
         source: std::io::Error,
     },
-    #[error(
-        "ups: password in {0} contains a quote, newline or backslash, which NUT config files cannot hold"
-    )]
-    BadPassword(String),
+    #[error("ups: password in {path} cannot be used with NUT: {why}")]
+    BadPassword { path: String, why: String },
+    #[error("ups: cannot make the upsmon primary password: {0}")]
+    Random(std::io::Error),
     #[error("ups: write {path}: {source}")]
     Write {
         path: String,
@@ -36,10 +50,13 @@ impl UpsError {
     }
 }
 
-/// NUT config files of the UPS server, as (path, content, mode).
+/// NUT config files of the UPS server, as (path, content, mode). `password` is the shared
+/// secondary user's, `primary_password` the local upsmon's; both must pass
+/// [`check_word`](crate::nut::check_word).
 pub fn server_files(
     config: &NodeConfig,
     password: &str,
+    primary_password: &str,
     listen: Option<&str>,
 ) -> Vec<(&'static str, String, u32)> {
     let Some(ups) = &config.ups else {
@@ -61,21 +78,31 @@ pub fn server_files(
         upsd_conf.push_str(&format!("LISTEN {addr} {}\n", ups.port));
     }
     upsd_conf.push_str(&format!("LISTEN 127.0.0.1 {}\n", ups.port));
+    // Values go through NUT's quoting (see nut::quote): a `#` would start a comment and a space
+    // end the word.
     let users = format!(
-        "# Written by imagegen-firstboot.\n[{}]\n\tpassword = {password}\n\tupsmon primary\n",
-        ups.user
+        "# Written by imagegen-firstboot.\n\
+         # The other nodes' ups-watch: may watch and register, never set FSD.\n\
+         [{}]\n\tpassword = {}\n\tupsmon secondary\n\
+         # This node's own upsmon (upsmon.conf), the only primary.\n\
+         [{PRIMARY_USER}]\n\tpassword = {}\n\tupsmon primary\n",
+        ups.user,
+        quote(password),
+        quote(primary_password)
     );
-    let shutdown: Vec<String> = ups.shutdown_command.clone();
+    // upsmon 2.8.0 sends its password unquoted (`PASSWORD %s`, clients/upsmon.c), so it must be
+    // one plain word: the generated hex one is.
     let upsmon = format!(
         "# Written by imagegen-firstboot.\n\
-         MONITOR {name}@127.0.0.1:{} 1 {} \"{password}\" primary\n\
+         MONITOR {name}@127.0.0.1:{} 1 {PRIMARY_USER} {} primary\n\
          MINSUPPLIES 1\n\
-         SHUTDOWNCMD \"{}\"\n\
-         POLLFREQ 5\nPOLLFREQALERT 5\nHOSTSYNC 15\nDEADTIME 15\nFINALDELAY 5\n\
+         SHUTDOWNCMD {}\n\
+         POLLFREQ 5\nPOLLFREQALERT 5\nHOSTSYNC 15\nDEADTIME {}\nFINALDELAY 5\n\
          POWERDOWNFLAG /etc/killpower\n",
         ups.port,
-        ups.user,
-        shutdown.join(" ")
+        quote(primary_password),
+        quote(&ups.shutdown_command.join(" ")),
+        ups.dead_time_secs
     );
     vec![
         ("/etc/nut/ups.conf", ups_conf, 0o640),
@@ -103,11 +130,17 @@ pub fn setup(
     };
     let mut details = BTreeMap::new();
     let systemctl = &config.commands.systemctl;
+    // On the UPS server before ZeroTier has an address: upsd listens on loopback only for now,
+    // so this node's own upsmon protects it already; the step stays pending until the address
+    // is known and the other nodes can reach upsd.
+    let mut waiting = None;
     if ups.primary {
         if config.zerotier.is_some() && zt.is_none() {
-            return Err(UpsError::Waiting(
-                "upsd listens on the ZeroTier address, which is not known yet".into(),
-            ));
+            waiting = Some(
+                "upsd listens on 127.0.0.1 only (this node is protected) until the ZeroTier \
+                 address is known for the other nodes"
+                    .to_owned(),
+            );
         }
         let pw_path = ups.password_file.display().to_string();
         let password =
@@ -117,12 +150,14 @@ pub fn setup(
                     source,
                 })?;
         let password = password.trim_end_matches(['\r', '\n']);
-        if password.contains(['"', '\\', '\n']) {
-            return Err(UpsError::BadPassword(pw_path));
-        }
+        check_word(password).map_err(|why| UpsError::BadPassword {
+            path: pw_path.clone(),
+            why,
+        })?;
+        let primary_password = primary_password(root)?;
         let listen = zt.map(|j| j.address.as_str());
         let mut changed = false;
-        for (path, content, mode) in server_files(config, password, listen) {
+        for (path, content, mode) in server_files(config, password, &primary_password, listen) {
             changed |= root
                 .write_atomic(path, content.as_bytes(), mode)
                 .map_err(|source| UpsError::Write {
@@ -145,8 +180,9 @@ pub fn setup(
             details.insert("listen".into(), l.into());
         }
     }
-    // The unit is ordered after imagegen-firstboot.service, whose run this is: a blocking start
-    // would wait for this very run to end, and hang until systemd kills it.
+    // --no-block: nothing here needs to wait for the watch to be up. Its start job runs now,
+    // beside this run, because the watch is not ordered after imagegen-firstboot.service (a
+    // blocking start of a unit ordered after the service whose run this is would hang).
     command::run(
         root,
         systemctl,
@@ -161,7 +197,32 @@ pub fn setup(
         "watching".into(),
         format!("{}@{}:{}", ups.ups, ups.host, ups.port),
     );
-    Ok(details)
+    match waiting {
+        Some(why) => Err(UpsError::Waiting(why)),
+        None => Ok(details),
+    }
+}
+
+/// The local upsmon's password: kept from an earlier run, else made now from the kernel's random
+/// source (the real `/dev/urandom`, not under `--root`: it is a device, not a file of the node).
+fn primary_password(root: &Root) -> Result<String, UpsError> {
+    if let Ok(p) = root.read_to_string(PRIMARY_PASSWORD_PATH) {
+        let p = p.trim();
+        if p.len() >= 32 && p.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(p.to_owned());
+        }
+    }
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(UpsError::Random)?;
+    let p = hex::encode(bytes);
+    root.write_atomic(PRIMARY_PASSWORD_PATH, format!("{p}\n").as_bytes(), 0o600)
+        .map_err(|source| UpsError::Write {
+            path: PRIMARY_PASSWORD_PATH.into(),
+            source,
+        })?;
+    Ok(p)
 }
 
 /// NUT's daemons run as group `nut` and must read the 0640 files; ownership only changes when the

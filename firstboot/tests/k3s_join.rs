@@ -4,6 +4,12 @@
 
 mod common;
 
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
 use common::*;
 use sha2::{Digest, Sha256};
 
@@ -143,5 +149,113 @@ fn token_without_ca_hash_is_refused_unless_allowed() {
         n.calls("systemctl"),
         ["enable --now --no-block k3s-agent.service"]
     );
+    assert_token_never_sent(&server);
+}
+
+/// A `/cacerts` reply cut short (no Content-Length, TCP closed without TLS close_notify, as a
+/// dropped connection looks) is not the server's answer: it must not be taken for a CA mismatch
+/// and remembered as a refusal. The agent retries and joins once a whole reply arrives.
+#[test]
+fn cut_cacerts_reply_is_retried_not_refused() {
+    let cut = Arc::new(AtomicUsize::new(0));
+    let c = cut.clone();
+    let server = FakeK3s::start_with(move |head, pem, tls| {
+        let body = if head.starts_with("GET /cacerts ") {
+            if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{}",
+                    &pem[..pem.len() / 2]
+                );
+                return Replied::Cut;
+            }
+            pem.to_owned()
+        } else {
+            "pong".to_owned()
+        };
+        let _ = write!(
+            tls,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        Replied::Complete
+    });
+    let hash = hex::encode(Sha256::digest(server.ca_pem.as_bytes()));
+    let n = node(&server, &format!("K10{hash}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(cut.load(Ordering::SeqCst) >= 2, "{log}");
+    assert!(out.status.success(), "{log}");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["k3s"]["state"], "done", "{log}");
+    assert!(st["steps"]["k3s"].get("refused_inputs").is_none(), "{st}");
+    assert_token_never_sent(&server);
+}
+
+/// A server that sends its reply a byte a second never trips a per-read timeout; the agent's
+/// run must still end within its time budget.
+#[test]
+fn dripping_server_cannot_hold_run_past_its_budget() {
+    let server = FakeK3s::start_with(|_, _, tls| {
+        // 40 s of drip at most, so a regression fails the test instead of hanging it.
+        for b in b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\npong"
+            .iter()
+            .cycle()
+            .take(40)
+        {
+            if tls.write_all(&[*b]).and_then(|()| tls.flush()).is_err() {
+                break;
+            }
+            thread::sleep(Duration::from_secs(1));
+        }
+        Replied::Cut
+    });
+    let hash = hex::encode(Sha256::digest(server.ca_pem.as_bytes()));
+    let n = node(&server, &format!("K10{hash}::{SECRET}"), "");
+    n.write(
+        "etc/imagegen/node.toml",
+        &n.read("etc/imagegen/node.toml")
+            .replace("time_budget_secs = 10", "time_budget_secs = 3"),
+    );
+    let t = Instant::now();
+    let out = n.command(&["run"]).output().unwrap();
+    let took = t.elapsed();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?} with a 3 s budget: {log}"
+    );
+    assert_eq!(n.status_json()["steps"]["k3s"]["state"], "pending", "{log}");
+}
+
+/// The other side of the rule above: a whole `/cacerts` whose hash matches the token, served by a
+/// server whose own certificate does not chain to it, is a definite answer and stays refused.
+#[test]
+fn server_certificate_outside_the_pinned_ca_is_refused() {
+    let other_ca = {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    };
+    let served = other_ca.clone();
+    let server = FakeK3s::start_with(move |_, _, tls| {
+        let _ = write!(
+            tls,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{served}",
+            served.len()
+        );
+        Replied::Complete
+    });
+    let hash = hex::encode(Sha256::digest(other_ca.as_bytes()));
+    let n = node(&server, &format!("K10{hash}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("does not chain to"), "{log}");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["k3s"]["state"], "failed");
+    assert!(st["steps"]["k3s"]["refused_inputs"].is_string(), "{st}");
     assert_token_never_sent(&server);
 }

@@ -351,3 +351,218 @@ time_budget_secs = 2
     // Nothing answers on 127.0.0.1:6443 here: the self-check waits, then stays pending.
     assert_eq!(states(&n)["k3s"], "pending", "{log}");
 }
+
+/// Waits until `f` holds while the agent is still running, i.e. before its network waits end.
+fn while_running(w: &mut Running, what: &str, mut f: impl FnMut() -> bool) {
+    let held = eventually(Duration::from_secs(10), || {
+        w.child.try_wait().unwrap().is_none() && f()
+    });
+    assert!(held, "{what}: not while run was waiting:\n{}", w.log_text());
+    assert!(
+        w.child.try_wait().unwrap().is_none(),
+        "{what}: run ended early:\n{}",
+        w.log_text()
+    );
+}
+
+fn step_state(n: &Node, step: &str) -> Option<String> {
+    let p = n.root().join("var/lib/imagegen/status.json");
+    let s: serde_json::Value = serde_json::from_slice(&fs::read(p).ok()?).ok()?;
+    s["steps"][step]["state"].as_str().map(str::to_owned)
+}
+
+/// Power protection comes first: with the k3s server unreachable, the UPS watch and the backup
+/// timer are set up while k3s is still waiting for it, not after its whole budget.
+#[test]
+fn ups_watch_and_backup_timer_come_before_the_k3s_wait() {
+    let zt = FakeZeroTier::start(true);
+    let k3s_url = format!("https://127.0.0.1:{}", free_port());
+    let n = Node::new(&full_config(&zt.url, &k3s_url, 30));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    n.write(
+        "etc/rancher/k3s/token",
+        "K10abababababababababababababababababababababababababababababababab::s:p",
+    );
+    n.write("etc/imagegen/ups-password", "pw");
+    let mut w = Running::spawn(n.command(&["run"]));
+    w.wait_log("k3s: waiting", Duration::from_secs(10));
+    while_running(&mut w, "ups and backup done", || {
+        step_state(&n, "ups").as_deref() == Some("done")
+            && step_state(&n, "backup").as_deref() == Some("done")
+    });
+    let calls = n.calls("systemctl");
+    assert!(
+        calls.contains(&"enable --now --no-block imagegen-ups-watch.service".to_owned()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"enable --now imagegen-backup.timer".to_owned()),
+        "{calls:?}"
+    );
+}
+
+/// The UPS server protects itself before ZeroTier is up: NUT on loopback, upsmon and the watch
+/// enabled, while ZeroTier is still waiting; upsd also listens on the VPN address once known.
+#[test]
+fn ups_server_protects_itself_before_zerotier_is_up() {
+    let zt = FakeZeroTier::start(false);
+    let n = Node::new(&format!(
+        r#"
+[node]
+name = "master"
+role = "server"
+cluster = "test"
+
+[zerotier]
+network_id = "{ZT_NWID}"
+api_url = "{}"
+
+[ups]
+host = "127.0.0.1"
+ups = "riello"
+user = "monuser"
+password_file = "/etc/imagegen/ups-password"
+primary = true
+driver = "riello_usb"
+
+[agent]
+time_budget_secs = 30
+"#,
+        zt.url
+    ));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    n.write("etc/imagegen/ups-password", "pw");
+    let mut w = Running::spawn(n.command(&["run"]));
+    w.wait_log("zerotier: waiting", Duration::from_secs(10));
+    while_running(&mut w, "NUT on loopback", || {
+        n.calls("systemctl")
+            .contains(&"enable --now --no-block imagegen-ups-watch.service".to_owned())
+    });
+    let calls = n.calls("systemctl");
+    assert!(
+        calls.contains(&"enable --now nut-server.service nut-monitor.service".to_owned()),
+        "{calls:?}"
+    );
+    assert_eq!(n.read("etc/nut/upsd.conf").matches("LISTEN").count(), 1);
+    assert!(
+        n.read("etc/nut/upsd.conf")
+            .contains("LISTEN 127.0.0.1 3493\n")
+    );
+    assert_eq!(step_state(&n, "ups").as_deref(), Some("pending"));
+
+    zt.set_ready();
+    assert!(w.child.wait().unwrap().success(), "{}", w.log_text());
+    assert_eq!(states(&n)["ups"], "done");
+    let listens: Vec<String> = n
+        .read("etc/nut/upsd.conf")
+        .lines()
+        .filter(|l| l.starts_with("LISTEN"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        listens,
+        ["LISTEN 10.147.17.23 3493", "LISTEN 127.0.0.1 3493"]
+    );
+}
+
+/// A waiting step never delays another: k3s that does not need the ZeroTier address joins while
+/// ZeroTier is still waiting.
+#[test]
+fn k3s_not_needing_zerotier_does_not_wait_for_it() {
+    let (zt, k3s) = (FakeZeroTier::start(false), FakeK3s::start());
+    let n = Node::new(&format!(
+        r#"
+[node]
+name = "pi4-a"
+role = "agent"
+cluster = "test"
+
+[k3s]
+server_url = "{}"
+node_ip_from = "default-route"
+
+[zerotier]
+network_id = "{ZT_NWID}"
+api_url = "{}"
+
+[agent]
+time_budget_secs = 30
+"#,
+        k3s.url, zt.url
+    ));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    let hash = hex::encode(Sha256::digest(k3s.ca_pem.as_bytes()));
+    n.write("etc/rancher/k3s/token", &format!("K10{hash}::server:pw"));
+    let mut w = Running::spawn(n.command(&["run"]));
+    w.wait_log("zerotier: waiting", Duration::from_secs(10));
+    while_running(&mut w, "k3s done", || {
+        step_state(&n, "k3s").as_deref() == Some("done")
+    });
+    zt.set_ready();
+    assert!(w.child.wait().unwrap().success(), "{}", w.log_text());
+    let s = states(&n);
+    assert_eq!(
+        (s["zerotier"].as_str(), s["k3s"].as_str()),
+        ("done", "done")
+    );
+}
+
+/// A time budget too large for the clock used to panic (`Instant + Duration` overflow); it is a
+/// config error that names the key.
+#[test]
+fn huge_time_budget_is_a_config_error() {
+    let n = Node::new(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [agent]\ntime_budget_secs = 18446744073709551615\n",
+    );
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("time_budget_secs"), "{log}");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["config"]["state"], "failed");
+}
+
+/// A seed that does not parse fails the same way on every boot; it used to stay on the FAT
+/// partition, secrets and all, for good. It is wiped from there (kept root-only for the
+/// operator) and the failure stays in the status.
+#[test]
+fn unparsable_seed_is_wiped_from_the_boot_partition() {
+    const SECRET: &str = "c2VjcmV0LWluLWJhZC1zZWVk"; // base64 of "secret-in-bad-seed"
+    let n = Node::new("[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n");
+    let seed = format!(
+        "[[file]]\npath = \"/etc/rancher/k3s/token\"\nmode = \"0600\"\n\
+         content_base64 = \"{SECRET}\"\nbroken = [\n"
+    );
+    n.write(&format!("boot/firmware/{SEED_FILE_NAME}"), &seed);
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        !log.contains(SECRET) && !log.contains("secret-in-bad-seed"),
+        "{log}"
+    );
+    for (path, (_, content)) in tree(&n.root().join("boot")) {
+        let text = String::from_utf8_lossy(&content);
+        assert!(!text.contains(SECRET), "boot/{path} still holds the secret");
+    }
+    assert!(!n.root().join("boot/firmware").join(SEED_FILE_NAME).exists());
+    let kept = n.root().join("var/lib/imagegen/rejected-seed.toml");
+    assert_eq!(fs::read_to_string(&kept).unwrap(), seed);
+    assert_eq!(
+        fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let reason = n.status_json()["steps"]["seed"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("rejected-seed.toml"), "{reason}");
+    assert!(reason.contains("line 5"), "{reason}");
+
+    // The next run has no seed; the rejection stays visible until a new seed arrives.
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(n.status_json()["steps"]["seed"]["state"], "failed");
+}

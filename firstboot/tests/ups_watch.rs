@@ -5,10 +5,14 @@
 mod common;
 
 use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -96,6 +100,13 @@ impl Nut {
         );
     }
 
+    fn stop_driver(&mut self) {
+        if let Some(mut c) = self.driver.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
     fn stop_upsd(&mut self) {
         if let Some(mut c) = self.upsd.take() {
             c.kill().unwrap();
@@ -122,7 +133,13 @@ impl Drop for Nut {
 }
 
 fn node_for(nut: &Nut, password: &str) -> (Node, PathBuf) {
-    let shutdowns = nut.dir.path().join("shutdowns");
+    node_with(nut.dir.path(), nut.port, password, "")
+}
+
+/// A node watching upsd on `port`, with `extra` lines in its `[ups]` table. Its shutdown command
+/// is a script in `dir` that appends to `<dir>/shutdowns`.
+fn node_with(dir: &Path, port: u16, password: &str, extra: &str) -> (Node, PathBuf) {
+    let shutdowns = dir.join("shutdowns");
     let node = Node::new(&format!(
         r#"
 [node]
@@ -138,12 +155,13 @@ user = "monuser"
 password_file = "/etc/imagegen/ups-password"
 shutdown_command = ["{}", "now"]
 poll_interval_ms = 500
+{extra}
 "#,
-        nut.port,
-        nut.dir.path().join("poweroff").display()
+        port,
+        dir.join("poweroff").display()
     ));
     write_script(
-        &nut.dir.path().join("poweroff"),
+        &dir.join("poweroff"),
         &format!("echo \"poweroff $*\" >> '{}'", shutdowns.display()),
     );
     node.write("etc/imagegen/ups-password", &format!("{password}\n"));
@@ -312,4 +330,308 @@ driver_port = "dummy.dev"
         .status("dummy")
         .is_ok_and(|w| w == ["OL"])));
     c.logout().unwrap();
+}
+
+/// One request/reply exchange per line on a fresh connection to upsd, without our client.
+fn nut_session(port: u16, lines: &[&str]) -> Vec<String> {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    lines
+        .iter()
+        .map(|l| {
+            writeln!(w, "{l}").unwrap();
+            let mut reply = String::new();
+            r.read_line(&mut reply).unwrap();
+            reply.trim_end().to_owned()
+        })
+        .collect()
+}
+
+fn numlogins(port: u16) -> String {
+    nut_session(port, &["GET NUMLOGINS dummy"]).remove(0)
+}
+
+/// The UPS server's node: `run` writes its NUT files (driver dummy-ups on `dummy.dev`); `dir`
+/// holds the shutdown recorder.
+fn ups_server_node(dir: &Path, port: u16, password: &str) -> (Node, PathBuf) {
+    let r = node_with(
+        dir,
+        port,
+        password,
+        "primary = true\ndriver = \"dummy-ups\"\ndriver_port = \"dummy.dev\"",
+    );
+    let out = r.0.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r
+}
+
+fn server_nut_files(n: &Node) -> Vec<(&'static str, String)> {
+    ["ups.conf", "upsd.conf", "upsd.users"]
+        .into_iter()
+        .map(|f| (f, n.read(&format!("etc/nut/{f}"))))
+        .collect()
+}
+
+/// Every node used to log in with one shared `upsmon primary` user, so any node (or anyone who
+/// read its SD card) could set FSD and power off the whole cluster. upsd only lets primary users
+/// set FSD (upsd.users(5): `upsmon primary` adds the FSD action; NUT net-protocol: `FSD` needs
+/// primary). Now the shared user is secondary and only the UPS server's own upsmon is primary,
+/// with credentials that never leave that node; the real upsmon 2.8.0 logs in with them.
+#[test]
+fn only_the_ups_servers_own_upsmon_can_set_fsd() {
+    let port = free_port();
+    let scratch = tempfile::tempdir().unwrap();
+    let (n, _) = ups_server_node(scratch.path(), port, PASSWORD);
+    let upsmon_conf = n.read("etc/nut/upsmon.conf");
+    let monitor: Vec<&str> = upsmon_conf
+        .lines()
+        .find(|l| l.starts_with("MONITOR "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (user, password) = (monitor[3], monitor[4].trim_matches('"'));
+    assert_eq!(monitor[5], "primary", "{upsmon_conf}");
+    assert_ne!(user, "monuser", "the shared user is primary: {upsmon_conf}");
+    assert!(!upsmon_conf.contains(PASSWORD), "{upsmon_conf}");
+    assert!(
+        !n.read("etc/nut/upsd.users")
+            .contains(&format!("\"{PASSWORD}\"\n\tupsmon primary")),
+        "shared password grants primary"
+    );
+
+    let mut nut = Nut::start_with("OL", port, &server_nut_files(&n));
+    // The real upsmon with the agent's upsmon.conf (only the power-down flag moved out of /etc)
+    // logs in as primary.
+    let conf = nut.dir.path().join("upsmon.conf");
+    let flag = nut.dir.path().join("killpower");
+    fs::write(
+        &conf,
+        upsmon_conf.replace(
+            "POWERDOWNFLAG /etc/killpower",
+            &format!("POWERDOWNFLAG {}", flag.display()),
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
+    require("/lib/nut/upsmon", "nut-client");
+    let mut upsmon = nut.daemon("/lib/nut/upsmon", &["-p"]);
+    let logged_in = eventually(Duration::from_secs(15), || {
+        numlogins(port) == "NUMLOGINS dummy 1"
+    });
+    upsmon.kill().unwrap();
+    upsmon.wait().unwrap();
+    assert!(
+        logged_in,
+        "upsmon did not log in: {}\n{}",
+        fs::read_to_string(nut.log_path("upsmon")).unwrap_or_default(),
+        fs::read_to_string(nut.log_path("upsd")).unwrap_or_default()
+    );
+    assert!(
+        fs::read_to_string(nut.log_path("upsd"))
+            .unwrap()
+            .contains(&format!("User {user}@127.0.0.1 logged into UPS [dummy]"))
+    );
+
+    let shared = nut_session(
+        port,
+        &[
+            "USERNAME monuser",
+            &format!("PASSWORD {PASSWORD}"),
+            "FSD dummy",
+        ],
+    );
+    assert_eq!(shared[2], "ERR ACCESS-DENIED", "{shared:?}");
+    let own = nut_session(
+        port,
+        &[
+            &format!("USERNAME {user}"),
+            &format!("PASSWORD {password}"),
+            "FSD dummy",
+        ],
+    );
+    assert!(own[2].starts_with("OK"), "{own:?}");
+    nut.stop_upsd();
+}
+
+/// upsmon primary waits (up to HOSTSYNC) until it is the only client logged into the UPS
+/// (upsmon(8), "primary"); the agent's watch on the UPS server itself must not be one more.
+#[test]
+fn ups_watch_on_the_ups_server_does_not_log_in() {
+    let nut = Nut::start("OL");
+    let (node, shutdowns) = node_with(
+        nut.dir.path(),
+        nut.port,
+        PASSWORD,
+        "primary = true\ndriver = \"dummy-ups\"",
+    );
+    let w = Running::spawn(node.command(&["ups-watch"]));
+    holds_without_shutdown(&w, "OL", &shutdowns);
+    assert_eq!(numlogins(nut.port), "NUMLOGINS dummy 0", "{}", w.log_text());
+    assert_eq!(node.status_json()["steps"]["ups-watch"]["state"], "done");
+}
+
+/// upsmon(8), DEAD UPSES: a UPS that cannot be reached for DEADTIME seconds "while that UPS was
+/// last known to be on battery, it is assumed to have gone critical".
+#[test]
+fn upsd_gone_while_on_battery_shuts_down_after_the_dead_time() {
+    let mut nut = Nut::start("OB DISCHRG");
+    let (node, shutdowns) = node_with(nut.dir.path(), nut.port, PASSWORD, "dead_time_secs = 3");
+    let mut w = Running::spawn(node.command(&["ups-watch"]));
+    holds_without_shutdown(&w, "OB DISCHRG", &shutdowns);
+    nut.stop_upsd();
+    let gone = Instant::now();
+    w.wait_log("lost upsd", Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(1500).saturating_sub(gone.elapsed()));
+    assert_eq!(
+        shutdown_count(&shutdowns),
+        0,
+        "shut down within the dead time"
+    );
+    shuts_down_once(&mut w, &shutdowns);
+    assert!(
+        gone.elapsed() >= Duration::from_millis(2400),
+        "{:?}",
+        gone.elapsed()
+    );
+    assert!(w.log_text().contains("dead"), "{}", w.log_text());
+}
+
+/// The same for a UPS whose data upsd no longer has (driver gone: `ERR DRIVER-NOT-CONNECTED` or
+/// `DATA-STALE`): upsmon.conf(5) DEADTIME, "If the status fetch fails, the UPS is marked stale.
+/// If it stays stale for more than DEADTIME seconds, the UPS is marked dead."
+#[test]
+fn driver_gone_while_on_battery_shuts_down_after_the_dead_time() {
+    let mut nut = Nut::start("OB DISCHRG");
+    let (node, shutdowns) = node_with(nut.dir.path(), nut.port, PASSWORD, "dead_time_secs = 3");
+    let mut w = Running::spawn(node.command(&["ups-watch"]));
+    holds_without_shutdown(&w, "OB DISCHRG", &shutdowns);
+    nut.stop_driver();
+    w.wait_log("ERR ", Duration::from_secs(10));
+    shuts_down_once(&mut w, &shutdowns);
+}
+
+/// A UPS last seen on line that becomes unreachable is no reason to power off.
+#[test]
+fn upsd_gone_while_on_line_does_not_shut_down() {
+    let mut nut = Nut::start("OL");
+    let (node, shutdowns) = node_with(nut.dir.path(), nut.port, PASSWORD, "dead_time_secs = 1");
+    let w = Running::spawn(node.command(&["ups-watch"]));
+    holds_without_shutdown(&w, "OL", &shutdowns);
+    nut.stop_upsd();
+    w.wait_log("lost upsd", Duration::from_secs(10));
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(shutdown_count(&shutdowns), 0, "{}", w.log_text());
+}
+
+/// A password with a space, `#`, a quote and a backslash: NUT 2.8.0's parser (common/parseconf.c)
+/// splits words on spaces, starts a comment at `#`, and rejects an unescaped `#` inside quotes
+/// ("Unbalanced word due to unescaped # in quotes"), in upsd.users and on the wire alike, where
+/// upsd then never answers. Written into upsd.users by `run` on the UPS server, sent by the
+/// watch of another node, the real upsd accepts it.
+#[test]
+fn password_with_space_hash_quote_and_backslash_logs_in() {
+    const TRICKY: &str = r#"pa ss#wo"rd\x"#;
+    let port = free_port();
+    let scratch = tempfile::tempdir().unwrap();
+    let (server, _) = ups_server_node(scratch.path(), port, TRICKY);
+    let nut = Nut::start_with("OL", port, &server_nut_files(&server));
+    let (node, shutdowns) = node_for(&nut, TRICKY);
+    let mut w = Running::spawn(node.command(&["ups-watch"]));
+    holds_without_shutdown(&w, "OL", &shutdowns);
+    assert_eq!(
+        node.status_json()["steps"]["ups-watch"]["state"],
+        "done",
+        "{}",
+        w.log_text()
+    );
+    assert_eq!(numlogins(port), "NUMLOGINS dummy 1");
+    nut.set_status("OB LB");
+    shuts_down_once(&mut w, &shutdowns);
+    assert!(!w.log_text().contains("ss#wo"), "password logged");
+}
+
+/// A stand-in upsd that drops the connection whenever a client sends PASSWORD, and otherwise
+/// answers `GET VAR <ups> ups.status` with `status`.
+fn password_dropping_upsd(status: Arc<Mutex<String>>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for tcp in listener.incoming().map_while(Result::ok) {
+            let status = status.clone();
+            thread::spawn(move || {
+                let mut w = tcp.try_clone().unwrap();
+                for line in BufReader::new(tcp).lines().map_while(Result::ok) {
+                    // Words may come quoted, as upsd's parser allows.
+                    let line = line.replace('"', "");
+                    let reply = if line.starts_with("PASSWORD") {
+                        return;
+                    } else if line.starts_with("USERNAME") {
+                        "OK".to_owned()
+                    } else if line.starts_with("GET VAR dummy ups.status") {
+                        format!("VAR dummy ups.status \"{}\"", status.lock().unwrap())
+                    } else {
+                        "ERR UNKNOWN-COMMAND".to_owned()
+                    };
+                    if writeln!(w, "{reply}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A login that breaks the connection every time used to be retried forever, silently, without
+/// ever asking for the UPS status. Now it is reported in the status and the watch goes on
+/// without logging in, so the node still shuts down.
+#[test]
+fn login_that_keeps_failing_is_reported_and_watching_goes_on() {
+    let status = Arc::new(Mutex::new("OL".to_owned()));
+    let port = password_dropping_upsd(status.clone());
+    let scratch = tempfile::tempdir().unwrap();
+    let (node, shutdowns) = node_with(scratch.path(), port, PASSWORD, "");
+    let mut w = Running::spawn(node.command(&["ups-watch"]));
+    holds_without_shutdown(&w, "OL", &shutdowns);
+    let st = node.status_json();
+    assert_eq!(st["steps"]["ups-watch"]["state"], "failed", "{st}");
+    let reason = st["steps"]["ups-watch"]["reason"].as_str().unwrap();
+    assert!(reason.contains("login"), "{reason}");
+    *status.lock().unwrap() = "OB LB".to_owned();
+    shuts_down_once(&mut w, &shutdowns);
+}
+
+/// A reply line without an end must not grow the agent without bound: NUT's own lines are
+/// short (parseconf caps a word at 512 bytes, PCONF_DEFAULT_WORDLEN_LIMIT).
+#[test]
+fn endless_reply_line_is_cut_at_4_kib() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut req = [0u8; 64];
+        let _ = tcp.read(&mut req);
+        let chunk = [b'A'; 64 * 1024];
+        // At most 8 MiB, then hold the connection open, so a regression fails instead of eating
+        // the machine's memory.
+        for _ in 0..128 {
+            if tcp.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+        thread::sleep(Duration::from_secs(10));
+    });
+    let mut c =
+        imagegen_firstboot::nut::NutClient::connect("127.0.0.1", port, Duration::from_secs(5))
+            .unwrap();
+    let t = Instant::now();
+    let e = c.status("dummy").unwrap_err().to_string();
+    assert!(e.contains("longer than 4096 bytes"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }

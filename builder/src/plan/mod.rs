@@ -196,7 +196,9 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
             p.secret(K3S_TOKEN, token);
         }
         if let Some(u) = &cfg.ups {
-            let pw = read_secret(&spec.resolve(&u.password_file), "ups password_file")?;
+            let path = spec.resolve(&u.password_file);
+            let pw = read_secret(&path, "ups password_file")?;
+            check_nut_password(&pw, &path)?;
             p.secret(NUT_PASSWORD, pw);
         }
         if let Some(b) = &cfg.backup {
@@ -542,6 +544,22 @@ fn k3s_unit(cmd: &str) -> String {
          ExecStartPre=-/sbin/modprobe overlay\n\
          ExecStart=/usr/local/bin/k3s {cmd}\n"
     )
+}
+
+/// The agent refuses on the node a NUT password that NUT would not keep unchanged (printable
+/// ASCII, at most 512 bytes: see `imagegen_firstboot::nut::check_word`); say so at build time.
+pub fn check_nut_password(password: &[u8], path: &Path) -> Result<(), PlanError> {
+    let why = match std::str::from_utf8(password) {
+        Ok(s) => imagegen_firstboot::nut::check_word(s).err(),
+        Err(_) => Some("it is not UTF-8 text".to_owned()),
+    };
+    match why {
+        Some(why) => Err(PlanError::Invalid(format!(
+            "ups password_file {} cannot be used with NUT: {why}",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn read_secret(path: &Path, what: &str) -> Result<Vec<u8>, PlanError> {
@@ -900,6 +918,16 @@ pub fn default_config(board: &Board, user: &str, keys: Vec<String>) -> ClusterCo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nut_password_must_survive_nuts_parser() {
+        let p = Path::new("secrets/nut-password");
+        assert!(check_nut_password(br#"pa ss#wo"rd\x"#, p).is_ok());
+        let e = check_nut_password("caf\u{e9}".as_bytes(), p).unwrap_err();
+        assert!(e.to_string().contains("printable ASCII"), "{e}");
+        assert!(check_nut_password(b"tab\tin", p).is_err());
+        assert!(check_nut_password(b"\xff", p).is_err());
+    }
 
     #[test]
     fn hosts_name_replaces_or_inserts() {

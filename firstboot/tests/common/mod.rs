@@ -185,8 +185,40 @@ pub struct FakeK3s {
     pub requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// The TLS stream a [`FakeK3s`] reply is written to.
+pub type TlsStream = rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>;
+
+/// What a [`FakeK3s`] reply function did with the connection.
+pub enum Replied {
+    /// Wrote a whole reply: end it with TLS close_notify.
+    Complete,
+    /// Stop here and drop the TCP connection without close_notify (a cut connection).
+    Cut,
+}
+
 impl FakeK3s {
     pub fn start() -> FakeK3s {
+        FakeK3s::start_with(|head, pem, tls| {
+            let body = if head.starts_with("GET /cacerts ") {
+                pem.to_owned()
+            } else if head.starts_with("GET /ping ") {
+                "pong".to_owned()
+            } else {
+                String::new()
+            };
+            let _ = write!(
+                tls,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            Replied::Complete
+        })
+    }
+
+    /// A stand-in whose replies `reply(request head, CA PEM, stream)` writes.
+    pub fn start_with(
+        reply: impl Fn(&str, &str, &mut TlsStream) -> Replied + Send + 'static,
+    ) -> FakeK3s {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -237,19 +269,9 @@ impl FakeK3s {
                 }
                 let text = String::from_utf8_lossy(&head).into_owned();
                 reqs.lock().unwrap().push(text.clone());
-                let body = if text.starts_with("GET /cacerts ") {
-                    pem.clone()
-                } else if text.starts_with("GET /ping ") {
-                    "pong".to_owned()
-                } else {
-                    String::new()
-                };
-                let _ = write!(
-                    tls,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                tls.conn.send_close_notify();
+                if let Replied::Complete = reply(&text, &pem, &mut tls) {
+                    tls.conn.send_close_notify();
+                }
                 let _ = tls.flush();
             }
         });
