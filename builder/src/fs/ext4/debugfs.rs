@@ -5,12 +5,27 @@
 //! first), there is no `mkdir -p` (each missing ancestor gets its own `mkdir`), `write` copies
 //! the host file's mode (so `sif mode` always follows, with the file-type bits), and debugfs
 //! exits 0 when a command fails (so every stderr line but the banner is an error).
+//!
+//! File contents reach debugfs as open descriptors it inherits (`write /proc/self/fd/N`),
+//! never as files on the host: a staging file would be readable by whoever can reach it
+//! (a `/tmp` directory made with the default mode, files 0644: the k3s token, the NUT
+//! password and private keys were readable by any local user during every build) and would
+//! stay behind when the build is killed. Bytes live in a memfd, which no directory names,
+//! which only this process and its children can reach (`/proc/PID/fd` is guarded like
+//! ptrace), and which is gone when the last descriptor closes, however the process ends.
+//! The script goes to debugfs's standard input the same way.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
 
 use ext4_view::Ext4;
 
+use super::descriptors;
 use super::e2fsprogs;
 use super::read;
 use super::superblock::Superblock;
@@ -29,9 +44,9 @@ const FAST_SYMLINK_MAX: usize = 60;
 /// What a path must look like once the batch has run; read back after debugfs.
 #[derive(Debug)]
 pub enum Expect {
-    /// `staged` holds (or links to) the exact bytes written.
+    /// `Plan::input(staged)` holds the exact bytes written.
     File {
-        staged: PathBuf,
+        staged: usize,
         meta: Meta,
     },
     Dir {
@@ -56,9 +71,9 @@ pub struct Plan {
     /// Blocks and inodes the batch may allocate, counted without credit for what it frees.
     blocks: u64,
     inodes: u64,
-    /// Holds the script, `Content::Bytes` as files, and symlinks to `Content::HostFile`s.
-    staging: tempfile::TempDir,
-    staged: usize,
+    /// The content of every file the batch writes, open for debugfs to inherit: a memfd for
+    /// `Content::Bytes`, the host file itself for `Content::HostFile`.
+    inputs: Vec<File>,
 }
 
 /// The filesystem as the batch would leave it so far: the image, overlaid with the batch's
@@ -105,18 +120,9 @@ fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-fn host_quote(p: &Path) -> Result<String, FsError> {
-    let s = p.to_str().ok_or_else(|| FsError::InvalidPath {
-        path: p.display().to_string(),
-        reason: "a staging path is not UTF-8".into(),
-    })?;
-    if s.contains(['\n', '\0']) {
-        return Err(FsError::InvalidPath {
-            path: s.to_string(),
-            reason: "contains a newline".into(),
-        });
-    }
-    Ok(quote(s))
+/// The path under which debugfs, a child of this process, opens the inherited `fd`.
+fn inherited(fd: RawFd) -> String {
+    format!("/proc/self/fd/{fd}")
 }
 
 fn io_context(what: &Path, e: std::io::Error) -> FsError {
@@ -130,15 +136,26 @@ impl Plan {
     /// Checks `ops` against the filesystem (parents, types, emptiness, names) and renders the
     /// script. Nothing is written to the image.
     pub fn new(fs: &Ext4, sb: &Superblock, ops: &[Op], epoch: i64) -> Result<Plan, FsError> {
+        let writes = ops
+            .iter()
+            .filter(|op| matches!(op, Op::WriteFile { .. }))
+            .count();
+        if writes > 0 {
+            descriptors::reserve(writes)?;
+            if !Path::new("/proc/self/fd").is_dir() {
+                return Err(FsError::Unsupported(
+                    "imagegen hands file contents to debugfs through /proc/self/fd, and /proc \
+                     is not mounted here; mount it (mount -t proc proc /proc)"
+                        .into(),
+                ));
+            }
+        }
         let mut plan = Plan {
             script: String::new(),
             expect: BTreeMap::new(),
             blocks: 0,
             inodes: 0,
-            staging: tempfile::Builder::new()
-                .prefix("imagegen-debugfs")
-                .tempdir()?,
-            staged: 0,
+            inputs: Vec::with_capacity(writes),
         };
         let mut view = View {
             fs,
@@ -180,7 +197,8 @@ impl Plan {
                     plan.make_room(&view, &p)?;
                     let (staged, size) = plan.stage(content)?;
                     let q = quote(&p);
-                    plan.cmd(format!("write {} {q}", host_quote(&staged)?));
+                    let fd = plan.inputs[staged].as_raw_fd();
+                    plan.cmd(format!("write {} {q}", quote(&inherited(fd))));
                     plan.set_meta(&q, S_IFREG | (meta.mode & 0o7777), meta, epoch, sb);
                     let data = size.div_ceil(bs);
                     // Extent index blocks for large or fragmented files, and the parent
@@ -396,29 +414,37 @@ impl Plan {
         }
     }
 
-    /// Puts `content` where debugfs can `write` it from; returns that path and the size.
-    fn stage(&mut self, content: &Content) -> Result<(PathBuf, u64), FsError> {
-        let staged = self.staging.path().join(self.staged.to_string());
-        self.staged += 1;
-        match content {
+    /// The content written by the op whose `Expect::File` says `staged`, from its start.
+    pub fn input(&self, staged: usize) -> Result<&File, FsError> {
+        let mut file = &self.inputs[staged];
+        file.seek(SeekFrom::Start(0))?;
+        Ok(file)
+    }
+
+    /// Opens `content` for debugfs to inherit; returns its index in `inputs` and its size.
+    fn stage(&mut self, content: &Content) -> Result<(usize, u64), FsError> {
+        let (file, size) = match content {
             Content::Bytes(bytes) => {
-                std::fs::write(&staged, bytes)?;
-                Ok((staged, bytes.len() as u64))
+                let mut file = memfd("imagegen-content")?;
+                file.write_all(bytes)?;
+                (file, bytes.len() as u64)
             }
             Content::HostFile(host) => {
-                let host = std::fs::canonicalize(host).map_err(|e| io_context(host, e))?;
-                let meta = std::fs::metadata(&host).map_err(|e| io_context(&host, e))?;
+                // Opened once: the size checked here is that of the file debugfs reads, and
+                // odd host names never reach the script.
+                let file = File::open(host).map_err(|e| io_context(host, e))?;
+                let meta = file.metadata().map_err(|e| io_context(host, e))?;
                 if !meta.is_file() {
                     return Err(io_context(
-                        &host,
+                        host,
                         std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
                     ));
                 }
-                // A link keeps odd host names out of the script.
-                std::os::unix::fs::symlink(&host, &staged)?;
-                Ok((staged, meta.len()))
+                (file, meta.len())
             }
-        }
+        };
+        self.inputs.push(file);
+        Ok((self.inputs.len() - 1, size))
     }
 
     /// Fails with `NoSpace` if the batch might not fit (`margin` blocks kept spare for
@@ -447,23 +473,47 @@ impl Plan {
 
     /// Runs the script on the image. The image may be partly changed if this fails.
     pub fn run(&self, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
-        let script = self.staging.path().join("script");
-        std::fs::write(&script, &self.script)?;
-        run_script(&script, image, offset, epoch)
+        run_script(&self.script, &self.inputs, image, offset, epoch)
     }
 }
 
-fn run_script(script: &Path, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
-    let out = e2fsprogs::run(
-        "debugfs",
-        [
-            "-w".as_ref(),
-            "-f".as_ref(),
-            script.as_os_str(),
-            e2fsprogs::device(image, offset)?.as_ref(),
-        ],
-        epoch,
-    )?;
+/// An anonymous, close-on-exec memory file.
+fn memfd(name: &str) -> Result<File, FsError> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    Ok(File::from(fd))
+}
+
+/// Runs `script` with `debugfs -w -f -`, `inputs` inherited at their descriptor numbers.
+fn run_script(
+    script: &str,
+    inputs: &[File],
+    image: &Path,
+    offset: u64,
+    epoch: i64,
+) -> Result<(), FsError> {
+    let mut stdin = memfd("imagegen-debugfs-script")?;
+    stdin.write_all(script.as_bytes())?;
+    stdin.seek(SeekFrom::Start(0))?;
+    let mut cmd = e2fsprogs::command("debugfs", epoch);
+    cmd.args(["-w", "-f", "-", &e2fsprogs::device(image, offset)?])
+        .stdin(Stdio::from(stdin));
+    // Every descriptor here is close-on-exec, so no other child of this process (and no
+    // thread spawning one meanwhile) inherits a secret; only debugfs gets these.
+    let fds: Vec<RawFd> = inputs.iter().map(AsRawFd::as_raw_fd).collect();
+    // SAFETY: between fork and exec the closure only calls fcntl, which is
+    // async-signal-safe, on descriptors this process owns; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = e2fsprogs::output(cmd, "debugfs")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let banner = |i: usize, l: &str| i == 0 && l.starts_with("debugfs ");
     let errors: Vec<&str> = stderr
@@ -510,12 +560,11 @@ mod tests {
     /// debugfs exits 0 when a command fails; the error must still surface.
     #[test]
     fn failed_commands_are_errors() {
-        let (dir, image) = scratch_fs();
-        let script = dir.path().join("script");
-        std::fs::write(&script, "mkdir /a\n").unwrap();
-        run_script(&script, &image, 0, 0).unwrap();
-        std::fs::write(&script, "mkdir /a/b\nmkdir /a\nmkdir /none/c\n").unwrap();
-        let err = run_script(&script, &image, 0, 0).unwrap_err().to_string();
+        let (_dir, image) = scratch_fs();
+        run_script("mkdir /a\n", &[], &image, 0, 0).unwrap();
+        let err = run_script("mkdir /a/b\nmkdir /a\nmkdir /none/c\n", &[], &image, 0, 0)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("mkdir: File not found by ext2_lookup"),
             "{err}"

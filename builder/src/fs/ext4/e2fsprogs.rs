@@ -31,23 +31,33 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(tool)
-        .args(args)
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+    let mut cmd = command(tool, epoch);
+    cmd.args(args);
+    output(cmd, tool)
+}
+
+/// The command `run` runs, for callers that also set its input.
+pub fn command(tool: &str, epoch: i64) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .env("E2FSCK_TIME", epoch.to_string())
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| FsError::Tool {
-            tool: tool.to_string(),
-            detail: if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "not found: install e2fsprogs >= {}.{}.{}",
-                    MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2
-                )
-            } else {
-                e.to_string()
-            },
-        })
+        .env("LC_ALL", "C");
+    cmd
+}
+
+/// Runs `cmd` (made by [`command`]) to completion.
+pub fn output(mut cmd: Command, tool: &str) -> Result<Output, FsError> {
+    cmd.output().map_err(|e| FsError::Tool {
+        tool: tool.to_string(),
+        detail: if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "not found: install e2fsprogs >= {}.{}.{}",
+                MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2
+            )
+        } else {
+            e.to_string()
+        },
+    })
 }
 
 pub fn output_text(out: &Output) -> String {

@@ -6,6 +6,7 @@
 //! `e2fsck -fn`.
 
 mod debugfs;
+mod descriptors;
 mod e2fsprogs;
 mod grow;
 mod read;
@@ -137,7 +138,7 @@ impl Filesystem for Ext4Fs {
         let ran = plan.run(&self.image, self.offset, epoch);
         self.reload()?;
         ran?;
-        verify::verify(&self.view, &plan.expect)?;
+        verify::verify(&self.view, &plan)?;
         e2fsprogs::check(&self.image, self.offset, epoch)
     }
 }
