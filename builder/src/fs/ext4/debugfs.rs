@@ -14,6 +14,13 @@
 //! which only this process and its children can reach (`/proc/PID/fd` is guarded like
 //! ptrace), and which is gone when the last descriptor closes, however the process ends.
 //! The script goes to debugfs's standard input the same way.
+//!
+//! debugfs runs every line of a script even after one failed, so `rm old` followed by a
+//! `write` that runs out of space loses the old file (seen on fragmented free space, with a
+//! clean e2fsck afterwards). A file the batch replaces or removes is therefore only moved
+//! aside (`link` + `unlink`, which leave its inode and blocks alone) into a root-only
+//! directory, deleted by a second run once the batch has run without an error, and put back
+//! if it has not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -40,6 +47,10 @@ const MAX_LINE: usize = 8190;
 
 /// Symlink targets shorter than this live in the inode ("fast" symlinks) and take no block.
 const FAST_SYMLINK_MAX: usize = 60;
+
+/// Where a batch keeps what it replaces or removes until it has succeeded, at the root of the
+/// filesystem; a numbered name when this one is taken (an interrupted edit leaves it behind).
+const ASIDE_DIR: &str = "/.imagegen-replaced";
 
 /// What a path must look like once the batch has run; read back after debugfs.
 #[derive(Debug)]
@@ -74,6 +85,16 @@ pub struct Plan {
     /// The content of every file the batch writes, open for debugfs to inherit: a memfd for
     /// `Content::Bytes`, the host file itself for `Content::HostFile`.
     inputs: Vec<File>,
+    aside: Aside,
+}
+
+/// Files the batch replaces or removes, kept until it has succeeded.
+#[derive(Debug, Default)]
+struct Aside {
+    /// Made by the batch on the first file it moves aside.
+    dir: Option<String>,
+    /// (where the file was, where it is kept).
+    moved: Vec<(String, String)>,
 }
 
 /// The filesystem as the batch would leave it so far: the image, overlaid with the batch's
@@ -156,6 +177,7 @@ impl Plan {
             blocks: 0,
             inodes: 0,
             inputs: Vec::with_capacity(writes),
+            aside: Aside::default(),
         };
         let mut view = View {
             fs,
@@ -194,16 +216,15 @@ impl Plan {
                     }
                 }
                 Op::WriteFile { content, meta, .. } => {
-                    plan.make_room(&view, &p)?;
+                    plan.make_room(&mut view, &p)?;
                     let (staged, size) = plan.stage(content)?;
                     let q = quote(&p);
                     let fd = plan.inputs[staged].as_raw_fd();
                     plan.cmd(format!("write {} {q}", quote(&inherited(fd))));
                     plan.set_meta(&q, S_IFREG | (meta.mode & 0o7777), meta, epoch, sb);
                     let data = size.div_ceil(bs);
-                    // Extent index blocks for large or fragmented files, and the parent
-                    // directory growing by a block.
-                    plan.blocks += data + data / 1024 + 2;
+                    // The parent directory growing: a block, or an htree leaf and index.
+                    plan.blocks += data + map_blocks(data, bs, sb.has_extents()) + 2;
                     plan.inodes += 1;
                     view.changed.insert(p.clone(), Some(FileType::Regular));
                     plan.expect.insert(
@@ -231,7 +252,7 @@ impl Plan {
                             ),
                         });
                     }
-                    plan.make_room(&view, &p)?;
+                    plan.make_room(&mut view, &p)?;
                     let q = quote(&p);
                     plan.cmd(format!("symlink {q} {}", quote(target)));
                     plan.set_owner_times(&q, meta, epoch, sb);
@@ -262,7 +283,7 @@ impl Plan {
                             }
                             plan.cmd(format!("rmdir {}", quote(&p)));
                         }
-                        Some(_) => plan.cmd(format!("rm {}", quote(&p))),
+                        Some(_) => plan.discard(&mut view, &p)?,
                     }
                     view.changed.insert(p.clone(), None);
                     plan.expect.insert(p, Expect::Absent);
@@ -306,6 +327,12 @@ impl Plan {
         for (p, meta) in dirs {
             plan.times(&quote(&p), meta.mtime, epoch, sb);
         }
+        if !plan.aside.moved.is_empty() {
+            // The directory's own block and inode, the root growing by a block, and its
+            // entries (short numeric names, at most 16 bytes each).
+            plan.blocks += 2 + (plan.aside.moved.len() as u64 * 16).div_ceil(bs);
+            plan.inodes += 1;
+        }
         // debugfs reads its script with fgets into a BUFSIZ (8192) buffer: a longer line would
         // be cut into two commands (seen with 1.47.0).
         if let Some(line) = plan.script.lines().find(|l| l.len() >= MAX_LINE) {
@@ -346,8 +373,8 @@ impl Plan {
             .insert(p.to_string(), Expect::Dir { meta: *meta });
     }
 
-    /// Checks that `p` can be (re)created as a file or symlink, and removes what is there.
-    fn make_room(&mut self, view: &View<'_>, p: &str) -> Result<(), FsError> {
+    /// Checks that `p` can be (re)created as a file or symlink, and clears what is there.
+    fn make_room(&mut self, view: &mut View<'_>, p: &str) -> Result<(), FsError> {
         let Some((parent, _)) = path::split(p) else {
             return Err(FsError::IsADirectory(p.to_string()));
         };
@@ -356,10 +383,47 @@ impl Plan {
             None => {}
             Some(FileType::Directory) => return Err(FsError::IsADirectory(p.to_string())),
             Some(FileType::Other) => return Err(FsError::AlreadyExists(p.to_string())),
-            Some(FileType::Regular | FileType::Symlink) => {
-                self.cmd(format!("rm {}", quote(p)));
-            }
+            Some(FileType::Regular | FileType::Symlink) => self.discard(view, p)?,
         }
+        Ok(())
+    }
+
+    /// Takes the non-directory at `p` out of the tree: deleted when this batch made it,
+    /// otherwise moved aside until the batch has succeeded.
+    fn discard(&mut self, view: &mut View<'_>, p: &str) -> Result<(), FsError> {
+        if view.changed.contains_key(p) {
+            self.cmd(format!("rm {}", quote(p)));
+            return Ok(());
+        }
+        let dir = match &self.aside.dir {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = (0..)
+                    .map(|i| match i {
+                        0 => ASIDE_DIR.to_string(),
+                        i => format!("{ASIDE_DIR}-{i}"),
+                    })
+                    .find_map(|d| match view.lookup(&d) {
+                        Ok(None) => Some(Ok(d)),
+                        Ok(Some(_)) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .expect("an unused name")?;
+                let q = quote(&dir);
+                // Root-only: what it keeps may be a secret (an old /etc/shadow).
+                self.cmd(format!("mkdir {q}"));
+                self.cmd(format!("sif {q} mode 0{:o}", S_IFDIR | 0o700));
+                self.cmd(format!("sif {q} uid 0\nsif {q} gid 0"));
+                view.changed.insert(dir.clone(), Some(FileType::Directory));
+                self.aside.dir = Some(dir.clone());
+                dir
+            }
+        };
+        let kept = path::join(&dir, &self.aside.moved.len().to_string());
+        // `link` and `unlink` change no link count: the inode moves, untouched.
+        self.cmd(format!("link {} {}", quote(p), quote(&kept)));
+        self.cmd(format!("unlink {}", quote(p)));
+        self.aside.moved.push((p.to_string(), kept));
         Ok(())
     }
 
@@ -471,9 +535,160 @@ impl Plan {
         Ok(())
     }
 
-    /// Runs the script on the image. The image may be partly changed if this fails.
+    /// Runs the script on the image, then deletes what it moved aside. If the script fails,
+    /// what it moved aside is put back, but what it made may remain.
     pub fn run(&self, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
-        run_script(&self.script, &self.inputs, image, offset, epoch)
+        let failed = match run_script(&self.script, &self.inputs, image, offset, epoch) {
+            Ok(()) => return self.commit(image, offset, epoch),
+            Err(e) => e,
+        };
+        let outcome = if self.aside.dir.is_none() {
+            "the filesystem may be partly changed, start again from the unmodified image"
+                .to_string()
+        } else {
+            match self.roll_back(image, offset, epoch) {
+                Ok(()) => "every file it replaced or removed is back as it was, but what it \
+                           made may remain"
+                    .to_string(),
+                Err(e) => format!(
+                    "putting back the files it replaced or removed failed too ({e}); the \
+                     originals are kept in {} on that filesystem",
+                    self.aside.dir.as_deref().unwrap_or(ASIDE_DIR)
+                ),
+            }
+        };
+        Err(match failed {
+            FsError::Tool { tool, detail } => FsError::Tool {
+                tool,
+                detail: format!("{detail}; {outcome}"),
+            },
+            other => other,
+        })
+    }
+
+    /// Deletes what the batch moved aside: it succeeded.
+    fn commit(&self, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
+        let Some(dir) = &self.aside.dir else {
+            return Ok(());
+        };
+        let mut script = String::new();
+        for (_, kept) in &self.aside.moved {
+            script.push_str(&format!("rm {}\n", quote(kept)));
+        }
+        script.push_str(&format!("rmdir {}\n", quote(dir)));
+        run_script(&script, &[], image, offset, epoch).map_err(|e| FsError::Tool {
+            tool: "debugfs".into(),
+            detail: format!(
+                "the changes are written, but deleting the files they replaced failed ({e}); \
+                 those are in {dir} on that filesystem"
+            ),
+        })
+    }
+
+    /// Puts back what the batch moved aside, after it failed somewhere.
+    fn roll_back(&self, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
+        let mut script = String::new();
+        for (original, kept) in self.aside.moved.iter().rev() {
+            // Not moved: the batch failed before it got there, or the link failed.
+            let Some((kept_ino, _)) = inode_of(image, offset, kept, epoch)? else {
+                continue;
+            };
+            let (o, k) = (quote(original), quote(kept));
+            match inode_of(image, offset, original, epoch)? {
+                // The unlink failed: the original is still in place.
+                Some((ino, _)) if ino == kept_ino => script.push_str(&format!("unlink {k}\n")),
+                Some((_, true)) => {
+                    return Err(FsError::Tool {
+                        tool: "debugfs".into(),
+                        detail: format!("{original} is a directory now"),
+                    });
+                }
+                Some((_, false)) => {
+                    script.push_str(&format!("rm {o}\nlink {k} {o}\nunlink {k}\n"));
+                }
+                None => script.push_str(&format!("link {k} {o}\nunlink {k}\n")),
+            }
+        }
+        if let Some(dir) = &self.aside.dir
+            && inode_of(image, offset, dir, epoch)?.is_some()
+        {
+            script.push_str(&format!("rmdir {}\n", quote(dir)));
+        }
+        run_script(&script, &[], image, offset, epoch)
+    }
+}
+
+/// The inode number at `p` and whether it is a directory, by debugfs (ext4-view does not
+/// expose inode numbers); `None` when nothing is there.
+fn inode_of(
+    image: &Path,
+    offset: u64,
+    p: &str,
+    epoch: i64,
+) -> Result<Option<(u64, bool)>, FsError> {
+    let out = e2fsprogs::run(
+        "debugfs",
+        [
+            "-R".to_string(),
+            format!("stat {}", quote(p)),
+            e2fsprogs::device(image, offset)?,
+        ],
+        epoch,
+    )?;
+    // "Inode: 12   Type: regular    Mode:  0644   Flags: 0x80000"
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(first) = stdout.lines().find(|l| l.starts_with("Inode: ")) else {
+        return Ok(None);
+    };
+    let mut words = first.split_whitespace();
+    let ino = words.nth(1).and_then(|n| n.parse().ok());
+    let is_dir = words.nth(1) == Some("directory");
+    match ino {
+        Some(ino) => Ok(Some((ino, is_dir))),
+        None => Err(FsError::Tool {
+            tool: "debugfs".into(),
+            detail: format!("unexpected stat output: {first:?}"),
+        }),
+    }
+}
+
+/// Blocks a file of `data` blocks may need besides its data, however the free space is laid
+/// out. With extents, each data block may land in its own one-block hole (the free space left
+/// by deleted small files), so the worst case is an extent per block: the inode holds 4, a
+/// tree block `(bs - 12) / 12`. debugfs appends, which fills each leaf before starting the
+/// next (e2fsprogs 1.47.0 wrote 3000 one-block extents into 37 leaves of 84 and one index
+/// block); one spare block per level covers a split. Without extents, the block map's
+/// indirect blocks hold `bs / 4` pointers each after the inode's 12 direct ones.
+fn map_blocks(data: u64, bs: u64, extents: bool) -> u64 {
+    if extents {
+        let per = (bs - 12) / 12;
+        let (mut entries, mut total) = (data, 0);
+        while entries > 4 {
+            entries = entries.div_ceil(per);
+            total += entries + 1;
+        }
+        total
+    } else {
+        let per = bs / 4;
+        let mut rest = data.saturating_sub(12);
+        let mut total = 0;
+        // Single, double and triple indirect: level k maps up to per^k blocks through k
+        // levels of pointer blocks.
+        let mut span = 1u64;
+        for depth in 1..=3 {
+            if rest == 0 {
+                break;
+            }
+            span = span.saturating_mul(per);
+            let covered = rest.min(span);
+            let mut level = covered;
+            for _ in 0..depth {
+                level = level.div_ceil(per);
+                total += level;
+            }
+            rest -= covered;
+        }
+        total
     }
 }
 
@@ -525,12 +740,7 @@ fn run_script(
     if !out.status.success() || !errors.is_empty() {
         return Err(FsError::Tool {
             tool: "debugfs".into(),
-            detail: format!(
-                "{} ({}); the filesystem may be partly changed, start again from the \
-                 unmodified image",
-                errors.join("; "),
-                out.status
-            ),
+            detail: format!("{} ({})", errors.join("; "), out.status),
         });
     }
     Ok(())
@@ -596,6 +806,68 @@ mod tests {
             matches!(&err, FsError::InvalidPath { reason, .. } if reason.contains("8190")),
             "{err}"
         );
+    }
+
+    /// What a failed batch replaced or removed is put back: debugfs runs every line even
+    /// after one failed, so the failure here comes last, after the replacement and removal.
+    #[test]
+    fn a_failed_batch_puts_back_what_it_replaced() {
+        let (_dir, image) = scratch_fs();
+        let load = || {
+            let fs = super::read::load(std::fs::File::open(&image).unwrap(), 0, 8 << 20).unwrap();
+            let sb = Superblock::read(&std::fs::File::open(&image).unwrap(), 0).unwrap();
+            (fs, sb)
+        };
+        let write = |p: &str, text: &str| Op::WriteFile {
+            path: p.into(),
+            content: Content::Bytes(text.as_bytes().to_vec()),
+            meta: Meta::root(0o600, 0),
+        };
+        let (fs, sb) = load();
+        let setup = [write("/victim", "original\n"), write("/gone", "kept\n")];
+        Plan::new(&fs, &sb, &setup, 0)
+            .unwrap()
+            .run(&image, 0, 0)
+            .unwrap();
+
+        let (fs, sb) = load();
+        let batch = [
+            write("/victim", "replacement\n"),
+            Op::Remove {
+                path: "/gone".into(),
+            },
+            write("/new", "made\n"),
+        ];
+        let mut plan = Plan::new(&fs, &sb, &batch, 0).unwrap();
+        plan.cmd("mkdir /no/such/dir".into());
+        let err = plan.run(&image, 0, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("mkdir /no/such/dir") || err.contains("ext2_lookup"),
+            "{err}"
+        );
+        assert!(err.contains("back as it was"), "{err}");
+
+        let (fs, _) = load();
+        let read = |p: &str| String::from_utf8(fs.read(p).unwrap()).unwrap();
+        assert_eq!(read("/victim"), "original\n");
+        assert_eq!(read("/gone"), "kept\n");
+        assert!(!fs.exists(ASIDE_DIR).unwrap());
+        e2fsprogs::check(&image, 0, 0).unwrap();
+    }
+
+    #[test]
+    fn worst_case_maps() {
+        // An extent per block: 4 in the inode, then leaves of 340 (4 KiB) under the inode.
+        assert_eq!(map_blocks(4, 4096, true), 0);
+        assert_eq!(map_blocks(5, 4096, true), 2);
+        assert_eq!(map_blocks(340 * 4, 4096, true), 5);
+        assert_eq!(map_blocks(340 * 4 + 1, 4096, true), 6 + 2);
+        // 1 KiB blocks: 84 extents a leaf.
+        assert_eq!(map_blocks(6958, 1024, true), 83 + 1 + 1 + 1);
+        // Block maps: 12 direct, then 1024 per indirect block (4 KiB).
+        assert_eq!(map_blocks(12, 4096, false), 0);
+        assert_eq!(map_blocks(13, 4096, false), 1);
+        assert_eq!(map_blocks(12 + 1024 + 1, 4096, false), 1 + 2);
     }
 
     #[test]

@@ -82,6 +82,27 @@ pub fn check(image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
     Ok(())
 }
 
+/// `e2fsck -fn` before a change: a filesystem it finds problems in is refused untouched. The
+/// space estimate trusts the free counts, and debugfs allocates whatever the bitmaps call
+/// free: with a used block marked free, a new file would share it with an old one (seen:
+/// "Multiply-claimed block(s)" after writing one small file).
+pub fn precheck(image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
+    let out = run("e2fsck", ["-fn".to_string(), device(image, offset)?], epoch)?;
+    match out.status.code() {
+        Some(0) => Ok(()),
+        // "File system errors left uncorrected", as -n leaves every one.
+        Some(4) => Err(FsError::Corrupt(format!(
+            "e2fsck -fn finds problems before any change, so imagegen leaves this ext4 \
+             filesystem alone; repair it (e2fsck -fy on a copy) or use a fresh image:\n{}",
+            output_text(&out)
+        ))),
+        _ => Err(FsError::Tool {
+            tool: "e2fsck -fn".into(),
+            detail: format!("{}:\n{}", out.status, output_text(&out)),
+        }),
+    }
+}
+
 /// Refuses a filesystem whose journal still holds transactions. The kernel replays a journal
 /// whose start is not 0 at mount even when the superblock's needs_recovery flag is clear, which
 /// would overwrite our changes with stale blocks; `e2fsck -fn` does not flag that state.
