@@ -195,7 +195,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         .with_context(|| format!("copying the base image to {}", work.path.display()))?;
 
     // Errors name the working copy; say which input it was copied from.
-    let mut image = Image::open(&work.path).with_context(|| {
+    let mut image = Image::open_for_write(&work.path).with_context(|| {
         format!(
             "reading the base image {}",
             match &source {
@@ -311,7 +311,7 @@ fn apply_growing(mut image: Image, path: &Path, ops: &[Op], epoch: i64) -> Resul
                 more >> 20
             );
             crate::image::grow(path, len + more, epoch).context("growing the image")?;
-            let mut image = Image::open(path).context("reading the grown image")?;
+            let mut image = Image::open_for_write(path).context("reading the grown image")?;
             image.apply(ops, epoch).context("customizing the image")?;
             Ok(image)
         }

@@ -290,3 +290,63 @@ fn failures_leave_the_image_as_it_was() {
         "refused edit changed the image"
     );
 }
+
+/// Several `imagegen cp` into one image at once take turns: every file lands, and both
+/// filesystems stay clean.
+#[test]
+fn concurrent_edits_of_one_image_take_turns() {
+    let img = fixture("rpios-bookworm");
+    let root = root_start(&img, 2);
+    let boot = oracle::partition(&img, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let target = |round: usize, i: usize| {
+        if i.is_multiple_of(2) {
+            format!("/etc/concurrent-{round}-{i}")
+        } else {
+            format!("/boot/firmware/conc-{round}-{i}.txt")
+        }
+    };
+    let content = |round: usize, i: usize| format!("file {round}-{i}\n").repeat(300 * (i + 1));
+    for round in 0..3 {
+        let children: Vec<_> = (0..6)
+            .map(|i| {
+                let host = dir.path().join(format!("f{round}-{i}"));
+                std::fs::write(&host, content(round, i)).unwrap();
+                Command::new(env!("CARGO_BIN_EXE_imagegen"))
+                    .args(["cp", host.to_str().unwrap(), &t(&img, &target(round, i))])
+                    .env("SOURCE_DATE_EPOCH", "1750000000")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}, cp {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        oracle::assert_e2fsck_clean(&img, root);
+        oracle::assert_fsck_fat_clean(&img, boot.start, boot.size);
+        for i in 0..6usize {
+            let found = if i.is_multiple_of(2) {
+                oracle::ext4_cat(&img, root, &target(round, i))
+            } else {
+                let name = target(round, i);
+                oracle::fat_cat(
+                    &img,
+                    boot.start,
+                    name.strip_prefix("/boot/firmware").unwrap(),
+                )
+            };
+            assert!(
+                found == content(round, i),
+                "round {round}: {} differs",
+                target(round, i)
+            );
+        }
+    }
+}

@@ -12,6 +12,11 @@ fn open(image: &std::path::Path) -> Result<Image> {
     Image::open(image).with_context(|| format!("opening {}", image.display()))
 }
 
+/// Opens the image to change it, once no other imagegen is changing it.
+fn open_for_write(image: &std::path::Path) -> Result<Image> {
+    Image::open_for_write(image).with_context(|| format!("opening {}", image.display()))
+}
+
 pub fn ls(a: LsArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
     let mut image = open(&img)?;
@@ -53,7 +58,7 @@ pub fn cp(a: CpArgs) -> Result<()> {
     if !meta.is_file() {
         bail!("{}: not a regular file", a.source.display());
     }
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     let epoch = edit_epoch(&image)?;
     let (uid, gid) = a.owner.unwrap_or((0, 0));
     let op = Op::WriteFile {
@@ -72,7 +77,7 @@ pub fn cp(a: CpArgs) -> Result<()> {
 
 pub fn mkdir(a: MkdirArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     let epoch = edit_epoch(&image)?;
     let (uid, gid) = a.owner.unwrap_or((0, 0));
     let op = Op::Mkdir {
@@ -91,7 +96,7 @@ pub fn mkdir(a: MkdirArgs) -> Result<()> {
 
 pub fn ln(a: LnArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     if !a.force && image.lstat(&path)?.is_some() {
         bail!("{path}: already exists (use --force to replace it)");
     }
@@ -107,7 +112,7 @@ pub fn ln(a: LnArgs) -> Result<()> {
 
 pub fn rm(a: RmArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     let epoch = edit_epoch(&image)?;
     image.apply(&[Op::Remove { path }], epoch)?;
     Ok(())

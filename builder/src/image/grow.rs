@@ -1,6 +1,6 @@
 //! Growing an image: the file, its physically last partition, and that partition's ext4.
 
-use super::{Image, ImageError};
+use super::{Image, ImageError, ImageLock};
 use crate::disk::{self, SECTOR};
 use crate::fs::{FsKind, ext4};
 use std::fs::{File, OpenOptions};
@@ -24,8 +24,10 @@ const TABLE_SECTORS: u64 = 34;
 
 /// Grows the image at `path` to `new_len` bytes (rounded up to whole sectors), then the
 /// physically last partition to the new end, then its ext4 filesystem. On failure the image
-/// is put back to its original length and partition table.
+/// is put back to its original length and partition table. Takes the image's write lock:
+/// drop any `Image` of the same file that has made changes first.
 pub fn grow(path: &Path, new_len: u64, epoch: i64) -> Result<Grown, ImageError> {
+    let _lock = ImageLock::acquire(path)?;
     let image = Image::open(path)?;
     let old_len = std::fs::metadata(path)?.len();
     let new_len = new_len.div_ceil(SECTOR) * SECTOR;
