@@ -5,6 +5,7 @@
 //! `image` (partitions + filesystems + the mount view from the image's own /etc/fstab).
 
 pub mod arch;
+pub mod argv;
 pub mod board;
 pub mod build;
 pub mod cli;

@@ -350,3 +350,51 @@ fn concurrent_edits_of_one_image_take_turns() {
         }
     }
 }
+
+/// An image whose name starts with '-' is a file to every tool imagegen runs, never an
+/// option.
+#[test]
+fn an_image_named_like_an_option_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("-d")).unwrap();
+    let host = dir.path().join("host");
+    std::fs::write(&host, b"dash\n").unwrap();
+    let h = host.to_str().unwrap();
+    for name in ["-dash.img", "-d/disk.img"] {
+        let src = cached_fixture("rpios-bookworm");
+        let img = dir.path().join(name);
+        oracle::run(
+            "cp",
+            &[
+                "--sparse=always",
+                src.to_str().unwrap(),
+                img.to_str().unwrap(),
+            ],
+        );
+        let run = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+                .args(args)
+                .current_dir(dir.path())
+                .env("SOURCE_DATE_EPOCH", "1750000000")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "imagegen {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let at = |p: &str| format!("{name}:{p}");
+        run(&["cp", "--", h, &at("/etc/dash")]);
+        run(&["mkdir", "--", &at("/srv/dash")]);
+        run(&["ln", "-s", "--", "dash", &at("/etc/dash-link")]);
+        run(&["rm", "--", &at("/srv/dash")]);
+        run(&["cp", "--", h, &at("/boot/firmware/dash.txt")]);
+        assert_eq!(run(&["cat", "--", &at("/etc/dash-link")]), "dash\n");
+        run(&["grow", "--size", "+8M", "--", name]);
+        let start = root_start(&img, 2);
+        oracle::assert_e2fsck_clean(&img, start);
+        assert_eq!(oracle::ext4_cat(&img, start, "/etc/dash"), "dash\n");
+    }
+}

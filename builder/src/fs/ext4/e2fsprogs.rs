@@ -11,6 +11,7 @@ const MIN_VERSION: (u32, u32, u32) = (1, 47, 0);
 /// `IMAGE?offset=N`, the unix_io syntax that makes every tool work in place inside a
 /// whole-disk image. The image path itself must not contain '?', or unix_io would split there.
 pub fn device(image: &Path, offset: u64) -> Result<String, FsError> {
+    let image = crate::argv::path(image);
     let s = image.to_str().ok_or_else(|| FsError::InvalidPath {
         path: image.display().to_string(),
         reason: "the image path is not UTF-8".into(),

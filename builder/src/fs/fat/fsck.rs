@@ -15,7 +15,11 @@ const CHUNK: usize = 1 << 20;
 pub(super) fn check(image: &Path, offset: u64, len: u64) -> Result<Result<(), String>, FsError> {
     let copy = tempfile::NamedTempFile::new()?;
     copy_sparse(&File::open(image)?, offset, len, copy.as_file())?;
-    let out = match Command::new("fsck.fat").arg("-n").arg(copy.path()).output() {
+    let out = match Command::new("fsck.fat")
+        .arg("-n")
+        .arg(crate::argv::path(copy.path()).as_ref())
+        .output()
+    {
         Ok(out) => out,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(FsError::Tool {
