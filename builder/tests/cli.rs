@@ -398,3 +398,32 @@ fn an_image_named_like_an_option_is_a_file() {
         assert_eq!(oracle::ext4_cat(&img, start, "/etc/dash"), "dash\n");
     }
 }
+
+/// Control characters in a path inside the image are refused with a clear error: debugfs
+/// ends a script line at '\r', so such a name would run a different command than planned.
+#[test]
+fn control_characters_in_image_paths_are_refused() {
+    let img = fixture("rpios-bookworm");
+    let original = std::fs::read(&img).unwrap();
+    let host = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host.path(), b"x\n").unwrap();
+    let hp = host.path().to_str().unwrap();
+    for path in [
+        "/etc/a\rb",
+        "/etc/a\x1b[31mb",
+        "/boot/firmware/a\tb",
+        "/etc/a\u{85}b",
+    ] {
+        fails(&["cp", hp, &t(&img, path)], "control character");
+        fails(&["mkdir", &t(&img, path)], "control character");
+        fails(&["ln", "-s", "x", &t(&img, path)], "control character");
+    }
+    fails(
+        &["ln", "-s", "x\ry", &t(&img, "/etc/link")],
+        "control character",
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == original,
+        "a refused edit changed the image"
+    );
+}

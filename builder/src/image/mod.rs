@@ -17,7 +17,7 @@ pub use lock::{ImageLock, LockError};
 use crate::disk::{self, Partition, PartitionTable};
 use crate::fs::ext4::Ext4Fs;
 use crate::fs::fat::FatFs;
-use crate::fs::path::{join, normalize, split};
+use crate::fs::path::{join, normalize, split, writable};
 use crate::fs::{DirEntry, FileType, Filesystem, FsError, FsInfo, FsKind, Op, Stat};
 use fstab::Spec;
 use std::collections::BTreeMap;
@@ -441,6 +441,7 @@ impl Image {
         }
         let mut batches: BTreeMap<usize, Vec<Op>> = BTreeMap::new();
         for op in ops {
+            writable(op.path())?;
             let p = self.resolve(op.path(), false)?;
             let loc = self.locate(&p);
             if loc.path == "/"

@@ -186,6 +186,7 @@ impl Plan {
         let bs = u64::from(sb.block_size);
         for op in ops {
             let p = path::normalize(op.path())?;
+            path::writable(&p)?;
             match op {
                 Op::Mkdir { meta, parents, .. } => {
                     if p == "/" {
@@ -236,10 +237,12 @@ impl Plan {
                     );
                 }
                 Op::Symlink { target, meta, .. } => {
-                    if target.is_empty() || target.contains(['\n', '\0']) {
+                    // Control characters for the same reason as in paths (`path::writable`).
+                    if target.is_empty() || target.chars().any(char::is_control) {
                         return Err(FsError::InvalidPath {
                             path: target.clone(),
-                            reason: "a symlink target must be non-empty, without NUL or newline"
+                            reason: "a symlink target must be non-empty, without control \
+                                     characters"
                                 .into(),
                         });
                     }
