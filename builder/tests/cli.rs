@@ -427,3 +427,17 @@ fn control_characters_in_image_paths_are_refused() {
         "a refused edit changed the image"
     );
 }
+
+/// A size no disk can have is one clear error, not "0 bytes" or a panic, and changes nothing.
+#[test]
+fn grow_to_an_impossible_size_is_one_clear_line() {
+    let img = fixture("rpios-bookworm");
+    let original = std::fs::read(&img).unwrap();
+    let i = img.to_str().unwrap();
+    fails(&["grow", i, "--size", "18446744073709551615"], "too large");
+    fails(&["grow", i, "--size", "+18446744073709551000"], "too large");
+    assert!(
+        std::fs::read(&img).unwrap() == original,
+        "a refused grow changed the image"
+    );
+}

@@ -124,7 +124,9 @@ pub fn grow(a: GrowArgs) -> Result<()> {
         .len();
     let new = match a.size {
         SizeArg::Absolute(n) => n,
-        SizeArg::Relative(n) => old.checked_add(n).context("the new size overflows")?,
+        SizeArg::Relative(n) => old.checked_add(n).with_context(|| {
+            format!("the new size ({old} + {n} bytes) is too large for any disk image")
+        })?,
     };
     let epoch = {
         let image = open(&a.image)?;

@@ -30,7 +30,12 @@ pub fn grow(path: &Path, new_len: u64, epoch: i64) -> Result<Grown, ImageError> 
     let _lock = ImageLock::acquire(path)?;
     let image = Image::open(path)?;
     let old_len = std::fs::metadata(path)?.len();
-    let new_len = new_len.div_ceil(SECTOR) * SECTOR;
+    // Rounding up to a sector wrapped the largest sizes around to 0 ("not larger than the
+    // image (0 bytes)") in release builds and panicked in debug builds.
+    let new_len = new_len
+        .div_ceil(SECTOR)
+        .checked_mul(SECTOR)
+        .ok_or_else(|| too_large(new_len))?;
     if new_len <= old_len {
         return Err(ImageError::Unsupported(format!(
             "the new size ({new_len} bytes) is not larger than the image ({old_len} bytes); \
@@ -80,6 +85,12 @@ pub fn grow(path: &Path, new_len: u64, epoch: i64) -> Result<Grown, ImageError> 
         let _ = saved.restore(&mut file);
     }
     result
+}
+
+fn too_large(bytes: u64) -> ImageError {
+    ImageError::Unsupported(format!(
+        "the new size ({bytes} bytes) is too large for any disk image"
+    ))
 }
 
 struct SavedTable {
