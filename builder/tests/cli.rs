@@ -441,3 +441,73 @@ fn grow_to_an_impossible_size_is_one_clear_line() {
         "a refused grow changed the image"
     );
 }
+
+/// Names and labels from an image are shown with their control characters escaped (like
+/// GNU `ls -b`), so a crafted image cannot drive the terminal of whoever lists it.
+#[test]
+fn listings_escape_control_characters_from_the_image() {
+    let img = fixture("rpios-bookworm");
+    let start = root_start(&img, 2);
+    let host = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        host.path(),
+        b"PRETTY_NAME=\"Evil\x1b]0;owned\x07OS\"\nID=debian\n",
+    )
+    .unwrap();
+    let spec = oracle::ext4_at(&img, start);
+    for name in [
+        "/etc/a\rb",
+        "/etc/c\x1b[31md",
+        "/etc/back\\slash",
+        "/etc/del\x7f",
+    ] {
+        oracle::run(
+            "debugfs",
+            &[
+                "-w",
+                "-R",
+                &format!("write {} \"{name}\"", host.path().display()),
+                &spec,
+            ],
+        );
+    }
+    let short = ok(&["ls", &t(&img, "/etc")]);
+    let long = ok(&["ls", "-l", &t(&img, "/etc")]);
+    for out in [&short, &long] {
+        let raw: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(['\r', '\x1b', '\x7f']))
+            .collect();
+        assert!(raw.is_empty(), "raw control characters: {raw:?}");
+        for escaped in ["a\\rb", "c\\033[31md", "back\\\\slash", "del\\177"] {
+            assert!(
+                out.lines().any(|l| l.ends_with(escaped)),
+                "{escaped} not in {out:?}"
+            );
+        }
+    }
+    oracle::run("debugfs", &["-w", "-R", "rm /etc/os-release", &spec]);
+    oracle::run(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            &format!("write {} /etc/os-release", host.path().display()),
+            &spec,
+        ],
+    );
+    let table = ok(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        !table.contains(['\x1b', '\x07']),
+        "raw control characters: {table:?}"
+    );
+    assert!(table.contains("OS: Evil\\033]0;owned\\aOS"), "{table}");
+    // Errors quote what a symlink in the image points to.
+    oracle::run(
+        "debugfs",
+        &["-w", "-R", "symlink /etc/evil-link \"\x1b[2J\"", &spec],
+    );
+    let err = fails(&["cat", &t(&img, "/etc/evil-link")], "no such file");
+    assert!(!err.contains('\x1b'), "raw control characters: {err:?}");
+    assert!(err.contains("/etc/\\033[2J"), "{err}");
+}

@@ -1,5 +1,6 @@
 //! ls, cat, cp, mkdir, ln, rm, grow.
 
+use super::escape::escape;
 use super::split_target;
 use crate::build::epoch as edit_epoch;
 use crate::cli::{CatArgs, CpArgs, GrowArgs, LnArgs, LsArgs, MkdirArgs, RmArgs, SizeArg};
@@ -33,10 +34,14 @@ pub fn ls(a: LsArgs) -> Result<()> {
             writeln!(
                 out,
                 "{t}{:04o} {:>5}:{:<5} {:>10} {}",
-                e.stat.mode, e.stat.uid, e.stat.gid, e.stat.size, e.name
+                e.stat.mode,
+                e.stat.uid,
+                e.stat.gid,
+                e.stat.size,
+                escape(&e.name)
             )?;
         } else {
-            writeln!(out, "{}", e.name)?;
+            writeln!(out, "{}", escape(&e.name))?;
         }
     }
     Ok(())
