@@ -361,18 +361,19 @@ fn inputs(
     fetched: &fetch::Fetched,
     agent: Option<&Agent>,
 ) -> Result<Vec<emit::Input>> {
+    let public = |source: &Source| match source {
+        Source::Url(u) => emit::public_url(u),
+        Source::File(p) => p.display().to_string(),
+    };
     let mut v = vec![emit::Input {
         name: "base".into(),
-        source: match source {
-            Source::Url(u) => u.clone(),
-            Source::File(p) => p.display().to_string(),
-        },
+        source: public(source),
         sha256: fetched.source_sha256.clone(),
     }];
     if let Some(a) = agent {
         v.push(emit::Input {
             name: format!("agent-{}", a.arch),
-            source: a.source.clone(),
+            source: public(&Source::parse(&a.source)),
             sha256: crate::io::hash::sha256_file(&a.path)
                 .with_context(|| format!("reading agent {}", a.path.display()))?,
         });

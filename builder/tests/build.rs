@@ -1217,3 +1217,46 @@ fn runuser_grep(dir: &Path) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The manifest is as readable as any file the user makes: the credentials and signed query
+/// of a `--base` URL stay out of it.
+#[test]
+fn base_url_credentials_and_signatures_stay_out_of_the_manifest() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let bytes = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let signed =
+        "/rpios-trixie.img.zst?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=0badc0ffee#frag-7c1e";
+    web.server
+        .put(signed.split('#').next().unwrap(), &bytes, None);
+    let url = web
+        .url(signed)
+        .replacen("http://", "http://operator:hunter2@", 1);
+    let mut args = c.build_args("pi4-a", &url, "pi4-a.img");
+    args.extend(["--sha256".to_string(), hex_sha256(&bytes)]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = c.imagegen(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = fs::read_to_string(c.out_dir().join("pi4-a.img.manifest.json")).unwrap();
+    for secret in [
+        "hunter2",
+        "operator",
+        "X-Amz",
+        "AKIAEXAMPLE",
+        "0badc0ffee",
+        "frag-7c1e",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret} is in the manifest:\n{text}"
+        );
+    }
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let base = m["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "base")
+        .expect("base input");
+    assert_eq!(base["source"], web.url("/rpios-trixie.img.zst").as_str());
+}
