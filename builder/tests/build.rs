@@ -1260,3 +1260,64 @@ fn base_url_credentials_and_signatures_stay_out_of_the_manifest() {
         .expect("base input");
     assert_eq!(base["source"], web.url("/rpios-trixie.img.zst").as_str());
 }
+
+/// The FAT check runs on a copy of the boot partition (fsck.fat has no offset option); after
+/// `personalize` that copy holds the node's secrets. Interrupted while fsck.fat runs, the build
+/// leaves no copy behind.
+#[test]
+fn interrupted_fat_check_leaves_no_partition_copy() {
+    let c = Cluster::new();
+    let tmp = c.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let bin = logs.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let spy = bin.join("fsck.fat");
+    fs::write(
+        &spy,
+        format!(
+            "#!/bin/bash\necho $$ > {}/held\nwhile kill -0 $PPID 2>/dev/null; do sleep 0.1; done\nexit 1\n",
+            s(logs.path())
+        ),
+    )
+    .unwrap();
+    oracle::run("chmod", &["0755", s(&spy)]);
+    let img = common::fixture("rpios-trixie");
+    let args = c.build_args("pi4-a", s(&img), "pi4-a.img");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(&args)
+        .current_dir(c.dir.path())
+        .env(
+            "PATH",
+            format!("{}:{}", s(&bin), std::env::var("PATH").unwrap_or_default()),
+        )
+        .env("TMPDIR", &tmp)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !logs.path().join("held").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before fsck.fat ran"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "fsck.fat never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        entries(&tmp).len(),
+        1,
+        "no partition copy while fsck.fat runs"
+    );
+    oracle::run("kill", &["-s", "TERM", &child.id().to_string()]);
+    assert!(!child.wait().unwrap().success());
+    assert_eq!(
+        entries(&tmp),
+        BTreeSet::new(),
+        "SIGTERM left the partition copy"
+    );
+    assert_eq!(entries(&c.out_dir()), BTreeSet::new());
+}

@@ -69,6 +69,8 @@ pub fn grow(
         .prefix(".imagegen-grow-")
         .suffix(".ext4")
         .tempfile_in(dir)?;
+    // A copy of the whole partition, secrets included: gone on SIGTERM too.
+    let _interrupted = crate::interrupt::Guard::new(tmp.path());
     copy_out(&file, offset, old_len, tmp.as_file())?;
     tmp.as_file().set_len(new_len)?;
 
