@@ -591,6 +591,7 @@ impl Plan {
     /// Puts back what the batch moved aside, after it failed somewhere.
     fn roll_back(&self, image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
         let mut script = String::new();
+        let mut stuck = Vec::new();
         for (original, kept) in self.aside.moved.iter().rev() {
             // Not moved: the batch failed before it got there, or the link failed.
             let Some((kept_ino, _)) = inode_of(image, offset, kept, epoch)? else {
@@ -600,24 +601,30 @@ impl Plan {
             match inode_of(image, offset, original, epoch)? {
                 // The unlink failed: the original is still in place.
                 Some((ino, _)) if ino == kept_ino => script.push_str(&format!("unlink {k}\n")),
-                Some((_, true)) => {
-                    return Err(FsError::Tool {
-                        tool: "debugfs".into(),
-                        detail: format!("{original} is a directory now"),
-                    });
-                }
+                // The batch made a directory there; left for the user to sort out.
+                Some((_, true)) => stuck.push(format!("{original} is a directory now")),
                 Some((_, false)) => {
                     script.push_str(&format!("rm {o}\nlink {k} {o}\nunlink {k}\n"));
                 }
                 None => script.push_str(&format!("link {k} {o}\nunlink {k}\n")),
             }
         }
-        if let Some(dir) = &self.aside.dir
+        if stuck.is_empty()
+            && let Some(dir) = &self.aside.dir
             && inode_of(image, offset, dir, epoch)?.is_some()
         {
             script.push_str(&format!("rmdir {}\n", quote(dir)));
         }
-        run_script(&script, &[], image, offset, epoch)
+        if let Err(e) = run_script(&script, &[], image, offset, epoch) {
+            stuck.push(e.to_string());
+        }
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        Err(FsError::Tool {
+            tool: "debugfs".into(),
+            detail: stuck.join("; "),
+        })
     }
 }
 
