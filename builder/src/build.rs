@@ -178,7 +178,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         .with_context(|| format!("copying the base image to {}", work.path.display()))?;
 
     // Errors name the working copy; say which input it was copied from.
-    let mut image = Image::open(&work.path).with_context(|| {
+    let mut image = Image::open_for_write(&work.path).with_context(|| {
         format!(
             "reading the base image {}",
             match &source {
@@ -294,7 +294,7 @@ fn apply_growing(mut image: Image, path: &Path, ops: &[Op], epoch: i64) -> Resul
                 more >> 20
             );
             crate::image::grow(path, len + more, epoch).context("growing the image")?;
-            let mut image = Image::open(path).context("reading the grown image")?;
+            let mut image = Image::open_for_write(path).context("reading the grown image")?;
             image.apply(ops, epoch).context("customizing the image")?;
             Ok(image)
         }
@@ -353,18 +353,19 @@ fn inputs(
     fetched: &fetch::Fetched,
     agent: Option<&Agent>,
 ) -> Result<Vec<emit::Input>> {
+    let public = |source: &Source| match source {
+        Source::Url(u) => emit::public_url(u),
+        Source::File(p) => p.display().to_string(),
+    };
     let mut v = vec![emit::Input {
         name: "base".into(),
-        source: match source {
-            Source::Url(u) => u.clone(),
-            Source::File(p) => p.display().to_string(),
-        },
+        source: public(source),
         sha256: fetched.source_sha256.clone(),
     }];
     if let Some(a) = agent {
         v.push(emit::Input {
             name: format!("agent-{}", a.arch),
-            source: a.source.clone(),
+            source: public(&Source::parse(&a.source)),
             sha256: crate::io::hash::sha256_file(&a.path)
                 .with_context(|| format!("reading agent {}", a.path.display()))?,
         });

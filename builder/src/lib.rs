@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod arch;
+pub mod argv;
 pub mod board;
 pub mod build;
 pub mod cli;

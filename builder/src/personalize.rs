@@ -25,8 +25,8 @@ pub struct Request<'a> {
 
 /// Writes the seed and returns its path inside the image.
 pub fn personalize(req: &Request) -> Result<String> {
-    let mut image =
-        Image::open(req.image).with_context(|| format!("opening {}", req.image.display()))?;
+    let mut image = Image::open_for_write(req.image)
+        .with_context(|| format!("opening {}", req.image.display()))?;
     let vendor = match req.vendor {
         Some(v) => v,
         None => vendor::detect(&mut image)?,

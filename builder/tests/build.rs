@@ -1076,3 +1076,251 @@ fn a_given_zerotier_package_is_staged_for_the_agent() {
         "{node}"
     );
 }
+
+/// Whether this process may switch to `nobody` to read as another local user would.
+fn can_act_as_nobody() -> bool {
+    let root = oracle::run("id", &["-u"]).trim() == "0";
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "reading as another user needs root (runuser -u nobody)"
+        );
+        eprintln!("skipped: reading as another user needs root (runuser -u nobody)");
+    }
+    root
+}
+
+/// A `debugfs` first on PATH that, before every writing run, looks as `nobody` for the
+/// secrets in every file under `dir` but the secrets' own, and in the descriptor tables of
+/// imagegen and of itself, appending what it finds to `found`. With `hold`, it then waits
+/// (reported in `held`) until its parent is gone, so a test can interrupt the build while
+/// debugfs is about to run.
+fn spying_debugfs(bin: &Path, dir: &Path, logs: &Path, hold: bool) {
+    fs::create_dir_all(bin).unwrap();
+    let script = format!(
+        r#"#!/bin/bash
+if [ "$1" = "-w" ]; then
+    echo scan >> {logs}/scans
+    runuser -u nobody -- grep -RlsF -e '{TOKEN}' -e '{NUT_PASSWORD}' --exclude-dir=secrets \
+        {dir} /proc/$PPID/fd /proc/$$/fd >> {logs}/found
+    if [ -n "{hold}" ]; then
+        echo $$ > {logs}/held
+        while kill -0 $PPID 2>/dev/null; do sleep 0.1; done
+        exit 1
+    fi
+fi
+exec {real} "$@"
+"#,
+        logs = s(logs),
+        dir = s(dir),
+        hold = if hold { "1" } else { "" },
+        real = s(&oracle::tool("debugfs")),
+    );
+    let path = bin.join("debugfs");
+    fs::write(&path, script).unwrap();
+    oracle::run("chmod", &["0755", s(&path)]);
+}
+
+/// The k3s token, the NUT password and the node's private keys go through debugfs into the
+/// working copy: at no point of a build may another local user read them, and an
+/// interrupted build leaves no copy of them behind.
+#[test]
+fn secrets_are_never_readable_by_another_user() {
+    if !can_act_as_nobody() {
+        return;
+    }
+    let c = Cluster::new();
+    // As a careful user keeps them; the spy skips them anyway.
+    for f in ["secrets/k3s-token", "secrets/nut-password"] {
+        oracle::run("chmod", &["0600", s(&c.path(f))]);
+    }
+    let tmp = c.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let img = common::fixture("rpios-trixie");
+    // Outside the scanned directory: the spy's script holds the secrets it looks for.
+    let bin = logs.path().join("bin");
+    let path = format!("{}:{}", s(&bin), std::env::var("PATH").unwrap_or_default());
+    let build = |hold: bool| {
+        spying_debugfs(&bin, c.dir.path(), logs.path(), hold);
+        let args = c.build_args("pi4-a", s(&img), "pi4-a.img");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imagegen"));
+        cmd.args(&args)
+            .current_dir(c.dir.path())
+            .env("PATH", &path)
+            .env("TMPDIR", &tmp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+
+    let out = build(false).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let scans = fs::read_to_string(logs.path().join("scans")).unwrap_or_default();
+    assert!(scans.lines().count() >= 1, "debugfs never ran for writing");
+    let found = fs::read_to_string(logs.path().join("found")).unwrap_or_default();
+    assert_eq!(found, "", "nobody could read a secret while the build ran");
+    assert_eq!(
+        entries(&tmp),
+        BTreeSet::new(),
+        "the build left files in TMPDIR"
+    );
+    fs::remove_dir_all(c.out_dir()).unwrap();
+    fs::create_dir(c.out_dir()).unwrap();
+
+    let mut child = build(true).spawn().unwrap();
+    let started = Instant::now();
+    while !logs.path().join("held").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before debugfs ran"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "debugfs never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    oracle::run("kill", &["-s", "TERM", &child.id().to_string()]);
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "SIGTERM: {status}");
+    let found = fs::read_to_string(logs.path().join("found")).unwrap_or_default();
+    assert_eq!(found, "", "nobody could read a secret while the build ran");
+    let left = runuser_grep(c.dir.path());
+    assert_eq!(left, "", "nobody can read a secret after SIGTERM");
+    assert_eq!(
+        entries(&tmp),
+        BTreeSet::new(),
+        "SIGTERM left files in TMPDIR"
+    );
+    assert_eq!(
+        entries(&c.out_dir()),
+        BTreeSet::new(),
+        "SIGTERM left files in the output directory"
+    );
+}
+
+/// Files under `dir` (but its `secrets/`) that `nobody` can read and that hold a secret.
+fn runuser_grep(dir: &Path) -> String {
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            "grep",
+            "-RlsF",
+            "-e",
+            TOKEN,
+            "-e",
+            NUT_PASSWORD,
+        ])
+        .arg("--exclude-dir=secrets")
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The manifest is as readable as any file the user makes: the credentials and signed query
+/// of a `--base` URL stay out of it.
+#[test]
+fn base_url_credentials_and_signatures_stay_out_of_the_manifest() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let bytes = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let signed =
+        "/rpios-trixie.img.zst?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=0badc0ffee#frag-7c1e";
+    web.server
+        .put(signed.split('#').next().unwrap(), &bytes, None);
+    let url = web
+        .url(signed)
+        .replacen("http://", "http://operator:hunter2@", 1);
+    let mut args = c.build_args("pi4-a", &url, "pi4-a.img");
+    args.extend(["--sha256".to_string(), hex_sha256(&bytes)]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = c.imagegen(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = fs::read_to_string(c.out_dir().join("pi4-a.img.manifest.json")).unwrap();
+    for secret in [
+        "hunter2",
+        "operator",
+        "X-Amz",
+        "AKIAEXAMPLE",
+        "0badc0ffee",
+        "frag-7c1e",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret} is in the manifest:\n{text}"
+        );
+    }
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let base = m["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "base")
+        .expect("base input");
+    assert_eq!(base["source"], web.url("/rpios-trixie.img.zst").as_str());
+}
+
+/// The FAT check runs on a copy of the boot partition (fsck.fat has no offset option); after
+/// `personalize` that copy holds the node's secrets. Interrupted while fsck.fat runs, the build
+/// leaves no copy behind.
+#[test]
+fn interrupted_fat_check_leaves_no_partition_copy() {
+    let c = Cluster::new();
+    let tmp = c.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let bin = logs.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let spy = bin.join("fsck.fat");
+    fs::write(
+        &spy,
+        format!(
+            "#!/bin/bash\necho $$ > {}/held\nwhile kill -0 $PPID 2>/dev/null; do sleep 0.1; done\nexit 1\n",
+            s(logs.path())
+        ),
+    )
+    .unwrap();
+    oracle::run("chmod", &["0755", s(&spy)]);
+    let img = common::fixture("rpios-trixie");
+    let args = c.build_args("pi4-a", s(&img), "pi4-a.img");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(&args)
+        .current_dir(c.dir.path())
+        .env(
+            "PATH",
+            format!("{}:{}", s(&bin), std::env::var("PATH").unwrap_or_default()),
+        )
+        .env("TMPDIR", &tmp)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !logs.path().join("held").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the build ended before fsck.fat ran"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "fsck.fat never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        entries(&tmp).len(),
+        1,
+        "no partition copy while fsck.fat runs"
+    );
+    oracle::run("kill", &["-s", "TERM", &child.id().to_string()]);
+    assert!(!child.wait().unwrap().success());
+    assert_eq!(
+        entries(&tmp),
+        BTreeSet::new(),
+        "SIGTERM left the partition copy"
+    );
+    assert_eq!(entries(&c.out_dir()), BTreeSet::new());
+}

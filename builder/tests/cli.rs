@@ -290,3 +290,224 @@ fn failures_leave_the_image_as_it_was() {
         "refused edit changed the image"
     );
 }
+
+/// Several `imagegen cp` into one image at once take turns: every file lands, and both
+/// filesystems stay clean.
+#[test]
+fn concurrent_edits_of_one_image_take_turns() {
+    let img = fixture("rpios-bookworm");
+    let root = root_start(&img, 2);
+    let boot = oracle::partition(&img, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let target = |round: usize, i: usize| {
+        if i.is_multiple_of(2) {
+            format!("/etc/concurrent-{round}-{i}")
+        } else {
+            format!("/boot/firmware/conc-{round}-{i}.txt")
+        }
+    };
+    let content = |round: usize, i: usize| format!("file {round}-{i}\n").repeat(300 * (i + 1));
+    for round in 0..3 {
+        let children: Vec<_> = (0..6)
+            .map(|i| {
+                let host = dir.path().join(format!("f{round}-{i}"));
+                std::fs::write(&host, content(round, i)).unwrap();
+                Command::new(env!("CARGO_BIN_EXE_imagegen"))
+                    .args(["cp", host.to_str().unwrap(), &t(&img, &target(round, i))])
+                    .env("SOURCE_DATE_EPOCH", "1750000000")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}, cp {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        oracle::assert_e2fsck_clean(&img, root);
+        oracle::assert_fsck_fat_clean(&img, boot.start, boot.size);
+        for i in 0..6usize {
+            let found = if i.is_multiple_of(2) {
+                oracle::ext4_cat(&img, root, &target(round, i))
+            } else {
+                let name = target(round, i);
+                oracle::fat_cat(
+                    &img,
+                    boot.start,
+                    name.strip_prefix("/boot/firmware").unwrap(),
+                )
+            };
+            assert!(
+                found == content(round, i),
+                "round {round}: {} differs",
+                target(round, i)
+            );
+        }
+    }
+}
+
+/// An image whose name starts with '-' is a file to every tool imagegen runs, never an
+/// option.
+#[test]
+fn an_image_named_like_an_option_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("-d")).unwrap();
+    let host = dir.path().join("host");
+    std::fs::write(&host, b"dash\n").unwrap();
+    let h = host.to_str().unwrap();
+    for name in ["-dash.img", "-d/disk.img"] {
+        let src = cached_fixture("rpios-bookworm");
+        let img = dir.path().join(name);
+        oracle::run(
+            "cp",
+            &[
+                "--sparse=always",
+                src.to_str().unwrap(),
+                img.to_str().unwrap(),
+            ],
+        );
+        let run = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+                .args(args)
+                .current_dir(dir.path())
+                .env("SOURCE_DATE_EPOCH", "1750000000")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "imagegen {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let at = |p: &str| format!("{name}:{p}");
+        run(&["cp", "--", h, &at("/etc/dash")]);
+        run(&["mkdir", "--", &at("/srv/dash")]);
+        run(&["ln", "-s", "--", "dash", &at("/etc/dash-link")]);
+        run(&["rm", "--", &at("/srv/dash")]);
+        run(&["cp", "--", h, &at("/boot/firmware/dash.txt")]);
+        assert_eq!(run(&["cat", "--", &at("/etc/dash-link")]), "dash\n");
+        run(&["grow", "--size", "+8M", "--", name]);
+        let start = root_start(&img, 2);
+        oracle::assert_e2fsck_clean(&img, start);
+        assert_eq!(oracle::ext4_cat(&img, start, "/etc/dash"), "dash\n");
+    }
+}
+
+/// Control characters in a path inside the image are refused with a clear error: debugfs
+/// ends a script line at '\r', so such a name would run a different command than planned.
+#[test]
+fn control_characters_in_image_paths_are_refused() {
+    let img = fixture("rpios-bookworm");
+    let original = std::fs::read(&img).unwrap();
+    let host = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(host.path(), b"x\n").unwrap();
+    let hp = host.path().to_str().unwrap();
+    for path in [
+        "/etc/a\rb",
+        "/etc/a\x1b[31mb",
+        "/boot/firmware/a\tb",
+        "/etc/a\u{85}b",
+    ] {
+        fails(&["cp", hp, &t(&img, path)], "control character");
+        fails(&["mkdir", &t(&img, path)], "control character");
+        fails(&["ln", "-s", "x", &t(&img, path)], "control character");
+    }
+    fails(
+        &["ln", "-s", "x\ry", &t(&img, "/etc/link")],
+        "control character",
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == original,
+        "a refused edit changed the image"
+    );
+}
+
+/// A size no disk can have is one clear error, not "0 bytes" or a panic, and changes nothing.
+#[test]
+fn grow_to_an_impossible_size_is_one_clear_line() {
+    let img = fixture("rpios-bookworm");
+    let original = std::fs::read(&img).unwrap();
+    let i = img.to_str().unwrap();
+    fails(&["grow", i, "--size", "18446744073709551615"], "too large");
+    fails(&["grow", i, "--size", "+18446744073709551000"], "too large");
+    assert!(
+        std::fs::read(&img).unwrap() == original,
+        "a refused grow changed the image"
+    );
+}
+
+/// Names and labels from an image are shown with their control characters escaped (like
+/// GNU `ls -b`), so a crafted image cannot drive the terminal of whoever lists it.
+#[test]
+fn listings_escape_control_characters_from_the_image() {
+    let img = fixture("rpios-bookworm");
+    let start = root_start(&img, 2);
+    let host = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        host.path(),
+        b"PRETTY_NAME=\"Evil\x1b]0;owned\x07OS\"\nID=debian\n",
+    )
+    .unwrap();
+    let spec = oracle::ext4_at(&img, start);
+    for name in [
+        "/etc/a\rb",
+        "/etc/c\x1b[31md",
+        "/etc/back\\slash",
+        "/etc/del\x7f",
+    ] {
+        oracle::run(
+            "debugfs",
+            &[
+                "-w",
+                "-R",
+                &format!("write {} \"{name}\"", host.path().display()),
+                &spec,
+            ],
+        );
+    }
+    let short = ok(&["ls", &t(&img, "/etc")]);
+    let long = ok(&["ls", "-l", &t(&img, "/etc")]);
+    for out in [&short, &long] {
+        let raw: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(['\r', '\x1b', '\x7f']))
+            .collect();
+        assert!(raw.is_empty(), "raw control characters: {raw:?}");
+        for escaped in ["a\\rb", "c\\033[31md", "back\\\\slash", "del\\177"] {
+            assert!(
+                out.lines().any(|l| l.ends_with(escaped)),
+                "{escaped} not in {out:?}"
+            );
+        }
+    }
+    oracle::run("debugfs", &["-w", "-R", "rm /etc/os-release", &spec]);
+    oracle::run(
+        "debugfs",
+        &[
+            "-w",
+            "-R",
+            &format!("write {} /etc/os-release", host.path().display()),
+            &spec,
+        ],
+    );
+    let table = ok(&["inspect", img.to_str().unwrap()]);
+    assert!(
+        !table.contains(['\x1b', '\x07']),
+        "raw control characters: {table:?}"
+    );
+    assert!(table.contains("OS: Evil\\033]0;owned\\aOS"), "{table}");
+    // Errors quote what a symlink in the image points to.
+    oracle::run(
+        "debugfs",
+        &["-w", "-R", "symlink /etc/evil-link \"\x1b[2J\"", &spec],
+    );
+    let err = fails(&["cat", &t(&img, "/etc/evil-link")], "no such file");
+    assert!(!err.contains('\x1b'), "raw control characters: {err:?}");
+    assert!(err.contains("/etc/\\033[2J"), "{err}");
+}

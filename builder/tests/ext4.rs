@@ -318,6 +318,9 @@ fn applies_batch(features: &'static str) {
     );
     let gone = debugfs(&fx.image, "stat /etc/remove-me");
     assert!(gone.contains("File not found"), "{gone}");
+    // What the batch replaced and removed was kept aside only until it succeeded.
+    let aside = debugfs(&fx.image, "stat /.imagegen-replaced");
+    assert!(aside.contains("File not found"), "{aside}");
     // The new name went into the hash index, which debugfs's lookup and htree dump both see.
     let htree = debugfs(&fx.image, "htree /etc");
     assert!(
@@ -848,5 +851,150 @@ fn reports_the_e2fsprogs_version() {
     assert!(
         banner.starts_with(&format!("debugfs {v} ")),
         "{v} vs {banner}"
+    );
+}
+
+/// A 16 MiB partition of 1 KiB blocks whose free space is all one-block holes: a file filled
+/// it, then every other block of that file was punched out. `/victim` holds "original\n".
+/// 1 KiB blocks make extent leaves small (84 extents each), so a file written into the holes
+/// needs far more metadata than a contiguous one.
+fn fragmented_fixture() -> (Fixture, u64) {
+    const LEN: u64 = 16 * MIB;
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("part.ext4");
+    fs::File::create(&part).unwrap().set_len(LEN).unwrap();
+    let (ok, out) = run(tool("mkfs.ext4")
+        .args(["-q", "-F", "-b", "1024", "-O", BOOKWORM])
+        .arg(&part));
+    assert!(ok, "mkfs.ext4: {out}");
+    let debugfs_w = |script: &str| {
+        let path = dir.path().join("script");
+        fs::write(&path, script).unwrap();
+        let (ok, out) = run(tool("debugfs").arg("-w").arg("-f").arg(&path).arg(&part));
+        assert!(ok, "{out}");
+    };
+    let free = |part: &Path| -> u64 {
+        let (_, out) = run(tool("dumpe2fs").arg("-h").arg(part));
+        out.lines()
+            .find_map(|l| l.strip_prefix("Free blocks:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "original\n").unwrap();
+    debugfs_w(&format!("write {} /victim\n", victim.display()));
+    // Leave a few blocks for the fill file's own extent tree.
+    let fill_blocks = free(&part) - 8;
+    let fill = dir.path().join("fill");
+    fs::write(&fill, pattern(fill_blocks as usize * 1024, 3)).unwrap();
+    debugfs_w(&format!("write {} /fill\n", fill.display()));
+    let punch: String = (0..fill_blocks)
+        .step_by(2)
+        .map(|b| format!("punch /fill {b} {b}\n"))
+        .collect();
+    debugfs_w(&punch);
+    let (ok, out) = run(tool("e2fsck").arg("-fn").arg(&part));
+    assert!(ok, "{out}");
+    let (_, groups) = run(tool("dumpe2fs").arg(&part));
+    let extents: Vec<u64> = groups
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Free blocks: "))
+        .flat_map(|l| l.split(", "))
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1,
+            None => 1,
+        })
+        .collect();
+    assert!(
+        extents.len() > 5000 && extents.iter().all(|&n| n <= 16),
+        "free space is not in small holes: {} extents, largest {:?}",
+        extents.len(),
+        extents.iter().max()
+    );
+
+    let image = dir.path().join("disk.img");
+    let file = fs::File::create(&image).unwrap();
+    file.write_all_at(&pattern(OFFSET as usize, 1), 0).unwrap();
+    file.write_all_at(&fs::read(&part).unwrap(), OFFSET)
+        .unwrap();
+    (Fixture { _dir: dir, image }, LEN)
+}
+
+/// Replacing a file needs room for the new one while the old one still exists; on fragmented
+/// free space the extent tree of the new file costs a block per 84 data blocks. Either the
+/// replacement fits and is written, or it is refused before anything changes: the original
+/// is never lost.
+#[test]
+fn replacing_a_file_on_fragmented_free_space_keeps_the_original() {
+    let (fx, len) = fragmented_fixture();
+    let free = Ext4Fs::open(&fx.image, OFFSET, len)
+        .unwrap()
+        .info()
+        .unwrap()
+        .free_bytes
+        / 1024;
+    // The largest file an estimate of data + data/1024 + 2 blocks, plus 64 spare, lets
+    // through; as one-block extents it needs ~84 more blocks than that.
+    let too_big = (free - 66) * 1024 / 1025;
+    // And one that fits with room to spare.
+    let fits = free / 2;
+    for blocks in [too_big, fits] {
+        let before = fs::read(&fx.image).unwrap();
+        let content = pattern(blocks as usize * 1024, 9);
+        let result = Ext4Fs::open(&fx.image, OFFSET, len).and_then(|mut f| {
+            f.apply(
+                &[Op::WriteFile {
+                    path: "/victim".into(),
+                    content: Content::Bytes(content.clone()),
+                    meta: meta(0o644, 0, 0),
+                }],
+                EPOCH,
+            )
+        });
+        assert_fsck_clean(&fx.image);
+        match result {
+            Ok(()) => assert!(debugfs_cat(&fx.image, "/victim") == content),
+            Err(e) => {
+                assert!(matches!(e, FsError::NoSpace { .. }), "{blocks} blocks: {e}");
+                assert_eq!(
+                    debugfs_cat(&fx.image, "/victim"),
+                    b"original\n",
+                    "{blocks} blocks: the original is lost"
+                );
+                assert!(
+                    fs::read(&fx.image).unwrap() == before,
+                    "the image changed although {e} was refused"
+                );
+            }
+        }
+        if blocks == fits {
+            assert!(debugfs_cat(&fx.image, "/victim") == content, "refused");
+        }
+    }
+}
+
+/// A filesystem e2fsck finds problems in is refused before anything is written: its free
+/// counts cannot be trusted, and writing could cross-link a block two files then share.
+#[test]
+fn refuses_a_filesystem_e2fsck_finds_problems_in() {
+    let fx = fixture(BOOKWORM, MIB);
+    let block = debugfs(&fx.image, "blocks /etc/hostname");
+    let block = block.split_whitespace().next().expect("a block");
+    let (ok, out) =
+        run(tool("debugfs").args(["-w", "-R", &format!("freeb {block}"), &dev(&fx.image)]));
+    assert!(ok, "{out}");
+    let (clean, _) = run(tool("e2fsck").args(["-fn", &dev(&fx.image)]));
+    assert!(!clean, "e2fsck should find the block bitmap wrong");
+    assert_refused_unchanged(
+        &fx,
+        &[Op::WriteFile {
+            path: "/x".into(),
+            content: Content::Bytes(b"x".to_vec()),
+            meta: meta(0o644, 0, 0),
+        }],
+        |e| matches!(e, FsError::Corrupt(m) if m.contains("e2fsck")),
     );
 }

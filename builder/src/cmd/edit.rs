@@ -1,5 +1,6 @@
 //! ls, cat, cp, mkdir, ln, rm, grow.
 
+use super::escape::escape;
 use super::split_target;
 use crate::build::epoch as edit_epoch;
 use crate::cli::{CatArgs, CpArgs, GrowArgs, LnArgs, LsArgs, MkdirArgs, RmArgs, SizeArg};
@@ -10,6 +11,11 @@ use std::io::Write;
 
 fn open(image: &std::path::Path) -> Result<Image> {
     Image::open(image).with_context(|| format!("opening {}", image.display()))
+}
+
+/// Opens the image to change it, once no other imagegen is changing it.
+fn open_for_write(image: &std::path::Path) -> Result<Image> {
+    Image::open_for_write(image).with_context(|| format!("opening {}", image.display()))
 }
 
 pub fn ls(a: LsArgs) -> Result<()> {
@@ -28,10 +34,14 @@ pub fn ls(a: LsArgs) -> Result<()> {
             writeln!(
                 out,
                 "{t}{:04o} {:>5}:{:<5} {:>10} {}",
-                e.stat.mode, e.stat.uid, e.stat.gid, e.stat.size, e.name
+                e.stat.mode,
+                e.stat.uid,
+                e.stat.gid,
+                e.stat.size,
+                escape(&e.name)
             )?;
         } else {
-            writeln!(out, "{}", e.name)?;
+            writeln!(out, "{}", escape(&e.name))?;
         }
     }
     Ok(())
@@ -53,7 +63,7 @@ pub fn cp(a: CpArgs) -> Result<()> {
     if !meta.is_file() {
         bail!("{}: not a regular file", a.source.display());
     }
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     let epoch = edit_epoch(&image)?;
     let (uid, gid) = a.owner.unwrap_or((0, 0));
     let op = Op::WriteFile {
@@ -72,7 +82,7 @@ pub fn cp(a: CpArgs) -> Result<()> {
 
 pub fn mkdir(a: MkdirArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     let epoch = edit_epoch(&image)?;
     let (uid, gid) = a.owner.unwrap_or((0, 0));
     let op = Op::Mkdir {
@@ -91,7 +101,7 @@ pub fn mkdir(a: MkdirArgs) -> Result<()> {
 
 pub fn ln(a: LnArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     if !a.force && image.lstat(&path)?.is_some() {
         bail!("{path}: already exists (use --force to replace it)");
     }
@@ -107,7 +117,7 @@ pub fn ln(a: LnArgs) -> Result<()> {
 
 pub fn rm(a: RmArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let mut image = open_for_write(&img)?;
     let epoch = edit_epoch(&image)?;
     image.apply(&[Op::Remove { path }], epoch)?;
     Ok(())
@@ -119,7 +129,9 @@ pub fn grow(a: GrowArgs) -> Result<()> {
         .len();
     let new = match a.size {
         SizeArg::Absolute(n) => n,
-        SizeArg::Relative(n) => old.checked_add(n).context("the new size overflows")?,
+        SizeArg::Relative(n) => old.checked_add(n).with_context(|| {
+            format!("the new size ({old} + {n} bytes) is too large for any disk image")
+        })?,
     };
     let epoch = {
         let image = open(&a.image)?;

@@ -1,5 +1,6 @@
 //! `imagegen inspect`: what is in an image, as a table or JSON.
 
+use super::escape::escape;
 use crate::cli::InspectArgs;
 use crate::disk::{PartType, TableKind};
 use crate::image::Image;
@@ -121,7 +122,7 @@ fn print_table(out: &mut impl Write, v: &Inspection) -> std::io::Result<()> {
             .get("PRETTY_NAME")
             .or_else(|| os.get("NAME"))
             .map_or("unknown", String::as_str);
-        writeln!(out, "OS: {name}")?;
+        writeln!(out, "OS: {}", escape(name))?;
     }
     writeln!(
         out,
@@ -149,12 +150,12 @@ fn print_table(out: &mut impl Write, v: &Inspection) -> std::io::Result<()> {
             p.number,
             p.start,
             p.size,
-            ty,
+            escape(ty),
             fs,
-            label,
-            uuid,
+            escape(label),
+            escape(uuid),
             free,
-            p.mount_point.as_deref().unwrap_or("-")
+            escape(p.mount_point.as_deref().unwrap_or("-"))
         )?;
     }
     for p in &v.partitions {
@@ -167,7 +168,8 @@ fn print_table(out: &mut impl Write, v: &Inspection) -> std::io::Result<()> {
     for m in &v.unresolved_mounts {
         writeln!(
             out,
-            "note: fstab mounts {m} from a disk that is not in this image"
+            "note: fstab mounts {} from a disk that is not in this image",
+            escape(m)
         )?;
     }
     Ok(())

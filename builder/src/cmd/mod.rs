@@ -3,6 +3,7 @@
 
 mod build;
 mod edit;
+mod escape;
 mod inspect;
 
 use crate::cli::{Cli, Command};
@@ -17,7 +18,12 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            // Errors may quote names and symlink targets from the image; the newlines of a
+            // tool's report are kept.
+            eprintln!(
+                "error: {}",
+                escape::escape_controls(&one_line(&e), &['\n', '\t'])
+            );
             ExitCode::FAILURE
         }
     }

@@ -38,9 +38,28 @@ pub struct BuildRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Input {
     pub name: String,
-    /// URL or local path it came from.
+    /// URL or local path it came from; a URL as [`public_url`] leaves it.
     pub source: String,
     pub sha256: String,
+}
+
+/// A URL without what may be a credential: the user and password before the host
+/// (`https://user:pass@host/`), and the query and fragment (pre-signed download links carry
+/// their signature there, e.g. `?X-Amz-Signature=`). The manifest is as readable as any
+/// file the user makes, and `sha256` already says which bytes were used.
+pub fn public_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
 }
 
 /// An external tool or library whose version can change the output bytes.
@@ -113,6 +132,27 @@ mod octal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            public_url("https://user:pa%40ss@example.com:8443/a/b.img.xz?X-Amz-Signature=s#f"),
+            "https://example.com:8443/a/b.img.xz"
+        );
+        assert_eq!(
+            public_url("http://example.com/x.img?token=1"),
+            "http://example.com/x.img"
+        );
+        assert_eq!(public_url("https://example.com"), "https://example.com");
+        assert_eq!(
+            public_url("https://example.com/p@th/x.img"),
+            "https://example.com/p@th/x.img"
+        );
+        assert_eq!(
+            public_url("https://u@example.com#sha256=ab"),
+            "https://example.com"
+        );
+    }
 
     #[test]
     fn json_keeps_field_order_and_hides_secret_hashes() {

@@ -26,7 +26,7 @@ use atomic::PendingFile;
 use bmap::{BLOCK_SIZE, BmapBuilder};
 use format::Encoder;
 pub use format::{Compressor, EXTENSIONS, Format};
-pub use manifest::{BuildRecord, Change, Input, Manifest, Output, Tool};
+pub use manifest::{BuildRecord, Change, Input, Manifest, Output, Tool, public_url};
 use rawhash::RawHasher;
 pub use source::{RawSource, SparseFile, StreamSource};
 

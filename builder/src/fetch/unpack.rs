@@ -193,7 +193,7 @@ fn qemu_img_convert(src: &Path, dst: &Path) -> Result<u64, FetchError> {
         "--output=json".as_ref(),
         "-f".as_ref(),
         "qcow2".as_ref(),
-        src.as_os_str(),
+        crate::argv::path(src).as_os_str(),
     ])?;
     let info: serde_json::Value =
         serde_json::from_slice(&info).map_err(|e| FetchError::Corrupt {
@@ -217,8 +217,8 @@ fn qemu_img_convert(src: &Path, dst: &Path) -> Result<u64, FetchError> {
         "qcow2".as_ref(),
         "-O".as_ref(),
         "raw".as_ref(),
-        src.as_os_str(),
-        dst.as_os_str(),
+        crate::argv::path(src).as_os_str(),
+        crate::argv::path(dst).as_os_str(),
     ])?;
     let size = std::fs::metadata(dst)
         .map_err(|e| FetchError::io(dst, "cannot read", e))?

@@ -30,6 +30,22 @@ pub fn normalize(path: &str) -> Result<String, FsError> {
     Ok(format!("/{}", parts.join("/")))
 }
 
+/// Refuses a path to create or change that holds a control character. debugfs ends a script
+/// line at '\r' as well as '\n' (so "/etc/a\rb" would run a different command than planned),
+/// and such names are trouble for every tool that later lists them. Reading them is fine.
+pub fn writable(path: &str) -> Result<(), FsError> {
+    match path.chars().find(|c| c.is_control()) {
+        Some(c) => Err(FsError::InvalidPath {
+            path: path.to_string(),
+            reason: format!(
+                "contains the control character {c:?}; imagegen does not make names with \
+                 control characters"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Splits a normalized path into its parent and its last component. `None` for "/".
 pub fn split(path: &str) -> Option<(&str, &str)> {
     if path == "/" {
@@ -64,6 +80,17 @@ mod tests {
         assert!(normalize("etc").is_err());
         assert!(normalize("/a\nb").is_err());
         assert!(normalize("/a\"b").is_err());
+    }
+
+    #[test]
+    fn control_characters_are_readable_not_writable() {
+        for c in ['\r', '\t', '\x1b', '\x7f', '\u{85}'] {
+            let p = format!("/a{c}b");
+            assert_eq!(normalize(&p).unwrap(), p);
+            let err = writable(&p).unwrap_err().to_string();
+            assert!(err.contains("control character"), "{err}");
+        }
+        writable("/caf\u{e9}").unwrap();
     }
 
     #[test]

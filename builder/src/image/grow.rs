@@ -1,6 +1,6 @@
 //! Growing an image: the file, its physically last partition, and that partition's ext4.
 
-use super::{Image, ImageError};
+use super::{Image, ImageError, ImageLock};
 use crate::disk::{self, SECTOR};
 use crate::fs::{FsKind, ext4};
 use std::fs::{File, OpenOptions};
@@ -24,11 +24,18 @@ const TABLE_SECTORS: u64 = 34;
 
 /// Grows the image at `path` to `new_len` bytes (rounded up to whole sectors), then the
 /// physically last partition to the new end, then its ext4 filesystem. On failure the image
-/// is put back to its original length and partition table.
+/// is put back to its original length and partition table. Takes the image's write lock:
+/// drop any `Image` of the same file that has made changes first.
 pub fn grow(path: &Path, new_len: u64, epoch: i64) -> Result<Grown, ImageError> {
+    let _lock = ImageLock::acquire(path)?;
     let image = Image::open(path)?;
     let old_len = std::fs::metadata(path)?.len();
-    let new_len = new_len.div_ceil(SECTOR) * SECTOR;
+    // Rounding up to a sector wrapped the largest sizes around to 0 ("not larger than the
+    // image (0 bytes)") in release builds and panicked in debug builds.
+    let new_len = new_len
+        .div_ceil(SECTOR)
+        .checked_mul(SECTOR)
+        .ok_or_else(|| too_large(new_len))?;
     if new_len <= old_len {
         return Err(ImageError::Unsupported(format!(
             "the new size ({new_len} bytes) is not larger than the image ({old_len} bytes); \
@@ -78,6 +85,12 @@ pub fn grow(path: &Path, new_len: u64, epoch: i64) -> Result<Grown, ImageError> 
         let _ = saved.restore(&mut file);
     }
     result
+}
+
+fn too_large(bytes: u64) -> ImageError {
+    ImageError::Unsupported(format!(
+        "the new size ({bytes} bytes) is too large for any disk image"
+    ))
 }
 
 struct SavedTable {

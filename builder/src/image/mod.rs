@@ -8,14 +8,16 @@
 
 pub mod fstab;
 mod grow;
+mod lock;
 mod probe;
 
 pub use grow::{Grown, grow};
+pub use lock::{ImageLock, LockError};
 
 use crate::disk::{self, Partition, PartitionTable};
 use crate::fs::ext4::Ext4Fs;
 use crate::fs::fat::FatFs;
-use crate::fs::path::{join, normalize, split};
+use crate::fs::path::{join, normalize, split, writable};
 use crate::fs::{DirEntry, FileType, Filesystem, FsError, FsInfo, FsKind, Op, Stat};
 use fstab::Spec;
 use std::collections::BTreeMap;
@@ -43,6 +45,8 @@ pub enum ImageError {
     SymlinkLoop(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -79,11 +83,23 @@ pub struct Image {
     mounts: Vec<Mount>,
     /// fstab entries that name a partition this image does not have (e.g. a USB disk).
     pub unresolved_mounts: Vec<String>,
+    /// Held from the first change (or from `open_for_write`) until dropped.
+    lock: Option<ImageLock>,
 }
 
 impl Image {
+    /// Takes the image's write lock (waiting for another imagegen to finish with it), then
+    /// opens it: what is read and what is changed is then the same image.
+    pub fn open_for_write(path: &Path) -> Result<Image, ImageError> {
+        let lock = ImageLock::acquire(path)?;
+        let mut image = Image::open(path)?;
+        image.lock = Some(lock);
+        Ok(image)
+    }
+
     /// Opens an image, reads its partition table, probes each partition, finds the root
-    /// filesystem and builds the mount view. Nothing is written.
+    /// filesystem and builds the mount view. Nothing is written, and no lock is taken until
+    /// the first `apply`.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let display = path.display().to_string();
         let mut file = File::open(path)?;
@@ -107,6 +123,7 @@ impl Image {
             slots,
             mounts: Vec::new(),
             unresolved_mounts: Vec::new(),
+            lock: None,
         };
         image.build_mount_view()?;
         Ok(image)
@@ -419,8 +436,12 @@ impl Image {
     /// (symlinks in parent components are followed, the last component is not), the ops are
     /// grouped per filesystem in their original order, and each group is one batch.
     pub fn apply(&mut self, ops: &[Op], epoch: i64) -> Result<(), ImageError> {
+        if self.lock.is_none() {
+            self.lock = Some(ImageLock::acquire(&self.path)?);
+        }
         let mut batches: BTreeMap<usize, Vec<Op>> = BTreeMap::new();
         for op in ops {
+            writable(op.path())?;
             let p = self.resolve(op.path(), false)?;
             let loc = self.locate(&p);
             if loc.path == "/"

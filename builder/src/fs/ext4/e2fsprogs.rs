@@ -11,6 +11,7 @@ const MIN_VERSION: (u32, u32, u32) = (1, 47, 0);
 /// `IMAGE?offset=N`, the unix_io syntax that makes every tool work in place inside a
 /// whole-disk image. The image path itself must not contain '?', or unix_io would split there.
 pub fn device(image: &Path, offset: u64) -> Result<String, FsError> {
+    let image = crate::argv::path(image);
     let s = image.to_str().ok_or_else(|| FsError::InvalidPath {
         path: image.display().to_string(),
         reason: "the image path is not UTF-8".into(),
@@ -31,23 +32,33 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    Command::new(tool)
-        .args(args)
-        .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
+    let mut cmd = command(tool, epoch);
+    cmd.args(args);
+    output(cmd, tool)
+}
+
+/// The command `run` runs, for callers that also set its input.
+pub fn command(tool: &str, epoch: i64) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .env("E2FSCK_TIME", epoch.to_string())
-        .env("LC_ALL", "C")
-        .output()
-        .map_err(|e| FsError::Tool {
-            tool: tool.to_string(),
-            detail: if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "not found: install e2fsprogs >= {}.{}.{}",
-                    MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2
-                )
-            } else {
-                e.to_string()
-            },
-        })
+        .env("LC_ALL", "C");
+    cmd
+}
+
+/// Runs `cmd` (made by [`command`]) to completion.
+pub fn output(mut cmd: Command, tool: &str) -> Result<Output, FsError> {
+    cmd.output().map_err(|e| FsError::Tool {
+        tool: tool.to_string(),
+        detail: if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "not found: install e2fsprogs >= {}.{}.{}",
+                MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2
+            )
+        } else {
+            e.to_string()
+        },
+    })
 }
 
 pub fn output_text(out: &Output) -> String {
@@ -70,6 +81,27 @@ pub fn check(image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
         });
     }
     Ok(())
+}
+
+/// `e2fsck -fn` before a change: a filesystem it finds problems in is refused untouched. The
+/// space estimate trusts the free counts, and debugfs allocates whatever the bitmaps call
+/// free: with a used block marked free, a new file would share it with an old one (seen:
+/// "Multiply-claimed block(s)" after writing one small file).
+pub fn precheck(image: &Path, offset: u64, epoch: i64) -> Result<(), FsError> {
+    let out = run("e2fsck", ["-fn".to_string(), device(image, offset)?], epoch)?;
+    match out.status.code() {
+        Some(0) => Ok(()),
+        // "File system errors left uncorrected", as -n leaves every one.
+        Some(4) => Err(FsError::Corrupt(format!(
+            "e2fsck -fn finds problems before any change, so imagegen leaves this ext4 \
+             filesystem alone; repair it (e2fsck -fy on a copy) or use a fresh image:\n{}",
+            output_text(&out)
+        ))),
+        _ => Err(FsError::Tool {
+            tool: "e2fsck -fn".into(),
+            detail: format!("{}:\n{}", out.status, output_text(&out)),
+        }),
+    }
 }
 
 /// Refuses a filesystem whose journal still holds transactions. The kernel replays a journal

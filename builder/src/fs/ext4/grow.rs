@@ -69,10 +69,13 @@ pub fn grow(
         .prefix(".imagegen-grow-")
         .suffix(".ext4")
         .tempfile_in(dir)?;
+    // A copy of the whole partition, secrets included: gone on SIGTERM too.
+    let _interrupted = crate::interrupt::Guard::new(tmp.path());
     copy_out(&file, offset, old_len, tmp.as_file())?;
     tmp.as_file().set_len(new_len)?;
 
-    let tmp_path = tmp.path().to_str().ok_or_else(|| FsError::InvalidPath {
+    let tmp_path = crate::argv::path(tmp.path());
+    let tmp_path = tmp_path.to_str().ok_or_else(|| FsError::InvalidPath {
         path: tmp.path().display().to_string(),
         reason: "the temporary path is not UTF-8".into(),
     })?;

@@ -1,11 +1,13 @@
 //! ext4: read in process through ext4-view, write through e2fsprogs (debugfs) on the
 //! whole-disk image at the partition offset.
 //!
-//! A batch is checked against the filesystem first (feature gate, parents, types, space), then
-//! run as one debugfs script, then read back through a fresh ext4-view handle and checked with
-//! `e2fsck -fn`.
+//! A batch is checked against the filesystem first (feature gate, `e2fsck -fn`, parents,
+//! types, space), then run as one debugfs script (what it replaces is deleted by a second run
+//! once the first succeeded), then read back through a fresh ext4-view handle and checked with
+//! `e2fsck -fn` again.
 
 mod debugfs;
+mod descriptors;
 mod e2fsprogs;
 mod grow;
 mod read;
@@ -129,6 +131,7 @@ impl Filesystem for Ext4Fs {
         if self.sb.has_journal() {
             e2fsprogs::journal_gate(&self.image, self.offset)?;
         }
+        e2fsprogs::precheck(&self.image, self.offset, epoch)?;
         let plan = Plan::new(&self.view, &self.sb, ops, epoch)?;
         plan.check_space(&self.sb)?;
         if plan.is_empty() {
@@ -137,7 +140,7 @@ impl Filesystem for Ext4Fs {
         let ran = plan.run(&self.image, self.offset, epoch);
         self.reload()?;
         ran?;
-        verify::verify(&self.view, &plan.expect)?;
+        verify::verify(&self.view, &plan)?;
         e2fsprogs::check(&self.image, self.offset, epoch)
     }
 }

@@ -185,6 +185,11 @@ impl Superblock {
         self.has("has_journal")
     }
 
+    /// New files get extent trees (else block maps).
+    pub fn has_extents(&self) -> bool {
+        self.has("extent")
+    }
+
     fn has(&self, name: &str) -> bool {
         NAMES
             .iter()

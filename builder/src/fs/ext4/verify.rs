@@ -1,15 +1,13 @@
 //! Reads every change of a batch back through ext4-view, independently of debugfs.
 
-use std::collections::BTreeMap;
-
 use ext4_view::Ext4;
 
-use super::debugfs::Expect;
+use super::debugfs::{Expect, Plan};
 use super::read;
 use crate::fs::{FileType, FsError, Meta, Stat};
 
-pub fn verify(fs: &Ext4, expect: &BTreeMap<String, Expect>) -> Result<(), FsError> {
-    for (path, e) in expect {
+pub fn verify(fs: &Ext4, plan: &Plan) -> Result<(), FsError> {
+    for (path, e) in &plan.expect {
         let fail = |detail: String| FsError::Verify {
             path: path.clone(),
             detail,
@@ -30,7 +28,7 @@ pub fn verify(fs: &Ext4, expect: &BTreeMap<String, Expect>) -> Result<(), FsErro
             Expect::File { staged, meta } => {
                 want_type(&stat, FileType::Regular).map_err(fail)?;
                 want_meta(&stat, meta).map_err(fail)?;
-                let mut src = std::fs::File::open(staged)?;
+                let mut src = plan.input(*staged)?;
                 if !read::same_content(fs, path, &mut src)? {
                     return Err(fail("content differs from what was written".into()));
                 }

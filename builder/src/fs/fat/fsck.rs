@@ -14,8 +14,14 @@ const CHUNK: usize = 1 << 20;
 /// Runs `fsck.fat -n` on [offset, offset+len) of `image`; `Err(report)` when it finds problems.
 pub(super) fn check(image: &Path, offset: u64, len: u64) -> Result<Result<(), String>, FsError> {
     let copy = tempfile::NamedTempFile::new()?;
+    // The copy may hold secrets (a personalize seed): gone on SIGTERM too, not only on drop.
+    let _interrupted = crate::interrupt::Guard::new(copy.path());
     copy_sparse(&File::open(image)?, offset, len, copy.as_file())?;
-    let out = match Command::new("fsck.fat").arg("-n").arg(copy.path()).output() {
+    let out = match Command::new("fsck.fat")
+        .arg("-n")
+        .arg(crate::argv::path(copy.path()).as_ref())
+        .output()
+    {
         Ok(out) => out,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(FsError::Tool {

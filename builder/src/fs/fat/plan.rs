@@ -130,6 +130,7 @@ fn check_name(p: &str, name: &str) -> Result<(), FsError> {
 impl<'a> Sim<'_, 'a> {
     fn op(&mut self, op: &'a Op) -> Result<Option<Step<'a>>, FsError> {
         let p = path::normalize(op.path())?;
+        path::writable(&p)?;
         match op {
             Op::WriteFile { content, meta, .. } => {
                 let (parent, name) = path::split(&p).ok_or(FsError::IsADirectory(p.clone()))?;
