@@ -26,7 +26,7 @@
 # (ssh-keygen), u-boot-tools (mkimage, armbian-bpim5 only); zstd if the root's initramfs is
 # zstd-compressed.
 set -euo pipefail
-# Never `producer | grep -q` below: with pipefail, grep's early exit kills the producer with
+# Never a producer piped into `grep -q` below: with pipefail, grep's early exit kills the producer with
 # SIGPIPE and the pipeline fails.
 
 PATH=$PATH:/usr/sbin:/sbin
