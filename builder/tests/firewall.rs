@@ -664,3 +664,13 @@ fn forged_pod_sources_from_lan_are_dropped_with_zerotier() {
     }
     assert_all_dropped(forged_packets_past_firewall("z", server_with_ups(true)));
 }
+
+/// k3s runs over the LAN: its private addresses are where the other nodes are, but pod and
+/// service addresses never are.
+#[test]
+fn forged_pod_sources_from_lan_are_dropped_without_zerotier() {
+    if !root_or_skip("forged_pod_sources_from_lan_are_dropped_without_zerotier") {
+        return;
+    }
+    assert_all_dropped(forged_packets_past_firewall("l", server_with_ups(false)));
+}
