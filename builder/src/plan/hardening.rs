@@ -137,19 +137,34 @@ fn nftables(ctx: &Context) -> String {
         add("");
     }
     // Node-to-node ports are open only where the other nodes are: k3s runs over ZeroTier when
-    // the node has it (node-ip and flannel-iface are the ZeroTier interface), otherwise over
-    // the LAN. VXLAN in particular must never be reachable from the Internet: it carries
-    // unauthenticated pod traffic.
+    // the node has it (the agent sets node-ip to the ZeroTier address and flannel-iface to the
+    // ZeroTier interface, so flannel's VXLAN packets and the other nodes' connections arrive
+    // there), otherwise over the LAN (node-ip is the local address towards the server, and
+    // flannel without flannel-iface takes the default route's interface). VXLAN in particular
+    // must never be reachable from elsewhere: it carries unauthenticated pod traffic, which
+    // the node unwraps into its pod network (k3s docs, "Requirements", Networking: "The VXLAN
+    // port on nodes should not be exposed to the world as it opens up your cluster network to
+    // be accessed by anyone").
+    //
+    // A node's address, never a pod's or a service's: flannel's VXLAN packets come from the
+    // sending node's flannel-iface address, and pods reach other nodes' kubelets (the
+    // metrics-server) from their node's address, as flannel masquerades pod traffic leaving
+    // the cluster network. On the LAN the node addresses are not known when the image is
+    // built (DHCP), so any private address is taken for one, except pod and service
+    // addresses, which lan4's 10.0.0.0/8 holds: a LAN host forging one would otherwise be let
+    // in (loose reverse-path filtering passes it, pod addresses being routable to cni0 and
+    // flannel.1).
     let (peers, from): (&[&str], &str) = if ctx.zerotier {
-        (&["iifname \"zt*\""], "from the ZeroTier network")
+        (&["iifname \"zt*\""], "on the ZeroTier interface")
     } else {
         (
-            &["ip saddr @lan4", "ip6 saddr @lan6"],
-            "from private and link-local addresses",
+            &["ip saddr @lan4 ip saddr != @k3s_nets4", "ip6 saddr @lan6"],
+            "from private and link-local addresses other than pods' and services'",
         )
     };
     add(&format!("# Between cluster nodes, {from}:"));
-    add("# kubelet (logs, exec, metrics) and flannel VXLAN.");
+    add("# kubelet (k3s docs: open between all nodes for the metrics-server; the API server's");
+    add("# logs and exec reach it through k3s's agent tunnel) and flannel VXLAN.");
     for p in peers {
         add(&format!("{p} tcp dport 10250 accept"));
         add(&format!("{p} udp dport 8472 accept"));
