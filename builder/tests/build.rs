@@ -1324,3 +1324,88 @@ fn interrupted_fat_check_leaves_no_partition_copy() {
     );
     assert_eq!(entries(&c.out_dir()), BTreeSet::new());
 }
+
+/// An operator's `--board` run: `imagegen` as `tester` with `HOME=<cluster>/home`, this
+/// cluster's cache and state, and `agent` (a stub made by `Cluster::new`).
+fn board_build(c: &Cluster, board: &str, base: &Path, agent: &str, out: &str) -> Output {
+    fs::create_dir_all(c.path("home/.ssh")).unwrap();
+    let out = c.out_dir().join(out);
+    Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args([
+            "build",
+            "--board",
+            board,
+            "--base",
+            s(base),
+            "--agent",
+            agent,
+        ])
+        .args([
+            "--cache-dir",
+            s(&c.cache()),
+            "--state-dir",
+            s(&c.path("state")),
+        ])
+        .args(["-o", s(&out)])
+        .current_dir(c.dir.path())
+        .env("HOME", c.path("home"))
+        .env("USER", "tester")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("run imagegen")
+}
+
+/// An ed25519 key pair made by ssh-keygen at `path` and `path.pub`.
+fn ssh_keygen(path: &Path, comment: &str) {
+    oracle::run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            comment,
+            "-f",
+            s(path),
+        ],
+    );
+}
+
+/// An ELF executable of `len` bytes for `machine` (62 x86-64, 183 aarch64): a 64-byte header
+/// and zeros, the size of a real binary rather than of the header alone.
+fn elf_binary(path: &Path, machine: u16, len: usize) {
+    elf_stub(path, machine);
+    let mut bytes = fs::read(path).unwrap();
+    bytes.resize(len, 0);
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn board_build_refuses_a_base_image_of_another_architecture() {
+    let c = Cluster::new();
+    fs::create_dir_all(c.path("home/.ssh")).unwrap();
+    ssh_keygen(&c.path("home/.ssh/id_ed25519"), "tester@laptop");
+    let base = common::fixture("rpios-bookworm");
+    let env = format!("{}:/usr/bin/env", s(&base));
+    // A Raspberry Pi OS image whose userland is x86-64, with a /usr/bin/env of a real
+    // binary's size (Debian's is 48 KiB): the header alone is read.
+    elf_binary(&c.path("env-amd64"), 62, 48 << 10);
+    let cp = c.imagegen(&["cp", "--mode", "0755", "env-amd64", &env]);
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    let err = fails(
+        board_build(&c, "rpi4", &base, "agent-arm64", "rpi4.img"),
+        "the base image is for x86_64, but board rpi4 is aarch64",
+    );
+    assert_eq!(entries(&c.out_dir()), BTreeSet::new(), "{err}");
+
+    // The same image with an aarch64 binary of that size builds: the check reads real
+    // binaries, and the aarch64 agent goes into an aarch64 userland.
+    elf_binary(&c.path("env-arm64"), 183, 48 << 10);
+    let cp = c.imagegen(&["cp", "--mode", "0755", "env-arm64", &env]);
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    let out = board_build(&c, "rpi4", &base, "agent-arm64", "rpi4.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("architecture"), "{}", stderr(&out));
+}
