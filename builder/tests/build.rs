@@ -1409,3 +1409,67 @@ fn board_build_refuses_a_base_image_of_another_architecture() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("architecture"), "{}", stderr(&out));
 }
+
+#[test]
+fn board_build_takes_the_operators_keys_whatever_their_format_and_comments() {
+    let c = Cluster::new();
+    let ssh = c.path("home/.ssh");
+    fs::create_dir_all(&ssh).unwrap();
+    // Quotes, backslashes, a '#', a tab, and an accent as macOS writes it (e + U+0301, which
+    // Rust's {:?} escapes as \u{301}, not TOML).
+    ssh_keygen(
+        &ssh.join("id_ed25519"),
+        "tester \"laptop\" C:\\keys\\ #1\tJose\u{301}",
+    );
+    // An RFC 4716 key as `ssh-keygen -e` writes it; its OpenSSH original is elsewhere.
+    ssh_keygen(&c.path("work"), "work key");
+    let rfc = oracle::run(
+        "ssh-keygen",
+        &["-e", "-m", "RFC4716", "-f", s(&c.path("work.pub"))],
+    );
+    assert!(rfc.starts_with("---- BEGIN SSH2 PUBLIC KEY ----"), "{rfc}");
+    fs::write(ssh.join("work.pub"), &rfc).unwrap();
+    // And a .pub that holds no key.
+    fs::write(ssh.join("notes.pub"), "remember the milk\n").unwrap();
+
+    let base = common::fixture("debian-genericcloud");
+    let out = board_build(&c, "x86-64", &base, "agent-amd64", "x86-64.img");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let notes = s(&ssh.join("notes.pub")).to_string();
+    let skipped: Vec<&str> = err.lines().filter(|l| l.contains(&notes)).collect();
+    assert_eq!(skipped.len(), 1, "one warning naming {notes}: {err}");
+    assert!(skipped[0].starts_with("warning: skipping "), "{err}");
+
+    let img = c.out_dir().join("x86-64.img");
+    let root = oracle::partition(&img, 1).start;
+    let keys =
+        String::from_utf8(ext4_bytes(&img, root, "/home/tester/.ssh/authorized_keys")).unwrap();
+    let converted = oracle::run(
+        "ssh-keygen",
+        &["-i", "-m", "RFC4716", "-f", s(&ssh.join("work.pub"))],
+    );
+    let own = fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
+    assert_eq!(
+        keys.lines().collect::<Vec<_>>(),
+        [own.trim(), converted.trim()],
+        "authorized_keys"
+    );
+    // OpenSSH reads every line as the key it came from: `ssh-keygen -l` parses
+    // authorized_keys files as sshd does.
+    fs::write(c.path("authorized_keys"), &keys).unwrap();
+    let fingerprints = |f: &Path| -> Vec<String> {
+        oracle::run("ssh-keygen", &["-l", "-f", s(f)])
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        fingerprints(&c.path("authorized_keys")),
+        [
+            fingerprints(&ssh.join("id_ed25519.pub")),
+            fingerprints(&c.path("work.pub"))
+        ]
+        .concat()
+    );
+}

@@ -8,6 +8,7 @@ use crate::cli::{BoardsArgs, BuildArgs, CheckArgs, InitArgs, PersonalizeArgs};
 use crate::config::{self, ClusterConfig};
 use crate::fetch::{FetchOptions, Source};
 use crate::plan;
+use crate::pubkey;
 use crate::vendor::Vendor;
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -19,7 +20,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
             (Some(b), _) => {
                 let board = board::get(b)?;
                 let (user, keys) = operator_defaults()?;
-                let c = plan::default_config(&board, &user, keys);
+                let c = plan::default_config(&board, &user, keys)?;
                 (c, PathBuf::from("."), vec![board.id.clone()])
             }
             (None, Some(path)) => {
@@ -169,13 +170,13 @@ fn operator_defaults() -> Result<(String, Vec<String>)> {
             .collect();
         pubs.sort();
         for p in pubs {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            keys.extend(
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_string),
-            );
+            // Whatever else sits in ~/.ssh is the operator's business: a file that holds no
+            // usable key is skipped, and said so, rather than stopping the build.
+            let read = std::fs::read_to_string(&p).map_err(|e| e.to_string());
+            match read.and_then(|t| pubkey::authorized_keys_lines(&t).map_err(|e| e.to_string())) {
+                Ok(found) => keys.extend(found),
+                Err(e) => eprintln!("warning: skipping {}: {e}", p.display()),
+            }
         }
     }
     if keys.is_empty() {
