@@ -36,6 +36,27 @@ pub struct Cluster {
     pub locale: Option<String>,
 }
 
+impl ClusterConfig {
+    /// One line naming the settings this config gives that imagegen accepts but does not put
+    /// into the nodes yet, so an operator is not left believing they took effect; `None` when
+    /// it gives none.
+    pub fn not_applied(&self) -> Option<String> {
+        let c = &self.cluster;
+        let set: Vec<String> = [("timezone", &c.timezone), ("locale", &c.locale)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} = {v:?}")))
+            .collect();
+        if set.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "[cluster] {} {} not applied yet: the nodes keep the base image's own",
+            set.join(" and "),
+            if set.len() == 1 { "is" } else { "are" }
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {

@@ -511,3 +511,72 @@ fn listings_escape_control_characters_from_the_image() {
     assert!(!err.contains('\x1b'), "raw control characters: {err:?}");
     assert!(err.contains("/etc/\\033[2J"), "{err}");
 }
+
+/// `[cluster] timezone` and `locale` are accepted but not applied yet: check and build say so
+/// in one line instead of leaving the operator to believe they took effect.
+#[test]
+fn timezone_and_locale_are_said_to_be_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    ok(&["init", config]);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for f in ["k3s-token", "nut-password"] {
+        std::fs::write(dir.path().join("secrets").join(f), "x\n").unwrap();
+    }
+    let stderr = |args: &[&str]| String::from_utf8(imagegen(args).stderr).unwrap();
+    let said = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| l.contains("timezone") || l.contains("locale"))
+            .map(str::to_string)
+            .collect()
+    };
+    // The example has them commented out: nothing to say.
+    let err = stderr(&["check", "--config", config]);
+    assert_eq!(said(&err), Vec::<String>::new(), "{err}");
+
+    let example = std::fs::read_to_string(config).unwrap();
+    let both = example
+        .replace("# timezone = ", "timezone = ")
+        .replace("# locale = ", "locale = ");
+    assert_ne!(both, example, "the example shows timezone and locale");
+    std::fs::write(config, &both).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    let line = said(&err);
+    assert_eq!(line.len(), 1, "one line: {err}");
+    for needle in [
+        "warning: ",
+        config,
+        "timezone = \"Europe/Berlin\"",
+        "locale = \"en_US.UTF-8\"",
+        "not applied yet",
+    ] {
+        assert!(line[0].contains(needle), "{needle:?} in {err}");
+    }
+    // build says it once, before building any node (this one stops at its missing base).
+    let out_dir = dir.path().join("out");
+    let err = stderr(&[
+        "build",
+        "--config",
+        config,
+        "--all",
+        "--base",
+        "/nonexistent/base.img",
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(said(&err), line, "{err}");
+    assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
+
+    std::fs::write(config, example.replace("# locale = ", "locale = ")).unwrap();
+    let err = stderr(&["check", "--config", config]);
+    let line = said(&err);
+    assert_eq!(line.len(), 1, "one line: {err}");
+    assert!(
+        line[0].contains("locale = \"en_US.UTF-8\" is not applied yet")
+            && !line[0].contains("timezone"),
+        "{err}"
+    );
+}

@@ -25,6 +25,10 @@ pub fn build(a: BuildArgs) -> Result<()> {
             }
             (None, Some(path)) => {
                 let loaded = config::load(path)?;
+                // Once per run, before any node is built.
+                if let Some(note) = loaded.config.not_applied() {
+                    eprintln!("warning: {}: {note}", path.display());
+                }
                 let nodes = match (&a.node, a.all) {
                     (Some(n), _) => {
                         loaded.node(n)?;
@@ -306,6 +310,9 @@ pub fn check(a: CheckArgs) -> Result<()> {
     }
     for (what, p) in files {
         std::fs::metadata(&p).with_context(|| format!("{what} {}", p.display()))?;
+    }
+    if let Some(note) = c.not_applied() {
+        eprintln!("warning: {}: {note}", a.config.display());
     }
     eprintln!(
         "{}: cluster {:?}, {} node(s): ok",
