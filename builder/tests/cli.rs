@@ -512,6 +512,39 @@ fn listings_escape_control_characters_from_the_image() {
     assert!(err.contains("/etc/\\033[2J"), "{err}");
 }
 
+/// `imagegen inspect IMAGE | head`: when the reader of standard output goes away, imagegen
+/// stops without a word, as a tool killed by SIGPIPE does, and with its status (128 + 13).
+#[test]
+fn a_reader_that_stops_reading_ends_the_output_quietly() {
+    let img = cached_fixture("rpios-trixie");
+    let img = img.to_str().unwrap();
+    let etc = format!("{img}:/etc");
+    let os_release = format!("{img}:/usr/lib/os-release");
+    let commands: [&[&str]; 6] = [
+        &["inspect", img],
+        &["inspect", "--json", img],
+        &["ls", &etc],
+        &["ls", "-l", &etc],
+        &["cat", &os_release],
+        &["boards"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // The reader is gone before imagegen writes anything.
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("run imagegen");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err, "", "imagegen {args:?}");
+        assert_eq!(out.status.code(), Some(141), "imagegen {args:?}");
+    }
+    // Other failures still say what went wrong.
+    fails(&["cat", &format!("{img}:/etc/nope")], "no such file");
+}
+
 /// `[cluster] timezone` and `locale` are accepted but not applied yet: check and build say so
 /// in one line instead of leaving the operator to believe they took effect.
 #[test]

@@ -195,7 +195,7 @@ fn operator_defaults() -> Result<(String, Vec<String>)> {
 
 pub fn boards(a: BoardsArgs) -> Result<()> {
     let boards = board::all()?;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &boards)?;
         writeln!(out)?;
