@@ -46,52 +46,33 @@ pub fn epoch(image: &Image) -> Result<i64> {
     }
 }
 
+/// Binaries every Debian-family userland has, read for the image's architecture.
+const ARCH_PROBES: [&str; 3] = ["/usr/bin/env", "/bin/sh", "/usr/bin/ls"];
+
 /// The architecture of the image's userland, from the ELF header of a binary every
-/// Debian-family system has.
+/// Debian-family system has; `None` when none of them is there or is an ELF file.
 pub fn image_arch(image: &mut Image) -> Result<Option<Arch>> {
-    for p in ["/usr/bin/env", "/bin/sh", "/usr/bin/ls"] {
-        let mut head = Vec::new();
-        if image
-            .read_to(p, &mut LimitWriter::new(&mut head, 64))
-            .is_ok()
-        {
-            match arch::elf_arch(&head) {
-                Ok(a) => return Ok(Some(a)),
-                Err(arch::ElfError::NotElf) => continue,
-                Err(e) => bail!("{p} in the image: {e}"),
+    use crate::fs::FsError;
+    use crate::image::ImageError;
+    for p in ARCH_PROBES {
+        // The header only: a real /bin/sh is 100 KiB or more.
+        let head = match image.read_head(p, 64) {
+            Ok(head) => head,
+            // Missing, a directory, a dangling link or a device: try the next one.
+            Err(ImageError::Fs(
+                FsError::NotFound(_) | FsError::IsADirectory(_) | FsError::Unsupported(_),
+            )) => continue,
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("reading {p} in the image")));
             }
+        };
+        match arch::elf_arch(&head) {
+            Ok(a) => return Ok(Some(a)),
+            Err(arch::ElfError::NotElf) => continue,
+            Err(e) => bail!("{p} in the image: {e}"),
         }
     }
     Ok(None)
-}
-
-/// Keeps the first `limit` bytes and then reports a full sink, so reading a header of a large
-/// binary does not read the whole file.
-struct LimitWriter<'a> {
-    buf: &'a mut Vec<u8>,
-    limit: usize,
-}
-
-impl<'a> LimitWriter<'a> {
-    fn new(buf: &'a mut Vec<u8>, limit: usize) -> Self {
-        LimitWriter { buf, limit }
-    }
-}
-
-impl std::io::Write for LimitWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let room = self.limit - self.buf.len();
-        if room == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "enough"));
-        }
-        let n = data.len().min(room);
-        self.buf.extend_from_slice(&data[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Removes the working copy however the build ends, interrupted included.
@@ -199,15 +180,23 @@ pub fn build(req: &Request) -> Result<Manifest> {
             board.accepts.join(", ")
         );
     }
-    if let Some(a) = image_arch(&mut image)?
-        && a != board.arch
-    {
-        bail!(
+    // The agent was chosen for the board's architecture, so this also keeps an agent the
+    // image cannot run out of it.
+    match image_arch(&mut image)? {
+        Some(a) if a != board.arch => bail!(
             "the base image is for {a}, but board {} is {}: give a base image for {}",
             board.id,
             board.arch,
             board.arch
-        );
+        ),
+        Some(_) => {}
+        None => eprintln!(
+            "warning: cannot tell the base image's architecture (no ELF file at {}); \
+             not checked against board {} ({})",
+            ARCH_PROBES.join(", "),
+            board.id,
+            board.arch
+        ),
     }
     let epoch = epoch(&image)?;
     let identity = if req.generic {

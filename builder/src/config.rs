@@ -36,6 +36,27 @@ pub struct Cluster {
     pub locale: Option<String>,
 }
 
+impl ClusterConfig {
+    /// One line naming the settings this config gives that imagegen accepts but does not put
+    /// into the nodes yet, so an operator is not left believing they took effect; `None` when
+    /// it gives none.
+    pub fn not_applied(&self) -> Option<String> {
+        let c = &self.cluster;
+        let set: Vec<String> = [("timezone", &c.timezone), ("locale", &c.locale)]
+            .into_iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} = {v:?}")))
+            .collect();
+        if set.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "[cluster] {} {} not applied yet: the nodes keep the base image's own",
+            set.join(" and "),
+            if set.len() == 1 { "is" } else { "are" }
+        ))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
@@ -356,23 +377,35 @@ fn is_unix_user(u: &str) -> bool {
         && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
-/// A light check that catches pasting the private key or a truncated line; sshd does the rest.
 fn check_ssh_key(key: &Spanned<String>) -> Result<(), Invalid> {
-    let k = key.get_ref().trim();
-    let err = |m: &str| Err((key.span(), m.to_string()));
-    if k.contains("PRIVATE KEY") {
-        return err("this is a private key; give the public key (the .pub file's line)");
+    match ssh_key_problem(key.get_ref()) {
+        Some(m) => Err((key.span(), m.to_string())),
+        None => Ok(()),
     }
+}
+
+/// A light check of one authorized_keys line that catches pasting the private key or a
+/// truncated line; sshd does the rest. `None` when it looks like a key.
+pub fn ssh_key_problem(line: &str) -> Option<&'static str> {
+    let k = line.trim();
+    if k.contains("PRIVATE KEY") {
+        return Some("this is a private key; give the public key (the .pub file's line)");
+    }
+    const NOT_A_KEY: &str = "not an SSH public key line (expected \"ssh-ed25519 AAAA... comment\")";
     let mut parts = k.split_whitespace();
     let (Some(kind), Some(blob)) = (parts.next(), parts.next()) else {
-        return err("not an SSH public key line (expected \"ssh-ed25519 AAAA... comment\")");
+        return Some(NOT_A_KEY);
     };
-    let known =
-        kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-");
-    if !known || !blob.starts_with("AAAA") || k.contains('\n') {
-        return err("not an SSH public key line (expected \"ssh-ed25519 AAAA... comment\")");
+    if !is_key_type(kind) || !blob.starts_with("AAAA") || k.contains('\n') {
+        return Some(NOT_A_KEY);
     }
-    Ok(())
+    None
+}
+
+/// The key type names of OpenSSH public keys (ssh-ed25519, ecdsa-sha2-nistp256,
+/// sk-ssh-ed25519@openssh.com, ...).
+pub fn is_key_type(kind: &str) -> bool {
+    kind.starts_with("ssh-") || kind.starts_with("ecdsa-sha2-") || kind.starts_with("sk-")
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

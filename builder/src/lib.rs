@@ -22,4 +22,5 @@ pub mod interrupt;
 pub mod io;
 pub mod personalize;
 pub mod plan;
+pub mod pubkey;
 pub mod vendor;

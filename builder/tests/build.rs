@@ -1324,3 +1324,152 @@ fn interrupted_fat_check_leaves_no_partition_copy() {
     );
     assert_eq!(entries(&c.out_dir()), BTreeSet::new());
 }
+
+/// An operator's `--board` run: `imagegen` as `tester` with `HOME=<cluster>/home`, this
+/// cluster's cache and state, and `agent` (a stub made by `Cluster::new`).
+fn board_build(c: &Cluster, board: &str, base: &Path, agent: &str, out: &str) -> Output {
+    fs::create_dir_all(c.path("home/.ssh")).unwrap();
+    let out = c.out_dir().join(out);
+    Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args([
+            "build",
+            "--board",
+            board,
+            "--base",
+            s(base),
+            "--agent",
+            agent,
+        ])
+        .args([
+            "--cache-dir",
+            s(&c.cache()),
+            "--state-dir",
+            s(&c.path("state")),
+        ])
+        .args(["-o", s(&out)])
+        .current_dir(c.dir.path())
+        .env("HOME", c.path("home"))
+        .env("USER", "tester")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("run imagegen")
+}
+
+/// An ed25519 key pair made by ssh-keygen at `path` and `path.pub`.
+fn ssh_keygen(path: &Path, comment: &str) {
+    oracle::run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            comment,
+            "-f",
+            s(path),
+        ],
+    );
+}
+
+/// An ELF executable of `len` bytes for `machine` (62 x86-64, 183 aarch64): a 64-byte header
+/// and zeros, the size of a real binary rather than of the header alone.
+fn elf_binary(path: &Path, machine: u16, len: usize) {
+    elf_stub(path, machine);
+    let mut bytes = fs::read(path).unwrap();
+    bytes.resize(len, 0);
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn board_build_refuses_a_base_image_of_another_architecture() {
+    let c = Cluster::new();
+    fs::create_dir_all(c.path("home/.ssh")).unwrap();
+    ssh_keygen(&c.path("home/.ssh/id_ed25519"), "tester@laptop");
+    let base = common::fixture("rpios-bookworm");
+    let env = format!("{}:/usr/bin/env", s(&base));
+    // A Raspberry Pi OS image whose userland is x86-64, with a /usr/bin/env of a real
+    // binary's size (Debian's is 48 KiB): the header alone is read.
+    elf_binary(&c.path("env-amd64"), 62, 48 << 10);
+    let cp = c.imagegen(&["cp", "--mode", "0755", "env-amd64", &env]);
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    let err = fails(
+        board_build(&c, "rpi4", &base, "agent-arm64", "rpi4.img"),
+        "the base image is for x86_64, but board rpi4 is aarch64",
+    );
+    assert_eq!(entries(&c.out_dir()), BTreeSet::new(), "{err}");
+
+    // The same image with an aarch64 binary of that size builds: the check reads real
+    // binaries, and the aarch64 agent goes into an aarch64 userland.
+    elf_binary(&c.path("env-arm64"), 183, 48 << 10);
+    let cp = c.imagegen(&["cp", "--mode", "0755", "env-arm64", &env]);
+    assert!(cp.status.success(), "{}", stderr(&cp));
+    let out = board_build(&c, "rpi4", &base, "agent-arm64", "rpi4.img");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("architecture"), "{}", stderr(&out));
+}
+
+#[test]
+fn board_build_takes_the_operators_keys_whatever_their_format_and_comments() {
+    let c = Cluster::new();
+    let ssh = c.path("home/.ssh");
+    fs::create_dir_all(&ssh).unwrap();
+    // Quotes, backslashes, a '#', a tab, and an accent as macOS writes it (e + U+0301, which
+    // Rust's {:?} escapes as \u{301}, not TOML).
+    ssh_keygen(
+        &ssh.join("id_ed25519"),
+        "tester \"laptop\" C:\\keys\\ #1\tJose\u{301}",
+    );
+    // An RFC 4716 key as `ssh-keygen -e` writes it; its OpenSSH original is elsewhere.
+    ssh_keygen(&c.path("work"), "work key");
+    let rfc = oracle::run(
+        "ssh-keygen",
+        &["-e", "-m", "RFC4716", "-f", s(&c.path("work.pub"))],
+    );
+    assert!(rfc.starts_with("---- BEGIN SSH2 PUBLIC KEY ----"), "{rfc}");
+    fs::write(ssh.join("work.pub"), &rfc).unwrap();
+    // And a .pub that holds no key.
+    fs::write(ssh.join("notes.pub"), "remember the milk\n").unwrap();
+
+    let base = common::fixture("debian-genericcloud");
+    let out = board_build(&c, "x86-64", &base, "agent-amd64", "x86-64.img");
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let notes = s(&ssh.join("notes.pub")).to_string();
+    let skipped: Vec<&str> = err.lines().filter(|l| l.contains(&notes)).collect();
+    assert_eq!(skipped.len(), 1, "one warning naming {notes}: {err}");
+    assert!(skipped[0].starts_with("warning: skipping "), "{err}");
+
+    let img = c.out_dir().join("x86-64.img");
+    let root = oracle::partition(&img, 1).start;
+    let keys =
+        String::from_utf8(ext4_bytes(&img, root, "/home/tester/.ssh/authorized_keys")).unwrap();
+    let converted = oracle::run(
+        "ssh-keygen",
+        &["-i", "-m", "RFC4716", "-f", s(&ssh.join("work.pub"))],
+    );
+    let own = fs::read_to_string(ssh.join("id_ed25519.pub")).unwrap();
+    assert_eq!(
+        keys.lines().collect::<Vec<_>>(),
+        [own.trim(), converted.trim()],
+        "authorized_keys"
+    );
+    // OpenSSH reads every line as the key it came from: `ssh-keygen -l` parses
+    // authorized_keys files as sshd does.
+    fs::write(c.path("authorized_keys"), &keys).unwrap();
+    let fingerprints = |f: &Path| -> Vec<String> {
+        oracle::run("ssh-keygen", &["-l", "-f", s(f)])
+            .lines()
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        fingerprints(&c.path("authorized_keys")),
+        [
+            fingerprints(&ssh.join("id_ed25519.pub")),
+            fingerprints(&c.path("work.pub"))
+        ]
+        .concat()
+    );
+}

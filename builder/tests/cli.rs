@@ -511,3 +511,105 @@ fn listings_escape_control_characters_from_the_image() {
     assert!(!err.contains('\x1b'), "raw control characters: {err:?}");
     assert!(err.contains("/etc/\\033[2J"), "{err}");
 }
+
+/// `imagegen inspect IMAGE | head`: when the reader of standard output goes away, imagegen
+/// stops without a word, as a tool killed by SIGPIPE does, and with its status (128 + 13).
+#[test]
+fn a_reader_that_stops_reading_ends_the_output_quietly() {
+    let img = cached_fixture("rpios-trixie");
+    let img = img.to_str().unwrap();
+    let etc = format!("{img}:/etc");
+    let os_release = format!("{img}:/usr/lib/os-release");
+    let commands: [&[&str]; 6] = [
+        &["inspect", img],
+        &["inspect", "--json", img],
+        &["ls", &etc],
+        &["ls", "-l", &etc],
+        &["cat", &os_release],
+        &["boards"],
+    ];
+    for args in commands {
+        let (reader, writer) = std::io::pipe().unwrap();
+        // The reader is gone before imagegen writes anything.
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .expect("run imagegen");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err, "", "imagegen {args:?}");
+        assert_eq!(out.status.code(), Some(141), "imagegen {args:?}");
+    }
+    // Other failures still say what went wrong.
+    fails(&["cat", &format!("{img}:/etc/nope")], "no such file");
+}
+
+/// `[cluster] timezone` and `locale` are accepted but not applied yet: check and build say so
+/// in one line instead of leaving the operator to believe they took effect.
+#[test]
+fn timezone_and_locale_are_said_to_be_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    ok(&["init", config]);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for f in ["k3s-token", "nut-password"] {
+        std::fs::write(dir.path().join("secrets").join(f), "x\n").unwrap();
+    }
+    let stderr = |args: &[&str]| String::from_utf8(imagegen(args).stderr).unwrap();
+    let said = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| l.contains("timezone") || l.contains("locale"))
+            .map(str::to_string)
+            .collect()
+    };
+    // The example has them commented out: nothing to say.
+    let err = stderr(&["check", "--config", config]);
+    assert_eq!(said(&err), Vec::<String>::new(), "{err}");
+
+    let example = std::fs::read_to_string(config).unwrap();
+    let both = example
+        .replace("# timezone = ", "timezone = ")
+        .replace("# locale = ", "locale = ");
+    assert_ne!(both, example, "the example shows timezone and locale");
+    std::fs::write(config, &both).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    let line = said(&err);
+    assert_eq!(line.len(), 1, "one line: {err}");
+    for needle in [
+        "warning: ",
+        config,
+        "timezone = \"Europe/Berlin\"",
+        "locale = \"en_US.UTF-8\"",
+        "not applied yet",
+    ] {
+        assert!(line[0].contains(needle), "{needle:?} in {err}");
+    }
+    // build says it once, before building any node (this one stops at its missing base).
+    let out_dir = dir.path().join("out");
+    let err = stderr(&[
+        "build",
+        "--config",
+        config,
+        "--all",
+        "--base",
+        "/nonexistent/base.img",
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(said(&err), line, "{err}");
+    assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
+
+    std::fs::write(config, example.replace("# locale = ", "locale = ")).unwrap();
+    let err = stderr(&["check", "--config", config]);
+    let line = said(&err);
+    assert_eq!(line.len(), 1, "one line: {err}");
+    assert!(
+        line[0].contains("locale = \"en_US.UTF-8\" is not applied yet")
+            && !line[0].contains("timezone"),
+        "{err}"
+    );
+}

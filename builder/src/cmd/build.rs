@@ -8,6 +8,7 @@ use crate::cli::{BoardsArgs, BuildArgs, CheckArgs, InitArgs, PersonalizeArgs};
 use crate::config::{self, ClusterConfig};
 use crate::fetch::{FetchOptions, Source};
 use crate::plan;
+use crate::pubkey;
 use crate::vendor::Vendor;
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -19,11 +20,15 @@ pub fn build(a: BuildArgs) -> Result<()> {
             (Some(b), _) => {
                 let board = board::get(b)?;
                 let (user, keys) = operator_defaults()?;
-                let c = plan::default_config(&board, &user, keys);
+                let c = plan::default_config(&board, &user, keys)?;
                 (c, PathBuf::from("."), vec![board.id.clone()])
             }
             (None, Some(path)) => {
                 let loaded = config::load(path)?;
+                // Once per run, before any node is built.
+                if let Some(note) = loaded.config.not_applied() {
+                    eprintln!("warning: {}: {note}", path.display());
+                }
                 let nodes = match (&a.node, a.all) {
                     (Some(n), _) => {
                         loaded.node(n)?;
@@ -169,13 +174,13 @@ fn operator_defaults() -> Result<(String, Vec<String>)> {
             .collect();
         pubs.sort();
         for p in pubs {
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            keys.extend(
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_string),
-            );
+            // Whatever else sits in ~/.ssh is the operator's business: a file that holds no
+            // usable key is skipped, and said so, rather than stopping the build.
+            let read = std::fs::read_to_string(&p).map_err(|e| e.to_string());
+            match read.and_then(|t| pubkey::authorized_keys_lines(&t).map_err(|e| e.to_string())) {
+                Ok(found) => keys.extend(found),
+                Err(e) => eprintln!("warning: skipping {}: {e}", p.display()),
+            }
         }
     }
     if keys.is_empty() {
@@ -190,7 +195,7 @@ fn operator_defaults() -> Result<(String, Vec<String>)> {
 
 pub fn boards(a: BoardsArgs) -> Result<()> {
     let boards = board::all()?;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &boards)?;
         writeln!(out)?;
@@ -305,6 +310,9 @@ pub fn check(a: CheckArgs) -> Result<()> {
     }
     for (what, p) in files {
         std::fs::metadata(&p).with_context(|| format!("{what} {}", p.display()))?;
+    }
+    if let Some(note) = c.not_applied() {
+        eprintln!("warning: {}: {note}", a.config.display());
     }
     eprintln!(
         "{}: cluster {:?}, {} node(s): ok",

@@ -22,7 +22,7 @@ pub fn ls(a: LsArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
     let mut image = open(&img)?;
     let entries = image.read_dir(&path)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     for e in entries {
         if a.long {
             let t = match e.stat.file_type {
@@ -44,13 +44,15 @@ pub fn ls(a: LsArgs) -> Result<()> {
             writeln!(out, "{}", escape(&e.name))?;
         }
     }
+    // A write error left in the buffer would be lost when it is dropped.
+    out.flush()?;
     Ok(())
 }
 
 pub fn cat(a: CatArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
     let mut image = open(&img)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     image.read_to(&path, &mut out)?;
     out.flush()?;
     Ok(())

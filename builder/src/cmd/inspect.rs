@@ -101,13 +101,15 @@ pub fn inspect(a: InspectArgs) -> Result<()> {
         os,
         unresolved_mounts: image.unresolved_mounts.clone(),
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = super::stdout();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &view)?;
         writeln!(out)?;
     } else {
         print_table(&mut out, &view)?;
     }
+    // A write error left in the buffer would be lost when it is dropped.
+    out.flush()?;
     Ok(())
 }
 

@@ -9,14 +9,55 @@ mod inspect;
 use crate::cli::{Cli, Command};
 use anyhow::{Result, bail};
 use clap::Parser;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The exit status of a command whose reader went away (`imagegen inspect IMAGE | head`):
+/// 128 + SIGPIPE, what the shell reports for a tool killed by SIGPIPE, as C tools are. Not 0,
+/// since the output was cut short; no message, since the reader chose to stop reading.
+const STDOUT_CLOSED: u8 = 128 + libc::SIGPIPE as u8;
+
+/// Set when a write to standard output failed because its reader closed the pipe.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Standard output for what a command prints. It notes a closed pipe, so that `main` can tell
+/// the error that ends the command from others: Rust ignores SIGPIPE, and the broken pipe of a
+/// tool imagegen feeds (debugfs) must still be reported.
+pub(crate) fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+pub(crate) struct Stdout(std::io::StdoutLock<'static>);
+
+impl Stdout {
+    fn note<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        if let Err(e) = &r
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Stdout::note(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Stdout::note(self.0.flush())
+    }
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::interrupt::install();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if STDOUT_GONE.load(Ordering::Relaxed) => ExitCode::from(STDOUT_CLOSED),
         Err(e) => {
             // Errors may quote names and symlink targets from the image; the newlines of a
             // tool's report are kept.

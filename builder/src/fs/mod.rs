@@ -205,6 +205,10 @@ pub trait Filesystem {
         Ok(buf)
     }
 
+    /// The first `max` bytes of a regular file (fewer if it is shorter), without reading the
+    /// rest: enough for a header such as an ELF executable's.
+    fn read_head(&mut self, path: &str, max: usize) -> Result<Vec<u8>, FsError>;
+
     fn read_link(&mut self, path: &str) -> Result<String, FsError>;
 
     /// Applies a batch in order. Checks what it can before changing anything (parents exist,

@@ -426,6 +426,13 @@ impl Image {
         }
     }
 
+    /// The first `max` bytes of a file (following symlinks), without reading the rest.
+    pub fn read_head(&mut self, path: &str, max: usize) -> Result<Vec<u8>, ImageError> {
+        let p = self.resolve(path, true)?;
+        let loc = self.locate(&p);
+        Ok(self.fs(loc.slot)?.read_head(&loc.path, max)?)
+    }
+
     pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, ImageError> {
         let mut buf = Vec::new();
         self.read_to(path, &mut buf)?;

@@ -902,17 +902,50 @@ pub fn change_digest(c: &Change) -> Result<Option<String>, PlanError> {
     }
 }
 
-/// Loads a config or, for `--board` alone, the embedded defaults.
-pub fn default_config(board: &Board, user: &str, keys: Vec<String>) -> ClusterConfig {
-    let toml_keys: Vec<String> = keys.iter().map(|k| format!("{:?}", k.trim())).collect();
-    let text = format!(
-        "[cluster]\nname = {:?}\n[admin]\nuser = {user:?}\nssh_authorized_keys = [{}]\n[[nodes]]\nname = {:?}\nboard = {:?}\nrole = \"agent\"\n",
-        board.id,
-        toml_keys.join(", "),
-        board.id,
-        board.id
-    );
-    config::parse(&text, Path::new("(defaults)")).expect("defaults are valid")
+/// The config of a `--board` build: one agent node named after the board, with `user` as
+/// admin logging in with `keys`. Built as a TOML value, so whatever the keys' comments hold is
+/// quoted by the TOML writer, and checked like a cluster.toml.
+pub fn default_config(
+    board: &Board,
+    user: &str,
+    keys: Vec<String>,
+) -> Result<ClusterConfig, config::ConfigError> {
+    let table = |entries: Vec<(&str, toml::Value)>| -> toml::Value {
+        toml::Value::Table(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
+    };
+    let text = |s: &str| toml::Value::String(s.to_string());
+    let doc = table(vec![
+        ("cluster", table(vec![("name", text(&board.id))])),
+        (
+            "admin",
+            table(vec![
+                ("user", text(user)),
+                (
+                    "ssh_authorized_keys",
+                    toml::Value::Array(keys.iter().map(|k| text(k.trim())).collect()),
+                ),
+            ]),
+        ),
+        (
+            "nodes",
+            toml::Value::Array(vec![table(vec![
+                ("name", text(&board.id)),
+                ("board", text(&board.id)),
+                ("role", text("agent")),
+            ])]),
+        ),
+    ]);
+    let path = Path::new("(defaults)");
+    let toml = toml::to_string(&doc).map_err(|e| config::ConfigError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    config::parse(&toml, path)
 }
 
 #[cfg(test)]

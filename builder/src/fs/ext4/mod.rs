@@ -112,6 +112,10 @@ impl Filesystem for Ext4Fs {
         read::read_to(&self.view, &path::normalize(path)?, out)
     }
 
+    fn read_head(&mut self, path: &str, max: usize) -> Result<Vec<u8>, FsError> {
+        read::read_head(&self.view, &path::normalize(path)?, max)
+    }
+
     fn read_link(&mut self, path: &str) -> Result<String, FsError> {
         read::read_link(&self.view, &path::normalize(path)?)
     }

@@ -127,6 +127,19 @@ pub fn read_dir(fs: &Ext4, path: &str) -> Result<Vec<DirEntry>, FsError> {
 }
 
 pub fn read_to(fs: &Ext4, path: &str, out: &mut dyn Write) -> Result<u64, FsError> {
+    let mut file = open_regular(fs, path)?;
+    Ok(std::io::copy(&mut file, out)?)
+}
+
+pub fn read_head(fs: &Ext4, path: &str, max: usize) -> Result<Vec<u8>, FsError> {
+    let mut head = Vec::with_capacity(max);
+    open_regular(fs, path)?
+        .take(max as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+fn open_regular(fs: &Ext4, path: &str) -> Result<ext4_view::File, FsError> {
     let meta = fs.symlink_metadata(path).map_err(|e| map_err(path, e))?;
     if !meta.file_type().is_regular_file() {
         return Err(if meta.is_dir() {
@@ -135,8 +148,7 @@ pub fn read_to(fs: &Ext4, path: &str, out: &mut dyn Write) -> Result<u64, FsErro
             FsError::Unsupported(format!("{path}: not a regular file"))
         });
     }
-    let mut file = fs.open(path).map_err(|e| map_err(path, e))?;
-    Ok(std::io::copy(&mut file, out)?)
+    fs.open(path).map_err(|e| map_err(path, e))
 }
 
 /// Whether the regular file at `path` holds exactly the bytes `expected` yields.

@@ -253,6 +253,22 @@ impl Filesystem for FatFs {
         }
     }
 
+    fn read_head(&mut self, p: &str, max: usize) -> Result<Vec<u8>, FsError> {
+        let p = path::normalize(p)?;
+        let fat = self.mount(false)?;
+        let root = fat.root_dir();
+        match lookup(&root, &p)? {
+            None => Err(FsError::NotFound(p)),
+            Some(Found::Root) => Err(FsError::IsADirectory(p)),
+            Some(Found::Entry(e)) if e.is_dir() => Err(FsError::IsADirectory(p)),
+            Some(Found::Entry(e)) => {
+                let mut head = Vec::with_capacity(max);
+                e.to_file().take(max as u64).read_to_end(&mut head)?;
+                Ok(head)
+            }
+        }
+    }
+
     fn read_link(&mut self, p: &str) -> Result<String, FsError> {
         match self.lstat(p)? {
             Some(_) => Err(FsError::NotASymlink(p.to_string())),
