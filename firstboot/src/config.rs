@@ -200,7 +200,9 @@ pub struct BackupSection {
     pub ssh_key_file: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
-    /// `known_hosts` for the target; absent means the host key is not checked.
+    /// A `known_hosts` file pinning the target's host key: ssh refuses any other key. Absent,
+    /// the first key the target shows is trusted and recorded in
+    /// [`TOFU_KNOWN_HOSTS`](crate::backup::TOFU_KNOWN_HOSTS), and any other key refused after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts_file: Option<PathBuf>,
 }
@@ -421,6 +423,11 @@ impl NodeConfig {
             }
             if b.paths.is_empty() || b.paths.iter().any(|p| !p.is_absolute()) {
                 return bad("[backup] paths must be a non-empty list of absolute paths".into());
+            }
+            if let Some(k) = &b.known_hosts_file
+                && !k.is_absolute()
+            {
+                return bad("[backup] known_hosts_file must be an absolute path".into());
             }
         }
         Ok(())

@@ -91,8 +91,11 @@ fn execute(root: &Root, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let boot = &config.paths.boot;
             let node = &config.node.name;
             match backup::run(root, &config) {
-                Ok(dest) => {
-                    let d = BTreeMap::from([("last".to_owned(), dest)]);
+                Ok(r) => {
+                    let d = BTreeMap::from([
+                        ("last".to_owned(), r.dest),
+                        ("host_key".to_owned(), r.host_key),
+                    ]);
                     status::set(root, boot, node, "backup-run", Update::done(d))?;
                     Ok(ExitCode::SUCCESS)
                 }
