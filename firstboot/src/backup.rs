@@ -11,10 +11,15 @@
 //! match; without one the first key seen is recorded in [`TOFU_KNOWN_HOSTS`] (trust on first
 //! use) and any other key refused after. Either way a refusal happens before authentication:
 //! nothing is sent.
+//!
+//! How long a run may take: each ssh command is killed after `connect_timeout_secs +
+//! io_timeout_secs`, rsync gives up after `io_timeout_secs` without data, and ssh drops a
+//! connection whose NAS stopped answering keepalives; the unit's `TimeoutStartSec=` bounds it all.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::command::{self, CommandError, Finished};
 use crate::config::{BackupSection, NodeConfig, Role};
@@ -26,6 +31,13 @@ pub const TIMER_DROPIN: &str = "/etc/systemd/system/imagegen-backup.timer.d/sche
 pub const ETCD_DROPIN: &str = "/etc/rancher/k3s/config.yaml.d/50-imagegen-etcd-snapshots.yaml";
 /// Where the NAS host key is recorded on first use when node.toml pins none.
 pub const TOFU_KNOWN_HOSTS: &str = "/var/lib/imagegen/backup-known-hosts";
+
+/// ssh_config(5): after ServerAliveInterval seconds without data ssh asks the NAS for an
+/// answer through the encrypted channel, and drops the connection after ServerAliveCountMax
+/// unanswered asks: a NAS that vanished mid-run is noticed in about a minute, where TCP alone
+/// (keepalive off by default, 2 h when on) would wait for hours.
+const SERVER_ALIVE_INTERVAL: u32 = 15;
+const SERVER_ALIVE_COUNT_MAX: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -45,6 +57,8 @@ pub enum BackupError {
     /// ssh refused the NAS's host key, or it could not be checked: nothing was sent.
     #[error("backup refused: {0}")]
     HostKey(String),
+    #[error("backup: timed out {step}: {detail}; the previous backups are untouched")]
+    TimedOut { step: &'static str, detail: String },
 }
 
 /// The `run` step: schedule backups; on servers also etcd snapshots.
@@ -278,15 +292,21 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Report, BackupError> {
     let partial = format!("{base}/.partial-{ts}");
     let ssh_args = ssh_args(root, b, &keys);
     let nas = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let ssh = |remote: String| -> Result<(), BackupError> {
+    // A remote command is a mkdir or a rename: connecting is all that can take long.
+    let limit = Duration::from_secs(b.connect_timeout_secs + b.io_timeout_secs);
+    let ssh = |step: &'static str, remote: String| -> Result<(), BackupError> {
         let mut args = ssh_args.clone();
         args.push(host.into());
         args.push(remote.into());
-        let f = command::output_bounded(root, &config.commands.ssh, &args, None)?;
-        check(f, &keys, nas)
+        let f = command::output_bounded(root, &config.commands.ssh, &args, Some(limit))
+            .map_err(|e| timed_out(step, e, b))?;
+        check(step, f, &keys, nas, b)
     };
 
-    ssh(format!("mkdir -p {}", sh(&base)))?;
+    ssh(
+        "preparing the backup directory on the NAS",
+        format!("mkdir -p {}", sh(&base)),
+    )?;
     let host_key = match &keys {
         HostKeys::Pinned(_) => keys.describe_policy(),
         HostKeys::FirstUse(file) => {
@@ -317,6 +337,9 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Report, BackupError> {
     let mut args: Vec<OsString> = ["-a", "--relative", "--numeric-ids", "--delete"]
         .map(OsString::from)
         .to_vec();
+    // rsync(1) --timeout: "If no data is transferred for the specified time then rsync will
+    // exit" (code 30). Without it a NAS that stops answering holds the run for good.
+    args.push(format!("--timeout={}", b.io_timeout_secs).into());
     // Relative to the destination; rsync only warns when there is no previous backup yet.
     args.push("--link-dest=../latest".into());
     let mut e = command::resolve(&config.commands.ssh)?.into_os_string();
@@ -338,17 +361,34 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Report, BackupError> {
         "backup: sending {} path(s) to {host}:{partial}",
         b.paths.len()
     );
-    let f = command::output_bounded(root, &config.commands.rsync, &args, None)?;
-    check(f, &keys, nas)?;
+    // No overall limit: a first backup over a slow link may rightly take hours, as long as
+    // data flows (--timeout, keepalives); the unit's TimeoutStartSec= is the last bound.
+    let step = "sending the files";
+    let f = command::output_bounded(root, &config.commands.rsync, &args, None)
+        .map_err(|e| timed_out(step, e, b))?;
+    // rsync(1) EXIT VALUES: 30 "Timeout in data send/receive".
+    if f.status.code() == Some(30) {
+        return Err(BackupError::TimedOut {
+            step,
+            detail: format!(
+                "no data for {} s (rsync --timeout, [backup] io_timeout_secs)",
+                b.io_timeout_secs
+            ),
+        });
+    }
+    check(step, f, &keys, nas, b)?;
 
     let done = format!("{base}/{ts}");
-    ssh(format!(
-        "[ ! -e {d} ] && mv {p} {d} && ln -sfn {t} {l}",
-        p = sh(&partial),
-        d = sh(&done),
-        t = sh(&ts),
-        l = sh(&format!("{base}/latest"))
-    ))?;
+    ssh(
+        "finishing the snapshot on the NAS",
+        format!(
+            "[ ! -e {d} ] && mv {p} {d} && ln -sfn {t} {l}",
+            p = sh(&partial),
+            d = sh(&done),
+            t = sh(&ts),
+            l = sh(&format!("{base}/latest"))
+        ),
+    )?;
     eprintln!("backup: done: {host}:{done}");
     Ok(Report {
         dest: format!("{host}:{done}"),
@@ -356,9 +396,30 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Report, BackupError> {
     })
 }
 
-/// Turns a finished ssh or rsync into the run's result: a host key refusal is told apart
-/// from other failures, since the operator must act on it.
-fn check(f: Finished, keys: &HostKeys, nas: &str) -> Result<(), BackupError> {
+/// A run killed at its limit, said as a timeout of the backup.
+fn timed_out(step: &'static str, e: CommandError, b: &BackupSection) -> BackupError {
+    match e {
+        CommandError::TimedOut { secs, .. } => BackupError::TimedOut {
+            step,
+            detail: format!(
+                "no result within {secs} s ([backup] connect_timeout_secs {} + io_timeout_secs \
+                 {}), killed",
+                b.connect_timeout_secs, b.io_timeout_secs
+            ),
+        },
+        e => e.into(),
+    }
+}
+
+/// Turns a finished ssh or rsync into the run's result: a host key refusal and a timeout are
+/// told apart from other failures, since the operator acts differently on each.
+fn check(
+    step: &'static str,
+    f: Finished,
+    keys: &HostKeys,
+    nas: &str,
+    b: &BackupSection,
+) -> Result<(), BackupError> {
     if f.status.success() {
         return Ok(());
     }
@@ -366,12 +427,41 @@ fn check(f: Finished, keys: &HostKeys, nas: &str) -> Result<(), BackupError> {
     if err.contains("Host key verification failed") {
         return Err(BackupError::HostKey(keys.refusal(nas, err)));
     }
+    // ssh's words for ConnectTimeout ("Connection timed out during banner exchange",
+    // "connect to host ... Connection timed out") and for unanswered keepalives
+    // ("Timeout, server ... not responding").
+    if let Some(line) = err
+        .lines()
+        .find(|l| l.contains("timed out") || l.starts_with("Timeout, server"))
+    {
+        return Err(BackupError::TimedOut {
+            step,
+            detail: format!(
+                "{} (ConnectTimeout {} s, ServerAliveInterval {SERVER_ALIVE_INTERVAL} s x \
+                 {SERVER_ALIVE_COUNT_MAX})",
+                line.trim(),
+                b.connect_timeout_secs
+            ),
+        });
+    }
     Err(f.failed().into())
 }
 
 fn ssh_args(root: &Root, b: &BackupSection, keys: &HostKeys) -> Vec<OsString> {
     let mut a: Vec<OsString> = vec!["-i".into(), root.path(&b.ssh_key_file).into()];
-    a.extend(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"].map(OsString::from));
+    a.extend(
+        [
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            format!("ConnectTimeout={}", b.connect_timeout_secs),
+            "-o".into(),
+            format!("ServerAliveInterval={SERVER_ALIVE_INTERVAL}"),
+            "-o".into(),
+            format!("ServerAliveCountMax={SERVER_ALIVE_COUNT_MAX}"),
+        ]
+        .map(OsString::from),
+    );
     if let Some(port) = b.ssh_port {
         a.push("-p".into());
         a.push(port.to_string().into());
@@ -426,7 +516,7 @@ Host key verification failed.
     }
 
     #[test]
-    fn ssh_checks_the_host_key() {
+    fn ssh_is_bounded_and_checks_the_host_key() {
         let b: BackupSection =
             toml::from_str("target = \"b@nas:/srv\"\npaths = [\"/etc\"]\nssh_key_file = \"/k\"\n")
                 .unwrap();
@@ -440,6 +530,9 @@ Host key verification failed.
             .collect();
         for want in [
             "BatchMode=yes",
+            "ConnectTimeout=10",
+            "ServerAliveInterval=15",
+            "ServerAliveCountMax=4",
             "UserKnownHostsFile=/r/var/lib/imagegen/backup-known-hosts",
             "StrictHostKeyChecking=accept-new",
             "GlobalKnownHostsFile=/dev/null",

@@ -90,6 +90,17 @@ fn execute(root: &Root, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let config = run::load_config(root)?;
             let boot = &config.paths.boot;
             let node = &config.node.name;
+            // Replaced by the outcome when the run ends; left as it is when systemd kills the
+            // run at the unit's TimeoutStartSec=, so the status shows it never finished.
+            status::set(
+                root,
+                boot,
+                node,
+                "backup-run",
+                Update::pending(
+                    "running (a run that stays so was killed: the unit's TimeoutStartSec=4h)",
+                ),
+            )?;
             match backup::run(root, &config) {
                 Ok(r) => {
                     let d = BTreeMap::from([

@@ -401,3 +401,63 @@ fn unpinned_nas_key_is_trusted_on_first_use_and_a_changed_one_refused() {
         }
     }
 }
+
+/// The timeouts the next tests give the node, short so they run fast.
+const SHORT: &str = "connect_timeout_secs = 2\nio_timeout_secs = 3";
+/// Connect + one I/O timeout + the time rsync and ssh take to notice: a run must end by then.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn assert_timed_out(n: &Node, out: &Output, took: Duration) {
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(took < BOUND, "took {took:?}");
+    let s = step(n);
+    assert_eq!(s["state"], "failed", "{s}");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(reason.contains("timed out"), "{reason}");
+}
+
+/// Issue 11 item 9: something accepts TCP on the NAS's port and never says a word.
+#[test]
+fn a_nas_that_never_answers_times_out() {
+    let nas = Nas::new();
+    let silent = std::net::TcpListener::bind(("127.0.0.1", nas.port)).unwrap();
+    let n = node(&nas, SHORT);
+    let (out, took) = backup(&n, BOUND + Duration::from_secs(10));
+    assert_timed_out(&n, &out, took);
+    drop(silent);
+}
+
+/// Issue 11 item 9: the NAS logs the node in, then its commands never finish.
+#[test]
+fn a_nas_whose_commands_hang_times_out() {
+    let nas = Nas::new();
+    let _sshd = nas.start("host_key", "ForceCommand exec sleep 30");
+    let n = node(&nas, SHORT);
+    let (out, took) = backup(&n, BOUND + Duration::from_secs(10));
+    assert_timed_out(&n, &out, took);
+    assert!(nas.entries().is_empty(), "{:?}", nas.entries());
+}
+
+/// Issue 11 item 9: the NAS runs the node's commands, but rsync there never answers; the
+/// last good backup is kept.
+#[test]
+fn a_nas_whose_rsync_hangs_times_out_and_keeps_the_last_backup() {
+    let nas = Nas::new();
+    let n = node(&nas, SHORT);
+    let good = nas.start("host_key", "");
+    run_ok(&n);
+    drop(good);
+    let before = nas.entries();
+    let force = nas.path("force.sh");
+    write_script(
+        &force,
+        "case \"$SSH_ORIGINAL_COMMAND\" in\n  rsync\\ *) exec sleep 30 ;;\nesac\n\
+         exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\"",
+    );
+    let _hangs = nas.start("host_key", &format!("ForceCommand {}", force.display()));
+    std::thread::sleep(Duration::from_millis(1100));
+    let (out, took) = backup(&n, BOUND + Duration::from_secs(10));
+    assert_timed_out(&n, &out, took);
+    assert_eq!(nas.entries(), before);
+}

@@ -781,6 +781,8 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             ssh_key_file: PathBuf::from(BACKUP_KEY),
             ssh_port: ssh_url_port(b.target.get_ref()),
             known_hosts_file: b.pins_host_key().then(|| PathBuf::from(BACKUP_KNOWN_HOSTS)),
+            connect_timeout_secs: node::DEFAULT_CONNECT_TIMEOUT_SECS,
+            io_timeout_secs: node::DEFAULT_IO_TIMEOUT_SECS,
         }),
         None => None,
     };
