@@ -745,7 +745,7 @@ fn boards_lists_every_board_with_arch_and_default_base() {
     }
 }
 
-/// The one `warning:` line of `out`'s stderr (panics if there are several).
+/// The `warning:` lines of `out`'s stderr.
 fn warnings(out: &Output) -> Vec<String> {
     stderr(out)
         .lines()

@@ -83,24 +83,12 @@ pub fn run<S: AsRef<OsStr>>(
     program: &str,
     args: &[S],
 ) -> Result<String, CommandError> {
-    let path = resolve(program)?;
-    let out = Command::new(&path)
-        .args(args)
-        .current_dir(root.dir())
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| CommandError::Spawn {
-            program: program.to_owned(),
-            source,
-        })?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    let f = output_bounded(root, program, args, None)?;
+    if f.status.success() {
+        Ok(f.stdout)
+    } else {
+        Err(f.failed())
     }
-    Err(CommandError::Failed {
-        command: describe(&path, args),
-        status: out.status.to_string(),
-        stderr: tail(&String::from_utf8_lossy(&out.stderr)),
-    })
 }
 
 /// The last three lines of a program's stderr, on one line.
