@@ -119,6 +119,20 @@ pub struct Backup {
     pub schedule: Option<String>,
     #[serde(default)]
     pub ssh_key_file: Option<PathBuf>,
+    /// The NAS's SSH host public keys (`ssh-ed25519 AAAA...`, as in its
+    /// `/etc/ssh/ssh_host_*_key.pub`), pinned for the target's host.
+    #[serde(default)]
+    pub host_keys: Vec<Spanned<String>>,
+    /// A known_hosts file that lists the NAS as the nodes reach it (e.g. `ssh-keyscan` output).
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+impl Backup {
+    /// Whether the NAS's host key is pinned; if not, nodes trust the first key they see.
+    pub fn pins_host_key(&self) -> bool {
+        !self.host_keys.is_empty() || self.known_hosts_file.is_some()
+    }
 }
 
 /// Each hardening measure can be switched off.
@@ -346,8 +360,44 @@ fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
                 format!("backup target {t:?} must be ssh://USER@HOST/PATH"),
             ));
         }
+        for key in &b.host_keys {
+            check_host_key(key)?;
+        }
     }
     Ok(())
+}
+
+/// A `[backup] host_keys` entry must be a public key, checked through to the key type its
+/// base64 carries: a key cut short would pin nothing the NAS can match, and every backup would
+/// be refused on the nodes.
+fn check_host_key(key: &Spanned<String>) -> Result<(), Invalid> {
+    use imagegen_firstboot::known_hosts::PublicKey;
+    let k = key.get_ref().trim();
+    let err = |m: String| {
+        Err((
+            key.span(),
+            format!(
+                "backup host_keys: {m} (give the NAS's public host key, \"ssh-ed25519 AAAA...\", \
+                 as in its /etc/ssh/ssh_host_ed25519_key.pub)"
+            ),
+        ))
+    };
+    if k.contains("PRIVATE KEY") {
+        return err("this is a private key".into());
+    }
+    let f: Vec<&str> = k.split_whitespace().collect();
+    match f.as_slice() {
+        [kind, b64, ..] => match PublicKey::parse(kind, b64) {
+            Ok(_) => Ok(()),
+            Err(_) if f.len() >= 3 && PublicKey::parse(f[1], f[2]).is_ok() => err(format!(
+                "{:?} in front of the key looks like a known_hosts line; give the key alone, or \
+                 put such lines in known_hosts_file",
+                f[0]
+            )),
+            Err(why) => err(why),
+        },
+        _ => err("not an SSH public key line".into()),
+    }
 }
 
 fn check_name(name: &Spanned<String>, what: &str) -> Result<(), Invalid> {
@@ -438,6 +488,29 @@ mod tests {
     fn syntax_errors_carry_the_line() {
         let e = err("[cluster]\nname = \"lab\"\n[admin\n");
         assert!(e.starts_with("cluster.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn backup_host_keys_are_checked() {
+        let base = "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3Nza x\"]\n[backup]\ntarget = \"ssh://b@nas/srv\"\n";
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf";
+        let c = parse(
+            &format!("{base}host_keys = [\"{key} nas\"]\n"),
+            Path::new("cluster.toml"),
+        )
+        .unwrap();
+        assert!(c.backup.unwrap().pins_host_key());
+        let with_host = format!("nas {key}");
+        for bad in [&key[..50], "ssh-ed25519", "", with_host.as_str()] {
+            let e = err(&format!("{base}host_keys = [\"{bad}\"]\n"));
+            assert!(
+                e.starts_with("cluster.toml:8:") && e.contains("backup host_keys"),
+                "{bad}: {e}"
+            );
+        }
+        let e = err(&format!("{base}host_keys = [\"nas {key}\"]\n"));
+        assert!(e.contains("known_hosts_file"), "{e}");
     }
 
     #[test]

@@ -177,6 +177,10 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded, hosts: &str) -> Result<Seed> {
         plan::check_nut_password(&pw, &loaded.resolve(&u.password_file))?;
         files.push(SeedFile::new(plan::NUT_PASSWORD, 0o600, &pw));
     }
+    // The generic image may have been built from a config that pinned another NAS key, or none.
+    if let Some(known_hosts) = plan::backup_known_hosts(c, &loaded.dir)? {
+        files.push(SeedFile::new(plan::BACKUP_KNOWN_HOSTS, 0o600, &known_hosts));
+    }
     if let Some(b) = &c.backup {
         let key = match &b.ssh_key_file {
             Some(k) => {

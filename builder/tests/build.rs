@@ -745,17 +745,98 @@ fn boards_lists_every_board_with_arch_and_default_base() {
     }
 }
 
+/// The `warning:` lines of `out`'s stderr.
+fn warnings(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn init_writes_a_config_that_check_accepts() {
     let c = Cluster::new();
     let out = c.imagegen(&["check", "--config", s(&c.config())]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The example pins no NAS host key: nodes would trust the first one they see. Say so.
+    let w = warnings(&out);
+    assert_eq!(w.len(), 1, "{}", stderr(&out));
+    assert!(
+        w[0].contains("[backup]") && w[0].contains("first use") && w[0].contains("host_keys"),
+        "{w:?}"
+    );
     // init never overwrites a config by accident.
     fails(c.imagegen(&["init", s(&c.config())]), "--force");
     fs::remove_file(c.path("secrets/k3s-token")).unwrap();
     fails(
         c.imagegen(&["check", "--config", s(&c.config())]),
         "secrets/k3s-token",
+    );
+}
+
+/// A real ed25519 public key, as the NAS's /etc/ssh/ssh_host_ed25519_key.pub holds it.
+const NAS_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf nas";
+
+/// Issue 11 item 2: `[backup] host_keys` and `known_hosts_file` pin the NAS key; `check` says
+/// when neither is given, and refuses what would leave every node unable to reach the NAS.
+#[test]
+fn check_wants_the_nas_host_key_pinned() {
+    let c = Cluster::new();
+    let text = fs::read_to_string(c.config()).unwrap();
+    let target = "target = \"ssh://backup@nas.lan/volume1/backups\"\n";
+    assert!(text.contains(target), "the example's backup target changed");
+    let with = |extra: &str| {
+        fs::write(
+            c.config(),
+            text.replace(target, &format!("{target}{extra}\n")),
+        )
+        .unwrap();
+        c.imagegen(&["check", "--config", s(&c.config())])
+    };
+    let line = text[..text.find(target).unwrap()].lines().count() + 2;
+
+    let out = with(&format!("host_keys = [\"{NAS_KEY}\"]"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(warnings(&out).is_empty(), "{}", stderr(&out));
+
+    // A key cut short, the private key, or a line with a host name in front: refused, with
+    // the line of the config.
+    let short = &NAS_KEY[..60];
+    for bad in [
+        short.to_owned(),
+        "-----BEGIN OPENSSH PRIVATE KEY-----".to_owned(),
+        format!("nas.lan {NAS_KEY}"),
+    ] {
+        let err = fails(
+            with(&format!("host_keys = [\"{bad}\"]")),
+            &format!("cluster.toml:{line}:"),
+        );
+        assert!(err.contains("host_keys"), "{err}");
+    }
+
+    // A known_hosts file (paths are relative to the config): it must list the NAS as the
+    // nodes reach it.
+    fs::write(c.path("nas_known_hosts"), format!("nas.lan {NAS_KEY}\n")).unwrap();
+    let out = with("known_hosts_file = \"nas_known_hosts\"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(warnings(&out).is_empty(), "{}", stderr(&out));
+    fs::write(c.path("nas_known_hosts"), format!("other.lan {NAS_KEY}\n")).unwrap();
+    let err = fails(
+        with("known_hosts_file = \"nas_known_hosts\""),
+        "nas_known_hosts",
+    );
+    assert!(err.contains("nas.lan"), "{err}");
+    fs::write(c.path("nas_known_hosts"), format!("nas.lan {short}\n")).unwrap();
+    fails(
+        with("known_hosts_file = \"nas_known_hosts\""),
+        "nas_known_hosts:1",
+    );
+    fs::remove_file(c.path("nas_known_hosts")).unwrap();
+    fails(
+        with("known_hosts_file = \"nas_known_hosts\""),
+        "nas_known_hosts",
     );
 }
 
@@ -793,6 +874,13 @@ fn build_all_builds_every_node() {
         s(&dir),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // The example pins no NAS host key: one warning for the whole run, not one per node.
+    let w = warnings(&out);
+    assert!(
+        w.len() == 1 && w[0].contains("[backup]"),
+        "{}",
+        stderr(&out)
+    );
     let mut want = BTreeSet::new();
     for node in ["pi-1", "pi-2"] {
         for suffix in ["", ".sha256", ".bmap", ".manifest.json"] {

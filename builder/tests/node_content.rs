@@ -18,6 +18,11 @@ const CGROUP_ARGS: &[&str] = &["cgroup_memory=1", "cgroup_enable=memory"];
 const ADMIN: &str = "ops";
 const ADMIN_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn0dEc0nTeNtTe5tK3yF0rTh3Adm1nAcc0unt0000 ops@laptop";
+/// The NAS's SSH host key the cluster config pins (`[backup] host_keys`).
+const NAS_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf nas";
+/// Where the pinned NAS key goes in the image.
+const NAS_KNOWN_HOSTS: &str = "/etc/imagegen/backup-known-hosts";
 /// A vendor drop-in as cloud-init writes it when passwords are allowed: ours must win over it.
 const HOSTILE_DROPIN: &str = "/etc/ssh/sshd_config.d/50-cloud-init.conf";
 
@@ -149,6 +154,7 @@ user = "monuser"
 password_file = "secrets/nut-password"
 [backup]
 target = "ssh://backup@nas.lan/volume1/backups"
+host_keys = ["{NAS_KEY}"]
 {hardening}
 [[nodes]]
 name = "master"
@@ -753,6 +759,35 @@ fn check_node_image(cluster: &Cluster, fam: &Family, base_img: &Path, b: &Built,
         &mut fails,
     );
 
+    // Issue 11 item 2: the NAS host key the config pins is in the image, root's alone, and
+    // ssh-keygen finds it for the NAS as the node's ssh looks it up; node.toml points at it.
+    let st = stat(img, root, NAS_KNOWN_HOSTS);
+    require(
+        st.as_ref()
+            .is_some_and(|st| st.mode == 0o600 && st.uid == 0 && st.gid == 0),
+        &format!("{NAS_KNOWN_HOSTS} is {st:?}, want 0600 root:root"),
+        &mut fails,
+    );
+    if st.is_some() {
+        let known_hosts = etc.join("imagegen/backup-known-hosts");
+        let found = oracle::output("ssh-keygen", &["-F", "nas.lan", "-f", s(&known_hosts)]);
+        let blob = NAS_KEY.split_whitespace().nth(1).unwrap();
+        require(
+            found.status.success() && String::from_utf8_lossy(&found.stdout).contains(blob),
+            &format!(
+                "ssh-keygen -F nas.lan finds the pinned key in {NAS_KNOWN_HOSTS}: {}",
+                String::from_utf8_lossy(&found.stdout)
+            ),
+            &mut fails,
+        );
+    }
+    let node_toml = String::from_utf8(ext4_bytes(img, root, "/etc/imagegen/node.toml")).unwrap();
+    require(
+        node_toml.contains(&format!("known_hosts_file = \"{NAS_KNOWN_HOSTS}\"")),
+        &format!("node.toml names {NAS_KNOWN_HOSTS}:\n{node_toml}"),
+        &mut fails,
+    );
+
     // Vendor first boot: no wizard left armed, root expansion still armed.
     let fat = (fam.fat != 0).then(|| oracle::partition(img, fam.fat).start);
     let cmd = (fam.board == "rpi4").then(|| cmdline(img, fat.unwrap()));
@@ -1319,6 +1354,7 @@ fn generic_and_personalize(fam: &Family, generic: [&str; 2], node: &str) {
         "/etc/rancher/k3s/token",
         "/etc/rancher/node/password",
         "/etc/ssh/ssh_host_ed25519_key",
+        NAS_KNOWN_HOSTS,
     ] {
         assert!(
             seeded.contains_key(need),

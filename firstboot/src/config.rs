@@ -200,13 +200,36 @@ pub struct BackupSection {
     pub ssh_key_file: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u16>,
-    /// `known_hosts` for the target; absent means the host key is not checked.
+    /// A `known_hosts` file pinning the target's host key: ssh refuses any other key. Absent,
+    /// the first key the target shows is trusted and recorded in
+    /// [`TOFU_KNOWN_HOSTS`](crate::backup::TOFU_KNOWN_HOSTS), and any other key refused after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts_file: Option<PathBuf>,
+    /// ssh `ConnectTimeout`: seconds to connect and finish the SSH handshake.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Seconds without any data before a run gives up: rsync `--timeout`, and the limit on each
+    /// ssh command the run sends (connect timeout added).
+    #[serde(default = "default_io_timeout")]
+    pub io_timeout_secs: u64,
 }
 
 fn default_schedule() -> String {
     "daily".into()
+}
+/// ssh's own default is the system's TCP timeout, minutes with retransmissions.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+/// Five minutes without a byte: a NAS that busy is as good as gone.
+pub const DEFAULT_IO_TIMEOUT_SECS: u64 = 300;
+/// Upper bounds for the two, far below anything that could overflow deadline arithmetic, and
+/// below the backup unit's `TimeoutStartSec=4h`.
+pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 600;
+pub const MAX_IO_TIMEOUT_SECS: u64 = 3600;
+fn default_connect_timeout() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_SECS
+}
+fn default_io_timeout() -> u64 {
+    DEFAULT_IO_TIMEOUT_SECS
 }
 
 /// `[paths]`: where things are on this board.
@@ -422,6 +445,24 @@ impl NodeConfig {
             if b.paths.is_empty() || b.paths.iter().any(|p| !p.is_absolute()) {
                 return bad("[backup] paths must be a non-empty list of absolute paths".into());
             }
+            for (key, v, max) in [
+                (
+                    "connect_timeout_secs",
+                    b.connect_timeout_secs,
+                    MAX_CONNECT_TIMEOUT_SECS,
+                ),
+                ("io_timeout_secs", b.io_timeout_secs, MAX_IO_TIMEOUT_SECS),
+            ] {
+                // 0 would mean "no timeout" to both ssh and rsync.
+                if !(1..=max).contains(&v) {
+                    return bad(format!("[backup] {key} {v} must be 1 to {max}"));
+                }
+            }
+            if let Some(k) = &b.known_hosts_file
+                && !k.is_absolute()
+            {
+                return bad("[backup] known_hosts_file must be an absolute path".into());
+            }
         }
         Ok(())
     }
@@ -500,6 +541,29 @@ password_file = "/etc/imagegen/ups-password"
         assert!(e.contains("dead_time_secs"), "{e}");
         let c = NodeConfig::from_toml_str(AGENT).unwrap();
         assert_eq!(c.ups.unwrap().dead_time_secs, 15);
+    }
+
+    #[test]
+    fn backup_timeouts_default_and_are_bounded() {
+        let with = |extra: &str| {
+            NodeConfig::from_toml_str(&format!(
+                "{AGENT}\n[backup]\ntarget = \"b@nas:/srv\"\npaths = [\"/etc\"]\n\
+                 ssh_key_file = \"/etc/imagegen/backup-key\"\n{extra}"
+            ))
+        };
+        let b = with("").unwrap().backup.unwrap();
+        assert_eq!(b.connect_timeout_secs, DEFAULT_CONNECT_TIMEOUT_SECS);
+        assert_eq!(b.io_timeout_secs, DEFAULT_IO_TIMEOUT_SECS);
+        assert_eq!(b.known_hosts_file, None);
+        for bad in [
+            "io_timeout_secs = 0",
+            "connect_timeout_secs = 0",
+            "io_timeout_secs = 18446744073709551615",
+            "known_hosts_file = \"nas_known_hosts\"",
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("[backup]"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod command;
 pub mod config;
 pub mod http;
 pub mod k3s;
+pub mod known_hosts;
 pub mod nut;
 pub mod root;
 pub mod run;

@@ -90,9 +90,23 @@ fn execute(root: &Root, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let config = run::load_config(root)?;
             let boot = &config.paths.boot;
             let node = &config.node.name;
+            // Replaced by the outcome when the run ends; left as it is when systemd kills the
+            // run at the unit's TimeoutStartSec=, so the status shows it never finished.
+            status::set(
+                root,
+                boot,
+                node,
+                "backup-run",
+                Update::pending(
+                    "running (a run that stays so was killed: the unit's TimeoutStartSec=4h)",
+                ),
+            )?;
             match backup::run(root, &config) {
-                Ok(dest) => {
-                    let d = BTreeMap::from([("last".to_owned(), dest)]);
+                Ok(r) => {
+                    let d = BTreeMap::from([
+                        ("last".to_owned(), r.dest),
+                        ("host_key".to_owned(), r.host_key),
+                    ]);
                     status::set(root, boot, node, "backup-run", Update::done(d))?;
                     Ok(ExitCode::SUCCESS)
                 }

@@ -60,3 +60,46 @@ fn ups_watch_is_not_ordered_after_the_first_boot_run() {
         "{watch}"
     );
 }
+
+/// Issue 11 item 9: a oneshot unit has no start timeout unless it sets one (systemd.service(5),
+/// TimeoutStartSec=: "disabled by default" for Type=oneshot), and while a run hangs the timer
+/// starts no other. The bound must be finite, and above rsync's default I/O timeout (300 s) plus
+/// the connect timeout, so a stalled NAS is reported by the agent rather than killed by systemd.
+#[test]
+fn backup_unit_bounds_its_run() {
+    let unit = UNITS
+        .iter()
+        .find(|(n, _)| *n == "imagegen-backup.service")
+        .map(|(_, c)| *c)
+        .unwrap();
+    let service = unit
+        .split("\n[")
+        .find(|s| s.starts_with("Service]"))
+        .expect("a [Service] section");
+    let values: Vec<&str> = service
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("TimeoutStartSec="))
+        .collect();
+    assert_eq!(values.len(), 1, "one TimeoutStartSec= in\n{unit}");
+    let out = Command::new(require("/usr/bin/systemd-analyze", "systemd"))
+        .args(["timespan", values[0]])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let micros: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("μs:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no μs in {text}"));
+    let secs = micros / 1_000_000;
+    assert!(
+        (310..=24 * 3600).contains(&secs),
+        "TimeoutStartSec={} is {secs} s",
+        values[0]
+    );
+}

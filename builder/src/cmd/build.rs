@@ -91,6 +91,10 @@ pub fn build(a: BuildArgs) -> Result<()> {
             m.output.sha256
         );
     }
+    // After the builds, so a failed build still says one thing only, and once for --all.
+    if let Some(w) = plan::backup_pin_warning(&config) {
+        eprintln!("{w}");
+    }
     Ok(())
 }
 
@@ -314,6 +318,11 @@ pub fn check(a: CheckArgs) -> Result<()> {
     if let Some(note) = c.not_applied() {
         eprintln!("warning: {}: {note}", a.config.display());
     }
+    // A known_hosts_file must parse and list the NAS, or every backup would be refused.
+    plan::backup_known_hosts(c, &loaded.dir)?;
+    if let Some(w) = plan::backup_pin_warning(c) {
+        eprintln!("{w}");
+    }
     eprintln!(
         "{}: cluster {:?}, {} node(s): ok",
         a.config.display(),
@@ -347,5 +356,8 @@ pub fn personalize(a: PersonalizeArgs) -> Result<()> {
         a.node,
         a.image.display()
     );
+    if let Some(w) = plan::backup_pin_warning(&loaded.config) {
+        eprintln!("{w}");
+    }
     Ok(())
 }

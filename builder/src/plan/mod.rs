@@ -11,6 +11,7 @@ use crate::image::{Image, ImageError};
 use crate::io::hash::sha256_hex;
 use crate::vendor::Vendor;
 use imagegen_firstboot::config as node;
+use imagegen_firstboot::known_hosts;
 use imagegen_firstboot::units;
 use std::path::{Path, PathBuf};
 use users::Accounts;
@@ -21,6 +22,9 @@ pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
 pub const K3S_TOKEN: &str = "/etc/rancher/k3s/token";
 pub const NUT_PASSWORD: &str = "/etc/imagegen/nut-password";
 pub const BACKUP_KEY: &str = "/etc/imagegen/backup-key";
+/// The NAS host keys `[backup] host_keys` and `known_hosts_file` pin (not a secret; root's
+/// alone like node.toml, which names the same NAS).
+pub const BACKUP_KNOWN_HOSTS: &str = "/etc/imagegen/backup-known-hosts";
 /// Where a staged zerotier-one package waits for the agent to install it.
 pub const ZEROTIER_PACKAGE: &str = "/var/cache/imagegen/zerotier-one.deb";
 /// systemd preset for the units the agent enables itself; sorts before the vendor's.
@@ -216,6 +220,10 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 p.secret(BACKUP_KEY, key);
             }
         }
+    }
+    // Not a secret and the same on every node: a generic image carries it too.
+    if let Some(known_hosts) = backup_known_hosts(cfg, spec.config_dir)? {
+        p.file(BACKUP_KNOWN_HOSTS, known_hosts, 0o600, 0, 0);
     }
     if let Some(pkg) = cfg.zerotier.as_ref().and_then(|z| z.package.as_ref()) {
         let pkg = spec.resolve(pkg);
@@ -772,7 +780,9 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             schedule: b.schedule.clone().unwrap_or_else(|| "daily".into()),
             ssh_key_file: PathBuf::from(BACKUP_KEY),
             ssh_port: ssh_url_port(b.target.get_ref()),
-            known_hosts_file: None,
+            known_hosts_file: b.pins_host_key().then(|| PathBuf::from(BACKUP_KNOWN_HOSTS)),
+            connect_timeout_secs: node::DEFAULT_CONNECT_TIMEOUT_SECS,
+            io_timeout_secs: node::DEFAULT_IO_TIMEOUT_SECS,
         }),
         None => None,
     };
@@ -856,6 +866,124 @@ fn url_host(url: &str) -> Option<String> {
         host.split(':').next()?
     };
     (!host.is_empty()).then(|| host.to_string())
+}
+
+/// The one-line warning `check`, `build` and `personalize` print when the config pins no NAS
+/// host key.
+pub fn backup_pin_warning(cfg: &ClusterConfig) -> Option<String> {
+    let b = cfg.backup.as_ref().filter(|b| !b.pins_host_key())?;
+    Some(format!(
+        "warning: [backup] pins no NAS host key: each node trusts the key {} first shows \
+         (trust on first use) and refuses any other after; pin it with host_keys = \
+         [\"<the NAS's /etc/ssh/ssh_host_ed25519_key.pub>\"] or known_hosts_file",
+        ssh_url_host(b.target.get_ref()).unwrap_or_else(|_| "the NAS".into())
+    ))
+}
+
+/// The known_hosts every node checks the NAS against: `[backup] host_keys` under the name ssh
+/// looks the target up by, then the lines of `known_hosts_file`. None when neither is given.
+/// A known_hosts_file must parse and list the target: else every backup would be refused.
+pub fn backup_known_hosts(
+    cfg: &ClusterConfig,
+    config_dir: &Path,
+) -> Result<Option<Vec<u8>>, PlanError> {
+    let Some(b) = cfg.backup.as_ref().filter(|b| b.pins_host_key()) else {
+        return Ok(None);
+    };
+    let url = b.target.get_ref();
+    let host = ssh_url_host(url)?;
+    let name = known_hosts::host_name(&host, ssh_url_port(url)).ok_or_else(|| {
+        PlanError::Invalid(format!(
+            "backup target {url:?}: host {host:?} cannot be written in a known_hosts file"
+        ))
+    })?;
+    let mut out = String::from(
+        "# Written by imagegen from cluster.toml [backup]: the NAS host keys backups accept.\n",
+    );
+    for k in &b.host_keys {
+        let f: Vec<&str> = k.get_ref().split_whitespace().collect();
+        let key = match f.as_slice() {
+            [kind, b64, ..] => known_hosts::PublicKey::parse(kind, b64).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| PlanError::Invalid(format!("backup host_keys: {:?}", k.get_ref())))?;
+        out.push_str(&format!("{name} {}\n", key.to_text()));
+    }
+    if let Some(file) = &b.known_hosts_file {
+        let path = config_dir.join(file);
+        let what = format!("backup known_hosts_file {}", path.display());
+        let bytes = std::fs::read(&path).map_err(|source| PlanError::Read {
+            path: what.clone(),
+            source,
+        })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| PlanError::Invalid(format!("{what} is not UTF-8 text")))?;
+        let entries = known_hosts::parse(&text).map_err(|(line, why)| {
+            PlanError::Invalid(format!(
+                "backup known_hosts_file {}:{line}: {why}",
+                path.display()
+            ))
+        })?;
+        if entries.is_empty() {
+            return Err(PlanError::Invalid(format!("{what} has no keys")));
+        }
+        if !ssh_keygen_finds(&path, &name)? {
+            let keyscan = match ssh_url_port(url) {
+                Some(p) if p != 22 => format!("ssh-keyscan -p {p} {host}"),
+                _ => format!("ssh-keyscan {host}"),
+            };
+            return Err(PlanError::Invalid(format!(
+                "{what} has no key for {name}, the name the nodes' ssh looks the NAS up by \
+                 (target {url}); add its line, e.g. from `{keyscan}` checked against the NAS"
+            )));
+        }
+        out.push_str(&text);
+        if !text.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(Some(out.into_bytes()))
+}
+
+/// Whether `ssh-keygen -F NAME` finds a key for `name` in the known_hosts `file`: the same
+/// host matching as ssh's, hashed names and wildcard patterns included.
+fn ssh_keygen_finds(file: &Path, name: &str) -> Result<bool, PlanError> {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-F")
+        .arg(name)
+        .arg("-f")
+        .arg(file)
+        .output()
+        .map_err(|e| {
+            PlanError::Invalid(format!(
+                "ssh-keygen is needed to check backup known_hosts_file: {e}; install OpenSSH's \
+                 client tools (Debian: openssh-client)"
+            ))
+        })?;
+    // ssh-keygen(1) -F: exit 0 when found, 1 when not.
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(PlanError::Invalid(format!(
+            "ssh-keygen -F {name} -f {} failed: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))),
+    }
+}
+
+/// The host of `ssh://user@host[:port]/path`, without brackets around an IPv6 address.
+fn ssh_url_host(url: &str) -> Result<String, PlanError> {
+    let userhost = ssh_url_to_rsync(url)?;
+    let userhost = userhost
+        .split_once(":/")
+        .map_or(userhost.as_str(), |(h, _)| h);
+    let host = userhost.rsplit_once('@').map_or(userhost, |(_, h)| h);
+    Ok(host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_owned())
 }
 
 /// `ssh://user@host[:port]/path` -> rsync's `user@host:/path`.
@@ -993,6 +1121,47 @@ mod tests {
             Some(2222)
         );
         assert!(ssh_url_to_rsync("ssh://nas").is_err());
+        assert_eq!(
+            ssh_url_host("ssh://backup@NAS.lan:2222/srv/b").unwrap(),
+            "NAS.lan"
+        );
+        assert_eq!(
+            ssh_url_host("ssh://backup@[fd00::1]:2222/srv/b").unwrap(),
+            "fd00::1"
+        );
+    }
+
+    #[test]
+    fn pinned_host_keys_are_written_for_the_name_ssh_looks_up() {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf";
+        let cfg = |target: &str, keys: &str| {
+            config::parse(
+                &format!(
+                    "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\n\
+                     ssh_authorized_keys = [\"{key} me\"]\n[backup]\ntarget = \"{target}\"\n{keys}"
+                ),
+                Path::new("cluster.toml"),
+            )
+            .unwrap()
+        };
+        let text = |c: &ClusterConfig| {
+            String::from_utf8(backup_known_hosts(c, Path::new(".")).unwrap().unwrap()).unwrap()
+        };
+        let pinned = format!("host_keys = [\"{key} nas\"]\n");
+        let c = cfg("ssh://b@NAS.lan/srv", &pinned);
+        assert!(
+            text(&c).ends_with(&format!("\nnas.lan {key}\n")),
+            "{}",
+            text(&c)
+        );
+        assert!(backup_pin_warning(&c).is_none());
+        let c = cfg("ssh://b@10.0.0.2:2222/srv", &pinned);
+        assert!(text(&c).contains(&format!("\n[10.0.0.2]:2222 {key}\n")));
+        let c = cfg("ssh://b@nas.lan/srv", "");
+        assert_eq!(backup_known_hosts(&c, Path::new(".")).unwrap(), None);
+        let w = backup_pin_warning(&c).unwrap();
+        assert!(w.starts_with("warning: ") && !w.contains('\n'), "{w}");
     }
 
     #[test]
