@@ -316,6 +316,7 @@ impl Lab {
         fs::write(dir.join("k3s"), K3S_STANDIN).unwrap();
         fs::set_permissions(dir.join("k3s"), fs::Permissions::from_mode(0o755)).unwrap();
         let admin_pub = fs::read_to_string(self.admin_key.with_extension("pub")).unwrap();
+        let nas_pub = fs::read_to_string(self.path("nas/host_key.pub")).unwrap();
         let toml = format!(
             r#"[cluster]
 name = "lab"
@@ -339,9 +340,16 @@ password_file = "nut-password"
 [backup]
 target = "ssh://{user}@10.0.2.2:{nas}{backups}"
 ssh_key_file = "{backup_key}"
+host_keys = ["{nas_key}"]
 paths = ["/etc/hostname", "/etc/rancher"]
 "#,
             admin = admin_pub.trim(),
+            // The NAS's host key is pinned, so the node's ssh checks it strictly.
+            nas_key = nas_pub
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" "),
             k3s = self.k3s.port,
             nut = self.nut_port,
             user = current_user(),
