@@ -22,11 +22,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vm::Machine;
+use vm::Vm;
 use vm::lab::{
-    ADMIN, Lab, boot_settled, check_node, e2fsck_clean, host_key_fingerprint, ups_poweroff,
+    ADMIN, Facts, Lab, boot_settled, build_node, check_node, host_key_fingerprint, poweroff_clean,
+    ups_poweroff,
 };
 
 /// One emulated arm64 guest at a time.
@@ -50,31 +52,6 @@ fn ready() -> Option<PathBuf> {
         vm::require_tool(tool, package);
     }
     agents::imagegen_with_agents(&["aarch64"])
-}
-
-/// `imagegen build` of one node with no `--agent`: the imagegen used has the agents for every
-/// architecture beside it, as the README's set-up command leaves them.
-fn build(imagegen: &Path, lab: &Lab, cluster: &Path, node: &str, base: &Path, out: &Path) {
-    let started = Instant::now();
-    let state = cluster.with_file_name("state");
-    vm::run(
-        Command::new(imagegen)
-            .arg("build")
-            .arg("--config")
-            .arg(cluster)
-            .args(["--node", node, "--base"])
-            .arg(base)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--cache-dir")
-            .arg(lab.path("download-cache"))
-            .arg("-o")
-            .arg(out),
-    );
-    eprintln!(
-        "arm: built {node} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
 }
 
 /// The agent in the built image is an aarch64 ELF (e_machine 183), read with debugfs.
@@ -121,10 +98,60 @@ fn image_host_key(disk: &Path, root_partition: u32, work: &Path) -> String {
         .to_owned()
 }
 
-fn work_dir(lab: &Lab, name: &str) -> PathBuf {
-    let dir = lab.path(name);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+/// One node of a one-node cluster, built by the real CLI onto the cached `layout` base.
+struct Node {
+    name: &'static str,
+    lab: Lab,
+    base: PathBuf,
+    disk: PathBuf,
+    work: PathBuf,
+    cluster: PathBuf,
+    imagegen: PathBuf,
+    /// Partition number of the root filesystem.
+    root: u32,
+}
+
+impl Node {
+    /// `None` when the test cannot run here (see [`ready`]).
+    fn build(layout: &str, name: &'static str, board: &str, root: u32) -> Option<Node> {
+        let imagegen = ready()?;
+        let base = vm::arm::base(layout);
+        let lab = Lab::start();
+        let cluster = lab.cluster("cluster", true, &[(name, board)]);
+        let work = lab.path("work");
+        fs::create_dir_all(&work).unwrap();
+        let disk = lab.path(&format!("{name}.img"));
+        build_node(&imagegen, &cluster, name, &base, &lab.path("state"), &disk);
+        assert_aarch64_agent(&disk, root, &work);
+        Some(Node {
+            name,
+            lab,
+            base,
+            disk,
+            work,
+            cluster,
+            imagegen,
+            root,
+        })
+    }
+
+    /// Boots the built image with `opts` and runs the checks every node must pass.
+    fn boot(&self, opts: vm::VmOptions) -> (Vm, Facts) {
+        let started = Instant::now();
+        let guest = boot_settled(&self.disk, opts, &self.lab.admin_key, self.name, &[]);
+        let facts = check_node(&self.lab, &guest, self.name);
+        eprintln!(
+            "arm: {}: checks passed {:.1} s after power-on",
+            self.name,
+            started.elapsed().as_secs_f64()
+        );
+        assert_eq!(self.ssh_guest(&guest, "uname -m").trim(), "aarch64");
+        (guest, facts)
+    }
+
+    fn ssh_guest(&self, guest: &Vm, cmd: &str) -> String {
+        guest.ssh_ok(ADMIN, &self.lab.admin_key, cmd)
+    }
 }
 
 fn cmdline_words(opts: &vm::VmOptions) -> Vec<String> {
@@ -138,21 +165,13 @@ fn cmdline_words(opts: &vm::VmOptions) -> Vec<String> {
 
 #[test]
 fn raspberry_pi_os_node_boots_joins_and_shuts_down_on_ups() {
-    let Some(imagegen) = ready() else {
+    let Some(n) = Node::build("rpios-bookworm", "pi-a", "rpi4", 2) else {
         return;
     };
-    let node = "pi-a";
-    let base = vm::arm::base("rpios-bookworm");
-    let lab = Lab::start();
-    let cluster = lab.cluster("cluster", true, &[(node, "rpi4")]);
-    let work = work_dir(&lab, "work");
-    let disk = lab.path("pi-a.img");
-    build(&imagegen, &lab, &cluster, node, &base, &disk);
-    assert_aarch64_agent(&disk, 2, &work);
-    let built_key = image_host_key(&disk, 2, &work);
+    let built_key = image_host_key(&n.disk, n.root, &n.work);
 
     let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let opts = vm::arm::pi4_boot(&disk, &work);
+    let opts = vm::arm::pi4_boot(&n.disk, &n.work);
     let words = cmdline_words(&opts);
     // What imagegen left in cmdline.txt: k3s's memory cgroup on, the vendor's root expansion
     // (bookworm's init=firstboot, which also grows the partition on a real Pi) kept.
@@ -167,24 +186,17 @@ fn raspberry_pi_os_node_boots_joins_and_shuts_down_on_ups() {
             "cmdline.txt lacks {want}: {words:?}"
         );
     }
-    let started = Instant::now();
-    let guest = boot_settled(&disk, opts, &lab.admin_key, node, &[]);
-    let facts = check_node(&lab, &guest, node);
-    eprintln!(
-        "arm: {node}: all steps done {:.1} s after power-on",
-        started.elapsed().as_secs_f64()
-    );
-    let key = &lab.admin_key;
-    assert_eq!(guest.ssh_ok(ADMIN, key, "uname -m").trim(), "aarch64");
+    let (guest, facts) = n.boot(opts);
+    let key = &n.lab.admin_key;
     // The vendor's first boot ran (it removes itself from cmdline.txt) and regenerated the host
     // keys; imagegen's unit put the node's own keys back before sshd started.
-    let cmdline = guest.ssh_ok(ADMIN, key, "cat /boot/firmware/cmdline.txt");
+    let cmdline = n.ssh_guest(&guest, "cat /boot/firmware/cmdline.txt");
     assert!(
         !cmdline.contains("init=") && cmdline.contains("cgroup_enable=memory"),
         "the vendor's first boot did not run, or lost imagegen's arguments: {cmdline:?}"
     );
     assert_eq!(facts.host_key, built_key);
-    // The rename wizard is disarmed: its unit is masked and never ran.
+    // The rename wizard is disarmed: its unit is masked and never ran...
     assert_eq!(
         guest
             .ssh(ADMIN, key, "systemctl is-enabled userconfig.service")
@@ -199,40 +211,35 @@ fn raspberry_pi_os_node_boots_joins_and_shuts_down_on_ups() {
             .stdout,
         b"enabled\n"
     );
-    guest.ssh_ok(
-        ADMIN,
-        key,
-        "test ! -e /etc/ssh/sshd_config.d/rename_user.conf",
-    );
+    n.ssh_guest(&guest, "test ! -e /etc/ssh/sshd_config.d/rename_user.conf");
     // The agent's status copy on the boot partition, as a person would read it on a PC.
-    let copy = guest.ssh_ok(ADMIN, key, "cat /boot/firmware/imagegen-status.txt");
-    assert!(copy.contains(node), "status copy: {copy}");
-    ups_poweroff(&lab, guest, node, &disk, 2);
+    let copy = n.ssh_guest(&guest, "cat /boot/firmware/imagegen-status.txt");
+    assert!(copy.contains(n.name), "status copy: {copy}");
+    ups_poweroff(&n.lab, guest, n.name, &n.disk, n.root);
     drop(_one_guest);
 
     // A rebuild of the node from the same config keeps its SSH host key.
-    let again = lab.path("pi-a-again.img");
-    build(&imagegen, &lab, &cluster, node, &base, &again);
-    assert_eq!(image_host_key(&again, 2, &work), facts.host_key);
+    let again = n.lab.path("pi-a-again.img");
+    build_node(
+        &n.imagegen,
+        &n.cluster,
+        n.name,
+        &n.base,
+        &n.lab.path("state"),
+        &again,
+    );
+    assert_eq!(image_host_key(&again, n.root, &n.work), facts.host_key);
 }
 
 #[test]
 fn armbian_node_on_banana_pi_m5_boots_and_joins() {
-    let Some(imagegen) = ready() else {
+    let Some(n) = Node::build("armbian-bpim5", "m5-a", "bpi-m5", 1) else {
         return;
     };
-    let node = "m5-a";
-    let base = vm::arm::base("armbian-bpim5");
-    let lab = Lab::start();
-    let cluster = lab.cluster("cluster", true, &[(node, "bpi-m5")]);
-    let work = work_dir(&lab, "work");
-    let disk = lab.path("m5-a.img");
-    build(&imagegen, &lab, &cluster, node, &base, &disk);
-    assert_aarch64_agent(&disk, 1, &work);
-    let built_key = image_host_key(&disk, 1, &work);
+    let built_key = image_host_key(&n.disk, n.root, &n.work);
     // U-Boot lives before the first partition (sector 8192): the boot code area of the MBR and
     // sectors 1-8191 are the base's bytes.
-    let (b, d) = (fs::read(&base).unwrap(), fs::read(&disk).unwrap());
+    let (b, d) = (fs::read(&n.base).unwrap(), fs::read(&n.disk).unwrap());
     assert!(
         b[..440] == d[..440] && b[512..8192 * 512] == d[512..8192 * 512],
         "imagegen changed the U-Boot area"
@@ -240,19 +247,10 @@ fn armbian_node_on_banana_pi_m5_boots_and_joins() {
     drop((b, d));
 
     let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let opts = vm::arm::armbian_boot(&disk, &work);
-    let started = Instant::now();
-    let guest = boot_settled(&disk, opts, &lab.admin_key, node, &[]);
-    let facts = check_node(&lab, &guest, node);
-    eprintln!(
-        "arm: {node}: all steps done {:.1} s after power-on",
-        started.elapsed().as_secs_f64()
-    );
-    let key = &lab.admin_key;
-    assert_eq!(guest.ssh_ok(ADMIN, key, "uname -m").trim(), "aarch64");
+    let (guest, facts) = n.boot(vm::arm::armbian_boot(&n.disk, &n.work));
     // armbianEnv.txt's extraargs reached the kernel.
-    let env = guest.ssh_ok(ADMIN, key, "cat /boot/armbianEnv.txt");
-    let proc_cmdline = guest.ssh_ok(ADMIN, key, "cat /proc/cmdline");
+    let env = n.ssh_guest(&guest, "cat /boot/armbianEnv.txt");
+    let proc_cmdline = n.ssh_guest(&guest, "cat /proc/cmdline");
     if let Some(extra) = env.lines().find_map(|l| l.strip_prefix("extraargs=")) {
         assert!(
             proc_cmdline.contains(extra.trim()),
@@ -260,10 +258,10 @@ fn armbian_node_on_banana_pi_m5_boots_and_joins() {
         );
     }
     // The console wizard is disarmed and root is not logged in automatically.
-    guest.ssh_ok(ADMIN, key, "sudo test ! -e /root/.not_logged_in_yet");
+    n.ssh_guest(&guest, "sudo test ! -e /root/.not_logged_in_yet");
     let autologin = guest.ssh(
         ADMIN,
-        key,
+        &n.lab.admin_key,
         "grep -rs -- --autologin /etc/systemd/system/getty@.service.d \
          /etc/systemd/system/serial-getty@.service.d",
     );
@@ -275,31 +273,18 @@ fn armbian_node_on_banana_pi_m5_boots_and_joins() {
     // Armbian's first run was told to keep the node's host keys.
     assert_eq!(facts.host_key, built_key);
     assert_eq!(host_key_fingerprint(&guest), built_key);
-    let copy = guest.ssh_ok(ADMIN, key, "cat /boot/imagegen-status.txt");
-    assert!(copy.contains(node), "status copy: {copy}");
-    let _ = guest.ssh(ADMIN, key, "sudo systemctl poweroff");
-    let mut guest = guest;
-    guest.wait_for_exit(Duration::from_secs(120));
-    drop(guest);
-    e2fsck_clean(&disk, 1);
+    let copy = n.ssh_guest(&guest, "cat /boot/imagegen-status.txt");
+    assert!(copy.contains(n.name), "status copy: {copy}");
+    poweroff_clean(&n.lab, guest, &n.disk, n.root);
 }
 
 #[test]
 fn ubuntu_raspi_node_consumes_its_cloud_init_seed() {
-    let Some(imagegen) = ready() else {
+    let Some(n) = Node::build("ubuntu-raspi", "ubu-a", "rpi4", 2) else {
         return;
     };
-    let node = "ubu-a";
-    let base = vm::arm::base("ubuntu-raspi");
-    let lab = Lab::start();
-    let cluster = lab.cluster("cluster", true, &[(node, "rpi4")]);
-    let work = work_dir(&lab, "work");
-    let disk = lab.path("ubu-a.img");
-    build(&imagegen, &lab, &cluster, node, &base, &disk);
-    assert_aarch64_agent(&disk, 2, &work);
-
     let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut opts = vm::arm::pi4_boot(&disk, &work);
+    let mut opts = vm::arm::pi4_boot(&n.disk, &n.work);
     // On a Pi the kernel names the onboard NIC `eth0`, which Ubuntu's network-config names;
     // qemu's virtio NIC would be `enp0s1` and cloud-init's `eth0` stanza would match nothing
     // (tried: networking.service fails, no network). This gives the kernel's name back.
@@ -311,30 +296,19 @@ fn ubuntu_raspi_node_consumes_its_cloud_init_seed() {
             "cmdline.txt lacks {want}: {words:?}"
         );
     }
-    let started = Instant::now();
-    let guest = boot_settled(&disk, opts, &lab.admin_key, node, &[]);
-    check_node(&lab, &guest, node);
-    eprintln!(
-        "arm: {node}: all steps done {:.1} s after power-on",
-        started.elapsed().as_secs_f64()
-    );
-    let key = &lab.admin_key;
+    let (guest, _) = n.boot(opts);
     // The real cloud-init found imagegen's seed on the system-boot partition and finished.
-    let status = guest.ssh_ok(ADMIN, key, "cloud-init status --wait");
+    let status = n.ssh_guest(&guest, "cloud-init status --wait");
     assert!(status.contains("status: done"), "cloud-init: {status}");
-    let result = guest.ssh_ok(ADMIN, key, "cat /run/cloud-init/result.json");
+    let result = n.ssh_guest(&guest, "cat /run/cloud-init/result.json");
     // NoCloud names where its seed came from: the partition, not a seed directory in the root.
     assert!(
         result.contains("DataSourceNoCloud") && !result.contains("/var/lib/cloud/seed"),
         "cloud-init did not use the NoCloud seed on the boot partition: {result}"
     );
-    let instance = guest.ssh_ok(ADMIN, key, "cat /var/lib/cloud/data/instance-id");
-    assert_eq!(instance.trim(), format!("imagegen-{node}"));
-    let copy = guest.ssh_ok(ADMIN, key, "cat /boot/firmware/imagegen-status.txt");
-    assert!(copy.contains(node), "status copy: {copy}");
-    let _ = guest.ssh(ADMIN, key, "sudo systemctl poweroff");
-    let mut guest = guest;
-    guest.wait_for_exit(Duration::from_secs(120));
-    drop(guest);
-    e2fsck_clean(&disk, 2);
+    let instance = n.ssh_guest(&guest, "cat /var/lib/cloud/data/instance-id");
+    assert_eq!(instance.trim(), format!("imagegen-{}", n.name));
+    let copy = n.ssh_guest(&guest, "cat /boot/firmware/imagegen-status.txt");
+    assert!(copy.contains(n.name), "status copy: {copy}");
+    poweroff_clean(&n.lab, guest, &n.disk, n.root);
 }

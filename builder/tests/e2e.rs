@@ -13,15 +13,14 @@ mod vm;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vm::lab::{
-    ADMIN, Facts, Lab, STEPS, all_done, boot_settled, check_node, e2fsck_clean,
-    host_key_fingerprint, state_of, ups_poweroff, wait_status,
+    ADMIN, Facts, Lab, STEPS, all_done, boot_settled, build_node, check_node, host_key_fingerprint,
+    poweroff_clean, state_of, ups_poweroff, wait_status,
 };
 use vm::{Vm, VmOptions};
 
@@ -29,28 +28,8 @@ const ROOT_PARTITION: u32 = 1;
 const NODES: &[(&str, &str)] = &[("node-a", "x86-64"), ("node-b", "x86-64")];
 
 /// `imagegen build` of one node of `cluster` onto the cached VM base image.
-/// Made as the README's set-up makes it: the x86_64 agent beside imagegen, no `--agent`.
 fn build(imagegen: &Path, cluster: &Path, node: &str, state: &Path, out: &Path) {
-    let started = Instant::now();
-    let cache = state.with_extension("cache");
-    vm::run(
-        Command::new(imagegen)
-            .arg("build")
-            .arg("--config")
-            .arg(cluster)
-            .args(["--node", node, "--base"])
-            .arg(vm::base_image())
-            .arg("--state-dir")
-            .arg(state)
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("-o")
-            .arg(out),
-    );
-    eprintln!(
-        "e2e: built {node} in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    build_node(imagegen, cluster, node, &vm::base_image(), state, out);
 }
 
 /// Node A: boots unattended, is hardened, joins (the stand-in) k3s, backs up, and powers itself
@@ -184,7 +163,7 @@ fn replacement(lab: &Lab, disk: &Path, a: &Facts) {
     drop(guest);
 
     lab.k3s.ping_ok.store(true, Ordering::SeqCst);
-    let mut guest = boot_settled(
+    let guest = boot_settled(
         disk,
         VmOptions::default(),
         key,
@@ -231,10 +210,7 @@ fn replacement(lab: &Lab, disk: &Path, a: &Facts) {
             "{unit}"
         );
     }
-    let _ = guest.ssh(ADMIN, key, "sudo systemctl poweroff");
-    guest.wait_for_exit(Duration::from_secs(120));
-    drop(guest);
-    e2fsck_clean(disk, ROOT_PARTITION);
+    poweroff_clean(lab, guest, disk, ROOT_PARTITION);
 }
 
 #[test]

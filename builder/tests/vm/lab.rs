@@ -683,3 +683,44 @@ pub fn ups_poweroff(lab: &Lab, mut guest: Vm, node: &str, disk: &Path, root_part
     drop(guest);
     e2fsck_clean(disk, root_partition);
 }
+
+/// A clean `systemctl poweroff` from inside the guest; qemu exits and the root filesystem at
+/// `root_partition` is clean afterwards (`e2fsck -fn`).
+pub fn poweroff_clean(lab: &Lab, mut guest: Vm, disk: &Path, root_partition: u32) {
+    let _ = guest.ssh(ADMIN, &lab.admin_key, "sudo systemctl poweroff");
+    guest.wait_for_exit(Duration::from_secs(120));
+    drop(guest);
+    e2fsck_clean(disk, root_partition);
+}
+
+/// `imagegen build` of `node` of `cluster` onto `base`, with no `--agent`: `imagegen` has the
+/// agents beside it, as the README's set-up command leaves them. The identity state lives in
+/// `state`, the download cache beside it.
+pub fn build_node(
+    imagegen: &Path,
+    cluster: &Path,
+    node: &str,
+    base: &Path,
+    state: &Path,
+    out: &Path,
+) {
+    let started = Instant::now();
+    super::run(
+        Command::new(imagegen)
+            .arg("build")
+            .arg("--config")
+            .arg(cluster)
+            .args(["--node", node, "--base"])
+            .arg(base)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--cache-dir")
+            .arg(state.with_extension("cache"))
+            .arg("-o")
+            .arg(out),
+    );
+    eprintln!(
+        "vm: built {node} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
