@@ -35,8 +35,11 @@ export LC_ALL=C TZ=UTC MTOOLS_SKIP_CHECK=1
 unset MKE2FS_CONFIG MKE2FS_SYNC MKE2FS_FIRST_META_BG MKE2FS_DEVICE_SECTSIZE MKE2FS_DEVICE_PHYS_SECTSIZE
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# The vendors' mke2fs.conf copies and the stand-in bootloader pattern are the fixtures' own.
+# The vendors' mke2fs.conf copies, the stand-in bootloader pattern and the vendor file texts
+# (lib/vendor-files.sh) are the fixtures' own.
 FIXTURES=$HERE/../fixtures
+# shellcheck source=../fixtures/lib/vendor-files.sh
+. "$FIXTURES/lib/vendor-files.sh"
 
 die() {
 	echo "mkarm: $*" >&2
@@ -276,23 +279,9 @@ RPIOS_DISKID=d9c86127 # the disk id of 2025-05-13-raspios-bookworm-arm64-lite.im
 RPIOS_FIRSTBOOT=/usr/lib/raspberrypi-sys-mods/firstboot
 
 rpios_tree() {
-	put /etc/rpi-issue <<'EOF'
-Raspberry Pi reference 2025-05-13
-Generated using pi-gen, https://github.com/RPi-Distro/pi-gen, imagegen-mkarm-stand-in, stage2
-EOF
-	hosts raspberrypi <<'EOF'
-127.0.0.1	localhost
-::1		localhost ip6-localhost ip6-loopback
-ff02::1		ip6-allnodes
-ff02::2		ip6-allrouters
-
-127.0.1.1		raspberrypi
-EOF
-	put /etc/fstab <<EOF
-proc            /proc           proc    defaults          0       0
-PARTUUID=$RPIOS_DISKID-01  /boot/firmware  vfat    defaults          0       2
-PARTUUID=$RPIOS_DISKID-02  /               ext4    defaults,noatime  0       1
-EOF
+	rpios_rpi_issue imagegen-mkarm-stand-in | put /etc/rpi-issue
+	rpios_hosts | hosts raspberrypi
+	rpios_fstab "$RPIOS_DISKID" | put /etc/fstab
 	# stage1/00-boot-files: the firmware files moved to /boot/firmware in bookworm.
 	mkdir -p "$TREE/boot/firmware"
 	ln -sfn firmware/overlays "$TREE/boot/overlays"
@@ -510,59 +499,7 @@ rpios_boot() {
 	echo "console=serial0,115200 console=tty1 root=PARTUUID=$RPIOS_DISKID-02 rootfstype=ext4 fsck.repair=yes rootwait quiet init=$RPIOS_FIRSTBOOT" |
 		bput /cmdline.txt
 	# pi-gen bookworm-arm64 stage1/00-boot-files/files/config.txt.
-	bput /config.txt <<'EOF'
-# For more options and information see
-# http://rptl.io/configtxt
-# Some settings may impact device functionality. See link above for details
-
-# Uncomment some or all of these to enable the optional hardware interfaces
-#dtparam=i2c_arm=on
-#dtparam=i2s=on
-#dtparam=spi=on
-
-# Enable audio (loads snd_bcm2835)
-dtparam=audio=on
-
-# Additional overlays and parameters are documented
-# /boot/firmware/overlays/README
-
-# Automatically load overlays for detected cameras
-camera_auto_detect=1
-
-# Automatically load overlays for detected DSI displays
-display_auto_detect=1
-
-# Automatically load initramfs files, if found
-auto_initramfs=1
-
-# Enable DRM VC4 V3D driver
-dtoverlay=vc4-kms-v3d
-max_framebuffers=2
-
-# Don't have the firmware create an initial video= setting in cmdline.txt.
-# Use the kernel's default instead.
-disable_fw_kms_setup=1
-
-# Run in 64-bit mode
-arm_64bit=1
-
-# Disable compensation for displays with overscan
-disable_overscan=1
-
-# Run as fast as firmware / board allows
-arm_boost=1
-
-[cm4]
-# Enable host mode on the 2711 built-in XHCI USB controller.
-# This line should be removed if the legacy DWC2 controller is required
-# (e.g. for USB device mode) or if USB support is not required.
-otg_mode=1
-
-[cm5]
-dtoverlay=dwc2,dr_mode=host
-
-[all]
-EOF
+	rpios_config_txt | bput /config.txt
 	bput /issue.txt <"$TREE/etc/rpi-issue"
 	# auto_initramfs=1: kernel8.img (Pi 3/4) loads initramfs8, kernel_2712.img (Pi 5) loads
 	# initramfs_2712. The Pi's kernel8.img is a raw Image; here both are Debian's generic kernel.
@@ -663,19 +600,8 @@ EOF
 	echo "ARMBIAN_PRETTY_NAME=\"Armbian $ARMBIAN_VERSION bookworm\"" >>"$WORK/os-release"
 	rm -f "$TREE/etc/os-release"
 	put /etc/os-release <"$WORK/os-release"
-	hosts bananapim5 <<'EOF'
-127.0.0.1   localhost
-127.0.1.1   bananapim5
-::1         localhost bananapim5 ip6-localhost ip6-loopback
-fe00::0     ip6-localnet
-ff00::0     ip6-mcastprefix
-ff02::1     ip6-allnodes
-ff02::2     ip6-allrouters
-EOF
-	put /etc/fstab <<EOF
-UUID=$uuid / ext4 defaults,commit=120,errors=remount-ro 0 1
-tmpfs /tmp tmpfs defaults,nosuid 0 0
-EOF
+	armbian_bpim5_hosts | hosts bananapim5
+	armbian_fstab "$uuid" | put /etc/fstab
 
 	# /boot as Armbian's kernel, dtb and bsp packages leave it on an ext4 /boot: the kernel
 	# as vmlinuz-<ver> (a raw Image on arm64) with an Image symlink, the initramfs gzip
@@ -701,14 +627,7 @@ EOF
 	ln -sfn "dtb-$KVER" "$TREE/boot/dtb"
 	# config/bootenv/meson.txt, then overlay_prefix and fdtfile (distro-agnostic.sh), then
 	# rootdev and rootfstype (partitioning.sh).
-	put /boot/armbianEnv.txt <<EOF
-verbosity=1
-console=both
-overlay_prefix=meson
-fdtfile=amlogic/meson-sm1-bananapi-m5.dtb
-rootdev=UUID=$uuid
-rootfstype=ext4
-EOF
+	armbian_bpim5_env_txt "$uuid" | put /boot/armbianEnv.txt
 
 	# ROOTPWD=1234 (changed by the first-login wizard), root over SSH allowed for the first
 	# boot, console autologin (CONSOLE_AUTOLOGIN=yes), the first-login marker.
@@ -858,21 +777,7 @@ UBUNTU_RASPI_DISKID=4ec8ea53 # random on the real image (ubuntu-image); the fixt
 
 ubuntu_tree() {
 	# base-files 13ubuntu10 (24.04): /etc/os-release -> ../usr/lib/os-release.
-	put /usr/lib/os-release <<'EOF'
-PRETTY_NAME="Ubuntu 24.04.3 LTS"
-NAME="Ubuntu"
-VERSION_ID="24.04"
-VERSION="24.04.3 LTS (Noble Numbat)"
-VERSION_CODENAME=noble
-ID=ubuntu
-ID_LIKE=debian
-HOME_URL="https://www.ubuntu.com/"
-SUPPORT_URL="https://help.ubuntu.com/"
-BUG_REPORT_URL="https://bugs.launchpad.net/ubuntu/"
-PRIVACY_POLICY_URL="https://www.ubuntu.com/legal/terms-and-policies/privacy-policy"
-UBUNTU_CODENAME=noble
-LOGO=ubuntu-logo
-EOF
+	ubuntu_noble_os_release | put /usr/lib/os-release
 	ln -sfn ../usr/lib/os-release "$TREE/etc/os-release"
 	put /etc/lsb-release <<'EOF'
 DISTRIB_ID=Ubuntu
@@ -880,41 +785,14 @@ DISTRIB_RELEASE=24.04
 DISTRIB_CODENAME=noble
 DISTRIB_DESCRIPTION="Ubuntu 24.04.3 LTS"
 EOF
-	hosts ubuntu <<'EOF'
-127.0.0.1 localhost
-
-# The following lines are desirable for IPv6 capable hosts
-::1 ip6-localhost ip6-loopback
-fe00::0 ip6-localnet
-ff00::0 ip6-mcastprefix
-ff02::1 ip6-allnodes
-ff02::2 ip6-allrouters
-ff02::3 ip6-allhosts
-EOF
+	ubuntu_raspi_hosts | hosts ubuntu
 	# ubuntu-image generateFstabLines (/) and livecd-rootfs 999-raspi-fixes (/boot/firmware).
-	put /etc/fstab <<'EOF'
-LABEL=writable	/	ext4	discard,errors=remount-ro	0	1
-LABEL=system-boot       /boot/firmware  vfat    defaults        0       1
-EOF
+	ubuntu_raspi_fstab | put /etc/fstab
 	mkdir -p "$TREE/boot/firmware"
 	# livecd-rootfs: NoCloud from the system-boot filesystem, and the two drop-ins.
-	put /etc/cloud/cloud.cfg.d/99-fake_cloud.cfg <<'EOF'
-# configure cloud-init for NoCloud
-datasource_list: [ NoCloud, None ]
-datasource:
-  NoCloud:
-    fs_label: system-boot
-EOF
-	put /etc/systemd/system/cloud-init-local.service.d/mount-seed.conf <<'EOF'
-# Ensure that the seed filesystem is mounted before cloud-init-local runs.
-[Unit]
-RequiresMountsFor=/boot/firmware
-EOF
-	put /etc/systemd/system/cloud-config.service.d/getty-wait.conf <<'EOF'
-# Delay the getty until cloud-config has set the default user's password.
-[Unit]
-Before=getty.target
-EOF
+	ubuntu_raspi_fake_cloud_cfg | put /etc/cloud/cloud.cfg.d/99-fake_cloud.cfg
+	ubuntu_raspi_mount_seed_conf | put /etc/systemd/system/cloud-init-local.service.d/mount-seed.conf
+	ubuntu_raspi_getty_wait_conf | put /etc/systemd/system/cloud-config.service.d/getty-wait.conf
 	# Ubuntu's cloud.cfg names its default user ubuntu (the vendor user-data sets its
 	# password); Debian's names it debian. Everything else stays Debian's cloud.cfg.
 	sed -i -e 's/^\( *name:\) debian$/\1 ubuntu/' -e 's/^\( *gecos:\) Debian$/\1 Ubuntu/' \
@@ -929,82 +807,13 @@ ubuntu_boot() {
 	# pi-gadget classic configs/noble-arm64-server.
 	echo "console=serial0,115200 multipath=off dwc_otg.lpm_enable=0 console=tty1 root=LABEL=writable rootfstype=ext4 rootwait fixrtc" |
 		bput /cmdline.txt
-	bput /config.txt <<'EOF'
-[all]
-kernel=vmlinuz
-cmdline=cmdline.txt
-initramfs initrd.img followkernel
-
-[pi4]
-max_framebuffers=2
-arm_boost=1
-
-[all]
-# Enable the audio output, I2C and SPI interfaces on the GPIO header. As these
-# parameters related to the base device-tree they must appear *before* any
-# other dtoverlay= specification
-dtparam=audio=on
-dtparam=i2c_arm=on
-dtparam=spi=on
-
-# Comment out the following line if the edges of the desktop appear outside
-# the edges of your display
-disable_overscan=1
-
-# Enable the KMS ("full" KMS) graphics overlay, leaving GPU memory as the
-# default (the kernel is in control of graphics memory with full KMS)
-dtoverlay=vc4-kms-v3d
-disable_fw_kms_setup=1
-
-[pi3+]
-# Use a smaller contiguous memory area, specifically on the 3A+ to avoid an
-# OOM oops on boot.
-dtoverlay=vc4-kms-v3d,cma-128
-
-[all]
-arm_64bit=1
-EOF
-	# The seed files the gadget ships: the keys as shipped, comments abridged (the fixture's
-	# text, tests/fixtures/layouts/ubuntu-raspi.sh).
-	bput /meta-data <<'EOF'
-# cloud-init NoCloud meta-data (imagegen test image). dsmode local: act on user-data before
-# the network is up. A different instance_id makes cloud-init run first-boot modules again.
-dsmode: local
-instance_id: cloud-image
-EOF
-	bput /user-data <<'EOF'
-#cloud-config
-# cloud-init user-data (imagegen test image): default user "ubuntu", password "ubuntu",
-# which must be changed at first login.
-chpasswd:
-  expire: true
-  users:
-  - name: ubuntu
-    password: ubuntu
-    type: text
-
-ssh_pwauth: false
-
-## Examples (commented out in the vendor file too):
-#users:
-#- default
-#- name: robot
-#  ssh_import_id: foobar
-EOF
-	bput /network-config <<'EOF'
-# netplan v2 configuration applied by cloud-init on first boot only (imagegen test image).
-network:
-  version: 2
-  ethernets:
-    eth0:
-      dhcp4: true
-      optional: true
-EOF
-	bput /README <<'EOF'
-An overview of the files on the /boot/firmware partition (imagegen test image, abridged).
-To seed from the network instead of these files, add ds=nocloud-net;seedfrom=http://host/path/
-to cmdline.txt.
-EOF
+	ubuntu_raspi_config_txt | bput /config.txt
+	# The seed files the gadget ships: the keys as shipped, comments abridged (the fixtures'
+	# text, tests/fixtures/lib/vendor-files.sh).
+	ubuntu_raspi_meta_data "imagegen test image" | bput /meta-data
+	ubuntu_raspi_user_data "imagegen test image" | bput /user-data
+	ubuntu_raspi_network_config "imagegen test image" | bput /network-config
+	ubuntu_raspi_readme "imagegen test image" | bput /README
 	# flash-kernel copies the kernel and the initrd from /boot. Ubuntu's raspi vmlinuz is a
 	# gzip-compressed Image, which the Pi firmware inflates [unverified, from memory]; Debian's
 	# is uncompressed, so it is compressed here (qemu -kernel inflates it too). The root's own
