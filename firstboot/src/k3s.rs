@@ -45,8 +45,14 @@ pub enum K3sError {
         expected: String,
         served: String,
     },
-    #[error("k3s: {server} served a /cacerts its own certificate does not chain to: {source}")]
+    #[error(
+        "k3s: refused to join {server}: its TLS certificate does not chain to the CA it serves at \
+         /cacerts (the one the token pins): someone in between replaying the real CA, or a \
+         misconfigured server ({source}). The token was not sent."
+    )]
     CaChain { server: String, source: HttpError },
+    #[error("k3s: refused to join {server}: its /cacerts is not a usable CA bundle ({source}). The token was not sent.")]
+    BadCa { server: String, source: HttpError },
     #[error("k3s: write {path}: {source}")]
     Write {
         path: String,
@@ -68,7 +74,10 @@ impl K3sError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            K3sError::CaMismatch { .. } | K3sError::CaChain { .. } | K3sError::Unverifiable { .. }
+            K3sError::CaMismatch { .. }
+                | K3sError::CaChain { .. }
+                | K3sError::BadCa { .. }
+                | K3sError::Unverifiable { .. }
         )
     }
 }
@@ -129,7 +138,7 @@ pub fn fetch_verified_ca(
             served,
         });
     }
-    let trust = parsed.map_err(|e| K3sError::CaChain {
+    let trust = parsed.map_err(|e| K3sError::BadCa {
         server: server.to_owned(),
         source: e,
     })?;
@@ -285,7 +294,7 @@ pub fn setup(
             fetch_verified_ca(LOCAL_SERVER, None, timeout())
         })?,
     };
-    let trust = Trust::from_pem(&trust_pem).map_err(|e| K3sError::CaChain {
+    let trust = Trust::from_pem(&trust_pem).map_err(|e| K3sError::BadCa {
         server: server.to_owned(),
         source: e,
     })?;

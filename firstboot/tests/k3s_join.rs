@@ -265,3 +265,51 @@ fn server_certificate_outside_the_pinned_ca_is_refused() {
     assert!(st["steps"]["k3s"]["refused_inputs"].is_string(), "{st}");
     assert_token_never_sent(&server);
 }
+
+/// A man in the middle: it replays the real server's `/cacerts` (the CA whose hash is in the
+/// token, so the hash check passes) but cannot show a certificate from that CA, only one from
+/// its own. The second `/cacerts` fetch, which trusts only the pinned CA, must refuse it before
+/// the token is sent, and the status must say why.
+#[test]
+fn man_in_the_middle_replaying_the_real_cacerts_is_refused() {
+    let real = FakeK3s::start();
+    let replayed = imagegen_firstboot::http::request(
+        "GET",
+        &format!("{}/cacerts", real.url),
+        &[],
+        b"",
+        &imagegen_firstboot::http::Trust::AnyCertificate,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .body;
+    assert_eq!(replayed, real.ca_pem.as_bytes());
+    let replayed = String::from_utf8(replayed).unwrap();
+    // The stand-in makes its own CA for its certificate: that is the other CA.
+    let mitm = FakeK3s::start_with(move |head, _own_ca, tls| k3s_reply(head, &replayed, tls));
+    assert_ne!(mitm.ca_pem, real.ca_pem);
+
+    let hash = hex::encode(Sha256::digest(real.ca_pem.as_bytes()));
+    let n = node(&mitm, &format!("K10{hash}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(!n.root().join("etc/rancher/k3s/config.yaml").exists());
+    assert!(n.calls("systemctl").is_empty());
+    let st = n.status_json();
+    let k3s = &st["steps"]["k3s"];
+    assert_eq!(k3s["state"], "failed", "{log}");
+    assert!(k3s["refused_inputs"].is_string(), "{st}");
+    let reason = k3s["reason"].as_str().unwrap();
+    // BadSignature, not UnknownIssuer: both stand-in CAs are named `k3s-server-ca`, as a man in
+    // the middle would name his, so the chain is built and its signature fails.
+    for why in ["does not chain", "invalid peer certificate", "token was not sent"] {
+        assert!(reason.contains(why), "{why:?} not in {reason:?}");
+    }
+    let boot = n.read("boot/firmware/imagegen-status.txt");
+    assert!(boot.contains("token was not sent"), "{boot}");
+    // The agent only ever asked the man in the middle, and never with the token.
+    assert_eq!(mitm.paths(), ["/cacerts"], "{log}");
+    assert_token_never_sent(&mitm);
+    assert_eq!(real.paths(), ["/cacerts"], "only the test's replay fetch");
+}
