@@ -6,7 +6,7 @@
 //! then fetch it again trusting only that CA, which proves the server holds a certificate from it.
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ pub enum K3sError {
     CaChain { server: String, source: HttpError },
     #[error("k3s: refused to join {server}: its /cacerts is not a usable CA bundle ({source}). The token was not sent.")]
     BadCa { server: String, source: HttpError },
+    #[error("k3s: server URL {0:?} is not https://HOST[:PORT] (an IPv6 HOST in brackets)")]
+    BadUrl(String),
     #[error("k3s: write {path}: {source}")]
     Write {
         path: String,
@@ -346,20 +348,25 @@ pub fn render_config(config: &NodeConfig, node_ip: Option<&(String, Option<Strin
 }
 
 /// The local address the kernel would use to reach the server (no packet is sent).
+///
+/// The socket must be of the server's address family: an IPv4 socket connecting to an IPv6
+/// address fails with EAFNOSUPPORT, which once left an IPv6 `server_url` pending forever. The
+/// host comes from the same URL parser as the requests, so `[fd00::1]` is the address `fd00::1`.
 fn source_address_towards(server: &str) -> Result<String, K3sError> {
-    let authority = server
-        .trim_start_matches("https://")
-        .split('/')
+    let (host, port) = http::host_port(server).ok_or_else(|| K3sError::BadUrl(server.into()))?;
+    let waiting = |e: std::io::Error| K3sError::Waiting(format!("no route to {server}: {e}"));
+    let target = (host, port)
+        .to_socket_addrs()
+        .map_err(waiting)?
         .next()
-        .unwrap_or("");
-    let target = if authority.contains(':') {
-        authority.to_owned()
+        .ok_or_else(|| waiting(std::io::Error::other("host has no address")))?;
+    let any: SocketAddr = if target.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
-        format!("{authority}:6443")
+        (Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let waiting = |e: std::io::Error| K3sError::Waiting(format!("no route to {target}: {e}"));
-    let s = UdpSocket::bind("0.0.0.0:0").map_err(waiting)?;
-    s.connect(&target).map_err(waiting)?;
+    let s = UdpSocket::bind(any).map_err(waiting)?;
+    s.connect(target).map_err(waiting)?;
     Ok(s.local_addr().map_err(waiting)?.ip().to_string())
 }
 

@@ -313,3 +313,37 @@ fn man_in_the_middle_replaying_the_real_cacerts_is_refused() {
     assert_token_never_sent(&mitm);
     assert_eq!(real.paths(), ["/cacerts"], "only the test's replay fetch");
 }
+
+/// An IPv6 `server_url`: the brackets are URL syntax, so the socket address and the route lookup
+/// for `node-ip` use the bare address while the URL and `Host` keep them; the stand-in listens
+/// on `[::1]` with a certificate made out to `::1`.
+#[test]
+fn ipv6_server_url_joins() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        let msg = format!("IPv6 loopback unavailable here ({e}); see `ip -6 addr show lo`");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED ipv6_server_url_joins: {msg}");
+        return;
+    }
+    let server = FakeK3s::start_on("::1", k3s_reply);
+    assert!(server.url.starts_with("https://[::1]:"), "{}", server.url);
+    let hash = hex::encode(Sha256::digest(server.ca_pem.as_bytes()));
+    let n = node(&server, &format!("K10{hash}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["k3s"]["state"], "done", "{log}");
+    assert_eq!(st["steps"]["k3s"]["details"]["node-ip"], "::1", "{st}");
+    let yaml = n.read("etc/rancher/k3s/config.yaml");
+    assert!(yaml.contains(&format!("server: \"{}\"", server.url)), "{yaml}");
+    assert!(yaml.contains("node-ip: \"::1\""), "{yaml}");
+    assert_eq!(server.paths().last().map(String::as_str), Some("/ping"));
+    let port = server.url.rsplit(':').next().unwrap();
+    let first = String::from_utf8_lossy(&server.requests.lock().unwrap()[0]).into_owned();
+    assert!(
+        first.contains(&format!("\r\nHost: [::1]:{port}\r\n")),
+        "{first}"
+    );
+    assert_token_never_sent(&server);
+}
