@@ -51,7 +51,9 @@ pub enum K3sError {
          misconfigured server ({source}). The token was not sent."
     )]
     CaChain { server: String, source: HttpError },
-    #[error("k3s: refused to join {server}: its /cacerts is not a usable CA bundle ({source}). The token was not sent.")]
+    #[error(
+        "k3s: refused to join {server}: its /cacerts is not a usable CA bundle ({source}). The token was not sent."
+    )]
     BadCa { server: String, source: HttpError },
     #[error("k3s: server URL {0:?} is not https://HOST[:PORT] (an IPv6 HOST in brackets)")]
     BadUrl(String),

@@ -55,7 +55,10 @@ fn assert_token_never_sent(server: &FakeK3s) {
                 "token sent: {text}"
             );
         }
-        assert!(!text.to_ascii_lowercase().contains("authorization"), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("authorization"),
+            "{text}"
+        );
     }
 }
 
@@ -303,7 +306,11 @@ fn man_in_the_middle_replaying_the_real_cacerts_is_refused() {
     let reason = k3s["reason"].as_str().unwrap();
     // BadSignature, not UnknownIssuer: both stand-in CAs are named `k3s-server-ca`, as a man in
     // the middle would name his, so the chain is built and its signature fails.
-    for why in ["does not chain", "invalid peer certificate", "token was not sent"] {
+    for why in [
+        "does not chain",
+        "invalid peer certificate",
+        "token was not sent",
+    ] {
         assert!(reason.contains(why), "{why:?} not in {reason:?}");
     }
     let boot = n.read("boot/firmware/imagegen-status.txt");
@@ -336,7 +343,10 @@ fn ipv6_server_url_joins() {
     assert_eq!(st["steps"]["k3s"]["state"], "done", "{log}");
     assert_eq!(st["steps"]["k3s"]["details"]["node-ip"], "::1", "{st}");
     let yaml = n.read("etc/rancher/k3s/config.yaml");
-    assert!(yaml.contains(&format!("server: \"{}\"", server.url)), "{yaml}");
+    assert!(
+        yaml.contains(&format!("server: \"{}\"", server.url)),
+        "{yaml}"
+    );
     assert!(yaml.contains("node-ip: \"::1\""), "{yaml}");
     assert_eq!(server.paths().last().map(String::as_str), Some("/ping"));
     let port = server.url.rsplit(':').next().unwrap();
