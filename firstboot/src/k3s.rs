@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::attempts::Attempts;
 use crate::command::{self, CommandError};
 use crate::config::{NodeConfig, NodeIpFrom, Role};
 use crate::http::{self, HttpError, Trust};
@@ -191,12 +192,14 @@ pub fn inputs_fingerprint(root: &Root, config: &NodeConfig) -> String {
     hex::encode(&Sha256::digest(h.finalize())[..8])
 }
 
-/// Runs the whole k3s step. `zt` is the ZeroTier result when `node_ip_from = "zerotier"`.
+/// Runs the whole k3s step. `zt` is the ZeroTier result when `node_ip_from = "zerotier"`; every
+/// failed network attempt goes to `attempts`.
 pub fn setup(
     root: &Root,
     config: &NodeConfig,
     zt: Option<&Joined>,
     deadline: Instant,
+    attempts: &mut Attempts,
 ) -> Result<BTreeMap<String, String>, K3sError> {
     let Some(k3s) = &config.k3s else {
         return Ok(BTreeMap::new());
@@ -234,7 +237,7 @@ pub fn setup(
                 "k3s: token has no CA hash: {url} cannot be verified, joining anyway (allow_unverified_token)"
             );
         }
-        let ca = retry_until(deadline, || {
+        let ca = retry_until(deadline, attempts, || {
             fetch_verified_ca(url, hash.as_deref(), timeout())
         })?;
         eprintln!(
@@ -294,7 +297,7 @@ pub fn setup(
     // The first server pings itself; its CA is fetched over loopback, where nobody sits in between.
     let trust_pem = match server_ca {
         Some(ca) => ca,
-        None => retry_until(deadline, || {
+        None => retry_until(deadline, attempts, || {
             fetch_verified_ca(LOCAL_SERVER, None, timeout())
         })?,
     };
@@ -303,7 +306,7 @@ pub fn setup(
         source: e,
     })?;
     let ping = format!("{}/ping", server.trim_end_matches('/'));
-    retry_until(deadline, || {
+    retry_until(deadline, attempts, || {
         let r = http::request("GET", &ping, &[], b"", &trust, timeout())
             .map_err(|e| K3sError::Waiting(e.to_string()))?;
         if r.status == 200 && r.body.trim_ascii() == b"pong" {
@@ -375,17 +378,14 @@ fn source_address_towards(server: &str) -> Result<String, K3sError> {
 /// Retries `f` while it reports `Waiting`, with backoff, until the deadline.
 fn retry_until<T>(
     deadline: Instant,
+    attempts: &mut Attempts,
     mut f: impl FnMut() -> Result<T, K3sError>,
 ) -> Result<T, K3sError> {
     let mut delay = Duration::from_millis(200);
-    let mut last = String::new();
     loop {
         match f() {
             Err(K3sError::Waiting(why)) => {
-                if why != last {
-                    eprintln!("k3s: waiting: {why}");
-                    last = why.clone();
-                }
+                attempts.failed(&why);
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(K3sError::Waiting(why));
