@@ -368,6 +368,13 @@ impl NodeConfig {
                 (Some(url), _) if !url.starts_with("https://") => {
                     return bad(format!("[k3s] server_url {url:?} must start with https://"));
                 }
+                // Caught here, at build time, rather than as a failed k3s step on the node.
+                (Some(url), _) if crate::http::host_port(url).is_none() => {
+                    return bad(format!(
+                        "[k3s] server_url {url:?} must be https://HOST[:PORT], an IPv6 HOST in \
+                         brackets ([fd00::1])"
+                    ));
+                }
                 _ => {}
             }
             if k3s.node_ip_from == NodeIpFrom::Zerotier && self.zerotier.is_none() {
@@ -571,5 +578,18 @@ password_file = "/etc/imagegen/ups-password"
         let s = AGENT.replace("server_url = \"https://10.147.17.10:6443\"", "");
         let e = NodeConfig::from_toml_str(&s).unwrap_err().to_string();
         assert!(e.contains("server_url is required"), "{e}");
+    }
+
+    #[test]
+    fn server_url_must_have_a_host() {
+        let with = |u: &str| {
+            NodeConfig::from_toml_str(&AGENT.replace("https://10.147.17.10:6443", u))
+                .map_err(|e| e.to_string())
+        };
+        assert!(with("https://[fd00::1]:6443").is_ok());
+        for bad in ["https://", "https://[fd00::1:6443", "https://host:port"] {
+            let e = with(bad).unwrap_err();
+            assert!(e.contains("HOST[:PORT]"), "{bad}: {e}");
+        }
     }
 }

@@ -95,6 +95,12 @@ struct Url<'a> {
     path: &'a str,
 }
 
+/// The host (an IPv6 literal without its brackets) and port (default 443 or 80) of an `http://` or
+/// `https://` URL, as a socket address wants them; `None` when the URL is not one of those.
+pub fn host_port(url: &str) -> Option<(&str, u16)> {
+    parse_url(url).map(|u| (u.host, u.port))
+}
+
 fn parse_url(url: &str) -> Option<Url<'_>> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
         (true, r)
@@ -433,6 +439,10 @@ mod tests {
             (false, "127.0.0.1", 9993, "/")
         );
         assert!(parse_url("ftp://x").is_none());
+        assert_eq!(host_port("https://[fd00::1]"), Some(("fd00::1", 443)));
+        assert_eq!(host_port("https://[::1]:6443/"), Some(("::1", 6443)));
+        assert_eq!(host_port("https://[::1:6443"), None);
+        assert_eq!(host_port("https://"), None);
     }
 
     #[test]

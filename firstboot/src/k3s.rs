@@ -6,12 +6,13 @@
 //! then fetch it again trusting only that CA, which proves the server holds a certificate from it.
 
 use std::collections::BTreeMap;
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::attempts::Attempts;
 use crate::command::{self, CommandError};
 use crate::config::{NodeConfig, NodeIpFrom, Role};
 use crate::http::{self, HttpError, Trust};
@@ -45,8 +46,18 @@ pub enum K3sError {
         expected: String,
         served: String,
     },
-    #[error("k3s: {server} served a /cacerts its own certificate does not chain to: {source}")]
+    #[error(
+        "k3s: refused to join {server}: its TLS certificate does not chain to the CA it serves at \
+         /cacerts (the one the token pins): someone in between replaying the real CA, or a \
+         misconfigured server ({source}). The token was not sent."
+    )]
     CaChain { server: String, source: HttpError },
+    #[error(
+        "k3s: refused to join {server}: its /cacerts is not a usable CA bundle ({source}). The token was not sent."
+    )]
+    BadCa { server: String, source: HttpError },
+    #[error("k3s: server URL {0:?} is not https://HOST[:PORT] (an IPv6 HOST in brackets)")]
+    BadUrl(String),
     #[error("k3s: write {path}: {source}")]
     Write {
         path: String,
@@ -68,7 +79,10 @@ impl K3sError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            K3sError::CaMismatch { .. } | K3sError::CaChain { .. } | K3sError::Unverifiable { .. }
+            K3sError::CaMismatch { .. }
+                | K3sError::CaChain { .. }
+                | K3sError::BadCa { .. }
+                | K3sError::Unverifiable { .. }
         )
     }
 }
@@ -129,7 +143,7 @@ pub fn fetch_verified_ca(
             served,
         });
     }
-    let trust = parsed.map_err(|e| K3sError::CaChain {
+    let trust = parsed.map_err(|e| K3sError::BadCa {
         server: server.to_owned(),
         source: e,
     })?;
@@ -178,12 +192,14 @@ pub fn inputs_fingerprint(root: &Root, config: &NodeConfig) -> String {
     hex::encode(&Sha256::digest(h.finalize())[..8])
 }
 
-/// Runs the whole k3s step. `zt` is the ZeroTier result when `node_ip_from = "zerotier"`.
+/// Runs the whole k3s step. `zt` is the ZeroTier result when `node_ip_from = "zerotier"`; every
+/// failed network attempt goes to `attempts`.
 pub fn setup(
     root: &Root,
     config: &NodeConfig,
     zt: Option<&Joined>,
     deadline: Instant,
+    attempts: &mut Attempts,
 ) -> Result<BTreeMap<String, String>, K3sError> {
     let Some(k3s) = &config.k3s else {
         return Ok(BTreeMap::new());
@@ -221,7 +237,7 @@ pub fn setup(
                 "k3s: token has no CA hash: {url} cannot be verified, joining anyway (allow_unverified_token)"
             );
         }
-        let ca = retry_until(deadline, || {
+        let ca = retry_until(deadline, attempts, || {
             fetch_verified_ca(url, hash.as_deref(), timeout())
         })?;
         eprintln!(
@@ -281,16 +297,16 @@ pub fn setup(
     // The first server pings itself; its CA is fetched over loopback, where nobody sits in between.
     let trust_pem = match server_ca {
         Some(ca) => ca,
-        None => retry_until(deadline, || {
+        None => retry_until(deadline, attempts, || {
             fetch_verified_ca(LOCAL_SERVER, None, timeout())
         })?,
     };
-    let trust = Trust::from_pem(&trust_pem).map_err(|e| K3sError::CaChain {
+    let trust = Trust::from_pem(&trust_pem).map_err(|e| K3sError::BadCa {
         server: server.to_owned(),
         source: e,
     })?;
     let ping = format!("{}/ping", server.trim_end_matches('/'));
-    retry_until(deadline, || {
+    retry_until(deadline, attempts, || {
         let r = http::request("GET", &ping, &[], b"", &trust, timeout())
             .map_err(|e| K3sError::Waiting(e.to_string()))?;
         if r.status == 200 && r.body.trim_ascii() == b"pong" {
@@ -337,37 +353,39 @@ pub fn render_config(config: &NodeConfig, node_ip: Option<&(String, Option<Strin
 }
 
 /// The local address the kernel would use to reach the server (no packet is sent).
+///
+/// The socket must be of the server's address family: an IPv4 socket connecting to an IPv6
+/// address fails with EAFNOSUPPORT, which once left an IPv6 `server_url` pending forever. The
+/// host comes from the same URL parser as the requests, so `[fd00::1]` is the address `fd00::1`.
 fn source_address_towards(server: &str) -> Result<String, K3sError> {
-    let authority = server
-        .trim_start_matches("https://")
-        .split('/')
+    let (host, port) = http::host_port(server).ok_or_else(|| K3sError::BadUrl(server.into()))?;
+    let waiting = |e: std::io::Error| K3sError::Waiting(format!("no route to {server}: {e}"));
+    let target = (host, port)
+        .to_socket_addrs()
+        .map_err(waiting)?
         .next()
-        .unwrap_or("");
-    let target = if authority.contains(':') {
-        authority.to_owned()
+        .ok_or_else(|| waiting(std::io::Error::other("host has no address")))?;
+    let any: SocketAddr = if target.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
     } else {
-        format!("{authority}:6443")
+        (Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let waiting = |e: std::io::Error| K3sError::Waiting(format!("no route to {target}: {e}"));
-    let s = UdpSocket::bind("0.0.0.0:0").map_err(waiting)?;
-    s.connect(&target).map_err(waiting)?;
+    let s = UdpSocket::bind(any).map_err(waiting)?;
+    s.connect(target).map_err(waiting)?;
     Ok(s.local_addr().map_err(waiting)?.ip().to_string())
 }
 
 /// Retries `f` while it reports `Waiting`, with backoff, until the deadline.
 fn retry_until<T>(
     deadline: Instant,
+    attempts: &mut Attempts,
     mut f: impl FnMut() -> Result<T, K3sError>,
 ) -> Result<T, K3sError> {
     let mut delay = Duration::from_millis(200);
-    let mut last = String::new();
     loop {
         match f() {
             Err(K3sError::Waiting(why)) => {
-                if why != last {
-                    eprintln!("k3s: waiting: {why}");
-                    last = why.clone();
-                }
+                attempts.failed(&why);
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     return Err(K3sError::Waiting(why));

@@ -2,6 +2,7 @@
 //! (`/etc/imagegen/node.toml`) and the secret seed format, which the builder writes with these same
 //! types, and the systemd units the builder installs.
 
+pub mod attempts;
 pub mod backup;
 pub mod command;
 pub mod config;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::attempts::Attempts;
 use crate::config::{ConfigError, NODE_CONFIG_PATH, NodeConfig, NodeIpFrom, PathsSection};
 use crate::root::Root;
 use crate::status::{self, State, Status, Update};
@@ -36,7 +37,11 @@ pub enum RunError {
 /// What a step came to.
 enum Outcome {
     Done(BTreeMap<String, String>),
-    Pending(String),
+    /// Still waiting, after `attempts` failed network attempts in this run.
+    Pending {
+        reason: String,
+        attempts: u32,
+    },
     Failed {
         reason: String,
         refused_inputs: Option<String>,
@@ -146,9 +151,12 @@ impl Recorder<'_> {
     fn record(&self, name: &str, outcome: Outcome) -> Result<State, RunError> {
         let update = match outcome {
             Outcome::Done(d) => Update::done(d),
-            Outcome::Pending(r) => {
-                eprintln!("{name}: pending: {r}");
-                Update::pending(r)
+            Outcome::Pending { reason, attempts } => {
+                eprintln!("{name}: pending: {reason}");
+                Update {
+                    attempts: (attempts > 0).then_some(attempts),
+                    ..Update::pending(reason)
+                }
             }
             Outcome::Failed {
                 reason,
@@ -164,6 +172,51 @@ impl Recorder<'_> {
         let state = update.state;
         status::set(self.root, self.boot, self.node, name, update)?;
         Ok(state)
+    }
+
+    /// A waiting step's attempt, as it happens (see `attempts`). At most one status write per
+    /// attempt, and the backoff spaces attempts up to 5 s apart. A status that cannot be
+    /// written is logged and the wait goes on: the step's final outcome is recorded (or its
+    /// error returned) when the wait ends.
+    fn attempt(&self, name: &str, reason: String, attempts: u32) {
+        let update = Update {
+            attempts: Some(attempts),
+            ..Update::pending(reason)
+        };
+        if let Err(e) = status::set(self.root, self.boot, self.node, name, update) {
+            eprintln!("{name}: cannot record attempt {attempts} in the status: {e}");
+        }
+    }
+
+    /// Lists as pending every step `config` implies that the status does not list yet, so a
+    /// step waiting on the network is visible from the start, not only once its wait ends (up to
+    /// the whole time budget later). What an earlier run recorded stands.
+    fn register_steps(&self, config: &NodeConfig) -> Result<(), RunError> {
+        let known = status::load(self.root)?;
+        let k3s_reason = match &config.k3s {
+            Some(k) if k.node_ip_from == NodeIpFrom::Zerotier => {
+                "waits for the ZeroTier address (node_ip_from = \"zerotier\")"
+            }
+            _ => "starting",
+        };
+        let implied = [
+            (config.backup.is_some(), "backup", "starting"),
+            (config.ups.is_some(), "ups", "starting"),
+            (config.zerotier.is_some(), "zerotier", "starting"),
+            (config.k3s.is_some(), "k3s", k3s_reason),
+        ];
+        for (_, name, reason) in implied.into_iter().filter(|i| i.0) {
+            if known.step(name).is_none() {
+                status::set(
+                    self.root,
+                    self.boot,
+                    self.node,
+                    name,
+                    Update::pending(reason),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The status when `name` still has to run, `None` when it is done.
@@ -222,6 +275,8 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
         return run(root, &config);
     }
 
+    rec.register_steps(config)?;
+
     // Protection first: nothing here waits on the network.
     if config.backup.is_some() {
         let state = match rec.current("backup")? {
@@ -263,7 +318,12 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
         if let Some(zt) = &config.zerotier
             && joined.is_none()
         {
-            let o = match zerotier::join(root, zt, &config.commands, deadline) {
+            let report = |n: u32, why: &str| {
+                let reason = zerotier::ZeroTierError::Waiting(why.to_owned()).to_string();
+                rec.attempt("zerotier", reason, n);
+            };
+            let mut attempts = Attempts::new("zerotier", &report);
+            let o = match zerotier::join(root, zt, &config.commands, deadline, &mut attempts) {
                 Ok(j) => {
                     let d = BTreeMap::from([
                         ("address".to_owned(), j.address.clone()),
@@ -272,7 +332,10 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
                     joined = Some(j);
                     Outcome::Done(d)
                 }
-                Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
+                Err(e) if e.is_waiting() => Outcome::Pending {
+                    reason: e.to_string(),
+                    attempts: attempts.count(),
+                },
                 Err(e) => failed(e),
             };
             summary.set("zerotier", rec.record("zerotier", o)?);
@@ -307,7 +370,10 @@ fn ups_step(
     }
     let o = match ups::setup(rec.root, config, joined) {
         Ok(d) => Outcome::Done(d),
-        Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
+        Err(e) if e.is_waiting() => Outcome::Pending {
+            reason: e.to_string(),
+            attempts: 0,
+        },
         Err(e) => failed(e),
     };
     rec.record("ups", o)
@@ -337,9 +403,16 @@ fn k3s_step(
         );
         return Ok(Some(State::Failed));
     }
-    let o = match k3s::setup(rec.root, config, joined, deadline) {
+    let report = |n: u32, why: &str| {
+        rec.attempt("k3s", k3s::K3sError::Waiting(why.to_owned()).to_string(), n);
+    };
+    let mut attempts = Attempts::new("k3s", &report);
+    let o = match k3s::setup(rec.root, config, joined, deadline, &mut attempts) {
         Ok(d) => Outcome::Done(d),
-        Err(e) if e.is_waiting() => Outcome::Pending(e.to_string()),
+        Err(e) if e.is_waiting() => Outcome::Pending {
+            reason: e.to_string(),
+            attempts: attempts.count(),
+        },
         Err(e) if e.is_refusal() => Outcome::Failed {
             reason: e.to_string(),
             refused_inputs: Some(inputs),

@@ -32,8 +32,12 @@ pub struct StepStatus {
     /// Why it is pending or failed; never a secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`, when the state was last set.
+    /// UTC, `YYYY-MM-DDTHH:MM:SSZ`, when the state was last set (a new attempt count alone
+    /// does not move it).
     pub since: String,
+    /// Failed network attempts of this run so far, for a step that waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
     /// Facts the step learned (address, interface...), for later steps and the operator.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub details: BTreeMap<String, String>,
@@ -73,6 +77,9 @@ impl Status {
                 State::Failed => "FAILED",
             };
             out.push_str(&format!("{name:<10} {state:<8} {}", s.since));
+            if let Some(n) = s.attempts {
+                out.push_str(&format!("  attempt {n}"));
+            }
             if let Some(r) = &s.reason {
                 out.push_str(&format!("  {r}"));
             }
@@ -101,6 +108,7 @@ pub struct Update {
     pub reason: Option<String>,
     pub details: BTreeMap<String, String>,
     pub refused_inputs: Option<String>,
+    pub attempts: Option<u32>,
 }
 
 impl Update {
@@ -110,6 +118,7 @@ impl Update {
             reason: None,
             details,
             refused_inputs: None,
+            attempts: None,
         }
     }
 
@@ -119,6 +128,7 @@ impl Update {
             reason: Some(reason.into()),
             details: BTreeMap::new(),
             refused_inputs: None,
+            attempts: None,
         }
     }
 
@@ -135,24 +145,32 @@ impl Update {
 pub fn set(root: &Root, boot: &Path, node: &str, step: &str, u: Update) -> io::Result<()> {
     let _lock = lock(root)?;
     let mut status = load(root)?;
-    if let Some(old) = status.steps.get(step)
+    let old = status.steps.get(step);
+    if let Some(old) = old
         && old.state == u.state
         && old.reason == u.reason
         && old.details == u.details
         && old.refused_inputs == u.refused_inputs
+        && old.attempts == u.attempts
         && status.node == node
     {
         return Ok(());
     }
+    // "pending since 10:00, attempt 40" says more than a time that moves with every attempt.
+    let since = match old {
+        Some(o) if o.state == u.state && o.reason == u.reason => o.since.clone(),
+        _ => utc_now(),
+    };
     status.node = node.to_owned();
     status.steps.insert(
         step.to_owned(),
         StepStatus {
             state: u.state,
             reason: u.reason,
-            since: utc_now(),
+            since,
             details: u.details,
             refused_inputs: u.refused_inputs,
+            attempts: u.attempts,
         },
     );
     let json = serde_json::to_vec_pretty(&status).map_err(io::Error::other)?;

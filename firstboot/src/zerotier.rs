@@ -5,6 +5,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::attempts::Attempts;
 use crate::command::{self, CommandError};
 use crate::config::{CommandsSection, ZeroTierSection};
 use crate::http::{self, Trust};
@@ -43,11 +44,13 @@ pub struct Joined {
 
 const ZT_BINARY: &str = "/usr/sbin/zerotier-one";
 
+/// Joins and waits for an address until `deadline`; every failed poll goes to `attempts`.
 pub fn join(
     root: &Root,
     zt: &ZeroTierSection,
     commands: &CommandsSection,
     deadline: Instant,
+    attempts: &mut Attempts,
 ) -> Result<Joined, ZeroTierError> {
     if let Some(pkg) = &zt.package
         && !root.exists(ZT_BINARY)
@@ -81,13 +84,14 @@ pub fn join(
         &commands.systemctl,
         &["enable", "--now", "zerotier-one.service"],
     )?;
-    wait_for_address(root, zt, deadline)
+    wait_for_address(root, zt, deadline, attempts)
 }
 
 fn wait_for_address(
     root: &Root,
     zt: &ZeroTierSection,
     deadline: Instant,
+    attempts: &mut Attempts,
 ) -> Result<Joined, ZeroTierError> {
     let url = format!(
         "{}/network/{}",
@@ -96,7 +100,6 @@ fn wait_for_address(
     );
     let token_path = zt.home.join("authtoken.secret");
     let mut delay = Duration::from_millis(200);
-    let mut last = String::new();
     let mut posted = false;
     loop {
         let state = match root.read_to_string(&token_path) {
@@ -113,13 +116,10 @@ fn wait_for_address(
                 Err(e) => e,
             },
         };
-        if state != last {
-            eprintln!("zerotier: waiting: {state}");
-            last = state;
-        }
+        attempts.failed(&state);
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(ZeroTierError::Waiting(last));
+            return Err(ZeroTierError::Waiting(state));
         }
         thread::sleep(delay.min(left));
         delay = (delay * 2).min(Duration::from_secs(5));

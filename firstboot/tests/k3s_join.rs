@@ -38,12 +38,27 @@ time_budget_secs = 10
     n
 }
 
+/// The token's secret never reached the server: not in any request's bytes as the server received
+/// them (head and body, after TLS), not as an HTTP Basic credential (how k3s's own client sends
+/// it), and no Authorization header at all.
 fn assert_token_never_sent(server: &FakeK3s) {
+    use base64::Engine;
+    let secret = SECRET.split_once(':').unwrap().1;
+    let basic = base64::engine::general_purpose::STANDARD.encode(SECRET);
     let reqs = server.requests.lock().unwrap();
     assert!(!reqs.is_empty(), "the agent never asked the server");
     for r in reqs.iter() {
-        assert!(!r.contains("k3s-join-secret-123"), "token sent: {r}");
-        assert!(!r.to_ascii_lowercase().contains("authorization"), "{r}");
+        let text = String::from_utf8_lossy(r);
+        for needle in [secret.as_bytes(), basic.as_bytes()] {
+            assert!(
+                !r.windows(needle.len()).any(|w| w == needle),
+                "token sent: {text}"
+            );
+        }
+        assert!(
+            !text.to_ascii_lowercase().contains("authorization"),
+            "{text}"
+        );
     }
 }
 
@@ -82,13 +97,7 @@ fn matching_ca_hash_writes_config_and_enables_agent() {
     let st = n.status_json();
     assert_eq!(st["steps"]["k3s"]["state"], "done");
     assert_eq!(st["steps"]["k3s"]["details"]["ca-sha256"], hash.as_str());
-    let paths: Vec<String> = server
-        .requests
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| r.split(' ').nth(1).unwrap().to_owned())
-        .collect();
+    let paths = server.paths();
     assert_eq!(paths.first().map(String::as_str), Some("/cacerts"));
     assert_eq!(paths.last().map(String::as_str), Some("/ping"));
     assert_token_never_sent(&server);
@@ -257,5 +266,94 @@ fn server_certificate_outside_the_pinned_ca_is_refused() {
     let st = n.status_json();
     assert_eq!(st["steps"]["k3s"]["state"], "failed");
     assert!(st["steps"]["k3s"]["refused_inputs"].is_string(), "{st}");
+    assert_token_never_sent(&server);
+}
+
+/// A man in the middle: it replays the real server's `/cacerts` (the CA whose hash is in the
+/// token, so the hash check passes) but cannot show a certificate from that CA, only one from
+/// its own. The second `/cacerts` fetch, which trusts only the pinned CA, must refuse it before
+/// the token is sent, and the status must say why.
+#[test]
+fn man_in_the_middle_replaying_the_real_cacerts_is_refused() {
+    let real = FakeK3s::start();
+    let replayed = imagegen_firstboot::http::request(
+        "GET",
+        &format!("{}/cacerts", real.url),
+        &[],
+        b"",
+        &imagegen_firstboot::http::Trust::AnyCertificate,
+        Duration::from_secs(5),
+    )
+    .unwrap()
+    .body;
+    assert_eq!(replayed, real.ca_pem.as_bytes());
+    let replayed = String::from_utf8(replayed).unwrap();
+    // The stand-in makes its own CA for its certificate: that is the other CA.
+    let mitm = FakeK3s::start_with(move |head, _own_ca, tls| k3s_reply(head, &replayed, tls));
+    assert_ne!(mitm.ca_pem, real.ca_pem);
+
+    let hash = hex::encode(Sha256::digest(real.ca_pem.as_bytes()));
+    let n = node(&mitm, &format!("K10{hash}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(!n.root().join("etc/rancher/k3s/config.yaml").exists());
+    assert!(n.calls("systemctl").is_empty());
+    let st = n.status_json();
+    let k3s = &st["steps"]["k3s"];
+    assert_eq!(k3s["state"], "failed", "{log}");
+    assert!(k3s["refused_inputs"].is_string(), "{st}");
+    let reason = k3s["reason"].as_str().unwrap();
+    // BadSignature, not UnknownIssuer: both stand-in CAs are named `k3s-server-ca`, as a man in
+    // the middle would name his, so the chain is built and its signature fails.
+    for why in [
+        "does not chain",
+        "invalid peer certificate",
+        "token was not sent",
+    ] {
+        assert!(reason.contains(why), "{why:?} not in {reason:?}");
+    }
+    let boot = n.read("boot/firmware/imagegen-status.txt");
+    assert!(boot.contains("token was not sent"), "{boot}");
+    // The agent only ever asked the man in the middle, and never with the token.
+    assert_eq!(mitm.paths(), ["/cacerts"], "{log}");
+    assert_token_never_sent(&mitm);
+    assert_eq!(real.paths(), ["/cacerts"], "only the test's replay fetch");
+}
+
+/// An IPv6 `server_url`: the brackets are URL syntax, so the socket address and the route lookup
+/// for `node-ip` use the bare address while the URL and `Host` keep them; the stand-in listens
+/// on `[::1]` with a certificate made out to `::1`.
+#[test]
+fn ipv6_server_url_joins() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        let msg = format!("IPv6 loopback unavailable here ({e}); see `ip -6 addr show lo`");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED ipv6_server_url_joins: {msg}");
+        return;
+    }
+    let server = FakeK3s::start_on("::1", k3s_reply);
+    assert!(server.url.starts_with("https://[::1]:"), "{}", server.url);
+    let hash = hex::encode(Sha256::digest(server.ca_pem.as_bytes()));
+    let n = node(&server, &format!("K10{hash}::{SECRET}"), "");
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["k3s"]["state"], "done", "{log}");
+    assert_eq!(st["steps"]["k3s"]["details"]["node-ip"], "::1", "{st}");
+    let yaml = n.read("etc/rancher/k3s/config.yaml");
+    assert!(
+        yaml.contains(&format!("server: \"{}\"", server.url)),
+        "{yaml}"
+    );
+    assert!(yaml.contains("node-ip: \"::1\""), "{yaml}");
+    assert_eq!(server.paths().last().map(String::as_str), Some("/ping"));
+    let port = server.url.rsplit(':').next().unwrap();
+    let first = String::from_utf8_lossy(&server.requests.lock().unwrap()[0]).into_owned();
+    assert!(
+        first.contains(&format!("\r\nHost: [::1]:{port}\r\n")),
+        "{first}"
+    );
     assert_token_never_sent(&server);
 }

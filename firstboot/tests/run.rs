@@ -566,3 +566,75 @@ fn unparsable_seed_is_wiped_from_the_boot_partition() {
     assert!(!out.status.success());
     assert_eq!(n.status_json()["steps"]["seed"]["state"], "failed");
 }
+
+/// `status --json` as the operator sees it, while `run` may be writing the file.
+fn status_cmd(n: &Node) -> serde_json::Value {
+    let out = n.command(&["status", "--json"]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+/// Every step node.toml implies is in the status from the start, and a step that waits says
+/// why and how often it tried, while it waits: with the k3s server down, k3s is listed pending
+/// with the connection failure and an attempt count that grows, in `status --json` and in the
+/// copy on the boot partition, long before the time budget ends.
+#[test]
+fn waiting_steps_are_in_the_status_while_they_wait() {
+    let zt = FakeZeroTier::start(false);
+    let k3s_url = format!("https://127.0.0.1:{}", free_port());
+    let n = Node::new(&format!(
+        r#"
+[node]
+name = "pi4-a"
+role = "agent"
+cluster = "test"
+
+[k3s]
+server_url = "{k3s_url}"
+node_ip_from = "default-route"
+
+[zerotier]
+network_id = "{ZT_NWID}"
+api_url = "{}"
+
+[agent]
+time_budget_secs = 60
+"#,
+        zt.url
+    ));
+    n.write("var/lib/zerotier-one/authtoken.secret", ZT_TOKEN);
+    n.write(
+        "etc/rancher/k3s/token",
+        "K10abababababababababababababababababababababababababababababababab::s:p",
+    );
+    let mut w = Running::spawn(n.command(&["run"]));
+    let attempts = |v: &serde_json::Value, step: &str| v["steps"][step]["attempts"].as_u64();
+    let mut seen = serde_json::Value::Null;
+    while_running(&mut w, "k3s and zerotier pending with reasons", || {
+        seen = status_cmd(&n);
+        let k3s = &seen["steps"]["k3s"];
+        let zerotier = &seen["steps"]["zerotier"];
+        k3s["state"] == "pending"
+            && k3s["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("Connection refused"))
+            && attempts(&seen, "k3s").is_some_and(|a| a >= 1)
+            && zerotier["state"] == "pending"
+            && zerotier["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("REQUESTING_CONFIGURATION"))
+            && attempts(&seen, "zerotier").is_some_and(|a| a >= 1)
+    });
+    let first = attempts(&seen, "k3s").unwrap();
+    let boot = n.read("boot/firmware/imagegen-status.txt");
+    let k3s_line = boot.lines().find(|l| l.starts_with("k3s ")).unwrap_or("");
+    assert!(
+        k3s_line.contains("pending")
+            && k3s_line.contains("Connection refused")
+            && k3s_line.contains("attempt"),
+        "{boot}"
+    );
+    assert!(boot.lines().any(|l| l.starts_with("zerotier ")), "{boot}");
+    while_running(&mut w, "the k3s attempt count grows", || {
+        attempts(&status_cmd(&n), "k3s").is_some_and(|a| a > first)
+    });
+}

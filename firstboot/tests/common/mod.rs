@@ -178,11 +178,12 @@ pub fn current_user() -> String {
 }
 
 /// A k3s supervisor stand-in: TLS with a fresh CA, serving `/cacerts` and `/ping`, recording
-/// every request head.
+/// every request as the bytes that arrived on the wire (after TLS): head, body, and anything else
+/// the client sent on that connection before the reply.
 pub struct FakeK3s {
     pub url: String,
     pub ca_pem: String,
-    pub requests: Arc<Mutex<Vec<String>>>,
+    pub requests: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// The TLS stream a [`FakeK3s`] reply is written to.
@@ -196,29 +197,44 @@ pub enum Replied {
     Cut,
 }
 
+/// The most a stand-in keeps of one request, so a runaway client cannot exhaust the test's memory.
+const MAX_RECORDED: usize = 1 << 20;
+
+/// The standard reply: `/cacerts` is the CA, `/ping` is `pong`.
+pub fn k3s_reply(head: &str, pem: &str, tls: &mut TlsStream) -> Replied {
+    let body = if head.starts_with("GET /cacerts ") {
+        pem.to_owned()
+    } else if head.starts_with("GET /ping ") {
+        "pong".to_owned()
+    } else {
+        String::new()
+    };
+    let _ = write!(
+        tls,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Replied::Complete
+}
+
 impl FakeK3s {
     pub fn start() -> FakeK3s {
-        FakeK3s::start_with(|head, pem, tls| {
-            let body = if head.starts_with("GET /cacerts ") {
-                pem.to_owned()
-            } else if head.starts_with("GET /ping ") {
-                "pong".to_owned()
-            } else {
-                String::new()
-            };
-            let _ = write!(
-                tls,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            Replied::Complete
-        })
+        FakeK3s::start_with(k3s_reply)
     }
 
     /// A stand-in whose replies `reply(request head, CA PEM, stream)` writes.
     pub fn start_with(
         reply: impl Fn(&str, &str, &mut TlsStream) -> Replied + Send + 'static,
     ) -> FakeK3s {
+        FakeK3s::start_on("127.0.0.1", reply)
+    }
+
+    /// A stand-in listening on `ip` (`127.0.0.1`, `::1`), its certificate made out to that address.
+    pub fn start_on(
+        ip: &str,
+        reply: impl Fn(&str, &str, &mut TlsStream) -> Replied + Send + 'static,
+    ) -> FakeK3s {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -227,7 +243,7 @@ impl FakeK3s {
             .push(rcgen::DnType::CommonName, "k3s-server-ca");
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let srv_key = rcgen::KeyPair::generate().unwrap();
-        let srv_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        let srv_cert = rcgen::CertificateParams::new(vec![ip.to_string()])
             .unwrap()
             .signed_by(&srv_key, &ca)
             .unwrap();
@@ -244,32 +260,24 @@ impl FakeK3s {
         .unwrap();
         let config = Arc::new(config);
         let ca_pem = ca.pem();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "https://127.0.0.1:{}",
-            listener.local_addr().unwrap().port()
-        );
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (reqs, pem) = (requests.clone(), ca_pem.clone());
         thread::spawn(move || {
             for tcp in listener.incoming().map_while(Result::ok) {
+                // Bounds every read, so a client that stops sending cannot stall the stand-in.
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
                 let conn = rustls::ServerConnection::new(config.clone()).unwrap();
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                // A client that rejects our certificate ends the handshake here: nothing to record.
-                while !head.ends_with(b"\r\n\r\n") {
-                    match tls.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => break,
-                    }
-                }
-                if !head.ends_with(b"\r\n\r\n") {
+                let Some((head, wire)) = read_request(&mut tls) else {
+                    // A client that rejects our certificate ends the handshake here: nothing
+                    // was sent to record.
                     continue;
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                reqs.lock().unwrap().push(text.clone());
-                if let Replied::Complete = reply(&text, &pem, &mut tls) {
+                };
+                reqs.lock().unwrap().push(wire);
+                let _ = tls.sock.set_read_timeout(Some(Duration::from_secs(5)));
+                if let Replied::Complete = reply(&head, &pem, &mut tls) {
                     tls.conn.send_close_notify();
                 }
                 let _ = tls.flush();
@@ -281,6 +289,72 @@ impl FakeK3s {
             requests,
         }
     }
+
+    /// The path of each request, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                String::from_utf8_lossy(r)
+                    .split(' ')
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    }
+}
+
+/// Reads one request: its head, its `Content-Length` body, then whatever else the client has
+/// sent by the time nothing more arrives for 100 ms (a second request, a body longer than its
+/// header says). Returns the head and every byte read; `None` when no whole head arrived.
+fn read_request(tls: &mut TlsStream) -> Option<(String, Vec<u8>)> {
+    let mut wire = Vec::new();
+    let mut byte = [0u8; 1];
+    while !wire.ends_with(b"\r\n\r\n") && wire.len() < MAX_RECORDED {
+        match tls.read(&mut byte) {
+            Ok(1) => wire.push(byte[0]),
+            _ => break,
+        }
+    }
+    if !wire.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let head = String::from_utf8_lossy(&wire).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })
+        .unwrap_or(0)
+        .min(MAX_RECORDED);
+    let mut body = vec![0u8; length];
+    let got = read_fully(tls, &mut body);
+    wire.extend_from_slice(&body[..got]);
+    let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 4096];
+    while wire.len() < MAX_RECORDED {
+        match tls.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => wire.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some((head, wire))
+}
+
+fn read_fully(r: &mut impl Read, buf: &mut [u8]) -> usize {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
 }
 
 /// A stand-in for zerotier-one's local API (`/network/<nwid>`): answers 404 until the agent asks
