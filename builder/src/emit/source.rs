@@ -6,9 +6,6 @@ use std::io::{self, Read};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
-use rustix::fs::SeekFrom;
-use rustix::io::Errno;
-
 /// A raw disk image, read front to back once.
 pub trait RawSource {
     /// The image size in bytes.
@@ -41,21 +38,7 @@ impl RawSource for SparseFile {
     }
 
     fn next_data(&mut self, pos: u64) -> io::Result<Option<Range<u64>>> {
-        if pos >= self.size {
-            return Ok(None);
-        }
-        let start = match rustix::fs::seek(&self.file, SeekFrom::Data(pos)) {
-            Ok(start) => start,
-            Err(Errno::NXIO) => return Ok(None),
-            // A filesystem without SEEK_DATA: everything may be data.
-            Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => return Ok(Some(pos..self.size)),
-            Err(e) => return Err(e.into()),
-        };
-        if start >= self.size {
-            return Ok(None);
-        }
-        let end = rustix::fs::seek(&self.file, SeekFrom::Hole(start))?;
-        Ok(Some(start..end.min(self.size)))
+        crate::io::extents::next_extent(&self.file, pos, self.size)
     }
 
     fn read_exact_at(&mut self, buf: &mut [u8], pos: u64) -> io::Result<()> {

@@ -2,9 +2,10 @@
 //! 1 GiB of disk and of write bandwidth.
 
 use crate::io::BUFFER_SIZE;
+use crate::io::extents::next_extent;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::ops::Range;
 use std::path::Path;
 
 /// Hole granularity: the usual filesystem block size. Zero runs shorter than this are written.
@@ -122,7 +123,7 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> io::Result<u64> {
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut pos = 0u64;
     while pos < size {
-        let Some((start, end)) = next_data(&input, pos, size)? else {
+        let Some(Range { start, end }) = next_extent(&input, pos, size)? else {
             break;
         };
         // Holes between extents: the writer only needs to know they are zeros.
@@ -154,30 +155,6 @@ impl SparseWriter {
         debug_assert!(offset >= self.pos);
         self.pos = self.pos.max(offset);
     }
-}
-
-/// The next data extent at or after `pos`, as (start, end). Filesystems without
-/// SEEK_DATA support report the whole rest of the file as data, which is still correct.
-fn next_data(file: &File, pos: u64, size: u64) -> io::Result<Option<(u64, u64)>> {
-    let fd = file.as_raw_fd();
-    let to_off = |v: u64| libc::off_t::try_from(v).map_err(io::Error::other);
-    // SAFETY: lseek on a file descriptor we own; it does not touch memory.
-    let start = unsafe { libc::lseek(fd, to_off(pos)?, libc::SEEK_DATA) };
-    if start < 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            // ENXIO: no data after pos (only a trailing hole).
-            Some(libc::ENXIO) => Ok(None),
-            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(Some((pos, size))),
-            _ => Err(err),
-        };
-    }
-    // SAFETY: as above.
-    let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-    if end < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Some((start as u64, (end as u64).min(size))))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! Small composable `Read`/`Write` adapters for the streaming pipeline (hash, progress).
+//! Small composable `Read`/`Write` adapters for the streaming pipeline (hash, progress) and
+//! the sparse-file helpers (data extents), one per file.
 //! Each stage of fetch -> unpack -> emit wraps the next instead of re-reading data.
 
+pub mod extents;
 pub mod hash;
 pub mod progress;
 

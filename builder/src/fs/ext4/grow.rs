@@ -12,6 +12,7 @@ use std::path::Path;
 use super::e2fsprogs;
 use super::superblock::Superblock;
 use crate::fs::FsError;
+use crate::io::extents::data_extents;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -122,25 +123,13 @@ pub fn grow(
     e2fsprogs::check(image, offset, epoch)
 }
 
-/// The data (non-hole) ranges of `f` within `[start, end)`, as the filesystem reports them
-/// (SEEK_DATA / SEEK_HOLE); a filesystem without hole support reports all of it as data.
+/// The data (non-hole) ranges of `f` within `[start, end)`; see [`crate::io::extents`] for
+/// what a filesystem without hole support reports.
 fn data_ranges(f: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>, FsError> {
-    use rustix::fs::{SeekFrom, seek};
     let mut out = Vec::new();
-    let mut at = start;
-    while at < end {
-        let data = match seek(f, SeekFrom::Data(at)) {
-            Ok(d) => d,
-            // ENXIO: no data at or after `at`.
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(std::io::Error::from(e).into()),
-        };
-        if data >= end {
-            break;
-        }
-        let hole = seek(f, SeekFrom::Hole(data)).map_err(std::io::Error::from)?;
-        out.push((data, hole.min(end)));
-        at = hole;
+    for r in data_extents(f, start..end) {
+        let r = r?;
+        out.push((r.start, r.end));
     }
     Ok(out)
 }

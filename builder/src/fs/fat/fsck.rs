@@ -3,11 +3,13 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
 use crate::fs::FsError;
+use crate::io::extents::data_extents;
 
 const CHUNK: usize = 1 << 20;
 
@@ -55,16 +57,9 @@ fn copy_sparse(src: &File, offset: u64, len: u64, dst: &File) -> io::Result<()> 
     let end = offset + len;
     let mut buf = vec![0u8; CHUNK];
     let zeros = vec![0u8; CHUNK];
-    let mut pos = offset;
-    while pos < end {
-        let (data, hole) = match data_extent(src, pos)? {
-            Some((data, hole)) => (data.max(pos), hole.min(end)),
-            None => break,
-        };
-        if data >= end {
-            break;
-        }
-        let mut at = data;
+    for extent in data_extents(src, offset..end) {
+        let Range { start, end: hole } = extent?;
+        let mut at = start;
         while at < hole {
             let want = usize::try_from(hole - at).map_or(CHUNK, |left| left.min(CHUNK));
             src.read_exact_at(&mut buf[..want], at)?;
@@ -73,24 +68,8 @@ fn copy_sparse(src: &File, offset: u64, len: u64, dst: &File) -> io::Result<()> 
             }
             at += want as u64;
         }
-        pos = hole;
     }
     dst.set_len(len)
-}
-
-/// The next extent of data at or after `pos`, as (start, end); `None` past the last one. Where
-/// the file system cannot tell (no SEEK_DATA), all of the rest is data.
-fn data_extent(f: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
-    use rustix::fs::{SeekFrom, seek};
-    use rustix::io::Errno;
-    let data = match seek(f, SeekFrom::Data(pos)) {
-        Ok(data) => data,
-        Err(Errno::NXIO) => return Ok(None),
-        Err(Errno::INVAL | Errno::NOTSUP) => return Ok(Some((pos, u64::MAX))),
-        Err(e) => return Err(e.into()),
-    };
-    let hole = seek(f, SeekFrom::Hole(data))?;
-    Ok(Some((data, hole)))
 }
 
 #[cfg(test)]
