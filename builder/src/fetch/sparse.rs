@@ -1,15 +1,11 @@
 //! Sparse output: all-zero blocks become holes, so a 4 GiB image with 1 GiB of data costs
 //! 1 GiB of disk and of write bandwidth.
 
-use crate::io::BUFFER_SIZE;
-use crate::io::extents::next_extent;
+use crate::io::copy_range::{Zeros, copy_range};
+use crate::io::zero::{BLOCK, is_zero};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::ops::Range;
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
-
-/// Hole granularity: the usual filesystem block size. Zero runs shorter than this are written.
-const BLOCK: u64 = 4096;
 
 /// Writes through to a fresh (empty) file, seeking over all-zero blocks instead of writing
 /// them. Blocks are aligned to the output offset, so holes line up with filesystem blocks
@@ -99,78 +95,27 @@ impl Write for SparseWriter {
     }
 }
 
-static ZERO_BLOCK: [u8; BLOCK as usize] = [0; BLOCK as usize];
-
-/// Whether a chunk of at most one block is all zeros. Slice equality is a `memcmp`, which
-/// libc vectorises, fast even in debug builds.
-fn is_zero(data: &[u8]) -> bool {
-    data.chunks(ZERO_BLOCK.len())
-        .all(|c| c == &ZERO_BLOCK[..c.len()])
-}
-
 /// Copies `src` to a new sparse file `dst` (replacing it), reading only the data extents
 /// of `src` (SEEK_DATA/SEEK_HOLE) and leaving holes for all-zero blocks. Returns the size.
 /// This is how a build makes its working copy of a cached base image.
 pub fn copy_sparse(src: &Path, dst: &Path) -> io::Result<u64> {
-    let mut input = File::open(src)?;
+    let input = File::open(src)?;
     let size = input.metadata()?.len();
     let output = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(dst)?;
-    let mut out = SparseWriter::new(output);
-    let mut buf = vec![0u8; BUFFER_SIZE];
-    let mut pos = 0u64;
-    while pos < size {
-        let Some(Range { start, end }) = next_extent(&input, pos, size)? else {
-            break;
-        };
-        // Holes between extents: the writer only needs to know they are zeros.
-        out.skip_to(start);
-        input.seek(SeekFrom::Start(start))?;
-        let mut left = end - start;
-        while left > 0 {
-            let want = left.min(buf.len() as u64) as usize;
-            let n = input.read(&mut buf[..want])?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("{} shrank while being copied", src.display()),
-                ));
-            }
-            out.write_all(&buf[..n])?;
-            left -= n as u64;
+    copy_range(&input, 0..size, &output, 0, Zeros::Skip).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            io::Error::new(
+                e.kind(),
+                format!("{} shrank while being copied", src.display()),
+            )
+        } else {
+            e
         }
-        pos = end;
-    }
-    out.skip_to(size);
-    let (_, len) = out.finish()?;
-    Ok(len)
-}
-
-impl SparseWriter {
-    /// Advances over a region known to be zeros (a hole in the source).
-    fn skip_to(&mut self, offset: u64) {
-        debug_assert!(offset >= self.pos);
-        self.pos = self.pos.max(offset);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_detection_sees_every_byte() {
-        assert!(is_zero(&[0u8; 4096]));
-        assert!(is_zero(&[0u8; 10000]));
-        assert!(is_zero(&[0u8; 100]));
-        let mut v = vec![0u8; 4096];
-        v[4095] = 1;
-        assert!(!is_zero(&v));
-        v[4095] = 0;
-        v[10] = 1;
-        assert!(!is_zero(&v));
-    }
+    })?;
+    output.set_len(size)?;
+    Ok(size)
 }

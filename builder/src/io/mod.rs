@@ -2,9 +2,11 @@
 //! the sparse-file helpers (data extents), one per file.
 //! Each stage of fetch -> unpack -> emit wraps the next instead of re-reading data.
 
+pub mod copy_range;
 pub mod extents;
 pub mod hash;
 pub mod progress;
+pub mod zero;
 
 /// Buffer size for streaming copies: large enough to amortize syscalls and let the xz/zstd
 /// and sha256 code work on big chunks, small enough for the 256 MiB memory budget.

@@ -5,13 +5,13 @@
 //! its own sparse file, grown there, and copied back.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::e2fsprogs;
 use super::superblock::Superblock;
 use crate::fs::FsError;
+use crate::io::copy_range::{Zeros, copy_range};
 use crate::io::extents::data_extents;
 
 const CHUNK: usize = 64 * 1024;
@@ -72,7 +72,14 @@ pub fn grow(
         .tempfile_in(dir)?;
     // A copy of the whole partition, secrets included: gone on SIGTERM too.
     let _interrupted = crate::interrupt::Guard::new(tmp.path());
-    copy_out(&file, offset, old_len, tmp.as_file())?;
+    // Holes stay holes; the kernel moves the bytes (copy_file_range).
+    copy_range(
+        &file,
+        offset..offset + old_len,
+        tmp.as_file(),
+        0,
+        Zeros::Write,
+    )?;
     tmp.as_file().set_len(new_len)?;
 
     let tmp_path = crate::argv::path(tmp.path());
@@ -132,29 +139,6 @@ fn data_ranges(f: &File, start: u64, end: u64) -> Result<Vec<(u64, u64)>, FsErro
         out.push((r.start, r.end));
     }
     Ok(out)
-}
-
-/// Copies `[offset, offset + len)` of `image` to the start of `out`, leaving holes as holes.
-/// std's File-to-File copy lets the kernel move the bytes (copy_file_range).
-fn copy_out(image: &File, offset: u64, len: u64, out: &File) -> Result<(), FsError> {
-    for (start, end) in data_ranges(image, offset, offset + len)? {
-        let (mut src, mut dst) = (image, out);
-        src.seek(SeekFrom::Start(start))?;
-        dst.seek(SeekFrom::Start(start - offset))?;
-        let copied = std::io::copy(&mut src.take(end - start), &mut dst)?;
-        if copied != end - start {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!(
-                    "the image ended {} bytes into a {}-byte copy",
-                    copied,
-                    end - start
-                ),
-            )
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// Writes every byte range where `grown` differs from the image at `offset`: the image stays
