@@ -11,9 +11,10 @@ mod http;
 mod sparse;
 mod unpack;
 
+pub use crate::io::sparse_writer::SparseWriter;
 pub use cache::default_dir as default_cache_dir;
 pub use checksum::parse_sha256;
-pub use sparse::{SparseWriter, copy_sparse};
+pub use sparse::copy_sparse;
 pub use unpack::{Format, unpack};
 
 use cache::Cache;

@@ -8,9 +8,10 @@
 //! clusters, and one vendor format does not justify auditing one.
 
 use super::FetchError;
-use super::sparse::{SparseWriter, copy_sparse};
+use super::sparse::copy_sparse;
 use crate::io::BUFFER_SIZE;
 use crate::io::progress::{ProgressReader, bar};
+use crate::io::sparse_writer::SparseWriter;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;

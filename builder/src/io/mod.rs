@@ -2,10 +2,13 @@
 //! the sparse-file helpers (data extents), one per file.
 //! Each stage of fetch -> unpack -> emit wraps the next instead of re-reading data.
 
+pub mod compare;
 pub mod copy_range;
 pub mod extents;
 pub mod hash;
 pub mod progress;
+pub mod sparse_writer;
+pub mod window;
 pub mod zero;
 
 /// Buffer size for streaming copies: large enough to amortize syscalls and let the xz/zstd

@@ -8,7 +8,6 @@ mod fsck;
 mod mtools;
 mod plan;
 mod time;
-mod window;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -19,8 +18,9 @@ use fatfs::{FatType, FileAttributes, FsOptions};
 
 use super::{Content, DirEntry, FileType, FsError, FsInfo, FsKind, Stat};
 use super::{Filesystem, Op, path};
+use crate::io::compare::CompareWriter;
+use crate::io::window::Window;
 use plan::{Expect, Step};
-use window::Window;
 
 type Fat = fatfs::FileSystem<Window>;
 type FatDir<'a> = fatfs::Dir<'a, Window>;
@@ -473,63 +473,4 @@ fn content_len(content: &Content) -> io::Result<u64> {
 
 fn host_file_error(p: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", p.display()))
-}
-
-/// A sink that checks what is written to it against an expected stream.
-struct CompareWriter<R> {
-    expected: R,
-    offset: u64,
-    buf: Vec<u8>,
-}
-
-impl<R: Read> CompareWriter<R> {
-    fn new(expected: R) -> Self {
-        CompareWriter {
-            expected,
-            offset: 0,
-            buf: Vec::new(),
-        }
-    }
-
-    /// Fails if the expected stream has bytes left over.
-    fn finish(mut self) -> io::Result<()> {
-        let mut one = [0u8; 1];
-        if self.expected.read(&mut one)? != 0 {
-            return Err(io::Error::other(format!(
-                "{} bytes long, shorter than what was written",
-                self.offset
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read> Write for CompareWriter<R> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.resize(data.len(), 0);
-        let mut got = 0;
-        while got < data.len() {
-            match self.expected.read(&mut self.buf[got..])? {
-                0 => {
-                    return Err(io::Error::other(format!(
-                        "longer than what was written ({} bytes)",
-                        self.offset + got as u64
-                    )));
-                }
-                n => got += n,
-            }
-        }
-        if let Some(i) = data.iter().zip(&self.buf).position(|(a, b)| a != b) {
-            return Err(io::Error::other(format!(
-                "content differs at byte {}",
-                self.offset + i as u64
-            )));
-        }
-        self.offset += data.len() as u64;
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
