@@ -6,6 +6,7 @@ use super::{FetchError, FetchOptions};
 use crate::io::BUFFER_SIZE;
 use crate::io::hash::HashWriter;
 use crate::io::progress::{ProgressWriter, bar};
+use crate::io::tee::Tee;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
@@ -254,7 +255,7 @@ impl Client {
         let progress = bar(file_label(url), length.map(|l| l + offset));
         progress.set_position(offset);
         let mut out = ProgressWriter::new(
-            BufWriter::with_capacity(BUFFER_SIZE, Tee { a: file, b: hasher }),
+            BufWriter::with_capacity(BUFFER_SIZE, Tee::new(file, hasher)),
             progress,
         );
         let mut body = resp.into_body().into_reader();
@@ -270,30 +271,12 @@ impl Client {
                 CopyError::Read(e) => self.classify(url, ureq::Error::from(e)),
             });
         }
-        let Tee { a: file, b: hasher } = tee;
+        // The hasher saw only what the file accepted: the digest describes the bytes on disk.
+        let (file, hasher) = tee.into_inner();
         file.sync_all().map_err(io_fail)?;
         let (_, digest) = hasher.finish();
         let size = fs::metadata(part).map_err(io_fail)?.len();
         Ok((digest, size))
-    }
-}
-
-/// Writes to the file first, then feeds the hasher only what the file accepted, so the
-/// digest always describes the bytes on disk.
-struct Tee {
-    a: File,
-    b: HashWriter<io::Sink>,
-}
-
-impl Write for Tee {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.a.write(buf)?;
-        self.b.write_all(&buf[..n])?;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.a.flush()
     }
 }
 

@@ -8,6 +8,7 @@ pub mod extents;
 pub mod hash;
 pub mod progress;
 pub mod sparse_writer;
+pub mod tee;
 pub mod window;
 pub mod zero;
 
