@@ -6,10 +6,10 @@ pub mod users;
 
 use crate::board::Board;
 use crate::config::{self, ClusterConfig, Role};
+use crate::distro::Vendor;
 use crate::fs::{Content, FileType, Meta, Op};
 use crate::image::{Image, ImageError};
 use crate::io::hash::sha256_hex;
-use crate::vendor::Vendor;
 use imagegen_firstboot::config as node;
 use imagegen_firstboot::known_hosts;
 use imagegen_firstboot::units;
@@ -176,10 +176,10 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     if let Some(id) = spec.identity {
         identity(id, spec.vendor, &mut p);
     }
-    crate::vendor::adapt::plan(
+    crate::distro::adapt::plan(
         spec.vendor,
         image,
-        &crate::vendor::adapt::Context {
+        &crate::distro::adapt::Context {
             node: if spec.generic { "generic" } else { spec.name },
             has_identity: spec.identity.is_some(),
         },
@@ -367,7 +367,7 @@ pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, 
 fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
     let keep_copy = vendor == Vendor::RpiOsBookworm;
     if keep_copy {
-        p.dir(crate::vendor::adapt::IDENTITY_DIR, 0o700, 0, 0);
+        p.dir(crate::distro::adapt::IDENTITY_DIR, 0o700, 0, 0);
     }
     for k in &id.host_keys {
         let name = format!("ssh_host_{}_key", k.kind);
@@ -387,7 +387,7 @@ fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
             0,
         );
         if keep_copy {
-            let dir = crate::vendor::adapt::IDENTITY_DIR;
+            let dir = crate::distro::adapt::IDENTITY_DIR;
             p.push(
                 &format!("{dir}/{name}"),
                 Content::Bytes(k.private.clone()),

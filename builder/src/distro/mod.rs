@@ -1,4 +1,4 @@
-//! Vendor image families: which one an image is, from what the vendor leaves in it.
+//! Distro families: which one an image is, from what the vendor leaves in it.
 //! Facts: shared/research/vendor-images.md.
 
 pub mod adapt;
