@@ -55,7 +55,7 @@ pub fn personalize(req: &Request) -> Result<String> {
             );
         }
     }
-    let boot = plan::boot_mount(vendor);
+    let boot = vendor.family().boot_mount();
     let resolved = image.resolve(boot, true)?;
     let slot = image.locate(&resolved).slot;
     if image.slots()[slot].fs_kind != Some(FsKind::Fat) {
