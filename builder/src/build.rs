@@ -5,12 +5,12 @@
 use crate::arch::{self, Arch};
 use crate::board::{self, Board};
 use crate::config::ClusterConfig;
+use crate::distro::{self, Vendor};
 use crate::emit::{self, BuildRecord, EmitOptions, Manifest};
 use crate::fetch::{self, FetchOptions, Source};
 use crate::fs::{FsKind, Op, ext4};
 use crate::image::Image;
 use crate::plan::{self, Change, NodeSpec};
-use crate::vendor::{self, Vendor};
 use anyhow::{Context, Result, bail};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -170,7 +170,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
     })?;
     let vendor = match req.vendor {
         Some(v) => v,
-        None => vendor::detect(&mut image)?,
+        None => distro::detect(&mut image)?,
     };
     if !board.accepts.iter().any(|a| a == vendor.id()) {
         bail!(

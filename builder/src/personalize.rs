@@ -5,11 +5,11 @@
 
 use crate::board::Board;
 use crate::config::Loaded;
+use crate::distro::{self, Vendor};
 use crate::fs::{Content, FsKind, Meta, Op};
 use crate::identity::Identity;
 use crate::image::Image;
 use crate::plan::{self, NodeSpec};
-use crate::vendor::{self, Vendor};
 use anyhow::{Context, Result, bail};
 use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed, SeedFile};
 use std::path::Path;
@@ -29,7 +29,7 @@ pub fn personalize(req: &Request) -> Result<String> {
         .with_context(|| format!("opening {}", req.image.display()))?;
     let vendor = match req.vendor {
         Some(v) => v,
-        None => vendor::detect(&mut image)?,
+        None => distro::detect(&mut image)?,
     };
     if !req.board.accepts.iter().any(|a| a == vendor.id()) {
         bail!(
@@ -55,7 +55,7 @@ pub fn personalize(req: &Request) -> Result<String> {
             );
         }
     }
-    let boot = plan::boot_mount(vendor);
+    let boot = vendor.family().boot_mount();
     let resolved = image.resolve(boot, true)?;
     let slot = image.locate(&resolved).slot;
     if image.slots()[slot].fs_kind != Some(FsKind::Fat) {

@@ -1,20 +1,23 @@
 //! Node config -> the list of changes to make in the image. The only place that decides what
 //! goes into a node image; the image layer only carries it out.
 
+pub mod changes;
 pub mod hardening;
 pub mod users;
 
 use crate::board::Board;
 use crate::config::{self, ClusterConfig, Role};
-use crate::fs::{Content, FileType, Meta, Op};
+use crate::distro::Vendor;
+use crate::fs::{Content, FileType, Op};
 use crate::image::{Image, ImageError};
 use crate::io::hash::sha256_hex;
-use crate::vendor::Vendor;
 use imagegen_firstboot::config as node;
 use imagegen_firstboot::known_hosts;
 use imagegen_firstboot::units;
 use std::path::{Path, PathBuf};
 use users::Accounts;
+
+pub use changes::{Change, Plan};
 
 /// Where the node config goes in the image.
 pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
@@ -43,15 +46,10 @@ pub enum PlanError {
     },
     #[error(transparent)]
     Hardening(#[from] hardening::HardeningError),
+    #[error(transparent)]
+    Distro(#[from] crate::distro::VendorError),
     #[error("{0}")]
     Invalid(String),
-}
-
-/// One change, with whether its content is a secret (then the manifest never records its hash).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub op: Op,
-    pub secret: bool,
 }
 
 /// Everything the planner needs about one node.
@@ -80,92 +78,9 @@ impl NodeSpec<'_> {
     }
 }
 
-/// Collects changes; keeps the plan and the vendor adapters readable.
-pub struct Plan {
-    changes: Vec<Change>,
-    epoch: i64,
-}
-
-impl Plan {
-    pub fn file(&mut self, path: &str, content: Vec<u8>, mode: u32, uid: u32, gid: u32) {
-        self.push(path, Content::Bytes(content), mode, uid, gid, false);
-    }
-
-    pub fn secret(&mut self, path: &str, content: Vec<u8>) {
-        self.push(path, Content::Bytes(content), 0o600, 0, 0, true);
-    }
-
-    pub fn push(
-        &mut self,
-        path: &str,
-        content: Content,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        secret: bool,
-    ) {
-        self.changes.push(Change {
-            op: Op::WriteFile {
-                path: path.into(),
-                content,
-                meta: Meta {
-                    mode,
-                    uid,
-                    gid,
-                    mtime: self.epoch,
-                },
-            },
-            secret,
-        });
-    }
-
-    pub fn dir(&mut self, path: &str, mode: u32, uid: u32, gid: u32) {
-        self.changes.push(Change {
-            op: Op::Mkdir {
-                path: path.into(),
-                meta: Meta {
-                    mode,
-                    uid,
-                    gid,
-                    mtime: self.epoch,
-                },
-                parents: true,
-            },
-            secret: false,
-        });
-    }
-
-    pub fn symlink(&mut self, path: &str, target: &str) {
-        self.changes.push(Change {
-            op: Op::Symlink {
-                path: path.into(),
-                target: target.into(),
-                meta: Meta::root(0o777, self.epoch),
-            },
-            secret: false,
-        });
-    }
-
-    pub fn remove(&mut self, path: &str) {
-        self.changes.push(Change {
-            op: Op::Remove { path: path.into() },
-            secret: false,
-        });
-    }
-
-    /// Masks a systemd unit (a link to /dev/null), the documented way to switch a vendor's
-    /// unit off for good.
-    pub fn mask(&mut self, unit: &str) {
-        self.symlink(&format!("/etc/systemd/system/{unit}"), "/dev/null");
-    }
-}
-
 /// The changes that make `image` into node `spec`.
 pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError> {
-    let mut p = Plan {
-        changes: Vec::new(),
-        epoch: spec.epoch,
-    };
+    let mut p = Plan::new(spec.epoch);
     let cfg = spec.config;
     if !spec.generic {
         hostname(image, spec, &mut p)?;
@@ -176,10 +91,10 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     if let Some(id) = spec.identity {
         identity(id, spec.vendor, &mut p);
     }
-    crate::vendor::adapt::plan(
+    crate::distro::plan(
         spec.vendor,
         image,
-        &crate::vendor::adapt::Context {
+        &crate::distro::Context {
             node: if spec.generic { "generic" } else { spec.name },
             has_identity: spec.identity.is_some(),
         },
@@ -292,7 +207,7 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
             0,
         );
     }
-    Ok(p.changes)
+    Ok(p.into_changes())
 }
 
 /// Keeps systemd presets from enabling the units the agent enables itself, and only where the
@@ -365,9 +280,9 @@ pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, 
 
 /// The node's SSH host keys at their usual paths and the k3s node password.
 fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
-    let keep_copy = vendor == Vendor::RpiOsBookworm;
-    if keep_copy {
-        p.dir(crate::vendor::adapt::IDENTITY_DIR, 0o700, 0, 0);
+    let copy_dir = vendor.family().host_key_copy_dir();
+    if let Some(dir) = copy_dir {
+        p.dir(dir, 0o700, 0, 0);
     }
     for k in &id.host_keys {
         let name = format!("ssh_host_{}_key", k.kind);
@@ -386,8 +301,7 @@ fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
             0,
             0,
         );
-        if keep_copy {
-            let dir = crate::vendor::adapt::IDENTITY_DIR;
+        if let Some(dir) = copy_dir {
             p.push(
                 &format!("{dir}/{name}"),
                 Content::Bytes(k.private.clone()),
@@ -806,7 +720,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         ups,
         backup,
         paths: node::PathsSection {
-            boot: PathBuf::from(boot_mount(spec.vendor)),
+            boot: PathBuf::from(spec.vendor.family().boot_mount()),
         },
         commands: Default::default(),
         agent: Default::default(),
@@ -814,16 +728,6 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     n.validate()
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
     Ok(n)
-}
-
-/// Where the FAT partition the agent reads its seed from and writes its status to is mounted.
-pub fn boot_mount(vendor: Vendor) -> &'static str {
-    match vendor {
-        Vendor::RpiOsBookworm | Vendor::RpiOsTrixie | Vendor::UbuntuRaspi => "/boot/firmware",
-        // Armbian on the BPI-M5 has no FAT partition; /boot is on the root filesystem.
-        Vendor::Armbian => "/boot",
-        Vendor::UbuntuCloud | Vendor::DebianCloud => "/boot/efi",
-    }
 }
 
 fn default_k3s() -> node::K3sSection {

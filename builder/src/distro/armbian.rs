@@ -1,0 +1,106 @@
+//! Armbian for the Banana Pi M5.
+//! Facts: shared/research/vendor-images.md section 2.5.
+
+use super::{Context, Facts, Family, Vendor, VendorError, exists, read_text};
+use crate::image::Image;
+use crate::plan::changes::Plan;
+
+pub struct Armbian;
+
+/// /etc/armbian-release marks the family.
+pub fn detect(f: &Facts) -> Option<Result<Vendor, VendorError>> {
+    f.armbian_release.then_some(Ok(Vendor::Armbian))
+}
+
+impl Family for Armbian {
+    fn boot_mount(&self) -> &'static str {
+        // Armbian on the BPI-M5 has no FAT partition; /boot is on the root filesystem.
+        "/boot"
+    }
+
+    fn plan_wizard(
+        &self,
+        image: &mut Image,
+        _ctx: &Context,
+        p: &mut Plan,
+    ) -> Result<(), VendorError> {
+        // The console wizard (and its root password prompt) runs from a login shell while this
+        // marker exists; the root expansion (armbian-resize-filesystem) does not depend on it.
+        if exists(image, "/root/.not_logged_in_yet")? {
+            p.remove("/root/.not_logged_in_yet");
+        }
+        // Root is logged in automatically on the console and serial line until the wizard ran.
+        for o in [
+            "/etc/systemd/system/getty@.service.d/override.conf",
+            "/etc/systemd/system/serial-getty@.service.d/override.conf",
+        ] {
+            if let Some(text) = read_text(image, o)?
+                && text.contains("--autologin")
+            {
+                p.remove(o);
+            }
+        }
+        Ok(())
+    }
+
+    fn plan_host_keys(
+        &self,
+        image: &mut Image,
+        ctx: &Context,
+        p: &mut Plan,
+    ) -> Result<(), VendorError> {
+        if ctx.has_identity
+            && let Some(text) = read_text(image, "/etc/default/armbian-firstrun")?
+        {
+            p.file(
+                "/etc/default/armbian-firstrun",
+                set_shell_var(&text, "OPENSSHD_REGENERATE_HOST_KEYS", "false").into_bytes(),
+                0o644,
+                0,
+                0,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sets `NAME=value` in a shell-style defaults file, keeping everything else.
+pub fn set_shell_var(text: &str, name: &str, value: &str) -> String {
+    let mut found = false;
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if t.strip_prefix(name).is_some_and(|r| r.starts_with('=')) {
+                found = true;
+                format!("{name}={value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        lines.push(format!("{name}={value}"));
+    }
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_vars() {
+        assert_eq!(
+            set_shell_var(
+                "# c\nOPENSSHD_REGENERATE_HOST_KEYS=true\nX=1\n",
+                "OPENSSHD_REGENERATE_HOST_KEYS",
+                "false"
+            ),
+            "# c\nOPENSSHD_REGENERATE_HOST_KEYS=false\nX=1\n"
+        );
+        assert_eq!(set_shell_var("X=1\n", "Y", "2"), "X=1\nY=2\n");
+    }
+}

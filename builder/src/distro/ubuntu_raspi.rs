@@ -1,0 +1,46 @@
+//! Ubuntu 24.04 preinstalled server for Raspberry Pi.
+//! Facts: shared/research/vendor-images.md section 3.5.
+
+use super::cloud::{meta_data, user_data};
+use super::{Context, Facts, Family, Vendor, VendorError};
+use crate::image::Image;
+use crate::plan::changes::Plan;
+
+pub struct UbuntuRaspi;
+
+/// Ubuntu with the `system-boot` FAT label.
+pub fn detect(f: &Facts) -> Option<Result<Vendor, VendorError>> {
+    (f.id == "ubuntu" && f.has_label("system-boot")).then_some(Ok(Vendor::UbuntuRaspi))
+}
+
+impl Family for UbuntuRaspi {
+    fn boot_mount(&self) -> &'static str {
+        "/boot/firmware"
+    }
+
+    /// cloud-init grows the root filesystem here, so it stays on with a seed that asks for
+    /// that alone (see `cloud::user_data`).
+    fn plan_cloud_init(
+        &self,
+        _image: &mut Image,
+        ctx: &Context,
+        p: &mut Plan,
+    ) -> Result<(), VendorError> {
+        // Ubuntu raspi reads its seed from the system-boot partition (fs_label).
+        p.file(
+            "/boot/firmware/meta-data",
+            meta_data(ctx).into_bytes(),
+            0o644,
+            0,
+            0,
+        );
+        p.file(
+            "/boot/firmware/user-data",
+            user_data(ctx.has_identity).into_bytes(),
+            0o644,
+            0,
+            0,
+        );
+        Ok(())
+    }
+}
