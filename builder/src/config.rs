@@ -2,6 +2,7 @@
 //! the file, the line and what is wrong. Paths in it are relative to the file.
 
 use crate::board;
+use imagegen_firstboot::names;
 use serde::Deserialize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -271,12 +272,13 @@ type Invalid = (Range<usize>, String);
 fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
     check_name(&c.cluster.name, "cluster name")?;
     let user = &c.admin.user;
-    if !is_unix_user(user.get_ref()) {
+    if !names::is_user_name(user.get_ref()) {
         return Err((
             user.span(),
             format!(
-                "admin user {:?} is not a valid user name (lowercase letters, digits, '-', '_'; starting with a letter)",
-                user.get_ref()
+                "admin user {:?} is not a valid user name: {}",
+                user.get_ref(),
+                names::USER_NAME_RULE
             ),
         ));
     }
@@ -402,29 +404,14 @@ fn check_host_key(key: &Spanned<String>) -> Result<(), Invalid> {
 
 fn check_name(name: &Spanned<String>, what: &str) -> Result<(), Invalid> {
     let n = name.get_ref();
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !n.starts_with('-')
-        && !n.ends_with('-');
-    if ok {
+    if names::is_node_name(n) {
         Ok(())
     } else {
         Err((
             name.span(),
-            format!(
-                "{what} {n:?} is not a valid host name (1-63 of a-z, 0-9, '-', not at the ends)"
-            ),
+            format!("{what} {n:?} is not valid: {}", names::NODE_NAME_RULE),
         ))
     }
-}
-
-fn is_unix_user(u: &str) -> bool {
-    let mut b = u.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_lowercase())
-        && u.len() <= 32
-        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
 fn check_ssh_key(key: &Spanned<String>) -> Result<(), Invalid> {

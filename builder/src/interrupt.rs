@@ -5,6 +5,8 @@
 //! A signal handler may only do async-signal-safe work, so the paths live as C strings in a
 //! fixed table of atomic pointers and the handler calls nothing but `unlink`, `signal` and
 //! `raise`. Without [`install`] (library use), guards cost nothing and do nothing.
+//! The `unsafe` stays: installing a signal handler and working on raw C strings inside one
+//! has no safe API in std or rustix.
 
 use std::ffi::{CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;

@@ -613,3 +613,28 @@ fn timezone_and_locale_are_said_to_be_not_applied() {
         "{err}"
     );
 }
+
+/// A node named `pi-` would become an invalid hostname and k3s node name: check refuses it in
+/// one line naming the node and the rule (the agent shares the rule, imagegen_firstboot::names).
+#[test]
+fn check_refuses_a_node_name_that_is_no_hostname() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    ok(&["init", config]);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for f in ["k3s-token", "nut-password"] {
+        std::fs::write(dir.path().join("secrets").join(f), "x\n").unwrap();
+    }
+    ok(&["check", "--config", config]);
+    let example = std::fs::read_to_string(config).unwrap();
+    let bad = example.replace("name = \"pi4-a\"", "name = \"pi-\"");
+    assert_ne!(bad, example, "the example has a node pi4-a");
+    std::fs::write(config, bad).unwrap();
+    let err = fails(
+        &["check", "--config", config],
+        "node name \"pi-\" is not valid",
+    );
+    assert!(err.contains("not starting or ending with '-'"), "{err}");
+    assert!(err.contains("RFC 1123"), "{err}");
+}

@@ -344,15 +344,10 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let name = &self.node.name;
-        if name.is_empty()
-            || name.len() > 63
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            || name.starts_with('-')
-        {
+        if !crate::names::is_node_name(name) {
             return bad(format!(
-                "[node] name {name:?} must be a hostname: lowercase letters, digits and '-', at most 63"
+                "[node] name {name:?} is not a valid node name: {}",
+                crate::names::NODE_NAME_RULE
             ));
         }
         if self.node.cluster_init && self.node.role != Role::Server {
@@ -526,6 +521,16 @@ password_file = "/etc/imagegen/ups-password"
             .unwrap_err()
             .to_string();
         assert!(e.contains("node"), "{e}");
+    }
+
+    /// The agent once took `pi-` (it checked only the leading '-'), which the builder refused.
+    #[test]
+    fn node_names_follow_the_shared_rule() {
+        for name in ["pi-", "-pi", "Pi", "pi.lan", ""] {
+            let s = AGENT.replace("name = \"pi4-a\"", &format!("name = {name:?}"));
+            let e = NodeConfig::from_toml_str(&s).unwrap_err().to_string();
+            assert!(e.contains("is not a valid node name"), "{name:?}: {e}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! (`/etc/imagegen/node.toml`) and the secret seed format, which the builder writes with these same
 //! types, and the systemd units the builder installs.
 
+#![forbid(unsafe_code)]
+
 pub mod attempts;
 pub mod backup;
 pub mod command;
@@ -9,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod k3s;
 pub mod known_hosts;
+pub mod names;
 pub mod nut;
 pub mod root;
 pub mod run;

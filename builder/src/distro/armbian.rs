@@ -56,8 +56,6 @@ impl Family for Armbian {
                 "/etc/default/armbian-firstrun",
                 set_shell_var(&text, "OPENSSHD_REGENERATE_HOST_KEYS", "false").into_bytes(),
                 0o644,
-                0,
-                0,
             );
         }
         Ok(())

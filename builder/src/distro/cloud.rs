@@ -37,29 +37,24 @@ impl Family for Cloud {
         p: &mut Plan,
     ) -> Result<(), VendorError> {
         let dir = "/var/lib/cloud/seed/nocloud";
-        p.dir(dir, 0o755, 0, 0);
+        p.dir(dir, 0o755);
         p.file(
             &format!("{dir}/meta-data"),
             meta_data(ctx).into_bytes(),
             0o644,
-            0,
-            0,
         );
         p.file(
             &format!("{dir}/user-data"),
             user_data(ctx.has_identity).into_bytes(),
             0o600,
-            0,
-            0,
         );
         // Only NoCloud: on bare metal the other sources time out one after another.
-        p.dir("/etc/cloud/cloud.cfg.d", 0o755, 0, 0);
+        p.dir("/etc/cloud/cloud.cfg.d", 0o755);
+        let cfg = b"# Written by imagegen: the seed is in /var/lib/cloud/seed/nocloud.\ndatasource_list: [ NoCloud, None ]\n";
         p.file(
             "/etc/cloud/cloud.cfg.d/90-imagegen.cfg",
-            b"# Written by imagegen: the seed is in /var/lib/cloud/seed/nocloud.\ndatasource_list: [ NoCloud, None ]\n".to_vec(),
+            cfg.to_vec(),
             0o644,
-            0,
-            0,
         );
         Ok(())
     }

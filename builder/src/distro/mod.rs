@@ -268,7 +268,7 @@ fn enable_ssh(image: &mut Image, p: &mut Plan) -> Result<(), VendorError> {
             .lstat(unit)?
             .is_some_and(|s| s.file_type == FileType::Regular)
         {
-            p.dir("/etc/systemd/system/multi-user.target.wants", 0o755, 0, 0);
+            p.dir("/etc/systemd/system/multi-user.target.wants", 0o755);
             p.symlink(
                 "/etc/systemd/system/multi-user.target.wants/ssh.service",
                 unit,

@@ -67,7 +67,7 @@ impl Family for RaspiOs {
             p.remove(RENAME_USER_BANNER);
         }
         if exists(image, "/lib/systemd/system/getty@.service")? && !exists(image, GETTY_TTY1)? {
-            p.dir("/etc/systemd/system/getty.target.wants", 0o755, 0, 0);
+            p.dir("/etc/systemd/system/getty.target.wants", 0o755);
             p.symlink(GETTY_TTY1, "/lib/systemd/system/getty@.service");
         }
         Ok(())
@@ -91,10 +91,8 @@ impl Family for RaspiOs {
                 &format!("/etc/systemd/system/{HOSTKEYS_UNIT}"),
                 hostkeys_unit().into_bytes(),
                 0o644,
-                0,
-                0,
             );
-            p.dir("/etc/systemd/system/multi-user.target.wants", 0o755, 0, 0);
+            p.dir("/etc/systemd/system/multi-user.target.wants", 0o755);
             p.symlink(
                 &format!("/etc/systemd/system/multi-user.target.wants/{HOSTKEYS_UNIT}"),
                 &format!("/etc/systemd/system/{HOSTKEYS_UNIT}"),
@@ -119,8 +117,6 @@ impl Family for RaspiOs {
                 "/etc/cloud/cloud-init.disabled",
                 b"imagegen: provisioned offline\n".to_vec(),
                 0o644,
-                0,
-                0,
             );
         }
         Ok(())

@@ -31,15 +31,11 @@ impl Family for UbuntuRaspi {
             "/boot/firmware/meta-data",
             meta_data(ctx).into_bytes(),
             0o644,
-            0,
-            0,
         );
         p.file(
             "/boot/firmware/user-data",
             user_data(ctx.has_identity).into_bytes(),
             0o644,
-            0,
-            0,
         );
         Ok(())
     }

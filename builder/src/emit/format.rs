@@ -109,6 +109,7 @@ pub struct Compressor {
 }
 
 fn liblzma_version() -> String {
+    // The liblzma crate has no safe version getter, so this FFI call stays `unsafe`.
     // SAFETY: lzma_version_string returns a pointer to a static NUL-terminated string.
     let version = unsafe { CStr::from_ptr(liblzma_sys::lzma_version_string()) };
     version.to_string_lossy().into_owned()

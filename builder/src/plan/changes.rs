@@ -2,6 +2,7 @@
 //! both, so a family can add changes without depending on the rest of `plan`.
 
 use crate::fs::{Content, Meta, Op};
+use std::path::PathBuf;
 
 /// One change, with whether its content is a secret (then the manifest never records its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,52 +30,42 @@ impl Plan {
         self.changes
     }
 
-    pub fn file(&mut self, path: &str, content: Vec<u8>, mode: u32, uid: u32, gid: u32) {
-        self.push(path, Content::Bytes(content), mode, uid, gid, false);
+    /// Writes `content` at `path` with `mode`, owned by root and public (its hash goes into the
+    /// manifest). `.owner(uid, gid)` and `.secret()` on the result change that:
+    /// `p.file(KEY, key, 0o600).secret()`.
+    pub fn file(&mut self, path: &str, content: Vec<u8>, mode: u32) -> FileChange<'_> {
+        self.write(path, Content::Bytes(content), mode)
     }
 
-    pub fn secret(&mut self, path: &str, content: Vec<u8>) {
-        self.push(path, Content::Bytes(content), 0o600, 0, 0, true);
+    /// Like [`Plan::file`], the content streamed from `source` on the host.
+    pub fn host_file(&mut self, path: &str, source: PathBuf, mode: u32) -> FileChange<'_> {
+        self.write(path, Content::HostFile(source), mode)
     }
 
-    pub fn push(
-        &mut self,
-        path: &str,
-        content: Content,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        secret: bool,
-    ) {
+    fn write(&mut self, path: &str, content: Content, mode: u32) -> FileChange<'_> {
         self.changes.push(Change {
             op: Op::WriteFile {
                 path: path.into(),
                 content,
-                meta: Meta {
-                    mode,
-                    uid,
-                    gid,
-                    mtime: self.epoch,
-                },
+                meta: Meta::root(mode, self.epoch),
             },
-            secret,
+            secret: false,
         });
+        FileChange(self.changes.last_mut().expect("just pushed"))
     }
 
-    pub fn dir(&mut self, path: &str, mode: u32, uid: u32, gid: u32) {
+    /// Makes directory `path` (and missing parents) with `mode`, owned by root;
+    /// `.owner(uid, gid)` on the result changes that.
+    pub fn dir(&mut self, path: &str, mode: u32) -> DirChange<'_> {
         self.changes.push(Change {
             op: Op::Mkdir {
                 path: path.into(),
-                meta: Meta {
-                    mode,
-                    uid,
-                    gid,
-                    mtime: self.epoch,
-                },
+                meta: Meta::root(mode, self.epoch),
                 parents: true,
             },
             secret: false,
         });
+        DirChange(self.changes.last_mut().expect("just pushed"))
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) {
@@ -99,5 +90,41 @@ impl Plan {
     /// unit off for good.
     pub fn mask(&mut self, unit: &str) {
         self.symlink(&format!("/etc/systemd/system/{unit}"), "/dev/null");
+    }
+}
+
+/// A file just added by [`Plan::file`] or [`Plan::host_file`]: root-owned and public unless
+/// changed here.
+pub struct FileChange<'a>(&'a mut Change);
+
+impl FileChange<'_> {
+    /// Owned by `uid`:`gid` instead of root.
+    pub fn owner(self, uid: u32, gid: u32) -> Self {
+        set_owner(&mut self.0.op, uid, gid);
+        self
+    }
+
+    /// Its content is a secret: the manifest never records its hash.
+    pub fn secret(self) -> Self {
+        self.0.secret = true;
+        self
+    }
+}
+
+/// A directory just added by [`Plan::dir`]: root-owned unless changed here.
+pub struct DirChange<'a>(&'a mut Change);
+
+impl DirChange<'_> {
+    /// Owned by `uid`:`gid` instead of root.
+    pub fn owner(self, uid: u32, gid: u32) -> Self {
+        set_owner(&mut self.0.op, uid, gid);
+        self
+    }
+}
+
+fn set_owner(op: &mut Op, uid: u32, gid: u32) {
+    if let Op::WriteFile { meta, .. } | Op::Mkdir { meta, .. } = op {
+        meta.uid = uid;
+        meta.gid = gid;
     }
 }

@@ -68,7 +68,9 @@ pub enum HardeningError {
 pub fn files(h: &Hardening, ctx: &Context) -> Result<Vec<RenderedFile>, HardeningError> {
     let mut out = Vec::new();
     if h.sshd {
-        if !is_user_name(ctx.admin_user) {
+        // Checked again (cluster.toml already was): the name lands in sshd_config, where a space
+        // or a pattern character would change what AllowUsers means.
+        if !imagegen_firstboot::names::is_user_name(ctx.admin_user) {
             return Err(HardeningError::AdminUser(ctx.admin_user.to_string()));
         }
         out.push(file(
@@ -106,15 +108,6 @@ fn file(path: &str, content: String, mode: u32) -> RenderedFile {
         content,
         mode,
     }
-}
-
-/// The same shape cluster.toml accepts; checked again because the name lands in sshd_config,
-/// where a space or a pattern character would change what AllowUsers means.
-fn is_user_name(u: &str) -> bool {
-    let mut b = u.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_lowercase())
-        && u.len() <= 32
-        && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
 }
 
 fn nftables(ctx: &Context) -> String {

@@ -105,20 +105,20 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     let text = node
         .to_toml_string()
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
-    p.dir("/etc/imagegen", 0o755, 0, 0);
-    p.file(NODE_TOML, text.into_bytes(), 0o600, 0, 0);
+    p.dir("/etc/imagegen", 0o755);
+    p.file(NODE_TOML, text.into_bytes(), 0o600);
 
     if !spec.generic {
         if let Some(k) = &cfg.k3s {
             let token = read_secret(&spec.resolve(&k.token_file), "k3s token_file")?;
-            p.dir("/etc/rancher/k3s", 0o755, 0, 0);
-            p.secret(K3S_TOKEN, token);
+            p.dir("/etc/rancher/k3s", 0o755);
+            p.file(K3S_TOKEN, token, 0o600).secret();
         }
         if let Some(u) = &cfg.ups {
             let path = spec.resolve(&u.password_file);
             let pw = read_secret(&path, "ups password_file")?;
             check_nut_password(&pw, &path)?;
-            p.secret(NUT_PASSWORD, pw);
+            p.file(NUT_PASSWORD, pw, 0o600).secret();
         }
         if let Some(b) = &cfg.backup {
             let key = match (&b.ssh_key_file, spec.identity) {
@@ -132,13 +132,13 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 (None, None) => Vec::new(),
             };
             if !key.is_empty() {
-                p.secret(BACKUP_KEY, key);
+                p.file(BACKUP_KEY, key, 0o600).secret();
             }
         }
     }
     // Not a secret and the same on every node: a generic image carries it too.
     if let Some(known_hosts) = backup_known_hosts(cfg, spec.config_dir)? {
-        p.file(BACKUP_KNOWN_HOSTS, known_hosts, 0o600, 0, 0);
+        p.file(BACKUP_KNOWN_HOSTS, known_hosts, 0o600);
     }
     if let Some(pkg) = cfg.zerotier.as_ref().and_then(|z| z.package.as_ref()) {
         let pkg = spec.resolve(pkg);
@@ -148,8 +148,8 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 pkg.display()
             )));
         }
-        p.dir("/var/cache/imagegen", 0o755, 0, 0);
-        p.push(ZEROTIER_PACKAGE, Content::HostFile(pkg), 0o644, 0, 0, false);
+        p.dir("/var/cache/imagegen", 0o755);
+        p.host_file(ZEROTIER_PACKAGE, pkg, 0o644);
     }
     // Not a secret and the same for every node of a board: a generic image carries it too, or
     // a personalized node would lack the k3s a full build of it has.
@@ -164,27 +164,18 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
             .parent()
             .and_then(Path::to_str)
             .unwrap_or("/usr/local/bin");
-        p.dir(dir, 0o755, 0, 0);
-        p.push(
-            units::AGENT_BINARY_PATH,
-            Content::HostFile(agent.to_path_buf()),
-            0o755,
-            0,
-            0,
-            false,
-        );
+        p.dir(dir, 0o755);
+        p.host_file(units::AGENT_BINARY_PATH, agent.to_path_buf(), 0o755);
         for (name, content) in units::UNITS {
             p.file(
                 &format!("/etc/systemd/system/{name}"),
                 content.as_bytes().to_vec(),
                 0o644,
-                0,
-                0,
             );
         }
         for (unit, target) in units::ENABLED_BY_BUILDER {
             let wants = format!("/etc/systemd/system/{target}.wants");
-            p.dir(&wants, 0o755, 0, 0);
+            p.dir(&wants, 0o755);
             p.symlink(
                 &format!("{wants}/{unit}"),
                 &format!("/etc/systemd/system/{unit}"),
@@ -198,14 +189,8 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         );
     }
     if !enabled_by_agent.is_empty() {
-        p.dir("/etc/systemd/system-preset", 0o755, 0, 0);
-        p.file(
-            PRESET,
-            preset_file(&enabled_by_agent).into_bytes(),
-            0o644,
-            0,
-            0,
-        );
+        p.dir("/etc/systemd/system-preset", 0o755);
+        p.file(PRESET, preset_file(&enabled_by_agent).into_bytes(), 0o644);
     }
     Ok(p.into_changes())
 }
@@ -238,9 +223,9 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
     }
     for f in hardening_files(spec)? {
         if let Some((parent, _)) = crate::fs::path::split(&f.path) {
-            p.dir(parent, 0o755, 0, 0);
+            p.dir(parent, 0o755);
         }
-        p.file(&f.path, f.content.into_bytes(), f.mode, 0, 0);
+        p.file(&f.path, f.content.into_bytes(), f.mode);
     }
     if cfg.hardening.firewall {
         // Debian ships nftables.service disabled. Where the image lacks nftables the agent
@@ -251,7 +236,7 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
         ] {
             if image.lstat(unit)?.is_some() {
                 let wants = "/etc/systemd/system/sysinit.target.wants";
-                p.dir(wants, 0o755, 0, 0);
+                p.dir(wants, 0o755);
                 p.symlink(&format!("{wants}/nftables.service"), unit);
                 break;
             }
@@ -282,42 +267,26 @@ pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, 
 fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
     let copy_dir = vendor.family().host_key_copy_dir();
     if let Some(dir) = copy_dir {
-        p.dir(dir, 0o700, 0, 0);
+        p.dir(dir, 0o700);
     }
     for k in &id.host_keys {
         let name = format!("ssh_host_{}_key", k.kind);
-        p.push(
-            &format!("/etc/ssh/{name}"),
-            Content::Bytes(k.private.clone()),
-            0o600,
-            0,
-            0,
-            true,
-        );
-        p.file(
-            &format!("/etc/ssh/{name}.pub"),
-            k.public.clone(),
-            0o644,
-            0,
-            0,
-        );
+        p.file(&format!("/etc/ssh/{name}"), k.private.clone(), 0o600)
+            .secret();
+        p.file(&format!("/etc/ssh/{name}.pub"), k.public.clone(), 0o644);
         if let Some(dir) = copy_dir {
-            p.push(
-                &format!("{dir}/{name}"),
-                Content::Bytes(k.private.clone()),
-                0o600,
-                0,
-                0,
-                true,
-            );
-            p.file(&format!("{dir}/{name}.pub"), k.public.clone(), 0o644, 0, 0);
+            p.file(&format!("{dir}/{name}"), k.private.clone(), 0o600)
+                .secret();
+            p.file(&format!("{dir}/{name}.pub"), k.public.clone(), 0o644);
         }
     }
-    p.dir("/etc/rancher/node", 0o700, 0, 0);
-    p.secret(
+    p.dir("/etc/rancher/node", 0o700);
+    p.file(
         "/etc/rancher/node/password",
         id.k3s_node_password.clone().into_bytes(),
-    );
+        0o600,
+    )
+    .secret();
 }
 
 /// Adds the board's kernel arguments (k3s needs the memory cgroup on Raspberry Pis) to the
@@ -351,7 +320,7 @@ fn kernel_cmdline(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<()
     }
     let new = format!("{}\n", args.join(" "));
     if new != text {
-        p.file(file, new.into_bytes(), 0o644, 0, 0);
+        p.file(file, new.into_bytes(), 0o644);
     }
     Ok(())
 }
@@ -416,22 +385,13 @@ fn stage_k3s(bin: &Path, board: &Board, p: &mut Plan) -> Result<(), PlanError> {
             )));
         }
     }
-    p.dir("/usr/local/bin", 0o755, 0, 0);
-    p.push(
-        "/usr/local/bin/k3s",
-        Content::HostFile(bin.to_path_buf()),
-        0o755,
-        0,
-        0,
-        false,
-    );
+    p.dir("/usr/local/bin", 0o755);
+    p.host_file("/usr/local/bin/k3s", bin.to_path_buf(), 0o755);
     for (unit, cmd) in [("k3s.service", "server"), ("k3s-agent.service", "agent")] {
         p.file(
             &format!("/etc/systemd/system/{unit}"),
             k3s_unit(cmd).into_bytes(),
             0o644,
-            0,
-            0,
         );
     }
     Ok(())
@@ -505,8 +465,6 @@ fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
         "/etc/hostname",
         format!("{}\n", spec.name).into_bytes(),
         0o644,
-        0,
-        0,
     );
     let hosts = match image.read_file("/etc/hosts") {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
@@ -517,8 +475,6 @@ fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
         "/etc/hosts",
         set_hosts_name(&hosts, spec.name).into_bytes(),
         0o644,
-        0,
-        0,
     );
     Ok(())
 }
@@ -567,35 +523,26 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
     };
     let a = acc.add_admin(name, &["sudo", "adm", "systemd-journal"])?;
     acc.lock_passwords_except(name);
-    p.file("/etc/passwd", acc.passwd.into_bytes(), 0o644, 0, 0);
+    p.file("/etc/passwd", acc.passwd.into_bytes(), 0o644);
     let shadow_gid = group_id(&acc.group, "shadow").unwrap_or(0);
-    p.file("/etc/group", acc.group.into_bytes(), 0o644, 0, 0);
-    p.file("/etc/shadow", acc.shadow.into_bytes(), 0o640, 0, shadow_gid);
-    p.file(
-        "/etc/gshadow",
-        acc.gshadow.into_bytes(),
-        0o640,
-        0,
-        shadow_gid,
-    );
+    p.file("/etc/group", acc.group.into_bytes(), 0o644);
+    p.file("/etc/shadow", acc.shadow.into_bytes(), 0o640)
+        .owner(0, shadow_gid);
+    p.file("/etc/gshadow", acc.gshadow.into_bytes(), 0o640)
+        .owner(0, shadow_gid);
 
     let home = a.home.clone();
-    p.dir(&home, 0o750, a.uid, a.gid);
+    p.dir(&home, 0o750).owner(a.uid, a.gid);
     if image.lstat("/etc/skel")?.map(|s| s.file_type) == Some(FileType::Directory) {
         for e in image.read_dir("/etc/skel")? {
             if e.stat.file_type == FileType::Regular {
                 let content = image.read_file(&format!("/etc/skel/{}", e.name))?;
-                p.file(
-                    &format!("{home}/{}", e.name),
-                    content,
-                    e.stat.mode,
-                    a.uid,
-                    a.gid,
-                );
+                p.file(&format!("{home}/{}", e.name), content, e.stat.mode)
+                    .owner(a.uid, a.gid);
             }
         }
     }
-    p.dir(&format!("{home}/.ssh"), 0o700, a.uid, a.gid);
+    p.dir(&format!("{home}/.ssh"), 0o700).owner(a.uid, a.gid);
     let mut keys = String::new();
     for k in &spec.config.admin.ssh_authorized_keys {
         keys.push_str(k.get_ref().trim());
@@ -605,17 +552,16 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
         &format!("{home}/.ssh/authorized_keys"),
         keys.into_bytes(),
         0o600,
-        a.uid,
-        a.gid,
+    )
+    .owner(a.uid, a.gid);
+    p.dir("/etc/sudoers.d", 0o755);
+    let sudoers = format!(
+        "# Written by imagegen: the admin logs in with SSH keys only.\n{name} ALL=(ALL) NOPASSWD:ALL\n"
     );
-    p.dir("/etc/sudoers.d", 0o755, 0, 0);
     p.file(
         "/etc/sudoers.d/90-imagegen-admin",
-        format!("# Written by imagegen: the admin logs in with SSH keys only.\n{name} ALL=(ALL) NOPASSWD:ALL\n")
-            .into_bytes(),
+        sudoers.into_bytes(),
         0o440,
-        0,
-        0,
     );
     Ok(())
 }

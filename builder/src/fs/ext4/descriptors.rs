@@ -6,6 +6,7 @@
 //! it, as Go's runtime does for every program at start.
 
 use crate::fs::FsError;
+use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
 /// Descriptors kept free for everything else the process has open (the image, the tools'
 /// pipes, the cache lock, ...).
@@ -14,32 +15,26 @@ const SPARE: u64 = 64;
 /// Makes sure `count` more descriptors can be opened, raising the soft limit if needed.
 pub fn reserve(count: usize) -> Result<(), FsError> {
     let need = count as u64 + SPARE;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct it is given, nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    if need <= limit.rlim_cur {
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if need <= current {
         return Ok(());
     }
-    if need > limit.rlim_max {
+    let maximum = limit.maximum.unwrap_or(u64::MAX);
+    if need > maximum {
         return Err(FsError::Unsupported(format!(
-            "one batch writes {count} files, more than the open-file limit allows ({}); \
-             raise it (ulimit -n) or write fewer files at once",
-            limit.rlim_max
+            "one batch writes {count} files, more than the open-file limit allows ({maximum}); \
+             raise it (ulimit -n) or write fewer files at once"
         )));
     }
-    let raised = libc::rlimit {
-        rlim_cur: need,
-        rlim_max: limit.rlim_max,
-    };
-    // SAFETY: setrlimit reads the struct it is given, nothing else.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(need),
+            maximum: limit.maximum,
+        },
+    )
+    .map_err(std::io::Error::from)?;
     Ok(())
 }
 
