@@ -329,8 +329,10 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
                              monitoring without login, so the UPS server will not wait for this node",
                             ups.user
                         );
+                        // Status first, then the log: whoever reads the log line (an
+                        // operator, a test) then finds the status saying the same.
+                        record(Update::failed(msg.clone()));
                         eprintln!("ups-watch: error: {msg}");
-                        record(Update::failed(msg));
                     }
                     Err(e) => {
                         *broken += 1;
@@ -345,8 +347,8 @@ pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Resu
                                 ups.user,
                                 RELOGIN_AFTER.as_secs() / 60
                             );
+                            record(Update::failed(msg.clone()));
                             eprintln!("ups-watch: error: {msg}");
-                            record(Update::failed(msg));
                             *pause_until = Some(Instant::now() + RELOGIN_AFTER);
                         }
                         if dead(&known) && dead_shutdown(&known, None) {
