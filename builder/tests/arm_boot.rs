@@ -248,9 +248,20 @@ fn armbian_node_on_banana_pi_m5_boots_and_joins() {
 
     let _one_guest = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let (guest, facts) = n.boot(vm::arm::armbian_boot(&n.disk, &n.work));
-    // armbianEnv.txt's extraargs reached the kernel.
+    // The kernel booted with what armbianEnv.txt says, as boot.scr would pass it: its rootdev
+    // (the layout sets no extraargs, so rootdev is the value to follow), and extraargs when set.
     let env = n.ssh_guest(&guest, "cat /boot/armbianEnv.txt");
     let proc_cmdline = n.ssh_guest(&guest, "cat /proc/cmdline");
+    let rootdev = env
+        .lines()
+        .find_map(|l| l.strip_prefix("rootdev="))
+        .unwrap_or_else(|| panic!("armbianEnv.txt has no rootdev:\n{env}"))
+        .trim();
+    let words: Vec<&str> = proc_cmdline.split_whitespace().collect();
+    assert!(
+        words.contains(&format!("root={rootdev}").as_str()),
+        "root={rootdev} not in /proc/cmdline {proc_cmdline:?}"
+    );
     if let Some(extra) = env.lines().find_map(|l| l.strip_prefix("extraargs=")) {
         assert!(
             proc_cmdline.contains(extra.trim()),
