@@ -157,20 +157,7 @@ impl Operator {
         for d in ["home/.ssh", "out", "bin", "lib/imagegen"] {
             fs::create_dir_all(op.path(d)).unwrap();
         }
-        oracle::run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "tester@laptop",
-                "-f",
-                s(&op.path("home/.ssh/id_ed25519")),
-            ],
-        );
+        oracle::ssh_keygen(&op.path("home/.ssh/id_ed25519"), "tester@laptop");
         op
     }
 

@@ -1443,24 +1443,6 @@ fn board_build(c: &Cluster, board: &str, base: &Path, agent: &str, out: &str) ->
         .expect("run imagegen")
 }
 
-/// An ed25519 key pair made by ssh-keygen at `path` and `path.pub`.
-fn ssh_keygen(path: &Path, comment: &str) {
-    oracle::run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            comment,
-            "-f",
-            s(path),
-        ],
-    );
-}
-
 /// An ELF executable of `len` bytes for `machine` (62 x86-64, 183 aarch64): a 64-byte header
 /// and zeros, the size of a real binary rather than of the header alone.
 fn elf_binary(path: &Path, machine: u16, len: usize) {
@@ -1474,7 +1456,7 @@ fn elf_binary(path: &Path, machine: u16, len: usize) {
 fn board_build_refuses_a_base_image_of_another_architecture() {
     let c = Cluster::new();
     fs::create_dir_all(c.path("home/.ssh")).unwrap();
-    ssh_keygen(&c.path("home/.ssh/id_ed25519"), "tester@laptop");
+    oracle::ssh_keygen(&c.path("home/.ssh/id_ed25519"), "tester@laptop");
     let base = common::fixture("rpios-bookworm");
     let env = format!("{}:/usr/bin/env", s(&base));
     // A Raspberry Pi OS image whose userland is x86-64, with a /usr/bin/env of a real
@@ -1505,12 +1487,12 @@ fn board_build_takes_the_operators_keys_whatever_their_format_and_comments() {
     fs::create_dir_all(&ssh).unwrap();
     // Quotes, backslashes, a '#', a tab, and an accent as macOS writes it (e + U+0301, which
     // Rust's {:?} escapes as \u{301}, not TOML).
-    ssh_keygen(
+    oracle::ssh_keygen(
         &ssh.join("id_ed25519"),
         "tester \"laptop\" C:\\keys\\ #1\tJose\u{301}",
     );
     // An RFC 4716 key as `ssh-keygen -e` writes it; its OpenSSH original is elsewhere.
-    ssh_keygen(&c.path("work"), "work key");
+    oracle::ssh_keygen(&c.path("work"), "work key");
     let rfc = oracle::run(
         "ssh-keygen",
         &["-e", "-m", "RFC4716", "-f", s(&c.path("work.pub"))],

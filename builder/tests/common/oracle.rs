@@ -259,3 +259,12 @@ pub fn read_bytes(img: &Path, offset: u64, len: usize) -> Vec<u8> {
     file.read_exact(&mut buf).expect("read");
     buf
 }
+
+/// An ed25519 key pair without passphrase made by ssh-keygen at `path` and `path.pub`.
+pub fn ssh_keygen(path: &Path, comment: &str) {
+    let path = path.to_str().expect("UTF-8 test path");
+    run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
+    );
+}
