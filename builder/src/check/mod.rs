@@ -41,7 +41,7 @@ pub fn run(path: &Path) -> Result<Report, ConfigError> {
         config: c,
     };
     secret_files(&loaded, &text, &mut r);
-    cluster_warnings(&loaded.config, &mut r);
+    cluster_warnings(&loaded.config, path, &mut r);
     r.loaded = Some(loaded);
     Ok(r)
 }
@@ -94,7 +94,7 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
     }
 }
 
-fn cluster_warnings(c: &ClusterConfig, r: &mut Report) {
+fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
     let servers = c.nodes.iter().filter(|n| n.role == Role::Server).count();
     if c.k3s.is_some() && servers == 2 {
         r.warnings.push(
@@ -104,6 +104,6 @@ fn cluster_warnings(c: &ClusterConfig, r: &mut Report) {
         );
     }
     if let Some(note) = c.not_applied() {
-        r.warnings.push(note);
+        r.warnings.push(format!("{}: {note}", path.display()));
     }
 }

@@ -90,6 +90,12 @@ pub fn build(a: BuildArgs) -> Result<()> {
             m.output.raw_size,
             m.output.sha256
         );
+        if !a.no_secrets {
+            eprintln!(
+                "{}",
+                crate::cluster::known_hosts::write_beside(&out, &config, node, &state_dir)?
+            );
+        }
     }
     // After the builds, so a failed build still says one thing only, and once for --all.
     if let Some(w) = plan::backup_pin_warning(&config) {

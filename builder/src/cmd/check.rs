@@ -22,10 +22,13 @@ pub fn check(a: CheckArgs) -> Result<()> {
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
+    let n = r.errors.len();
+    if n == 1 {
+        bail!("{}", r.errors[0]);
+    }
     for e in &r.errors {
         eprintln!("error: {e}");
     }
-    let n = r.errors.len();
     if n > 0 {
         bail!(
             "{}: {n} problem{} (above)",
