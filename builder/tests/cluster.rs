@@ -422,3 +422,55 @@ fn servers_get_the_ca_set_agents_the_token_only() {
     assert_eq!(joined[0].content, trust.token.as_bytes());
     assert!(!other.exists());
 }
+
+/// The k3s config.yaml the agent writes on each kind of node, from the node.toml the builder
+/// makes for it.
+#[test]
+fn rendered_k3s_config_per_role() {
+    let c = cfg("[k3s]\n", THREE);
+    let render = |name: &str| {
+        let n = c.nodes.iter().find(|n| n.name.get_ref() == name).unwrap();
+        let board = imagegen::board::get(n.board.get_ref()).unwrap();
+        let spec = imagegen::plan::NodeSpec {
+            name,
+            role: n.role,
+            board: &board,
+            vendor: imagegen::distro::Vendor::DebianCloud,
+            config: &c,
+            config_dir: Path::new("."),
+            agent: None,
+            k3s_binary: None,
+            generic: false,
+            identity: None,
+            epoch: 0,
+        };
+        let node = imagegen::plan::node_config(&spec).unwrap();
+        // What the builder writes, the agent reads back.
+        let node =
+            imagegen_firstboot::config::NodeConfig::from_toml_str(&node.to_toml_string().unwrap())
+                .unwrap();
+        imagegen_firstboot::k3s::render_config(&node, Some(&("10.0.0.9".into(), None)))
+    };
+    let head = "# Written by imagegen-firstboot from /etc/imagegen/node.toml.\n";
+    assert_eq!(
+        render("m1"),
+        format!(
+            "{head}cluster-init: true\ntls-san:\n  - \"10.0.0.1\"\n\
+             token-file: \"/etc/rancher/k3s/token\"\nnode-name: \"m1\"\nnode-ip: \"10.0.0.9\"\n"
+        )
+    );
+    assert_eq!(
+        render("m2"),
+        format!(
+            "{head}server: \"https://10.0.0.1:6443\"\ntls-san:\n  - \"10.0.0.1\"\n\
+             token-file: \"/etc/rancher/k3s/token\"\nnode-name: \"m2\"\nnode-ip: \"10.0.0.9\"\n"
+        )
+    );
+    assert_eq!(
+        render("pi"),
+        format!(
+            "{head}server: \"https://10.0.0.1:6443\"\n\
+             token-file: \"/etc/rancher/k3s/token\"\nnode-name: \"pi\"\nnode-ip: \"10.0.0.9\"\n"
+        )
+    );
+}

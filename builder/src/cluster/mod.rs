@@ -281,9 +281,12 @@ pub fn node_files(
     Ok(out)
 }
 
+/// Directories to make, with their modes, parents first.
+pub type NodeDirs = Vec<(&'static str, u32)>;
+
 /// The directories [`node_files`] needs, parents first, with their modes: k3s makes
 /// `server/tls` 0700 itself (the rotate listing in k3s issue #7082 shows keys 0600 under it).
-pub fn node_dirs(files: &[NodeFile]) -> Vec<(&'static str, u32)> {
+pub fn node_dirs(files: &[NodeFile]) -> NodeDirs {
     let mut dirs = vec![("/etc/rancher/k3s", 0o755)];
     if files.iter().any(|f| f.path.starts_with(ca::TLS_DIR)) {
         dirs.extend([

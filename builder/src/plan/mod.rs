@@ -208,7 +208,7 @@ pub fn k3s_files(
     spec: &NodeSpec,
     k: &config::K3s,
     state_dir: &Path,
-) -> Result<(Vec<(&'static str, u32)>, Vec<crate::cluster::NodeFile>), PlanError> {
+) -> Result<(crate::cluster::NodeDirs, Vec<crate::cluster::NodeFile>), PlanError> {
     let token_file = k.token_file.as_ref().map(|t| spec.resolve(t.get_ref()));
     let files = crate::cluster::node_files(k, token_file.as_deref(), spec.role, state_dir)
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
