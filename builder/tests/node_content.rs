@@ -122,7 +122,7 @@ impl Cluster {
         );
         let token = format!(
             "K10{}::server:TokenSecret{nonce}",
-            "c0ffee".repeat(10).chars().take(64).collect::<String>()
+            "c0ffee".repeat(11).chars().take(64).collect::<String>()
         );
         let nut_password = format!("NutSecret{nonce}");
         fs::create_dir(d.join("secrets")).unwrap();
