@@ -90,6 +90,10 @@ impl Cluster {
         fs::create_dir(c.path("secrets")).unwrap();
         fs::write(c.path("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
         fs::write(c.path("secrets/nut-password"), format!("{NUT_PASSWORD}\n")).unwrap();
+        for f in ["secrets/k3s-token", "secrets/nut-password"] {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(c.path(f), fs::Permissions::from_mode(0o600)).unwrap();
+        }
         fs::create_dir(c.out_dir()).unwrap();
         elf_stub(&c.path("agent-arm64"), 183);
         elf_stub(&c.path("agent-amd64"), 62);
@@ -892,11 +896,12 @@ fn build_all_builds_every_node() {
     );
     let mut want = BTreeSet::new();
     for node in ["pi-1", "pi-2"] {
-        for suffix in ["", ".sha256", ".bmap", ".manifest.json"] {
+        for suffix in ["", ".sha256", ".bmap", ".manifest.json", ".known_hosts"] {
             want.insert(format!("{node}.img.zst{suffix}"));
         }
     }
     assert_eq!(entries(&dir), want);
+    let build_err = stderr(&out);
     for node in ["pi-1", "pi-2"] {
         let out = dir.join(format!("{node}.img.zst"));
         assert_eq!(manifest(&out)["node"], node);
@@ -905,6 +910,21 @@ fn build_all_builds_every_node() {
         assert_eq!(
             oracle::ext4_cat(&raw, root, "/etc/hostname"),
             format!("{node}\n")
+        );
+        // The known_hosts beside the image holds the node's ed25519 host key under its name,
+        // as ssh-keygen finds it, and that is the key in the image.
+        let found = Command::new("ssh-keygen")
+            .args(["-F", node, "-f", &format!("{node}.img.zst.known_hosts")])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(found.status.success(), "{}", stderr(&found));
+        let host_pub = oracle::ext4_cat(&raw, root, "/etc/ssh/ssh_host_ed25519_key.pub");
+        let blob = host_pub.split_whitespace().nth(1).unwrap();
+        assert!(String::from_utf8_lossy(&found.stdout).contains(blob));
+        assert!(
+            build_err.contains(&format!("log in: ssh ops@{node}")),
+            "{build_err}"
         );
         oracle::assert_e2fsck_clean(&raw, root);
         fs::remove_file(raw).unwrap();
