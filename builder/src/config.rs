@@ -62,14 +62,19 @@ impl ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     pub user: Spanned<String>,
-    pub ssh_authorized_keys: Vec<Spanned<String>>,
+    pub ssh_authorized_keys: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct K3s {
-    pub server_url: Spanned<String>,
-    pub token_file: PathBuf,
+    /// The registration address. Optional for a new cluster: the first server's `address`.
+    #[serde(default)]
+    pub server_url: Option<Spanned<String>>,
+    /// The token of an existing cluster to join; without it imagegen starts a new cluster and
+    /// mints its token (`crate::cluster`).
+    #[serde(default)]
+    pub token_file: Option<Spanned<PathBuf>>,
     /// k3s release to stage in the image (e.g. "v1.31.4+k3s1").
     #[serde(default)]
     pub version: Option<String>,
@@ -116,8 +121,9 @@ pub struct Backup {
     pub target: Spanned<String>,
     #[serde(default)]
     pub paths: Vec<String>,
+    /// systemd `OnCalendar=` expression.
     #[serde(default)]
-    pub schedule: Option<String>,
+    pub schedule: Option<Spanned<String>>,
     #[serde(default)]
     pub ssh_key_file: Option<PathBuf>,
     /// The NAS's SSH host public keys (`ssh-ed25519 AAAA...`, as in its
@@ -170,6 +176,9 @@ pub struct Node {
     pub name: Spanned<String>,
     pub board: Spanned<String>,
     pub role: Role,
+    /// The address other nodes and the operator reach it at (IP or DNS name), when known.
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +197,9 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     File { path: String, message: String },
+    /// Several problems, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
 }
 
 /// A parsed and validated config, with the directory its relative paths start from.
@@ -242,131 +254,191 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     })
 }
 
-/// Parses and validates. `path` is only used in messages.
+/// Parses and validates. `path` is only used in messages. Every problem the values have is
+/// reported at once.
 pub fn parse(text: &str, path: &Path) -> Result<ClusterConfig, ConfigError> {
-    let at = |span: Range<usize>, message: String| {
-        let (line, column) = line_col(text, span.start);
-        ConfigError::At {
-            path: path.display().to_string(),
-            line,
-            column,
-            message,
-        }
-    };
-    let config: ClusterConfig = toml::from_str(text).map_err(|e| {
+    let config = parse_unvalidated(text, path)?;
+    let mut errors: Vec<ConfigError> = validate(&config)
+        .into_iter()
+        .map(|(span, message)| at(text, path, span, message))
+        .collect();
+    match errors.len() {
+        0 => Ok(config),
+        1 => Err(errors.remove(0)),
+        _ => Err(ConfigError::Many(errors)),
+    }
+}
+
+/// The TOML read into the schema, not yet checked by [`validate`].
+pub fn parse_unvalidated(text: &str, path: &Path) -> Result<ClusterConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| {
         let message = e.message().to_string();
         match e.span() {
-            Some(span) => at(span, message),
+            Some(span) => at(text, path, span, message),
             None => ConfigError::File {
                 path: path.display().to_string(),
                 message,
             },
         }
-    })?;
-    validate(&config).map_err(|(span, message)| at(span, message))?;
-    Ok(config)
+    })
 }
 
-type Invalid = (Range<usize>, String);
+/// `message` at the line and column of `span` in `text`.
+pub fn at(text: &str, path: &Path, span: Range<usize>, message: String) -> ConfigError {
+    let (line, column) = line_col(text, span.start);
+    ConfigError::At {
+        path: path.display().to_string(),
+        line,
+        column,
+        message,
+    }
+}
 
-fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
-    check_name(&c.cluster.name, "cluster name")?;
+pub type Invalid = (Range<usize>, String);
+
+/// Every problem of the values, each with where it is.
+pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
+    let mut errs = Vec::new();
+    let mut add = |r: Result<(), Invalid>| {
+        if let Err(e) = r {
+            errs.push(e);
+        }
+    };
+    add(check_name(&c.cluster.name, "cluster name"));
     let user = &c.admin.user;
     if !names::is_user_name(user.get_ref()) {
-        return Err((
+        add(Err((
             user.span(),
             format!(
                 "admin user {:?} is not a valid user name: {}",
                 user.get_ref(),
                 names::USER_NAME_RULE
             ),
-        ));
-    }
-    if matches!(user.get_ref().as_str(), "root" | "pi" | "ubuntu" | "debian") {
-        return Err((
+        )));
+    } else if matches!(user.get_ref().as_str(), "root" | "pi" | "ubuntu" | "debian") {
+        add(Err((
             user.span(),
             format!(
                 "admin user {:?} clashes with a vendor default account; pick another name",
                 user.get_ref()
             ),
-        ));
+        )));
     }
-    for key in &c.admin.ssh_authorized_keys {
-        check_ssh_key(key)?;
+    let keys = &c.admin.ssh_authorized_keys;
+    if keys.get_ref().is_empty() {
+        add(Err((
+            keys.span(),
+            "ssh_authorized_keys is empty: nobody could log in to the nodes (password logins \
+             are off); give your public key, the line of ~/.ssh/id_ed25519.pub"
+                .into(),
+        )));
+    }
+    for key in keys.get_ref() {
+        add(check_ssh_key(key));
     }
     if let Some(k) = &c.k3s {
-        let url = k.server_url.get_ref();
-        if !url.starts_with("https://") {
-            return Err((
-                k.server_url.span(),
-                format!("k3s server_url {url:?} must start with https:// (k3s serves TLS on 6443)"),
-            ));
+        if let Some(u) = &k.server_url {
+            let url = u.get_ref();
+            if !url.starts_with("https://") {
+                add(Err((
+                    u.span(),
+                    format!(
+                        "k3s server_url {url:?} must start with https:// (k3s serves TLS on 6443)"
+                    ),
+                )));
+            }
+        }
+        if let Err(why) = crate::cluster::Bootstrap::of(c) {
+            let span = k
+                .token_file
+                .as_ref()
+                .map(Spanned::span)
+                .or(k.server_url.as_ref().map(Spanned::span))
+                .unwrap_or(0..0);
+            add(Err((span, why)));
         }
     }
     if let Some(z) = &c.zerotier {
         let id = z.network_id.get_ref();
         if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err((
+            add(Err((
                 z.network_id.span(),
                 format!("zerotier network_id {id:?} must be 16 hex digits"),
-            ));
+            )));
         }
     }
     let mut seen: Vec<&str> = Vec::new();
     for n in &c.nodes {
-        check_name(&n.name, "node name")?;
+        add(check_name(&n.name, "node name"));
         if seen.contains(&n.name.get_ref().as_str()) {
-            return Err((
+            add(Err((
                 n.name.span(),
                 format!("node {:?} is defined twice", n.name.get_ref()),
-            ));
+            )));
         }
         seen.push(n.name.get_ref());
         if let Err(e) = board::get(n.board.get_ref()) {
-            return Err((n.board.span(), e.to_string()));
+            add(Err((n.board.span(), e.to_string())));
+        }
+        if let Some(a) = &n.address {
+            let v = a.get_ref();
+            if v.parse::<std::net::IpAddr>().is_err() && !names::is_hostname(v) {
+                add(Err((
+                    a.span(),
+                    format!("node address {v:?} is neither an IP address nor a host name"),
+                )));
+            }
         }
     }
     if let Some(u) = &c.ups {
         match (&u.server, &u.host) {
             (Some(s), None) => {
                 if !seen.contains(&s.get_ref().as_str()) {
-                    return Err((
+                    add(Err((
                         s.span(),
                         format!(
                             "ups server {:?} is not a node of this cluster (or give host = \"ADDRESS\" for a NUT server outside it)",
                             s.get_ref()
                         ),
-                    ));
+                    )));
                 }
             }
             (None, Some(_)) => {}
             (Some(s), Some(_)) => {
-                return Err((
+                add(Err((
                     s.span(),
                     "give either ups.server or ups.host, not both".into(),
-                ));
+                )));
             }
             (None, None) => {
-                return Err((
+                add(Err((
                     0..0,
                     "[ups] needs server = \"NODE\" (the node the UPS is plugged into) or host = \"ADDRESS\"".into(),
-                ));
+                )));
             }
         }
     }
     if let Some(b) = &c.backup {
         let t = b.target.get_ref();
         if !t.starts_with("ssh://") {
-            return Err((
+            add(Err((
                 b.target.span(),
                 format!("backup target {t:?} must be ssh://USER@HOST/PATH"),
-            ));
+            )));
         }
         for key in &b.host_keys {
-            check_host_key(key)?;
+            add(check_host_key(key));
+        }
+        if let Some(s) = &b.schedule
+            && let Some(why) = crate::check::calendar::problem(s.get_ref())
+        {
+            add(Err((
+                s.span(),
+                format!("backup schedule {:?}: {why}", s.get_ref()),
+            )));
         }
     }
-    Ok(())
+    errs
 }
 
 /// A `[backup] host_keys` entry must be a public key, checked through to the key type its
@@ -414,10 +486,31 @@ fn check_name(name: &Spanned<String>, what: &str) -> Result<(), Invalid> {
     }
 }
 
+/// The key `imagegen init` writes into the example, for the operator to replace.
+pub const PLACEHOLDER_KEY: &str =
+    "AAAAC3NzaC1lZDI1NTE5AAAAIDummyReplaceMeWithYourOwnPublicKey00000";
+
+/// An `ssh_authorized_keys` entry must be a whole public key: its base64 is decoded and read
+/// through to the key type it carries (`known_hosts::PublicKey::parse`), since sshd ignores a
+/// line it cannot use and the operator would be locked out.
 fn check_ssh_key(key: &Spanned<String>) -> Result<(), Invalid> {
-    match ssh_key_problem(key.get_ref()) {
-        Some(m) => Err((key.span(), m.to_string())),
-        None => Ok(()),
+    let line = key.get_ref();
+    let err = |m: String| Err((key.span(), format!("ssh_authorized_keys: {m}")));
+    if let Some(m) = ssh_key_problem(line) {
+        return err(m.to_string());
+    }
+    let mut f = line.split_whitespace();
+    let (kind, blob) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
+    if blob == PLACEHOLDER_KEY {
+        return err(
+            "this is the placeholder key `imagegen init` writes; put your own public key \
+             here (the line of ~/.ssh/id_ed25519.pub)"
+                .into(),
+        );
+    }
+    match imagegen_firstboot::known_hosts::PublicKey::parse(kind, blob) {
+        Ok(_) => Ok(()),
+        Err(why) => err(format!("not a valid OpenSSH public key: {why}")),
     }
 }
 
@@ -459,15 +552,29 @@ pub const EXAMPLE: &str = include_str!("config_example.toml");
 mod tests {
     use super::*;
 
+    /// `ssh-keygen -t ed25519`.
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf me";
+
     fn err(text: &str) -> String {
         parse(text, Path::new("cluster.toml"))
             .unwrap_err()
             .to_string()
     }
 
+    /// The example is valid but for the key the operator must put in.
     #[test]
-    fn the_example_is_valid() {
-        let c = parse(EXAMPLE, Path::new("cluster.toml")).unwrap();
+    fn the_example_is_valid_once_its_key_is_replaced() {
+        let e = err(EXAMPLE);
+        assert!(
+            e.starts_with("cluster.toml:14:") && e.contains("placeholder") && !e.contains('\n'),
+            "{e}"
+        );
+        let c = parse(
+            &EXAMPLE.replace(PLACEHOLDER_KEY, KEY.split(' ').nth(1).unwrap()),
+            Path::new("cluster.toml"),
+        )
+        .unwrap();
         assert_eq!(c.nodes.len(), 3);
     }
 
@@ -479,7 +586,9 @@ mod tests {
 
     #[test]
     fn backup_host_keys_are_checked() {
-        let base = "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3Nza x\"]\n[backup]\ntarget = \"ssh://b@nas/srv\"\n";
+        let base = &format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n[backup]\ntarget = \"ssh://b@nas/srv\"\n"
+        );
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf";
         let c = parse(
@@ -502,7 +611,9 @@ mod tests {
 
     #[test]
     fn semantic_errors_carry_the_line() {
-        let base = "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"ssh-ed25519 AAAAC3Nza x\"]\n";
+        let base = &format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n"
+        );
         let e = err(&format!(
             "{base}[[nodes]]\nname = \"a\"\nboard = \"rpi9\"\nrole = \"agent\"\n"
         ));
@@ -520,10 +631,7 @@ mod tests {
             e.starts_with("cluster.toml:7:") && e.contains("16 hex"),
             "{e}"
         );
-        let e = err(&base.replace(
-            "ssh-ed25519 AAAAC3Nza x",
-            "-----BEGIN OPENSSH PRIVATE KEY-----",
-        ));
+        let e = err(&base.replace(KEY, "-----BEGIN OPENSSH PRIVATE KEY-----"));
         assert!(
             e.starts_with("cluster.toml:5:") && e.contains("private key"),
             "{e}"

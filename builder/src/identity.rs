@@ -51,9 +51,12 @@ pub struct Identity {
     pub backup_key_pub_path: PathBuf,
     /// What k3s keeps in /etc/rancher/node/password and the server remembers per node name.
     pub k3s_node_password: String,
+    /// The state directory it lives in, which also holds what the nodes share (the cluster's
+    /// CA set and token, see `crate::cluster`).
+    pub state_dir: PathBuf,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
     move |source| IdentityError::Io {
         path: path.display().to_string(),
         source,
@@ -102,6 +105,7 @@ pub fn load_or_create(state_dir: &Path, node: &str) -> Result<Identity, Identity
         backup_key,
         backup_key_pub_path: bk.with_extension("pub"),
         k3s_node_password,
+        state_dir: state_dir.to_path_buf(),
     })
 }
 
@@ -110,7 +114,7 @@ pub fn default_dir(config_dir: &Path) -> PathBuf {
     config_dir.join(".imagegen-state")
 }
 
-fn make_private_dir(dir: &Path) -> Result<(), IdentityError> {
+pub(crate) fn make_private_dir(dir: &Path) -> Result<(), IdentityError> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -151,14 +155,14 @@ fn generate(private: &Path, args: &[&str], node: &str) -> Result<(), IdentityErr
     Ok(())
 }
 
-fn random_hex(bytes: usize, for_path: &Path) -> Result<String, IdentityError> {
+pub(crate) fn random_hex(bytes: usize, for_path: &Path) -> Result<String, IdentityError> {
     let mut buf = vec![0u8; bytes];
     let mut f = fs::File::open("/dev/urandom").map_err(io(Path::new("/dev/urandom")))?;
     std::io::Read::read_exact(&mut f, &mut buf).map_err(io(for_path))?;
     Ok(hex::encode(buf))
 }
 
-fn write_private(path: &Path, content: &[u8]) -> Result<(), IdentityError> {
+pub(crate) fn write_private(path: &Path, content: &[u8]) -> Result<(), IdentityError> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new()
         .write(true)

@@ -165,12 +165,10 @@ fn seed_for(spec: &NodeSpec, loaded: &Loaded, hosts: &str) -> Result<Seed> {
         let b = std::fs::read(&full).with_context(|| format!("{what} {}", full.display()))?;
         Ok(b.trim_ascii_end().to_vec())
     };
-    if let Some(k) = &c.k3s {
-        files.push(SeedFile::new(
-            plan::K3S_TOKEN,
-            0o600,
-            &read(&k.token_file, "k3s token_file")?,
-        ));
+    if let (Some(k), Some(id)) = (&c.k3s, spec.identity) {
+        for f in plan::k3s_files(spec, k, &id.state_dir)?.1 {
+            files.push(SeedFile::new(&f.path, f.mode, &f.content));
+        }
     }
     if let Some(u) = &c.ups {
         let pw = read(&u.password_file, "ups password_file")?;

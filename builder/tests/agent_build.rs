@@ -216,7 +216,7 @@ impl Operator {
         fs::create_dir_all(self.path("secrets")).unwrap();
         fs::write(
             self.path("secrets/k3s-token"),
-            "K10aa54f2c0e8d3b7a1f9e6c5d4b3a29181706f5e4d3c2b1a09f8e7d6c5b4a3::server:agent-test\n",
+            "K10aa54f2c0e8d3b7a1f9e6c5d4b3a29181706f5e4d3c2b1a09f8e7d6c5b4a3c2d1::server:agent-test\n",
         )
         .unwrap();
         fs::write(self.path("secrets/nut-password"), "nut-agent-test\n").unwrap();

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use support::http_server::{Fault, Server};
 use tempfile::TempDir;
 
-const TOKEN: &str = "K10aa54f2c0e8d3b7a1f9e6c5d4b3a29181706f5e4d3c2b1a09f8e7d6c5b4a3::server:imagegen-test-token-7f3c9a";
+/// `ssh-keygen -t ed25519`.
+const OPERATOR_KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIKh3zm4jTyWkG2JCU6t4CiTqB2OtWqy8iOiOPc6FnUOu";
+const TOKEN: &str = "K10aa54f2c0e8d3b7a1f9e6c5d4b3a29181706f5e4d3c2b1a09f8e7d6c5b4a3c2d1::server:imagegen-test-token-7f3c9a";
 const NUT_PASSWORD: &str = "nut-test-password-51d2e8";
 
 /// A scratch directory, on tmpfs when there is room (e2fsprogs and the output writer fsync,
@@ -78,9 +80,20 @@ impl Cluster {
         let c = Cluster { dir };
         let out = c.imagegen(&["init", s(&c.config())]);
         assert!(out.status.success(), "init: {}", stderr(&out));
+        // The operator's key in place of init's placeholder, and the existing cluster these
+        // tests join (their token is pinned in the image checks).
+        let text = fs::read_to_string(c.config()).unwrap();
+        let text = text
+            .replace(imagegen::config::PLACEHOLDER_KEY, OPERATOR_KEY)
+            .replace("# token_file = ", "token_file = ");
+        fs::write(c.config(), text).unwrap();
         fs::create_dir(c.path("secrets")).unwrap();
         fs::write(c.path("secrets/k3s-token"), format!("{TOKEN}\n")).unwrap();
         fs::write(c.path("secrets/nut-password"), format!("{NUT_PASSWORD}\n")).unwrap();
+        for f in ["secrets/k3s-token", "secrets/nut-password"] {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(c.path(f), fs::Permissions::from_mode(0o600)).unwrap();
+        }
         fs::create_dir(c.out_dir()).unwrap();
         elf_stub(&c.path("agent-arm64"), 183);
         elf_stub(&c.path("agent-amd64"), 62);
@@ -883,11 +896,12 @@ fn build_all_builds_every_node() {
     );
     let mut want = BTreeSet::new();
     for node in ["pi-1", "pi-2"] {
-        for suffix in ["", ".sha256", ".bmap", ".manifest.json"] {
+        for suffix in ["", ".sha256", ".bmap", ".manifest.json", ".known_hosts"] {
             want.insert(format!("{node}.img.zst{suffix}"));
         }
     }
     assert_eq!(entries(&dir), want);
+    let build_err = stderr(&out);
     for node in ["pi-1", "pi-2"] {
         let out = dir.join(format!("{node}.img.zst"));
         assert_eq!(manifest(&out)["node"], node);
@@ -896,6 +910,21 @@ fn build_all_builds_every_node() {
         assert_eq!(
             oracle::ext4_cat(&raw, root, "/etc/hostname"),
             format!("{node}\n")
+        );
+        // The known_hosts beside the image holds the node's ed25519 host key under its name,
+        // as ssh-keygen finds it, and that is the key in the image.
+        let found = Command::new("ssh-keygen")
+            .args(["-F", node, "-f", &format!("{node}.img.zst.known_hosts")])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(found.status.success(), "{}", stderr(&found));
+        let host_pub = oracle::ext4_cat(&raw, root, "/etc/ssh/ssh_host_ed25519_key.pub");
+        let blob = host_pub.split_whitespace().nth(1).unwrap();
+        assert!(String::from_utf8_lossy(&found.stdout).contains(blob));
+        assert!(
+            build_err.contains(&format!("log in: ssh ops@{node}")),
+            "{build_err}"
         );
         oracle::assert_e2fsck_clean(&raw, root);
         fs::remove_file(raw).unwrap();

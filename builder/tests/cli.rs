@@ -5,6 +5,7 @@ mod common;
 
 use common::oracle;
 use common::{cached_fixture, fixture};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -552,10 +553,12 @@ fn timezone_and_locale_are_said_to_be_not_applied() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     let config = config.to_str().unwrap();
-    ok(&["init", config]);
+    init_with_key(config);
     std::fs::create_dir(dir.path().join("secrets")).unwrap();
     for f in ["k3s-token", "nut-password"] {
-        std::fs::write(dir.path().join("secrets").join(f), "x\n").unwrap();
+        let p = dir.path().join("secrets").join(f);
+        std::fs::write(&p, "x\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let stderr = |args: &[&str]| String::from_utf8(imagegen(args).stderr).unwrap();
     let said = |err: &str| -> Vec<String> {
@@ -621,10 +624,12 @@ fn check_refuses_a_node_name_that_is_no_hostname() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     let config = config.to_str().unwrap();
-    ok(&["init", config]);
+    init_with_key(config);
     std::fs::create_dir(dir.path().join("secrets")).unwrap();
     for f in ["k3s-token", "nut-password"] {
-        std::fs::write(dir.path().join("secrets").join(f), "x\n").unwrap();
+        let p = dir.path().join("secrets").join(f);
+        std::fs::write(&p, "x\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     ok(&["check", "--config", config]);
     let example = std::fs::read_to_string(config).unwrap();
@@ -637,4 +642,101 @@ fn check_refuses_a_node_name_that_is_no_hostname() {
     );
     assert!(err.contains("not starting or ending with '-'"), "{err}");
     assert!(err.contains("RFC 1123"), "{err}");
+}
+
+/// `imagegen init`, then the operator's key in place of the placeholder.
+fn init_with_key(config: &str) {
+    ok(&["init", config]);
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(
+        config,
+        text.replace(
+            imagegen::config::PLACEHOLDER_KEY,
+            OPERATOR_KEY.split(' ').nth(1).unwrap(),
+        ),
+    )
+    .unwrap();
+}
+
+/// `ssh-keygen -t ed25519`.
+const OPERATOR_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKh3zm4jTyWkG2JCU6t4CiTqB2OtWqy8iOiOPc6FnUOu ops@laptop";
+
+/// Every lock-out problem at once, each with the file and line, and a non-zero exit.
+#[test]
+fn check_reports_every_lock_out_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    let write = |admin_keys: &str, k3s: &str, schedule: &str| {
+        std::fs::write(
+            config,
+            format!(
+                "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\n\
+                 ssh_authorized_keys = [{admin_keys}]\n{k3s}\
+                 [backup]\ntarget = \"ssh://b@nas/srv\"\nschedule = \"{schedule}\"\n\
+                 [[nodes]]\nname = \"m\"\nboard = \"x86-64\"\nrole = \"server\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    // Lines: 5 keys, 7 token_file (with [k3s] on 6), 11 schedule.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "hunter2\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let k3s = format!(
+        "[k3s]\ntoken_file = {:?}\nserver_url = \"https://k.lan:6443\"\n",
+        token.to_str().unwrap()
+    );
+    let placeholder = format!("\"ssh-ed25519 {} x\"", imagegen::config::PLACEHOLDER_KEY);
+    let cut = format!("\"{}\"", &OPERATOR_KEY[..40]);
+    write(&format!("{placeholder}, {cut}"), &k3s, "dialy");
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for (line, needle) in [
+        (5, "placeholder key"),
+        (5, "not a valid OpenSSH public key"),
+        (11, "backup schedule \"dialy\""),
+        (7, "is not a k3s token: it has no K10<ca-hash>:: prefix"),
+    ] {
+        let want = format!("error: {config}:{line}:");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&want) && l.contains(needle)),
+            "{want} ... {needle} in\n{err}"
+        );
+    }
+    assert!(
+        err.contains(&format!("chmod 600 {}", token.display())),
+        "{err}"
+    );
+    assert!(err.lines().last().unwrap().contains("4 problems"), "{err}");
+
+    // An empty key list; an agent-only cluster naming no server.
+    std::fs::write(
+        config,
+        "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = []\n\
+         [k3s]\n[[nodes]]\nname = \"a\"\nboard = \"rpi4\"\nrole = \"agent\"\n",
+    )
+    .unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("error: {config}:5:")), "{err}");
+    assert!(err.contains("ssh_authorized_keys is empty"), "{err}");
+    assert!(err.contains("no node has role = \"server\""), "{err}");
+
+    // Two servers: a warning, not an error.
+    let two = format!(
+        "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{OPERATOR_KEY}\"]\n\
+         [k3s]\nserver_url = \"https://10.0.0.1:6443\"\n\
+         [[nodes]]\nname = \"a\"\nboard = \"x86-64\"\nrole = \"server\"\n\
+         [[nodes]]\nname = \"b\"\nboard = \"x86-64\"\nrole = \"server\"\n"
+    );
+    std::fs::write(config, two).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("warning: two servers"), "{err}");
 }

@@ -17,7 +17,7 @@ use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed};
 const CGROUP_ARGS: &[&str] = &["cgroup_memory=1", "cgroup_enable=memory"];
 const ADMIN: &str = "ops";
 const ADMIN_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHn0dEc0nTeNtTe5tK3yF0rTh3Adm1nAcc0unt0000 ops@laptop";
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKh3zm4jTyWkG2JCU6t4CiTqB2OtWqy8iOiOPc6FnUOu ops@laptop";
 /// The NAS's SSH host key the cluster config pins (`[backup] host_keys`).
 const NAS_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf nas";
@@ -122,7 +122,7 @@ impl Cluster {
         );
         let token = format!(
             "K10{}::server:TokenSecret{nonce}",
-            "c0ffee".repeat(10).chars().take(64).collect::<String>()
+            "c0ffee".repeat(11).chars().take(64).collect::<String>()
         );
         let nut_password = format!("NutSecret{nonce}");
         fs::create_dir(d.join("secrets")).unwrap();

@@ -76,6 +76,10 @@ pub struct K3sSection {
     /// The join token file (0600), `K10<ca-sha256>::<credentials>` so the server can be verified.
     #[serde(default = "default_token_file")]
     pub token_file: PathBuf,
+    /// Servers: extra names and addresses for the server certificate (`tls-san`), the
+    /// registration address among them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_san: Vec<String>,
     #[serde(default)]
     pub node_ip_from: NodeIpFrom,
     /// k3s version staged in the image, recorded in status for the operator.

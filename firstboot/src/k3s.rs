@@ -34,7 +34,8 @@ pub enum K3sError {
     BadToken { path: String, why: String },
     #[error(
         "k3s: token {path} has no K10<ca-hash> prefix, so the server cannot be verified; \
-         refusing (set [k3s] allow_unverified_token = true to join anyway)"
+         refusing: put the full token (K10...) from the server's \
+         /var/lib/rancher/k3s/server/token in cluster.toml's [k3s] token_file and rebuild"
     )]
     Unverifiable { path: String },
     #[error(
@@ -336,6 +337,12 @@ pub fn render_config(config: &NodeConfig, node_ip: Option<&(String, Option<Strin
         }
         if config.node.cluster_init {
             y.push_str("cluster-init: true\n");
+        }
+        if config.node.role == Role::Server && !k3s.tls_san.is_empty() {
+            y.push_str("tls-san:\n");
+            for san in &k3s.tls_san {
+                y.push_str(&format!("  - {}\n", q(san)));
+            }
         }
         y.push_str(&format!(
             "token-file: {}\n",

@@ -48,6 +48,8 @@ pub enum Command {
     Init(InitArgs),
     /// Validate a cluster.toml
     Check(CheckArgs),
+    /// Write an admin kubeconfig for the cluster a cluster.toml starts
+    Kubeconfig(KubeconfigArgs),
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +231,20 @@ pub struct InitArgs {
     /// Replace an existing file
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Cluster description
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+    /// Where to write it (mode 0600) [default: <cluster name>.kubeconfig]
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The state directory the nodes were built with [default: .imagegen-state beside
+    /// the config]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use crate::agent::{self, Agent, AgentSet};
 use crate::arch::Arch;
 use crate::board;
 use crate::build;
-use crate::cli::{BoardsArgs, BuildArgs, CheckArgs, InitArgs, PersonalizeArgs};
+use crate::cli::{BoardsArgs, BuildArgs, InitArgs, PersonalizeArgs};
 use crate::config::{self, ClusterConfig};
 use crate::distro::Vendor;
 use crate::fetch::{FetchOptions, Source};
@@ -90,6 +90,12 @@ pub fn build(a: BuildArgs) -> Result<()> {
             m.output.raw_size,
             m.output.sha256
         );
+        if !a.no_secrets {
+            eprintln!(
+                "{}",
+                crate::cluster::known_hosts::write_beside(&out, &config, node, &state_dir)?
+            );
+        }
     }
     // After the builds, so a failed build still says one thing only, and once for --all.
     if let Some(w) = plan::backup_pin_warning(&config) {
@@ -295,40 +301,6 @@ fn write_new(path: &Path, content: &[u8], force: bool) -> Result<()> {
         }
     })?;
     f.write_all(content)?;
-    Ok(())
-}
-
-pub fn check(a: CheckArgs) -> Result<()> {
-    let loaded = config::load(&a.config)?;
-    let c = &loaded.config;
-    // Secrets the config names must be readable now, not halfway through a build.
-    let mut files: Vec<(&str, PathBuf)> = Vec::new();
-    if let Some(k) = &c.k3s {
-        files.push(("k3s token_file", loaded.resolve(&k.token_file)));
-    }
-    if let Some(u) = &c.ups {
-        files.push(("ups password_file", loaded.resolve(&u.password_file)));
-    }
-    if let Some(k) = c.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
-        files.push(("backup ssh_key_file", loaded.resolve(k)));
-    }
-    for (what, p) in files {
-        std::fs::metadata(&p).with_context(|| format!("{what} {}", p.display()))?;
-    }
-    if let Some(note) = c.not_applied() {
-        eprintln!("warning: {}: {note}", a.config.display());
-    }
-    // A known_hosts_file must parse and list the NAS, or every backup would be refused.
-    plan::backup_known_hosts(c, &loaded.dir)?;
-    if let Some(w) = plan::backup_pin_warning(c) {
-        eprintln!("{w}");
-    }
-    eprintln!(
-        "{}: cluster {:?}, {} node(s): ok",
-        a.config.display(),
-        c.cluster.name.get_ref(),
-        c.nodes.len()
-    );
     Ok(())
 }
 

@@ -2,9 +2,11 @@
 //! line on stderr, non-zero exit.
 
 mod build;
+mod check;
 mod edit;
 mod escape;
 mod inspect;
+mod kubeconfig;
 
 use crate::cli::{Cli, Command};
 use anyhow::{Result, bail};
@@ -102,7 +104,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Boards(a) => build::boards(a),
         Command::Personalize(a) => build::personalize(a),
         Command::Init(a) => build::init(a),
-        Command::Check(a) => build::check(a),
+        Command::Check(a) => check::check(a),
+        Command::Kubeconfig(a) => kubeconfig::kubeconfig(a),
     }
 }
 

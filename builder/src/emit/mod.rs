@@ -7,7 +7,7 @@
 //! four files are written to temp files and renamed into place only when all are complete, so
 //! a failed or interrupted emit leaves no `OUT`.
 
-mod atomic;
+pub(crate) mod atomic;
 pub mod bmap;
 pub mod format;
 pub mod manifest;

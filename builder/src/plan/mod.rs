@@ -109,10 +109,17 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     p.file(NODE_TOML, text.into_bytes(), 0o600);
 
     if !spec.generic {
-        if let Some(k) = &cfg.k3s {
-            let token = read_secret(&spec.resolve(&k.token_file), "k3s token_file")?;
-            p.dir("/etc/rancher/k3s", 0o755);
-            p.file(K3S_TOKEN, token, 0o600).secret();
+        if let (Some(k), Some(id)) = (&cfg.k3s, spec.identity) {
+            let (dirs, files) = k3s_files(spec, k, &id.state_dir)?;
+            for (d, mode) in dirs {
+                p.dir(d, mode);
+            }
+            for f in files {
+                let change = p.file(&f.path, f.content, f.mode);
+                if f.secret {
+                    change.secret();
+                }
+            }
         }
         if let Some(u) = &cfg.ups {
             let path = spec.resolve(&u.password_file);
@@ -193,6 +200,28 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         p.file(PRESET, preset_file(&enabled_by_agent).into_bytes(), 0o644);
     }
     Ok(p.into_changes())
+}
+
+/// The token, and on servers of a new cluster the CA set, with the directories they need; a
+/// token_file that holds no k3s token is refused here too, for `build` as for `check`.
+pub fn k3s_files(
+    spec: &NodeSpec,
+    k: &config::K3s,
+    state_dir: &Path,
+) -> Result<(crate::cluster::NodeDirs, Vec<crate::cluster::NodeFile>), PlanError> {
+    let token_file = k.token_file.as_ref().map(|t| spec.resolve(t.get_ref()));
+    let files = crate::cluster::node_files(k, token_file.as_deref(), spec.role, state_dir)
+        .map_err(|e| PlanError::Invalid(e.to_string()))?;
+    if let Some(path) = &token_file
+        && let Some(why) =
+            crate::cluster::token::token_problem(&String::from_utf8_lossy(&files[0].content))
+    {
+        return Err(PlanError::Invalid(format!(
+            "k3s token_file {} is not a k3s token: {why}",
+            path.display()
+        )));
+    }
+    Ok((crate::cluster::node_dirs(&files), files))
 }
 
 /// Keeps systemd presets from enabling the units the agent enables itself, and only where the
@@ -544,7 +573,7 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
     }
     p.dir(&format!("{home}/.ssh"), 0o700).owner(a.uid, a.gid);
     let mut keys = String::new();
-    for k in &spec.config.admin.ssh_authorized_keys {
+    for k in spec.config.admin.ssh_authorized_keys.get_ref() {
         keys.push_str(k.get_ref().trim());
         keys.push('\n');
     }
@@ -586,10 +615,22 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         .and_then(|u| u.server.as_ref())
         .map(|s| s.get_ref().clone());
     let is_ups_server = ups_host_node.as_deref() == Some(spec.name);
+    let bootstrap =
+        crate::cluster::Bootstrap::of(cfg).map_err(|e| PlanError::Invalid(e.to_string()))?;
+    // A generic image is no node in particular: it joins, and `personalize` gives the first
+    // server its own node.toml.
+    let cluster_init = !spec.generic && bootstrap.as_ref().is_some_and(|b| b.is_first(spec.name));
     let k3s = cfg.k3s.as_ref().map(|k| {
-        let url = k.server_url.get_ref().clone();
+        let url = bootstrap.as_ref().map(|b| b.server_url().to_string());
         node::K3sSection {
-            server_url: Some(url),
+            // The first server starts the cluster and registers with nobody.
+            server_url: if cluster_init { None } else { url.clone() },
+            // Servers' certificates carry the registration address, so agents and kubectl
+            // reach them by it.
+            tls_san: match (spec.role, url.as_deref().and_then(url_host)) {
+                (Role::Server, Some(h)) => vec![h],
+                _ => Vec::new(),
+            },
             token_file: PathBuf::from(K3S_TOKEN),
             node_ip_from: if cfg.zerotier.is_some() {
                 node::NodeIpFrom::Zerotier
@@ -637,7 +678,10 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             } else {
                 b.paths.iter().map(PathBuf::from).collect()
             },
-            schedule: b.schedule.clone().unwrap_or_else(|| "daily".into()),
+            schedule: b
+                .schedule
+                .as_ref()
+                .map_or_else(|| "daily".into(), |s| s.get_ref().clone()),
             ssh_key_file: PathBuf::from(BACKUP_KEY),
             ssh_port: ssh_url_port(b.target.get_ref()),
             known_hosts_file: b.pins_host_key().then(|| PathBuf::from(BACKUP_KNOWN_HOSTS)),
@@ -655,7 +699,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             },
             role,
             cluster: cfg.cluster.name.get_ref().clone(),
-            cluster_init: false,
+            cluster_init,
         },
         k3s,
         zerotier: cfg.zerotier.as_ref().map(|z| node::ZeroTierSection {
@@ -692,8 +736,8 @@ fn default_zerotier() -> node::ZeroTierSection {
 /// The UPS server's address as other nodes reach it: the host of the k3s server URL when the UPS
 /// server is that server, else its name (resolved by the node's DNS or /etc/hosts).
 fn ups_server_address(cfg: &ClusterConfig, ups_node: &str) -> Result<String, PlanError> {
-    if let Some(k) = &cfg.k3s {
-        let url = k.server_url.get_ref();
+    if let Ok(Some(b)) = crate::cluster::Bootstrap::of(cfg) {
+        let url = b.server_url();
         let is_first_server = cfg
             .nodes
             .iter()
@@ -706,7 +750,7 @@ fn ups_server_address(cfg: &ClusterConfig, ups_node: &str) -> Result<String, Pla
     Ok(ups_node.to_string())
 }
 
-fn url_host(url: &str) -> Option<String> {
+pub(crate) fn url_host(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split('/').next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);

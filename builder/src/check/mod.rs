@@ -1,0 +1,109 @@
+//! `imagegen check`: everything wrong with a cluster.toml at once, each with its file and line,
+//! before anything is built. The values are checked by `config::validate`; here also what the
+//! files it names hold and who may read them, and what about the cluster as a whole deserves
+//! a warning.
+
+pub mod calendar;
+
+use crate::config::{self, ClusterConfig, ConfigError, Loaded, Role};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    /// The config, when it parsed (it may still have errors).
+    pub loaded: Option<Loaded>,
+}
+
+/// Checks the config at `path`. A file that cannot be read or is not TOML ends the check at
+/// that error; every other problem is collected.
+pub fn run(path: &Path) -> Result<Report, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let c = config::parse_unvalidated(&text, path)?;
+    let mut r = Report::default();
+    for (span, message) in config::validate(&c) {
+        r.errors
+            .push(config::at(&text, path, span, message).to_string());
+    }
+    let loaded = Loaded {
+        dir: path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(".")),
+        path: path.to_path_buf(),
+        config: c,
+    };
+    secret_files(&loaded, &text, &mut r);
+    cluster_warnings(&loaded.config, path, &mut r);
+    r.loaded = Some(loaded);
+    Ok(r)
+}
+
+/// Each secret file the config names: it must be readable now (not halfway through a build),
+/// a token must be a k3s token, and nobody but the operator should read any of them.
+fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
+    let c = &l.config;
+    let mut files: Vec<(&str, PathBuf, Option<std::ops::Range<usize>>)> = Vec::new();
+    if let Some(t) = c.k3s.as_ref().and_then(|k| k.token_file.as_ref()) {
+        files.push(("k3s token_file", l.resolve(t.get_ref()), Some(t.span())));
+    }
+    if let Some(u) = &c.ups {
+        files.push(("ups password_file", l.resolve(&u.password_file), None));
+    }
+    if let Some(k) = c.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
+        files.push(("backup ssh_key_file", l.resolve(k), None));
+    }
+    for (what, p, span) in files {
+        let place = |message: String| match &span {
+            Some(s) => config::at(text, &l.path, s.clone(), message).to_string(),
+            None => format!("{}: {message}", l.path.display()),
+        };
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) => {
+                r.errors.push(place(format!("{what} {}: {e}", p.display())));
+                continue;
+            }
+        };
+        if what == "k3s token_file"
+            && let Some(why) =
+                crate::cluster::token::token_problem(&String::from_utf8_lossy(&bytes))
+        {
+            r.errors.push(place(format!(
+                "{what} {} is not a k3s token: {why}",
+                p.display()
+            )));
+        }
+        if let Ok(m) = std::fs::metadata(&p)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            r.warnings.push(format!(
+                "{what} {} is readable by group or others (mode {:o}): chmod 600 {}",
+                p.display(),
+                m.permissions().mode() & 0o777,
+                p.display()
+            ));
+        }
+    }
+}
+
+fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
+    let servers = c.nodes.iter().filter(|n| n.role == Role::Server).count();
+    if c.k3s.is_some() && servers == 2 {
+        r.warnings.push(
+            "two servers: embedded etcd needs a majority of its members, 2 of 2, so losing \
+             either server stops the cluster (no gain over one); use one server, or three"
+                .into(),
+        );
+    }
+    if let Some(note) = c.not_applied() {
+        r.warnings.push(format!("{}: {note}", path.display()));
+    }
+}

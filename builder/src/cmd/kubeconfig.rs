@@ -1,0 +1,50 @@
+//! kubeconfig.
+
+use crate::cli::KubeconfigArgs;
+use crate::cluster::{self, Bootstrap, Trust};
+use crate::config;
+use crate::emit::atomic::PendingFile;
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::PathBuf;
+
+pub fn kubeconfig(a: KubeconfigArgs) -> Result<()> {
+    let loaded = config::load(&a.config)?;
+    let c = &loaded.config;
+    let server_url = match Bootstrap::of(c).map_err(anyhow::Error::msg)? {
+        Some(Bootstrap::New { server_url, .. }) => server_url,
+        Some(Bootstrap::Join { .. }) => bail!(
+            "this cluster.toml joins an existing cluster ([k3s] token_file), whose CAs imagegen \
+             does not hold: take the kubeconfig from a server's /etc/rancher/k3s/k3s.yaml"
+        ),
+        None => bail!("{} has no [k3s] table", a.config.display()),
+    };
+    let state_dir = a
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_dir(&loaded.dir));
+    let trust = Trust::load(&state_dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let name = c.cluster.name.get_ref();
+    let text = cluster::kubeconfig::render(&trust, name, &server_url, now)?;
+    let out = a
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{name}.kubeconfig")));
+    // It holds cluster-admin's private key: the operator's alone, appearing whole or not at all.
+    let f = PendingFile::create_with_mode(&out, 0o600)
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.file()
+        .write_all(text.as_bytes())
+        .and_then(|()| f.sync())
+        .and_then(|()| f.commit())
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote {} (cluster-admin of {name} at {server_url}): KUBECONFIG={} kubectl get nodes",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
