@@ -6,7 +6,7 @@
 //! then fetch it again trusting only that CA, which proves the server holds a certificate from it.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -122,7 +122,7 @@ pub fn fetch_verified_ca(
     timeout: Duration,
 ) -> Result<Vec<u8>, K3sError> {
     let url = format!("{}/cacerts", server.trim_end_matches('/'));
-    let r = http::request("GET", &url, &[], b"", &Trust::AnyCertificate, timeout)
+    let r = http::get(&url, &[], &Trust::AnyCertificate, timeout)
         .map_err(|e| K3sError::Waiting(e.to_string()))?;
     if r.status != 200 {
         return Err(K3sError::Waiting(format!("{url}: HTTP {}", r.status)));
@@ -147,7 +147,7 @@ pub fn fetch_verified_ca(
         server: server.to_owned(),
         source: e,
     })?;
-    http::request("GET", &url, &[], b"", &trust, timeout).map_err(|e| {
+    http::get(&url, &[], &trust, timeout).map_err(|e| {
         if is_certificate_refusal(&e) {
             K3sError::CaChain {
                 server: server.to_owned(),
@@ -307,7 +307,7 @@ pub fn setup(
     })?;
     let ping = format!("{}/ping", server.trim_end_matches('/'));
     retry_until(deadline, attempts, || {
-        let r = http::request("GET", &ping, &[], b"", &trust, timeout())
+        let r = http::get(&ping, &[], &trust, timeout())
             .map_err(|e| K3sError::Waiting(e.to_string()))?;
         if r.status == 200 && r.body.trim_ascii() == b"pong" {
             Ok(())
@@ -358,12 +358,12 @@ pub fn render_config(config: &NodeConfig, node_ip: Option<&(String, Option<Strin
 /// address fails with EAFNOSUPPORT, which once left an IPv6 `server_url` pending forever. The
 /// host comes from the same URL parser as the requests, so `[fd00::1]` is the address `fd00::1`.
 fn source_address_towards(server: &str) -> Result<String, K3sError> {
-    let (host, port) = http::host_port(server).ok_or_else(|| K3sError::BadUrl(server.into()))?;
+    let url = http::parse_url(server).ok_or_else(|| K3sError::BadUrl(server.into()))?;
     let waiting = |e: std::io::Error| K3sError::Waiting(format!("no route to {server}: {e}"));
-    let target = (host, port)
-        .to_socket_addrs()
+    let target = *url
+        .socket_addrs(|| None)
         .map_err(waiting)?
-        .next()
+        .first()
         .ok_or_else(|| waiting(std::io::Error::other("host has no address")))?;
     let any: SocketAddr = if target.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
