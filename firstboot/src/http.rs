@@ -20,7 +20,7 @@
 //!   neither at any close of the connection, and over TLS a close without close_notify is a cut,
 //!   not an end (RFC 8446 section 6.1 requires close_notify before closing the write side). Such
 //!   replies are refused over TLS: k3s (Go's net/http) always sends a length or chunks;
-//! - a reply body of at most 1 MiB; no redirects followed; no proxy from the environment.
+//! - a reply body under 1 MiB; no redirects followed; no proxy from the environment.
 
 use std::io;
 use std::time::Duration;
