@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::attempts::Attempts;
+use crate::backoff::{Waiting, retry_until};
 use crate::command::{self, CommandError};
 use crate::config::{NodeConfig, NodeIpFrom, Role};
 use crate::http::{self, HttpError, Trust};
@@ -70,9 +70,18 @@ pub enum K3sError {
     Waiting(String),
 }
 
+impl Waiting for K3sError {
+    fn waiting(&self) -> Option<&str> {
+        match self {
+            K3sError::Waiting(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
 impl K3sError {
     pub fn is_waiting(&self) -> bool {
-        matches!(self, K3sError::Waiting(_))
+        self.waiting().is_some()
     }
 
     /// Failures that will fail the same way until the token or server changes.
@@ -373,29 +382,6 @@ fn source_address_towards(server: &str) -> Result<String, K3sError> {
     let s = UdpSocket::bind(any).map_err(waiting)?;
     s.connect(target).map_err(waiting)?;
     Ok(s.local_addr().map_err(waiting)?.ip().to_string())
-}
-
-/// Retries `f` while it reports `Waiting`, with backoff, until the deadline.
-fn retry_until<T>(
-    deadline: Instant,
-    attempts: &mut Attempts,
-    mut f: impl FnMut() -> Result<T, K3sError>,
-) -> Result<T, K3sError> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match f() {
-            Err(K3sError::Waiting(why)) => {
-                attempts.failed(&why);
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(K3sError::Waiting(why));
-                }
-                thread::sleep(delay.min(left));
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
 }
 
 #[cfg(test)]
