@@ -28,7 +28,13 @@ pub fn retry_until<T, E: Waiting>(
     attempts: &mut Attempts,
     attempt: impl FnMut() -> Result<T, E>,
 ) -> Result<T, E> {
-    retry_with(deadline, attempts, attempt, &Instant::now, &mut thread::sleep)
+    retry_with(
+        deadline,
+        attempts,
+        attempt,
+        &Instant::now,
+        &mut thread::sleep,
+    )
 }
 
 /// [`retry_until`] with its clock and its sleep given, so tests need not wait.

@@ -242,12 +242,22 @@ mod tests {
     fn urls() {
         let u = parse_url("https://[fd00::1]:6443/cacerts").unwrap();
         assert_eq!(
-            (u.scheme(), u.host_str(), u.port_or_known_default(), u.path()),
+            (
+                u.scheme(),
+                u.host_str(),
+                u.port_or_known_default(),
+                u.path()
+            ),
             ("https", Some("[fd00::1]"), Some(6443), "/cacerts")
         );
         let u = parse_url("http://127.0.0.1:9993").unwrap();
         assert_eq!(
-            (u.scheme(), u.host_str(), u.port_or_known_default(), u.path()),
+            (
+                u.scheme(),
+                u.host_str(),
+                u.port_or_known_default(),
+                u.path()
+            ),
             ("http", Some("127.0.0.1"), Some(9993), "/")
         );
         assert!(parse_url("ftp://x").is_none());
@@ -256,8 +266,14 @@ mod tests {
         assert!(parse_url("https://h:65536").is_none());
         // The socket address the requests and `k3s`'s route lookup use.
         let addrs = |u| parse_url(u).unwrap().socket_addrs(|| None).unwrap();
-        assert_eq!(addrs("https://[fd00::1]"), ["[fd00::1]:443".parse().unwrap()]);
-        assert_eq!(addrs("https://[::1]:6443/"), ["[::1]:6443".parse().unwrap()]);
+        assert_eq!(
+            addrs("https://[fd00::1]"),
+            ["[fd00::1]:443".parse().unwrap()]
+        );
+        assert_eq!(
+            addrs("https://[::1]:6443/"),
+            ["[::1]:6443".parse().unwrap()]
+        );
         assert_eq!(addrs("http://127.0.0.1"), ["127.0.0.1:80".parse().unwrap()]);
     }
 

@@ -135,8 +135,7 @@ fn poll(url: &str, token: &str, posted: &mut bool, deadline: Instant) -> Result<
         .saturating_duration_since(Instant::now())
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     let auth = [("X-ZT1-Auth", token)];
-    let r = http::get(url, &auth, &Trust::Plain, timeout)
-        .map_err(|e| format!("local API: {e}"))?;
+    let r = http::get(url, &auth, &Trust::Plain, timeout).map_err(|e| format!("local API: {e}"))?;
     if r.status == 404 && !*posted {
         // The service was already running when networks.d was written: join through the API.
         *posted = true;
