@@ -85,12 +85,12 @@ mod tests {
         }
     }
 
+    /// The result, the pauses, and the reports `(count, why)` of one `run`.
+    type Ran = (Result<u32, E>, Vec<Duration>, Vec<(u32, String)>);
+
     /// Runs `retry_with` on a clock that only sleeping moves, the attempt given the attempt
-    /// number (from 1); returns the result, the pauses, and the reports `(count, why)`.
-    fn run(
-        budget: Duration,
-        mut attempt: impl FnMut(u32) -> Result<u32, E>,
-    ) -> (Result<u32, E>, Vec<Duration>, Vec<(u32, String)>) {
+    /// number (from 1).
+    fn run(budget: Duration, mut attempt: impl FnMut(u32) -> Result<u32, E>) -> Ran {
         let start = Instant::now();
         let clock = Cell::new(start);
         let mut pauses = Vec::new();
