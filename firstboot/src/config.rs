@@ -368,7 +368,7 @@ impl NodeConfig {
                     return bad(format!("[k3s] server_url {url:?} must start with https://"));
                 }
                 // Caught here, at build time, rather than as a failed k3s step on the node.
-                (Some(url), _) if crate::http::host_port(url).is_none() => {
+                (Some(url), _) if crate::http::parse_url(url).is_none() => {
                     return bad(format!(
                         "[k3s] server_url {url:?} must be https://HOST[:PORT], an IPv6 HOST in \
                          brackets ([fd00::1])"

@@ -6,15 +6,15 @@
 //! then fetch it again trusting only that CA, which proves the server holds a certificate from it.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::thread;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::attempts::Attempts;
+use crate::backoff::{Waiting, retry_until};
 use crate::command::{self, CommandError};
-use crate::config::{NodeConfig, NodeIpFrom, Role};
+use crate::config::{K3sSection, NodeConfig, NodeIpFrom, Role};
 use crate::http::{self, HttpError, Trust};
 use crate::root::Root;
 use crate::zerotier::Joined;
@@ -71,9 +71,18 @@ pub enum K3sError {
     Waiting(String),
 }
 
+impl Waiting for K3sError {
+    fn waiting(&self) -> Option<&str> {
+        match self {
+            K3sError::Waiting(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
 impl K3sError {
     pub fn is_waiting(&self) -> bool {
-        matches!(self, K3sError::Waiting(_))
+        self.waiting().is_some()
     }
 
     /// Failures that will fail the same way until the token or server changes.
@@ -123,7 +132,7 @@ pub fn fetch_verified_ca(
     timeout: Duration,
 ) -> Result<Vec<u8>, K3sError> {
     let url = format!("{}/cacerts", server.trim_end_matches('/'));
-    let r = http::request("GET", &url, &[], b"", &Trust::AnyCertificate, timeout)
+    let r = http::get(&url, &[], &Trust::AnyCertificate, timeout)
         .map_err(|e| K3sError::Waiting(e.to_string()))?;
     if r.status != 200 {
         return Err(K3sError::Waiting(format!("{url}: HTTP {}", r.status)));
@@ -148,7 +157,7 @@ pub fn fetch_verified_ca(
         server: server.to_owned(),
         source: e,
     })?;
-    http::request("GET", &url, &[], b"", &trust, timeout).map_err(|e| {
+    http::get(&url, &[], &trust, timeout).map_err(|e| {
         if is_certificate_refusal(&e) {
             K3sError::CaChain {
                 server: server.to_owned(),
@@ -205,6 +214,38 @@ pub fn setup(
     let Some(k3s) = &config.k3s else {
         return Ok(BTreeMap::new());
     };
+    let (token_path, hash) = read_token_hash(root, k3s)?;
+    let server = k3s.server_url.as_deref().unwrap_or(LOCAL_SERVER);
+    if k3s.node_ip_from == NodeIpFrom::Zerotier && zt.is_none() {
+        return Err(K3sError::Waiting("no ZeroTier address yet".into()));
+    }
+
+    let mut details = BTreeMap::new();
+    let server_ca = match &k3s.server_url {
+        Some(url) => {
+            let ca = verify_server(url, k3s, token_path, hash, deadline, attempts)?;
+            details.insert("ca-sha256".into(), hex::encode(Sha256::digest(&ca)));
+            Some(ca)
+        }
+        None => None,
+    };
+    let node_ip = node_ip(k3s, zt)?;
+    write_config(root, config, node_ip.as_ref())?;
+    let service = enable_service(root, config)?;
+    wait_for_ping(server, server_ca, deadline, attempts)?;
+
+    details.insert("service".into(), service.into());
+    if let Some((ip, iface)) = node_ip {
+        details.insert("node-ip".into(), ip);
+        if let Some(i) = iface {
+            details.insert("flannel-iface".into(), i);
+        }
+    }
+    Ok(details)
+}
+
+/// The token file's path (for messages) and the CA hash its token pins, if any.
+fn read_token_hash(root: &Root, k3s: &K3sSection) -> Result<(String, Option<String>), K3sError> {
     let token_path = k3s.token_file.display().to_string();
     let token = root
         .read_to_string(&k3s.token_file)
@@ -216,44 +257,54 @@ pub fn setup(
         path: token_path.clone(),
         why,
     })?;
-    let server = k3s.server_url.as_deref().unwrap_or(LOCAL_SERVER);
-    if k3s.node_ip_from == NodeIpFrom::Zerotier && zt.is_none() {
-        return Err(K3sError::Waiting("no ZeroTier address yet".into()));
-    }
-    // Each attempt gets what is left of the budget (k3s's own client uses 10 s).
-    let timeout = || {
-        deadline
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_millis(500), Duration::from_secs(10))
-    };
+    Ok((token_path, hash))
+}
 
-    let mut details = BTreeMap::new();
-    let mut server_ca = None;
-    if let Some(url) = &k3s.server_url {
-        if hash.is_none() {
-            if !k3s.allow_unverified_token {
-                return Err(K3sError::Unverifiable { path: token_path });
-            }
-            eprintln!(
-                "k3s: token has no CA hash: {url} cannot be verified, joining anyway (allow_unverified_token)"
-            );
+/// Each attempt gets what is left of the budget (k3s's own client uses 10 s).
+fn attempt_timeout(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_millis(500), Duration::from_secs(10))
+}
+
+/// The server's CA, checked against the token's hash (refused without one unless
+/// `allow_unverified_token`).
+fn verify_server(
+    url: &str,
+    k3s: &K3sSection,
+    token_path: String,
+    hash: Option<String>,
+    deadline: Instant,
+    attempts: &mut Attempts,
+) -> Result<Vec<u8>, K3sError> {
+    if hash.is_none() {
+        if !k3s.allow_unverified_token {
+            return Err(K3sError::Unverifiable { path: token_path });
         }
-        let ca = retry_until(deadline, attempts, || {
-            fetch_verified_ca(url, hash.as_deref(), timeout())
-        })?;
         eprintln!(
-            "k3s: {url} CA {}",
-            if hash.is_some() {
-                "matches the token"
-            } else {
-                "fetched (unverified)"
-            }
+            "k3s: token has no CA hash: {url} cannot be verified, joining anyway (allow_unverified_token)"
         );
-        details.insert("ca-sha256".into(), hex::encode(Sha256::digest(&ca)));
-        server_ca = Some(ca);
     }
+    let ca = retry_until(deadline, attempts, || {
+        fetch_verified_ca(url, hash.as_deref(), attempt_timeout(deadline))
+    })?;
+    eprintln!(
+        "k3s: {url} CA {}",
+        if hash.is_some() {
+            "matches the token"
+        } else {
+            "fetched (unverified)"
+        }
+    );
+    Ok(ca)
+}
 
-    let node_ip = match (k3s.node_ip_from, zt) {
+/// The `node-ip` (and `flannel-iface`) for `config.yaml`.
+fn node_ip(
+    k3s: &K3sSection,
+    zt: Option<&Joined>,
+) -> Result<Option<(String, Option<String>)>, K3sError> {
+    Ok(match (k3s.node_ip_from, zt) {
         (NodeIpFrom::Zerotier, Some(j)) => Some((j.address.clone(), Some(j.interface.clone()))),
         (NodeIpFrom::Zerotier, None) => {
             return Err(K3sError::Waiting("no ZeroTier address yet".into()));
@@ -264,8 +315,15 @@ pub fn setup(
             source_address_towards(k3s.server_url.as_deref().unwrap_or("https://192.0.2.1"))?,
             None,
         )),
-    };
-    let yaml = render_config(config, node_ip.as_ref());
+    })
+}
+
+fn write_config(
+    root: &Root,
+    config: &NodeConfig,
+    node_ip: Option<&(String, Option<String>)>,
+) -> Result<(), K3sError> {
+    let yaml = render_config(config, node_ip);
     if root
         .write_atomic(CONFIG_PATH, yaml.as_bytes(), 0o600)
         .map_err(|source| K3sError::Write {
@@ -281,25 +339,39 @@ pub fn setup(
              reflashed node of the same name will be rejected"
         );
     }
+    Ok(())
+}
+
+/// Enables and starts the role's k3s service; returns its name.
+fn enable_service(root: &Root, config: &NodeConfig) -> Result<&'static str, K3sError> {
     let service = match config.node.role {
         Role::Server => "k3s.service",
         Role::Agent => "k3s-agent.service",
     };
     // --no-block: k3s is Type=notify with no start timeout, and signals ready only once it has
     // joined; a join that stalls (a rejected node password) must not hold the agent. The
-    // /ping wait below bounds how long we look for the server instead.
+    // /ping wait bounds how long we look for the server instead.
     command::run(
         root,
         &config.commands.systemctl,
         &["enable", "--now", "--no-block", service],
     )?;
     eprintln!("k3s: enabled {service}");
+    Ok(service)
+}
 
+/// Waits until `server` answers `/ping`, trusting only its verified CA.
+fn wait_for_ping(
+    server: &str,
+    server_ca: Option<Vec<u8>>,
+    deadline: Instant,
+    attempts: &mut Attempts,
+) -> Result<(), K3sError> {
     // The first server pings itself; its CA is fetched over loopback, where nobody sits in between.
     let trust_pem = match server_ca {
         Some(ca) => ca,
         None => retry_until(deadline, attempts, || {
-            fetch_verified_ca(LOCAL_SERVER, None, timeout())
+            fetch_verified_ca(LOCAL_SERVER, None, attempt_timeout(deadline))
         })?,
     };
     let trust = Trust::from_pem(&trust_pem).map_err(|e| K3sError::BadCa {
@@ -308,7 +380,7 @@ pub fn setup(
     })?;
     let ping = format!("{}/ping", server.trim_end_matches('/'));
     retry_until(deadline, attempts, || {
-        let r = http::request("GET", &ping, &[], b"", &trust, timeout())
+        let r = http::get(&ping, &[], &trust, attempt_timeout(deadline))
             .map_err(|e| K3sError::Waiting(e.to_string()))?;
         if r.status == 200 && r.body.trim_ascii() == b"pong" {
             Ok(())
@@ -317,14 +389,7 @@ pub fn setup(
         }
     })?;
     eprintln!("k3s: {server} answers /ping");
-    details.insert("service".into(), service.into());
-    if let Some((ip, iface)) = node_ip {
-        details.insert("node-ip".into(), ip);
-        if let Some(i) = iface {
-            details.insert("flannel-iface".into(), i);
-        }
-    }
-    Ok(details)
+    Ok(())
 }
 
 /// The `config.yaml` for this node. Values are JSON strings, which YAML reads as the same strings.
@@ -365,12 +430,12 @@ pub fn render_config(config: &NodeConfig, node_ip: Option<&(String, Option<Strin
 /// address fails with EAFNOSUPPORT, which once left an IPv6 `server_url` pending forever. The
 /// host comes from the same URL parser as the requests, so `[fd00::1]` is the address `fd00::1`.
 fn source_address_towards(server: &str) -> Result<String, K3sError> {
-    let (host, port) = http::host_port(server).ok_or_else(|| K3sError::BadUrl(server.into()))?;
+    let url = http::parse_url(server).ok_or_else(|| K3sError::BadUrl(server.into()))?;
     let waiting = |e: std::io::Error| K3sError::Waiting(format!("no route to {server}: {e}"));
-    let target = (host, port)
-        .to_socket_addrs()
+    let target = *url
+        .socket_addrs(|| None)
         .map_err(waiting)?
-        .next()
+        .first()
         .ok_or_else(|| waiting(std::io::Error::other("host has no address")))?;
     let any: SocketAddr = if target.is_ipv6() {
         (Ipv6Addr::UNSPECIFIED, 0).into()
@@ -380,29 +445,6 @@ fn source_address_towards(server: &str) -> Result<String, K3sError> {
     let s = UdpSocket::bind(any).map_err(waiting)?;
     s.connect(target).map_err(waiting)?;
     Ok(s.local_addr().map_err(waiting)?.ip().to_string())
-}
-
-/// Retries `f` while it reports `Waiting`, with backoff, until the deadline.
-fn retry_until<T>(
-    deadline: Instant,
-    attempts: &mut Attempts,
-    mut f: impl FnMut() -> Result<T, K3sError>,
-) -> Result<T, K3sError> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match f() {
-            Err(K3sError::Waiting(why)) => {
-                attempts.failed(&why);
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(K3sError::Waiting(why));
-                }
-                thread::sleep(delay.min(left));
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            other => return other,
-        }
-    }
 }
 
 #[cfg(test)]

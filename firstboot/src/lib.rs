@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attempts;
+pub mod backoff;
 pub mod backup;
 pub mod command;
 pub mod config;

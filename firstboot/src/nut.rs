@@ -221,208 +221,283 @@ enum LoginState {
 /// only reports, and does not log in, so upsmon does not wait for it (upsmon(8): the primary
 /// waits until it is the only client logged into the UPS, or HOSTSYNC runs out).
 pub fn watch(root: &Root, boot: &Path, node: &str, ups: &UpsSection) -> io::Result<WatchEnd> {
-    let poll = Duration::from_millis(ups.poll_interval_ms);
-    let dead_time = Duration::from_secs(ups.dead_time_secs);
-    // Connect and reply timeouts: long enough for a slow link, short enough that the DEAD rule
-    // is checked about on time.
-    let timeout = poll
-        .max(Duration::from_secs(2))
-        .min(dead_time.max(Duration::from_secs(1)));
-    let record = |u: Update| {
-        if let Err(e) = status::set(root, boot, node, "ups-watch", u) {
+    let mut w = Watch::new(root, boot, node, ups);
+    loop {
+        // Kept until the pause below ends, so the connection lasts as long as it always has.
+        let mut client = w.connect();
+        if let Some(c) = &mut client
+            && let Login::Watching { relogin_at } = w.log_in(c)
+            && w.read_status(c, relogin_at)
+        {
+            return Ok(WatchEnd::ShutdownStarted);
+        }
+        if w.shut_down_if_dead(None) {
+            return Ok(WatchEnd::ShutdownStarted);
+        }
+        thread::sleep(w.poll);
+    }
+}
+
+/// Where `ups-watch` records its state in the status.
+struct StatusWriter<'a> {
+    root: &'a Root,
+    boot: &'a Path,
+    node: &'a str,
+}
+
+impl StatusWriter<'_> {
+    fn record(&self, u: Update) {
+        if let Err(e) = status::set(self.root, self.boot, self.node, "ups-watch", u) {
             eprintln!("ups-watch: cannot update status: {e}");
         }
-    };
-    let mut login = if ups.primary {
-        // Reported done with the first status read.
-        LoginState::NotNeeded
-    } else {
-        match read_password(root, ups) {
-            Ok(password) => LoginState::Try {
-                password,
-                broken: 0,
-                pause_until: None,
-            },
-            Err(why) => {
-                let msg = format!("{why}; monitoring without login");
-                eprintln!("ups-watch: {msg}");
-                record(Update::failed(msg));
-                LoginState::Unusable
-            }
-        }
-    };
-    let target = format!("{}@{}:{}", ups.ups, ups.host, ups.port);
-    let mut known: Option<Known> = None;
-    let mut shown: Option<Vec<String>> = None;
-    let mut connected_once = false;
-    let mut down_logged = false;
-    // The DEAD rule: true when the UPS was last seen on battery and has given no status since
-    // longer than the dead time.
-    let dead = |known: &Option<Known>| {
-        known
-            .as_ref()
-            .is_some_and(|k| k.words.iter().any(|w| w == "OB") && k.at.elapsed() > dead_time)
-    };
-    let dead_shutdown = |known: &Option<Known>, client: Option<&mut NutClient>| {
-        let k = known
-            .as_ref()
-            .map(|k| k.words.join(" "))
-            .unwrap_or_default();
-        if ups.primary {
-            return false;
-        }
-        eprintln!(
-            "ups-watch: {target} gave no status for more than {}s and was last seen on battery \
-             ({k}): taking it as dead and critical (upsmon DEADTIME)",
-            dead_time.as_secs()
-        );
-        if let Some(c) = client {
-            let _ = c.logout();
-        }
-        shutdown(root, &ups.shutdown_command);
-        true
-    };
-    loop {
-        let mut client = match NutClient::connect(&ups.host, ups.port, timeout) {
-            Ok(c) => c,
-            Err(e) => {
-                if !down_logged {
-                    eprintln!("ups-watch: cannot reach upsd {target}: {e}; retrying");
-                    down_logged = true;
+    }
+}
+
+/// How a login on a new connection went.
+enum Login {
+    /// Read the status on this connection; with no login until `relogin_at`, then try again.
+    Watching { relogin_at: Option<Instant> },
+    /// The login broke the connection.
+    Broken,
+}
+
+/// The state of one `watch`, kept across connections.
+struct Watch<'a> {
+    root: &'a Root,
+    ups: &'a UpsSection,
+    status: StatusWriter<'a>,
+    poll: Duration,
+    dead_time: Duration,
+    /// Connect and reply timeouts.
+    timeout: Duration,
+    /// `ups@host:port`, for messages.
+    target: String,
+    login: LoginState,
+    known: Option<Known>,
+    /// The status last logged, so only changes are.
+    shown: Option<Vec<String>>,
+    connected_once: bool,
+    down_logged: bool,
+}
+
+impl<'a> Watch<'a> {
+    fn new(root: &'a Root, boot: &'a Path, node: &'a str, ups: &'a UpsSection) -> Watch<'a> {
+        let poll = Duration::from_millis(ups.poll_interval_ms);
+        let dead_time = Duration::from_secs(ups.dead_time_secs);
+        let status = StatusWriter { root, boot, node };
+        let login = if ups.primary {
+            // Reported done with the first status read.
+            LoginState::NotNeeded
+        } else {
+            match read_password(root, ups) {
+                Ok(password) => LoginState::Try {
+                    password,
+                    broken: 0,
+                    pause_until: None,
+                },
+                Err(why) => {
+                    let msg = format!("{why}; monitoring without login");
+                    eprintln!("ups-watch: {msg}");
+                    status.record(Update::failed(msg));
+                    LoginState::Unusable
                 }
-                if dead(&known) && dead_shutdown(&known, None) {
-                    return Ok(WatchEnd::ShutdownStarted);
-                }
-                thread::sleep(poll);
-                continue;
             }
         };
-        down_logged = false;
-        eprintln!(
-            "ups-watch: {} upsd {target}",
-            if connected_once {
-                "reconnected to"
-            } else {
-                "connected to"
+        Watch {
+            root,
+            ups,
+            status,
+            poll,
+            dead_time,
+            // Long enough for a slow link, short enough that the DEAD rule is checked about on
+            // time.
+            timeout: poll
+                .max(Duration::from_secs(2))
+                .min(dead_time.max(Duration::from_secs(1))),
+            target: format!("{}@{}:{}", ups.ups, ups.host, ups.port),
+            login,
+            known: None,
+            shown: None,
+            connected_once: false,
+            down_logged: false,
+        }
+    }
+
+    /// A connection to upsd; a failure is logged once until a connection succeeds again.
+    fn connect(&mut self) -> Option<NutClient> {
+        let target = &self.target;
+        match NutClient::connect(&self.ups.host, self.ups.port, self.timeout) {
+            Ok(c) => {
+                self.down_logged = false;
+                eprintln!(
+                    "ups-watch: {} upsd {target}",
+                    if self.connected_once {
+                        "reconnected to"
+                    } else {
+                        "connected to"
+                    }
+                );
+                self.connected_once = true;
+                Some(c)
             }
-        );
-        connected_once = true;
-        let mut relogin_at = None;
-        if let LoginState::Try {
+            Err(e) => {
+                if !self.down_logged {
+                    eprintln!("ups-watch: cannot reach upsd {target}: {e}; retrying");
+                    self.down_logged = true;
+                }
+                None
+            }
+        }
+    }
+
+    /// Logs in on a new connection when a password is to be tried.
+    fn log_in(&mut self, client: &mut NutClient) -> Login {
+        let LoginState::Try {
             password,
             broken,
             pause_until,
-        } = &mut login
-        {
-            if pause_until.is_some_and(|t| Instant::now() < t) {
-                relogin_at = *pause_until;
-            } else {
-                match client.login(&ups.user, password, &ups.ups) {
-                    Ok(()) => {
-                        *broken = 0;
-                        *pause_until = None;
-                        record(Update::done(BTreeMap::new()));
-                    }
-                    Err(NutError::Server(code)) => {
-                        let msg = format!(
-                            "login as {:?} refused by upsd ({code}): check the UPS password; \
-                             monitoring without login, so the UPS server will not wait for this node",
-                            ups.user
-                        );
-                        // Status first, then the log: whoever reads the log line (an
-                        // operator, a test) then finds the status saying the same.
-                        record(Update::failed(msg.clone()));
-                        eprintln!("ups-watch: error: {msg}");
-                    }
-                    Err(e) => {
-                        *broken += 1;
-                        eprintln!("ups-watch: login: {e} (attempt {broken})");
-                        if *broken >= LOGIN_ATTEMPTS {
-                            // A login that keeps breaking the connection would otherwise be
-                            // retried forever without ever reading the status.
-                            let msg = format!(
-                                "login as {:?} keeps failing ({e}); monitoring without login \
-                                 and trying again every {} min, so the UPS server will not wait \
-                                 for this node",
-                                ups.user,
-                                RELOGIN_AFTER.as_secs() / 60
-                            );
-                            record(Update::failed(msg.clone()));
-                            eprintln!("ups-watch: error: {msg}");
-                            *pause_until = Some(Instant::now() + RELOGIN_AFTER);
-                        }
-                        if dead(&known) && dead_shutdown(&known, None) {
-                            return Ok(WatchEnd::ShutdownStarted);
-                        }
-                        thread::sleep(poll);
-                        continue;
-                    }
+        } = &mut self.login
+        else {
+            return Login::Watching { relogin_at: None };
+        };
+        if pause_until.is_some_and(|t| Instant::now() < t) {
+            return Login::Watching {
+                relogin_at: *pause_until,
+            };
+        }
+        let user = &self.ups.user;
+        match client.login(user, password, &self.ups.ups) {
+            Ok(()) => {
+                *broken = 0;
+                *pause_until = None;
+                self.status.record(Update::done(BTreeMap::new()));
+            }
+            Err(NutError::Server(code)) => {
+                let msg = format!(
+                    "login as {user:?} refused by upsd ({code}): check the UPS password; \
+                     monitoring without login, so the UPS server will not wait for this node"
+                );
+                // Status first, then the log: whoever reads the log line (an operator, a
+                // test) then finds the status saying the same.
+                self.status.record(Update::failed(msg.clone()));
+                eprintln!("ups-watch: error: {msg}");
+            }
+            Err(e) => {
+                *broken += 1;
+                eprintln!("ups-watch: login: {e} (attempt {broken})");
+                if *broken >= LOGIN_ATTEMPTS {
+                    // A login that keeps breaking the connection would otherwise be retried
+                    // forever without ever reading the status.
+                    let msg = format!(
+                        "login as {user:?} keeps failing ({e}); monitoring without login and \
+                         trying again every {} min, so the UPS server will not wait for this node",
+                        RELOGIN_AFTER.as_secs() / 60
+                    );
+                    self.status.record(Update::failed(msg.clone()));
+                    eprintln!("ups-watch: error: {msg}");
+                    *pause_until = Some(Instant::now() + RELOGIN_AFTER);
                 }
+                return Login::Broken;
             }
         }
+        Login::Watching { relogin_at: None }
+    }
+
+    /// Reads the status every poll interval until the connection is lost, a paused login is due
+    /// again, or the shutdown started (`true`).
+    fn read_status(&mut self, client: &mut NutClient, relogin_at: Option<Instant>) -> bool {
         loop {
-            match client.status(&ups.ups) {
+            match client.status(&self.ups.ups) {
                 Ok(words) => {
-                    let changed = shown.as_ref() != Some(&words);
-                    if changed {
-                        eprintln!("ups-watch: {target} status {}", words.join(" "));
-                        shown = Some(words.clone());
-                    }
-                    if known.is_none() && matches!(login, LoginState::NotNeeded) {
-                        record(Update::done(BTreeMap::from([(
-                            "login".to_owned(),
-                            "none: on the UPS server, upsmon is the primary client".to_owned(),
-                        )])));
-                    }
-                    let critical = is_critical(&words);
-                    known = Some(Known {
-                        words,
-                        at: Instant::now(),
-                    });
-                    if critical {
-                        if ups.primary {
-                            if changed {
-                                eprintln!(
-                                    "ups-watch: critical; upsmon primary shuts this node down last"
-                                );
-                            }
-                        } else {
-                            // Logging out first ends the primary's HOSTSYNC wait for us.
-                            if let Err(e) = client.logout() {
-                                eprintln!("ups-watch: logout before shutdown: {e}");
-                            }
-                            shutdown(root, &ups.shutdown_command);
-                            return Ok(WatchEnd::ShutdownStarted);
-                        }
+                    if self.seen(words, client) {
+                        return true;
                     }
                 }
                 // Stale or missing data (DATA-STALE, DRIVER-NOT-CONNECTED) is a failed status
                 // fetch: by itself no reason to power off, but it counts towards the dead time.
                 Err(NutError::Server(code)) => {
-                    if shown.take().is_some() {
-                        eprintln!("ups-watch: {target}: ERR {code}");
+                    if self.shown.take().is_some() {
+                        eprintln!("ups-watch: {}: ERR {code}", self.target);
                     }
-                    if dead(&known) && dead_shutdown(&known, Some(&mut client)) {
-                        return Ok(WatchEnd::ShutdownStarted);
+                    if self.shut_down_if_dead(Some(client)) {
+                        return true;
                     }
                 }
                 Err(e) => {
-                    eprintln!("ups-watch: lost upsd {target}: {e}; reconnecting");
-                    shown = None;
-                    break;
+                    eprintln!("ups-watch: lost upsd {}: {e}; reconnecting", self.target);
+                    self.shown = None;
+                    return false;
                 }
             }
             if relogin_at.is_some_and(|t| Instant::now() >= t) {
                 // Watching without login after logins kept failing: time to try again.
                 let _ = client.logout();
-                break;
+                return false;
             }
-            thread::sleep(poll);
+            thread::sleep(self.poll);
         }
-        if dead(&known) && dead_shutdown(&known, None) {
-            return Ok(WatchEnd::ShutdownStarted);
+    }
+
+    /// One status read: logged when it changed, remembered for the DEAD rule, and acted on when
+    /// critical. `true` when the shutdown started.
+    fn seen(&mut self, words: Vec<String>, client: &mut NutClient) -> bool {
+        let changed = self.shown.as_ref() != Some(&words);
+        if changed {
+            eprintln!("ups-watch: {} status {}", self.target, words.join(" "));
+            self.shown = Some(words.clone());
         }
-        thread::sleep(poll);
+        if self.known.is_none() && matches!(self.login, LoginState::NotNeeded) {
+            self.status.record(Update::done(BTreeMap::from([(
+                "login".to_owned(),
+                "none: on the UPS server, upsmon is the primary client".to_owned(),
+            )])));
+        }
+        let critical = is_critical(&words);
+        self.known = Some(Known {
+            words,
+            at: Instant::now(),
+        });
+        if !critical {
+            return false;
+        }
+        if self.ups.primary {
+            if changed {
+                eprintln!("ups-watch: critical; upsmon primary shuts this node down last");
+            }
+            return false;
+        }
+        // Logging out first ends the primary's HOSTSYNC wait for us.
+        if let Err(e) = client.logout() {
+            eprintln!("ups-watch: logout before shutdown: {e}");
+        }
+        shutdown(self.root, &self.ups.shutdown_command);
+        true
+    }
+
+    /// The DEAD rule: when the UPS was last seen on battery and has given no status for longer
+    /// than the dead time, it is taken as critical (except on the UPS server). `true` when the
+    /// shutdown started.
+    fn shut_down_if_dead(&self, client: Option<&mut NutClient>) -> bool {
+        let Some(k) = &self.known else {
+            return false;
+        };
+        if !(k.words.iter().any(|w| w == "OB") && k.at.elapsed() > self.dead_time)
+            || self.ups.primary
+        {
+            return false;
+        }
+        eprintln!(
+            "ups-watch: {} gave no status for more than {}s and was last seen on battery \
+             ({}): taking it as dead and critical (upsmon DEADTIME)",
+            self.target,
+            self.dead_time.as_secs(),
+            k.words.join(" ")
+        );
+        if let Some(c) = client {
+            let _ = c.logout();
+        }
+        shutdown(self.root, &self.ups.shutdown_command);
+        true
     }
 }
 

@@ -15,7 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::attempts::Attempts;
-use crate::config::{ConfigError, NODE_CONFIG_PATH, NodeConfig, NodeIpFrom, PathsSection};
+use crate::config::{
+    ConfigError, NODE_CONFIG_PATH, NodeConfig, NodeIpFrom, PathsSection, ZeroTierSection,
+};
 use crate::root::Root;
 use crate::status::{self, State, Status, Update};
 use crate::zerotier::Joined;
@@ -226,14 +228,9 @@ impl Recorder<'_> {
     }
 }
 
+/// Runs every step `config` implies, in the order the module comment gives.
 pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
-    let budget = Duration::from_secs(config.agent.time_budget_secs);
-    let deadline = Instant::now().checked_add(budget).ok_or_else(|| {
-        ConfigError::Invalid(format!(
-            "[agent] time_budget_secs {} is too large",
-            config.agent.time_budget_secs
-        ))
-    })?;
+    let deadline = deadline(config)?;
     let rec = Recorder {
         root,
         boot: &config.paths.boot,
@@ -241,14 +238,65 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
     };
     let mut summary = Summary::default();
 
-    // The seed runs every time: a user may personalize the card again later.
-    let before = status::load(root)?;
-    let mut reload = false;
-    let seed_outcome = match seed::consume(root, rec.boot) {
+    if seed_step(&rec, config, &mut summary)? == Seeded::NewConfig {
+        // A personalized generic image: the seed brought this node's own node.toml, so the
+        // rest of the run is this node's, not the generic image's.
+        eprintln!("seed: brought a new node.toml; continuing with it");
+        let config = load_config(root)?;
+        return run(root, &config);
+    }
+
+    rec.register_steps(config)?;
+
+    // Protection first: nothing here waits on the network.
+    if config.backup.is_some() {
+        summary.set("backup", backup_step(&rec, config)?);
+    }
+    let mut joined = None;
+    if let Some(earlier) = zerotier_done_earlier(&rec, config)? {
+        summary.set("zerotier", State::Done);
+        joined = earlier;
+    }
+    if config.ups.is_some() {
+        summary.set("ups", ups_step(&rec, config, joined.as_ref())?);
+    }
+
+    network_steps(&rec, config, joined, deadline, &mut summary)?;
+    Ok(summary)
+}
+
+/// The end of the one time budget all network waits share.
+fn deadline(config: &NodeConfig) -> Result<Instant, RunError> {
+    let budget = Duration::from_secs(config.agent.time_budget_secs);
+    Ok(Instant::now().checked_add(budget).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "[agent] time_budget_secs {} is too large",
+            config.agent.time_budget_secs
+        ))
+    })?)
+}
+
+#[derive(PartialEq, Eq)]
+enum Seeded {
+    NewConfig,
+    SameConfig,
+}
+
+/// The seed step. It runs every time: a user may personalize the card again later.
+fn seed_step(
+    rec: &Recorder,
+    config: &NodeConfig,
+    summary: &mut Summary,
+) -> Result<Seeded, RunError> {
+    let before = status::load(rec.root)?;
+    let mut seeded = Seeded::SameConfig;
+    let outcome = match seed::consume(rec.root, rec.boot) {
         Ok(seed::Consumed::Placed(paths)) => {
             eprintln!("seed: placed {} file(s) and wiped the seed", paths.len());
-            reload = paths.iter().any(|p| p == NODE_CONFIG_PATH);
-            apply_seeded_identity(root, config, &paths);
+            if paths.iter().any(|p| p == NODE_CONFIG_PATH) {
+                seeded = Seeded::NewConfig;
+            }
+            apply_seeded_identity(rec.root, config, &paths);
             Some(Outcome::Done(BTreeMap::from([(
                 "placed".to_owned(),
                 paths.join(" "),
@@ -263,85 +311,71 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
         )]))),
         Err(e) => Some(failed(e)),
     };
-    match seed_outcome {
-        Some(o) => summary.set("seed", rec.record("seed", o)?),
-        None => summary.set("seed", before.step("seed").map_or(State::Done, |s| s.state)),
-    }
-    if reload {
-        // A personalized generic image: the seed brought this node's own node.toml, so the
-        // rest of the run is this node's, not the generic image's.
-        eprintln!("seed: brought a new node.toml; continuing with it");
-        let config = load_config(root)?;
-        return run(root, &config);
-    }
+    let state = match outcome {
+        Some(o) => rec.record("seed", o)?,
+        None => before.step("seed").map_or(State::Done, |s| s.state),
+    };
+    summary.set("seed", state);
+    Ok(seeded)
+}
 
-    rec.register_steps(config)?;
-
-    // Protection first: nothing here waits on the network.
-    if config.backup.is_some() {
-        let state = match rec.current("backup")? {
-            Some(_) => {
-                let o = match backup::schedule(root, config) {
-                    Ok(d) => Outcome::Done(d),
-                    Err(e) => failed(e),
-                };
-                rec.record("backup", o)?
-            }
-            None => State::Done,
-        };
-        summary.set("backup", state);
+fn backup_step(rec: &Recorder, config: &NodeConfig) -> Result<State, RunError> {
+    if rec.current("backup")?.is_none() {
+        return Ok(State::Done);
     }
-    let mut joined: Option<Joined> = None;
-    if config.zerotier.is_some() && rec.current("zerotier")?.is_none() {
-        let s = status::load(root)?;
-        joined = s
-            .detail("zerotier", "address")
+    let o = match backup::schedule(rec.root, config) {
+        Ok(d) => Outcome::Done(d),
+        Err(e) => failed(e),
+    };
+    rec.record("backup", o)
+}
+
+/// `Some` when an earlier run's ZeroTier step is done, with the address it got if the status
+/// still has it (if not, the step runs again).
+fn zerotier_done_earlier(
+    rec: &Recorder,
+    config: &NodeConfig,
+) -> Result<Option<Option<Joined>>, RunError> {
+    if config.zerotier.is_none() || rec.current("zerotier")?.is_some() {
+        return Ok(None);
+    }
+    let s = status::load(rec.root)?;
+    Ok(Some(
+        s.detail("zerotier", "address")
             .zip(s.detail("zerotier", "interface"))
             .map(|(a, i)| Joined {
                 address: a.into(),
                 interface: i.into(),
-            });
-        summary.set("zerotier", State::Done);
-    }
-    if config.ups.is_some() {
-        summary.set("ups", ups_step(&rec, config, joined.as_ref())?);
-    }
+            }),
+    ))
+}
 
+/// The steps that wait on the network: k3s that does not take its address from ZeroTier runs
+/// beside the ZeroTier wait; the UPS server's upsd gets the VPN address as soon as there is one.
+fn network_steps(
+    rec: &Recorder,
+    config: &NodeConfig,
+    mut joined: Option<Joined>,
+    deadline: Instant,
+    summary: &mut Summary,
+) -> Result<(), RunError> {
     let k3s_needs_zerotier = config
         .k3s
         .as_ref()
         .is_some_and(|k| k.node_ip_from == NodeIpFrom::Zerotier);
     thread::scope(|scope| -> Result<(), RunError> {
         let beside = (config.k3s.is_some() && !k3s_needs_zerotier)
-            .then(|| scope.spawn(|| k3s_step(&rec, config, None, deadline)));
+            .then(|| scope.spawn(|| k3s_step(rec, config, None, deadline)));
 
         if let Some(zt) = &config.zerotier
             && joined.is_none()
         {
-            let report = |n: u32, why: &str| {
-                let reason = zerotier::ZeroTierError::Waiting(why.to_owned()).to_string();
-                rec.attempt("zerotier", reason, n);
-            };
-            let mut attempts = Attempts::new("zerotier", &report);
-            let o = match zerotier::join(root, zt, &config.commands, deadline, &mut attempts) {
-                Ok(j) => {
-                    let d = BTreeMap::from([
-                        ("address".to_owned(), j.address.clone()),
-                        ("interface".to_owned(), j.interface.clone()),
-                    ]);
-                    joined = Some(j);
-                    Outcome::Done(d)
-                }
-                Err(e) if e.is_waiting() => Outcome::Pending {
-                    reason: e.to_string(),
-                    attempts: attempts.count(),
-                },
-                Err(e) => failed(e),
-            };
-            summary.set("zerotier", rec.record("zerotier", o)?);
+            let state;
+            (state, joined) = zerotier_step(rec, config, zt, deadline)?;
+            summary.set("zerotier", state);
             // The UPS server's upsd can now listen on the VPN address too.
             if config.ups.is_some() && joined.is_some() && rec.current("ups")?.is_some() {
-                summary.set("ups", ups_step(&rec, config, joined.as_ref())?);
+                summary.set("ups", ups_step(rec, config, joined.as_ref())?);
             }
         }
 
@@ -349,15 +383,47 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
             Some(h) => h
                 .join()
                 .unwrap_or_else(|_| rec.record("k3s", failed("the k3s step panicked")).map(Some))?,
-            None if config.k3s.is_some() => k3s_step(&rec, config, joined.as_ref(), deadline)?,
+            None if config.k3s.is_some() => k3s_step(rec, config, joined.as_ref(), deadline)?,
             None => None,
         };
         if let Some(state) = k3s {
             summary.set("k3s", state);
         }
         Ok(())
-    })?;
-    Ok(summary)
+    })
+}
+
+/// Joins the ZeroTier network; the address, when there is one, is the step's result.
+fn zerotier_step(
+    rec: &Recorder,
+    config: &NodeConfig,
+    zt: &ZeroTierSection,
+    deadline: Instant,
+) -> Result<(State, Option<Joined>), RunError> {
+    let report = |n: u32, why: &str| {
+        let reason = zerotier::ZeroTierError::Waiting(why.to_owned()).to_string();
+        rec.attempt("zerotier", reason, n);
+    };
+    let mut attempts = Attempts::new("zerotier", &report);
+    let (o, joined) = match zerotier::join(rec.root, zt, &config.commands, deadline, &mut attempts)
+    {
+        Ok(j) => {
+            let d = BTreeMap::from([
+                ("address".to_owned(), j.address.clone()),
+                ("interface".to_owned(), j.interface.clone()),
+            ]);
+            (Outcome::Done(d), Some(j))
+        }
+        Err(e) if e.is_waiting() => (
+            Outcome::Pending {
+                reason: e.to_string(),
+                attempts: attempts.count(),
+            },
+            None,
+        ),
+        Err(e) => (failed(e), None),
+    };
+    Ok((rec.record("zerotier", o)?, joined))
 }
 
 fn ups_step(

@@ -2,10 +2,10 @@
 //! local service API (`GET /network/<nwid>` with `X-ZT1-Auth`) until the network is `OK` with an
 //! IPv4 address.
 
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::attempts::Attempts;
+use crate::backoff::{Waiting, retry_until};
 use crate::command::{self, CommandError};
 use crate::config::{CommandsSection, ZeroTierSection};
 use crate::http::{self, Trust};
@@ -27,9 +27,18 @@ pub enum ZeroTierError {
     Waiting(String),
 }
 
+impl Waiting for ZeroTierError {
+    fn waiting(&self) -> Option<&str> {
+        match self {
+            ZeroTierError::Waiting(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
 impl ZeroTierError {
     pub fn is_waiting(&self) -> bool {
-        matches!(self, ZeroTierError::Waiting(_))
+        self.waiting().is_some()
     }
 }
 
@@ -99,31 +108,21 @@ fn wait_for_address(
         zt.network_id
     );
     let token_path = zt.home.join("authtoken.secret");
-    let mut delay = Duration::from_millis(200);
     let mut posted = false;
-    loop {
-        let state = match root.read_to_string(&token_path) {
-            Err(_) => "zerotier-one has not written authtoken.secret yet".to_owned(),
-            Ok(token) => match poll(&url, token.trim(), &mut posted, deadline) {
-                Ok(Poll::Ready(j)) => {
-                    eprintln!(
-                        "zerotier: network {} is up: {} on {}",
-                        zt.network_id, j.address, j.interface
-                    );
-                    return Ok(j);
-                }
-                Ok(Poll::NotYet(s)) => s,
-                Err(e) => e,
-            },
-        };
-        attempts.failed(&state);
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ZeroTierError::Waiting(state));
+    let joined = retry_until(deadline, attempts, || {
+        let token = root.read_to_string(&token_path).map_err(|_| {
+            ZeroTierError::Waiting("zerotier-one has not written authtoken.secret yet".into())
+        })?;
+        match poll(&url, token.trim(), &mut posted, deadline) {
+            Ok(Poll::Ready(j)) => Ok(j),
+            Ok(Poll::NotYet(why)) | Err(why) => Err(ZeroTierError::Waiting(why)),
         }
-        thread::sleep(delay.min(left));
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    })?;
+    eprintln!(
+        "zerotier: network {} is up: {} on {}",
+        zt.network_id, joined.address, joined.interface
+    );
+    Ok(joined)
 }
 
 enum Poll {
@@ -136,12 +135,11 @@ fn poll(url: &str, token: &str, posted: &mut bool, deadline: Instant) -> Result<
         .saturating_duration_since(Instant::now())
         .clamp(Duration::from_millis(100), Duration::from_secs(5));
     let auth = [("X-ZT1-Auth", token)];
-    let r = http::request("GET", url, &auth, b"", &Trust::Plain, timeout)
-        .map_err(|e| format!("local API: {e}"))?;
+    let r = http::get(url, &auth, &Trust::Plain, timeout).map_err(|e| format!("local API: {e}"))?;
     if r.status == 404 && !*posted {
         // The service was already running when networks.d was written: join through the API.
         *posted = true;
-        let j = http::request("POST", url, &auth, b"{}", &Trust::Plain, timeout)
+        let j = http::post(url, &auth, b"{}", &Trust::Plain, timeout)
             .map_err(|e| format!("local API join: {e}"))?;
         return Ok(Poll::NotYet(format!("join requested (HTTP {})", j.status)));
     }

@@ -750,16 +750,12 @@ fn ups_server_address(cfg: &ClusterConfig, ups_node: &str) -> Result<String, Pla
     Ok(ups_node.to_string())
 }
 
+/// The host of a URL, an IPv6 address without its brackets, as the agent's requests reach it.
 pub(crate) fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next()?
-    } else {
-        host.split(':').next()?
-    };
-    (!host.is_empty()).then(|| host.to_string())
+    Some(match url::Url::parse(url).ok()?.host()? {
+        url::Host::Ipv6(a) => a.to_string(),
+        h => h.to_string(),
+    })
 }
 
 /// The one-line warning `check`, `build` and `personalize` print when the config pins no NAS
@@ -1072,5 +1068,8 @@ mod tests {
             url_host("https://master.lan").as_deref(),
             Some("master.lan")
         );
+        assert_eq!(url_host("https://u@[::1]").as_deref(), Some("::1"));
+        assert_eq!(url_host("https://"), None);
+        assert_eq!(url_host("10.0.0.1:6443"), None);
     }
 }
