@@ -4,6 +4,7 @@
 mod build;
 mod edit;
 mod escape;
+mod flash;
 mod inspect;
 
 use crate::cli::{Cli, Command};
@@ -103,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Personalize(a) => build::personalize(a),
         Command::Init(a) => build::init(a),
         Command::Check(a) => build::check(a),
+        Command::Flash(a) => flash::flash(a),
     }
 }
 
