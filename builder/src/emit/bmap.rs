@@ -164,7 +164,7 @@ impl Bmap {
         }
         let image_size = number("ImageSize")?;
         let block_size = number("BlockSize")?;
-        if block_size == 0 || block_size % 512 != 0 {
+        if block_size == 0 || !block_size.is_multiple_of(512) {
             return Err(BmapError::Invalid(format!("block size {block_size}")));
         }
         let blocks = image_size.div_ceil(block_size);

@@ -280,7 +280,7 @@ fn bus_of(disk_dir: &Path) -> Bus {
         .any(|p| *p == "mmc_host" || p.starts_with("mmc"))
     {
         Bus::Mmc
-    } else if parts.iter().any(|p| *p == "virtual") {
+    } else if parts.contains(&"virtual") {
         Bus::Other("virtual".into())
     } else {
         let known = ["nvme", "ata", "virtio", "scsi", "host"];

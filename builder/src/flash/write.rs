@@ -166,7 +166,7 @@ impl<'a> ImageWriter<'a> {
         }
         let mut len = self.len;
         if let Some(block) = self.sink.direct_block {
-            if self.start % block as u64 != 0 {
+            if !self.start.is_multiple_of(block as u64) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("the bmap's blocks are smaller than the device's {block}-byte sectors"),
