@@ -188,6 +188,14 @@ fn damaged_images_and_bmaps_are_refused() {
         "checksum",
     );
     assert!(!target.exists());
+    // The file commands say what a compressed image is instead of "no partition table".
+    for cmd in [
+        &["inspect", s(&im.path("a.img.zst"))][..],
+        &["ls", &format!("{}:/etc", s(&im.path("a.img.xz")))],
+    ] {
+        let err = fails(cmd, &[], "compressed image");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
     // A cut .xz is refused before writing: its index is at the end.
     let cut = im.path("cut.img.xz");
     let xz = fs::read(im.path("a.img.xz")).unwrap();
