@@ -54,7 +54,43 @@ impl Drop for Guard {
     }
 }
 
+/// A message for stderr if the process is interrupted while the notice lives (`imagegen flash`:
+/// the card is incomplete). One at a time; a newer notice replaces an older one.
+pub struct Notice {
+    _private: (),
+}
+
+static NOTICE: AtomicPtr<c_char> = AtomicPtr::new(ptr::null_mut());
+static NOTICE_LEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Notice {
+    pub fn new(message: &str) -> Notice {
+        let text = format!("\n{message}\n");
+        let len = text.len();
+        if let Ok(c) = CString::new(text) {
+            // Deliberately leaked, as the guards' paths: a handler may be reading it.
+            NOTICE_LEN.store(0, Ordering::SeqCst);
+            NOTICE.store(c.into_raw(), Ordering::SeqCst);
+            NOTICE_LEN.store(len, Ordering::SeqCst);
+        }
+        Notice { _private: () }
+    }
+}
+
+impl Drop for Notice {
+    fn drop(&mut self) {
+        NOTICE_LEN.store(0, Ordering::SeqCst);
+        NOTICE.store(ptr::null_mut(), Ordering::SeqCst);
+    }
+}
+
 extern "C" fn on_signal(signal: c_int) {
+    let len = NOTICE_LEN.load(Ordering::SeqCst);
+    let message = NOTICE.load(Ordering::SeqCst);
+    if len > 0 && !message.is_null() {
+        // SAFETY: `write` is async-signal-safe; the string is never freed and `len` long.
+        unsafe { libc::write(2, message.cast(), len) };
+    }
     for slot in &PATHS {
         let path = slot.load(Ordering::SeqCst);
         if !path.is_null() {

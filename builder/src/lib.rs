@@ -18,6 +18,7 @@ pub mod disk;
 pub mod distro;
 pub mod emit;
 pub mod fetch;
+pub mod flash;
 pub mod fs;
 pub mod identity;
 pub mod image;

@@ -100,7 +100,9 @@ pub fn personalize(req: &Request) -> Result<String> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(req.image)
             .with_context(|| format!("reading {}", req.image.display()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
+        // A block device node keeps its mode: the card's bytes are not a file others can
+        // read through the filesystem, and its group is what lets the user flash it.
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
             std::fs::set_permissions(req.image, std::fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("making {} private", req.image.display()))?;
         }

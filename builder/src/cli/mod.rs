@@ -50,6 +50,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Write an admin kubeconfig for the cluster a cluster.toml starts
     Kubeconfig(KubeconfigArgs),
+    /// Write an image to an SD card, a USB disk or a file, and verify it
+    Flash(FlashArgs),
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +215,45 @@ pub struct PersonalizeArgs {
     pub state_dir: Option<PathBuf>,
     /// Vendor family of the image, when detection is not wanted
     #[arg(long, value_name = "ID")]
+    pub vendor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = crate::flash::device::RULES)]
+pub struct FlashArgs {
+    /// Image: NAME.img, NAME.img.xz or NAME.img.zst, streamed; NAME.bmap and
+    /// NAME.sha256 beside it are used when present
+    #[arg(required_unless_present = "list")]
+    pub image: Option<PathBuf>,
+    /// Whole-disk device (/dev/sdX, /dev/mmcblkN) or a regular file (a VM disk)
+    #[arg(required_unless_present = "list")]
+    pub device: Option<PathBuf>,
+    /// List the drives that may be flashed
+    #[arg(long, conflicts_with_all = ["image", "device", "config", "yes", "force"])]
+    pub list: bool,
+    /// With --list: print JSON
+    #[arg(long, requires = "list")]
+    pub json: bool,
+    /// Do not read the written blocks back to verify them
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Do not ask before writing (needed when stdin is not a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Write to a partition, or to a disk that is not removable, USB or SD
+    #[arg(long)]
+    pub force: bool,
+    /// Personalize while flashing: cluster description (see `imagegen personalize`)
+    #[arg(long, short = 'c', value_name = "FILE", requires = "node")]
+    pub config: Option<PathBuf>,
+    /// Personalize while flashing: the node this card becomes
+    #[arg(long, requires = "config")]
+    pub node: Option<String>,
+    /// Node identities [default: .imagegen-state beside the config]
+    #[arg(long, value_name = "DIR", requires = "config")]
+    pub state_dir: Option<PathBuf>,
+    /// Vendor family of the image, when detection is not wanted
+    #[arg(long, value_name = "ID", requires = "config")]
     pub vendor: Option<String>,
 }
 

@@ -5,6 +5,7 @@ mod build;
 mod check;
 mod edit;
 mod escape;
+mod flash;
 mod inspect;
 mod kubeconfig;
 
@@ -106,6 +107,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => build::init(a),
         Command::Check(a) => check::check(a),
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(a),
+        Command::Flash(a) => flash::flash(a),
     }
 }
 

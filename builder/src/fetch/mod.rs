@@ -13,9 +13,9 @@ mod unpack;
 
 pub use crate::io::sparse_writer::SparseWriter;
 pub use cache::default_dir as default_cache_dir;
-pub use checksum::parse_sha256;
+pub use checksum::{find as find_checksum, parse_sha256};
 pub use sparse::copy_sparse;
-pub use unpack::{Format, unpack};
+pub use unpack::{Format, Step, decode, unpack};
 
 use cache::Cache;
 use http::Client;

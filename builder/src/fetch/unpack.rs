@@ -89,37 +89,16 @@ fn decompress(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError>
     let mut reader = BufReader::with_capacity(BUFFER_SIZE, reader);
     let output = File::create(dst).map_err(|e| FetchError::io(dst, "cannot create", e))?;
     let mut out = SparseWriter::new(output);
-    let corrupt = |e: io::Error| FetchError::Corrupt {
+    let corrupt = |reason: String| FetchError::Corrupt {
         path: src.to_path_buf(),
         format,
-        reason: e.to_string(),
+        reason,
     };
-    let result = match format {
-        Format::Xz => unxz(&mut reader, &mut out),
-        Format::Zstd => zstd::stream::read::Decoder::with_buffer(&mut reader)
-            .map_err(Step::Read)
-            .and_then(|mut d| pump(&mut d, &mut out)),
-        // Only the three stream formats reach this function.
-        Format::Gzip | Format::Qcow2 | Format::Raw => pump(
-            &mut flate2::bufread::MultiGzDecoder::new(&mut reader),
-            &mut out,
-        ),
-    };
-    match result {
+    match decode(format, &mut reader, &mut out) {
         Ok(()) => {}
-        Err(Step::Read(e)) => return Err(corrupt(e)),
+        Err(Step::Read(e)) => return Err(corrupt(e.to_string())),
+        Err(Step::Trailing) => return Err(corrupt(Step::TRAILING.to_string())),
         Err(Step::Write(e)) => return Err(FetchError::io(dst, "cannot write", e)),
-    }
-    // The decoders stop at the end of their data; anything after it is not ours to drop.
-    let rest = reader
-        .fill_buf()
-        .map_err(|e| FetchError::io(src, "cannot read", e))?;
-    if !rest.is_empty() {
-        return Err(FetchError::Corrupt {
-            path: src.to_path_buf(),
-            format,
-            reason: "trailing data after the compressed stream".to_string(),
-        });
     }
     drop(reader.into_inner().into_inner());
     let (file, size) = out
@@ -131,9 +110,44 @@ fn decompress(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError>
 }
 
 /// Which side of a copy failed: a read error means bad input, a write error a full disk.
-enum Step {
+#[derive(Debug)]
+pub enum Step {
     Read(io::Error),
     Write(io::Error),
+    /// Data after the end of the compressed stream.
+    Trailing,
+}
+
+impl Step {
+    pub const TRAILING: &str = "trailing data after the compressed stream";
+}
+
+/// Streams the raw image held in `reader` (in `format`, which must not be qcow2: that needs
+/// qemu-img and a file) into `out`, front to back. `imagegen flash` writes a card this way
+/// without a decompressed copy on disk; `unpack` writes the build's working copy.
+pub fn decode<R: BufRead, W: Write>(
+    format: Format,
+    reader: &mut R,
+    out: &mut W,
+) -> Result<(), Step> {
+    match format {
+        Format::Xz => unxz(reader, out)?,
+        Format::Zstd => zstd::stream::read::Decoder::with_buffer(&mut *reader)
+            .map_err(Step::Read)
+            .and_then(|mut d| pump(&mut d, out))?,
+        Format::Gzip => pump(&mut flate2::bufread::MultiGzDecoder::new(&mut *reader), out)?,
+        Format::Raw => return pump(reader, out),
+        Format::Qcow2 => {
+            return Err(Step::Read(io::Error::other(
+                "a qcow2 image cannot be streamed; convert it with qemu-img convert -O raw",
+            )));
+        }
+    }
+    // The decoders stop at the end of their data; anything after it is not ours to drop.
+    if !reader.fill_buf().map_err(Step::Read)?.is_empty() {
+        return Err(Step::Trailing);
+    }
+    Ok(())
 }
 
 fn pump(r: &mut impl Read, w: &mut impl Write) -> Result<(), Step> {

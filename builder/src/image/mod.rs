@@ -87,6 +87,26 @@ pub struct Image {
     lock: Option<ImageLock>,
 }
 
+/// A compressed image would fail as "no partition table"; say what it is and what to do.
+fn compressed_hint(path: &Path) -> Result<(), ImageError> {
+    use crate::fetch::Format;
+    let Ok(format) = Format::of_file(path) else {
+        return Ok(());
+    };
+    let (name, tool) = match format {
+        Format::Xz => ("xz", "xz -dk"),
+        Format::Zstd => ("zstd", "zstd -d"),
+        Format::Gzip => ("gzip", "gzip -dk"),
+        Format::Qcow2 => ("qcow2", "qemu-img convert -O raw"),
+        Format::Raw => return Ok(()),
+    };
+    Err(ImageError::Unsupported(format!(
+        "compressed image ({name}): decompress it first with `{tool} {}` \
+         (`imagegen flash` writes it to a card as it is)",
+        path.display()
+    )))
+}
+
 impl Image {
     /// Takes the image's write lock (waiting for another imagegen to finish with it), then
     /// opens it: what is read and what is changed is then the same image.
@@ -102,6 +122,7 @@ impl Image {
     /// the first `apply`.
     pub fn open(path: &Path) -> Result<Image, ImageError> {
         let display = path.display().to_string();
+        compressed_hint(path)?;
         let mut file = File::open(path)?;
         let table = disk::read(&mut file).map_err(|source| ImageError::Disk {
             path: display.clone(),

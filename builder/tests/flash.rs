@@ -1,0 +1,494 @@
+//! `imagegen flash` onto regular files, a fake sysfs tree and, as root, a real loop device.
+//! Oracles: `cmp` against the raw image, bmaptool's own .bmap files, `sfdisk -d`, `fsck.fat -n`
+//! and `e2fsck -fn` on the partitions the kernel found on the flashed loop device.
+
+mod common;
+
+use common::{cached_fixture, oracle};
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tempfile::TempDir;
+
+const LAYOUT: &str = "rpios-bookworm";
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test path")
+}
+
+fn imagegen(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run imagegen")
+}
+
+fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = imagegen(args, env);
+    assert!(
+        out.status.success(),
+        "imagegen {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(args: &[&str], env: &[(&str, &str)], needle: &str) -> String {
+    let out = imagegen(args, env);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "imagegen {args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    err
+}
+
+/// A scratch directory with the fixture as a sparse raw image `a.img`, its bmap made by
+/// bmaptool, and `a.img.zst` / `a.img.xz` made by the zstd and xz tools (xz with two threads,
+/// so the file has several blocks).
+struct Images {
+    dir: TempDir,
+}
+
+impl Images {
+    fn new() -> Images {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let raw = dir.path().join("a.img");
+        oracle::run(
+            "cp",
+            &["--sparse=always", s(&cached_fixture(LAYOUT)), s(&raw)],
+        );
+        let bmap = dir.path().join("a.bmap");
+        oracle::run("bmaptool", &["-q", "create", "-o", s(&bmap), s(&raw)]);
+        oracle::run(
+            "zstd",
+            &["-q", "-T2", s(&raw), "-o", s(&dir.path().join("a.img.zst"))],
+        );
+        oracle::run("xz", &["-k", "-T2", "--block-size=16MiB", s(&raw)]);
+        Images { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn raw(&self) -> PathBuf {
+        self.path("a.img")
+    }
+
+    fn size(&self) -> u64 {
+        fs::metadata(self.raw()).unwrap().len()
+    }
+
+    /// Puts the bmap beside `image` (or takes it away).
+    fn with_bmap(&self, image: &str, on: bool) {
+        let side = self.path(&format!("{image}.bmap"));
+        if on {
+            fs::copy(self.path("a.bmap"), &side).unwrap();
+        } else {
+            let _ = fs::remove_file(&side);
+        }
+    }
+
+    /// Mapped byte ranges of the bmap, read with a plain text scan of bmaptool's output.
+    fn mapped(&self) -> Vec<(u64, u64)> {
+        let text = fs::read_to_string(self.path("a.bmap")).unwrap();
+        text.lines()
+            .filter(|l| l.contains("<Range"))
+            .map(|l| {
+                let body = l
+                    .split('>')
+                    .nth(1)
+                    .unwrap()
+                    .split('<')
+                    .next()
+                    .unwrap()
+                    .trim();
+                let (a, b) = body.split_once('-').unwrap_or((body, body));
+                let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+                (a * 4096, ((b + 1) * 4096).min(self.size()))
+            })
+            .collect()
+    }
+}
+
+fn cmp(a: &Path, b: &Path, bytes: u64) {
+    oracle::run("cmp", &["-n", &bytes.to_string(), s(a), s(b)]);
+}
+
+#[test]
+fn every_format_with_and_without_bmap_gives_the_image() {
+    let im = Images::new();
+    let size = im.size();
+    for image in ["a.img", "a.img.zst", "a.img.xz"] {
+        for bmap in [true, false] {
+            im.with_bmap(image, bmap);
+            // A new file, and an old VM disk larger than the image full of other bytes.
+            let new = im.path("new.disk");
+            let _ = fs::remove_file(&new);
+            let old = im.path("old.disk");
+            fs::write(&old, vec![0xa5u8; (size + (1 << 20)) as usize]).unwrap();
+            for target in [&new, &old] {
+                let out = imagegen(&["flash", s(&im.path(image)), s(target)], &[]);
+                assert!(
+                    out.status.success(),
+                    "{image} bmap={bmap}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                cmp(&im.raw(), target, size);
+            }
+            assert_eq!(fs::metadata(&new).unwrap().len(), size);
+            // The old disk's tail past the image is left alone.
+            assert_eq!(oracle::read_bytes(&old, size, 4), [0xa5; 4]);
+            im.with_bmap(image, false);
+        }
+    }
+}
+
+#[test]
+fn verification_catches_a_flipped_byte() {
+    let im = Images::new();
+    let (start, end) = im.mapped()[1];
+    let offset = ((start + end) / 2).to_string();
+    for bmap in [true, false] {
+        im.with_bmap("a.img.zst", bmap);
+        let target = im.path("t.disk");
+        let err = fails(
+            &["flash", s(&im.path("a.img.zst")), s(&target)],
+            &[("IMAGEGEN_TEST_CORRUPT_AT", &offset)],
+            "verification failed",
+        );
+        assert!(err.contains("was removed"), "{err}");
+        assert!(!target.exists());
+    }
+    // And nothing is said when nothing is wrong: --no-verify skips the read-back.
+    im.with_bmap("a.img.zst", true);
+    let target = im.path("t.disk");
+    ok(
+        &["flash", "--no-verify", s(&im.path("a.img.zst")), s(&target)],
+        &[("IMAGEGEN_TEST_CORRUPT_AT", &offset)],
+    );
+}
+
+#[test]
+fn damaged_images_and_bmaps_are_refused() {
+    let im = Images::new();
+    im.with_bmap("a.img.zst", true);
+    let bmap = im.path("a.img.zst.bmap");
+    let text = fs::read_to_string(&bmap).unwrap();
+    // An edit the bmap's own checksum does not cover is caught on reading it.
+    let edited = text.replace("<BlocksCount>", "<BlocksCount> ");
+    fs::write(&bmap, edited).unwrap();
+    let target = im.path("t.disk");
+    fails(
+        &["flash", s(&im.path("a.img.zst")), s(&target)],
+        &[],
+        "checksum",
+    );
+    assert!(!target.exists());
+    // The file commands say what a compressed image is instead of "no partition table".
+    for cmd in [
+        &["inspect", s(&im.path("a.img.zst"))][..],
+        &["ls", &format!("{}:/etc", s(&im.path("a.img.xz")))],
+    ] {
+        let err = fails(cmd, &[], "compressed image");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // A cut .xz is refused before writing: its index is at the end.
+    let cut = im.path("cut.img.xz");
+    let xz = fs::read(im.path("a.img.xz")).unwrap();
+    fs::write(&cut, &xz[..xz.len() / 2]).unwrap();
+    fails(&["flash", s(&cut), s(&target)], &[], "cut.img.xz");
+    assert!(!target.exists());
+}
+
+#[test]
+fn a_too_small_target_is_refused_untouched() {
+    let im = Images::new();
+    let target = im.path("small.disk");
+    let before: Vec<u8> = (0..im.size() / 2).map(|i| (i % 253) as u8).collect();
+    fs::write(&target, &before).unwrap();
+    for image in ["a.img", "a.img.zst", "a.img.xz"] {
+        fails(&["flash", s(&im.path(image)), s(&target)], &[], "too small");
+        assert!(
+            fs::read(&target).unwrap() == before,
+            "{image} changed the target"
+        );
+    }
+}
+
+/// A fake root: sysfs entries for a system disk, a USB card, a mounted USB card, an NVMe disk
+/// and an SD card on MMC, their device nodes as plain files, and a mount table.
+fn fake_root(card_size: u64) -> TempDir {
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let r = root.path();
+    let usb = "devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0/block";
+    let disks: [(&str, &str, &str, &str, &str); 5] = [
+        // name, sysfs parent, removable, major:minor, model
+        (
+            "vda",
+            "devices/pci0000:00/0000:00:05.0/virtio2/block",
+            "0",
+            "254:0",
+            "",
+        ),
+        ("sdb", usb, "1", "8:16", "Generic SD Reader"),
+        ("sdc", usb, "1", "8:32", "SanDisk Ultra"),
+        (
+            "nvme0n1",
+            "devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0/block",
+            "0",
+            "259:0",
+            "Samsung 980",
+        ),
+        (
+            "mmcblk0",
+            "devices/platform/fe340000.mmc/mmc_host/mmc0/mmc0:aaaa/block",
+            "0",
+            "179:0",
+            "",
+        ),
+    ];
+    fs::create_dir_all(r.join("sys/class/block")).unwrap();
+    fs::create_dir_all(r.join("sys/block")).unwrap();
+    fs::create_dir_all(r.join("dev")).unwrap();
+    fs::create_dir_all(r.join("proc/self")).unwrap();
+    for (name, parent, removable, devno, model) in disks {
+        let dir = r.join("sys").join(parent).join(name);
+        fs::create_dir_all(dir.join("device")).unwrap();
+        fs::create_dir_all(dir.join("holders")).unwrap();
+        fs::write(dir.join("size"), format!("{}\n", card_size / 512)).unwrap();
+        fs::write(dir.join("removable"), format!("{removable}\n")).unwrap();
+        fs::write(dir.join("ro"), "0\n").unwrap();
+        fs::write(dir.join("dev"), format!("{devno}\n")).unwrap();
+        fs::write(dir.join("device/model"), format!("{model}\n")).unwrap();
+        let (major, minor) = devno.split_once(':').unwrap();
+        let part = dir.join(format!(
+            "{name}{}",
+            if name.ends_with(char::is_numeric) {
+                "p1"
+            } else {
+                "1"
+            }
+        ));
+        fs::create_dir_all(part.join("holders")).unwrap();
+        fs::write(part.join("partition"), "1\n").unwrap();
+        fs::write(part.join("size"), "2048\n").unwrap();
+        fs::write(
+            part.join("dev"),
+            format!("{major}:{}\n", minor.parse::<u32>().unwrap() + 1),
+        )
+        .unwrap();
+        let part_name = part.file_name().unwrap().to_owned();
+        symlink(
+            format!("../../{parent}/{name}"),
+            r.join(format!("sys/class/block/{name}")),
+        )
+        .unwrap();
+        symlink(
+            format!("../{parent}/{name}"),
+            r.join(format!("sys/block/{name}")),
+        )
+        .unwrap();
+        symlink(
+            format!("../../{parent}/{name}/{}", part_name.to_string_lossy()),
+            r.join("sys/class/block").join(&part_name),
+        )
+        .unwrap();
+        let node = fs::File::create(r.join("dev").join(name)).unwrap();
+        node.set_len(card_size).unwrap();
+        fs::File::create(r.join("dev").join(&part_name))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+    }
+    // The system's root on vda1 (btrfs-style anonymous device number: found by its source),
+    // and the card in sdc mounted by the desktop.
+    fs::write(
+        r.join("proc/self/mountinfo"),
+        "22 1 0:31 / / rw,relatime shared:1 - btrfs /dev/vda1 rw\n\
+         40 22 0:5 / /dev rw - devtmpfs udev rw\n\
+         90 22 8:33 / /media/u/boot\\040fs rw,nosuid - vfat /dev/sdc1 rw\n",
+    )
+    .unwrap();
+    root
+}
+
+#[test]
+fn the_fake_system_refuses_wrong_disks_and_takes_a_card() {
+    let im = Images::new();
+    let root = fake_root(im.size() + (64 << 20));
+    let env = [("IMAGEGEN_SYSROOT", s(root.path()))];
+    let img = im.path("a.img.zst");
+    im.with_bmap("a.img.zst", true);
+    let flash = |dev: &str, extra: &[&str]| {
+        let mut args = vec!["flash", s(&img), dev, "--yes"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let refused = |dev: &str, extra: &[&str], needle: &str| {
+        let args = flash(dev, extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails(&args, &env, needle);
+        let node = root.path().join(dev.trim_start_matches('/'));
+        assert!(
+            oracle::read_bytes(&node, 0, 512).iter().all(|&b| b == 0),
+            "{dev} was written"
+        );
+    };
+    refused("/dev/vda", &[], "running system's root");
+    refused("/dev/vda", &["--force"], "running system's root");
+    refused("/dev/sdc", &["--force"], "/dev/sdc1 on /media/u/boot fs");
+    refused("/dev/nvme0n1", &[], "fixed nvme disk");
+    refused("/dev/sdb1", &[], "partition of /dev/sdb");
+    // Without --yes the user is asked, and a script cannot answer.
+    fails(&["flash", s(&img), "/dev/sdb"], &env, "pass --yes");
+
+    for dev in ["/dev/sdb", "/dev/mmcblk0"] {
+        let args = flash(dev, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&args, &env);
+        cmp(
+            &im.raw(),
+            &root.path().join(dev.trim_start_matches('/')),
+            im.size(),
+        );
+    }
+    // --force takes the fixed disk.
+    let args = flash("/dev/nvme0n1", &["--force"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&args, &env);
+
+    let listed = ok(&["flash", "--list"], &env);
+    let names: Vec<&str> = listed
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(names, ["/dev/mmcblk0", "/dev/sdb"], "{listed}");
+    assert!(listed.contains("Generic SD Reader"), "{listed}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["flash", "--list", "--json"], &env)).unwrap();
+    let buses: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["bus"].as_str().unwrap())
+        .collect();
+    assert_eq!(buses, ["mmc", "usb"]);
+}
+
+/// A loop device, detached when dropped.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new(oracle::tool("losetup"))
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn a_real_loop_device() {
+    let is_root = rustix::process::geteuid().is_root();
+    if !is_root || !Path::new("/dev/loop-control").exists() {
+        eprintln!("SKIPPED a_real_loop_device: needs root and /dev/loop-control (root: {is_root})");
+        return;
+    }
+    let im = Images::new();
+    let size = im.size();
+    let backing = im.path("loop.backing");
+    // A new card: zeros. With a bmap, unmapped blocks are not written, and a bmap made from
+    // a sparse file leaves out the all-zero free entries of the FAT, which fsck.fat then finds
+    // full of an old card's bytes (seen here with 0x5a filling): see the no-bmap case below
+    // for a used card.
+    fs::File::create(&backing)
+        .unwrap()
+        .set_len(size + (8 << 20))
+        .unwrap();
+    let dev = Loop(
+        oracle::run("losetup", &["-f", "--show", "-P", s(&backing)])
+            .trim()
+            .to_string(),
+    );
+    let node = Path::new(&dev.0);
+
+    im.with_bmap("a.img.zst", true);
+    ok(
+        &[
+            "flash",
+            "--force",
+            "--yes",
+            s(&im.path("a.img.zst")),
+            &dev.0,
+        ],
+        &[],
+    );
+    // Mapped ranges as the image has them.
+    let mut raw = fs::File::open(im.raw()).unwrap();
+    let mut card = fs::File::open(node).unwrap();
+    use std::io::{Read, Seek, SeekFrom};
+    for (a, b) in im.mapped() {
+        let mut x = vec![0u8; (b - a) as usize];
+        let mut y = vec![0u8; (b - a) as usize];
+        raw.seek(SeekFrom::Start(a)).unwrap();
+        raw.read_exact(&mut x).unwrap();
+        card.seek(SeekFrom::Start(a)).unwrap();
+        card.read_exact(&mut y).unwrap();
+        assert!(x == y, "bytes {a}..{b} differ on {}", dev.0);
+    }
+    // The kernel re-read the table: the partitions are there, as in the image, and clean.
+    let table = |p: &str| -> Vec<String> {
+        oracle::run("sfdisk", &["-d", p])
+            .lines()
+            .filter(|l| l.contains("start="))
+            .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+            .collect()
+    };
+    assert_eq!(table(&dev.0), table(s(&im.raw())));
+    // The partition nodes need udev, which a container may lack; sysfs shows what the kernel
+    // found, and the filesystems are checked at their offsets on the device.
+    let name = node.file_name().unwrap().to_string_lossy().into_owned();
+    let first = format!("/sys/block/{name}/{name}p1");
+    if !Path::new(&first).exists() {
+        // Either imagegen's BLKRRPART did nothing, or this kernel cannot read the table at all
+        // (seen in a Firecracker guest: no partitions even after `losetup -P` or blockdev).
+        oracle::run("blockdev", &["--rereadpt", &dev.0]);
+        assert!(
+            !Path::new(&first).exists(),
+            "blockdev --rereadpt found the partitions that imagegen's BLKRRPART did not"
+        );
+        eprintln!(
+            "NOTE: this kernel shows no partitions of {}, even after blockdev --rereadpt: \
+                   the re-read is not checked here",
+            dev.0
+        );
+    }
+    let fat = oracle::partition(&im.raw(), 1);
+    oracle::assert_fsck_fat_clean(node, fat.start, fat.size);
+    oracle::assert_e2fsck_clean(node, oracle::partition(&im.raw(), 2).start);
+
+    // Without a bmap, every block is written, zeros too: a used card reads as the image.
+    fs::write(&backing, vec![0x5au8; (size + (8 << 20)) as usize]).unwrap();
+    im.with_bmap("a.img.zst", false);
+    ok(
+        &[
+            "flash",
+            "--force",
+            "--yes",
+            s(&im.path("a.img.zst")),
+            &dev.0,
+        ],
+        &[],
+    );
+    cmp(&im.raw(), node, size);
+
+    // Refused without --force: a loop device is no removable drive.
+    fails(
+        &["flash", "--yes", s(&im.path("a.img.zst")), &dev.0],
+        &[],
+        "--force",
+    );
+}
