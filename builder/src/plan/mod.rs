@@ -17,7 +17,7 @@ use imagegen_firstboot::units;
 use std::path::{Path, PathBuf};
 use users::Accounts;
 
-pub use changes::{Change, Plan};
+pub use changes::{Change, Kind, Plan};
 
 /// Where the node config goes in the image.
 pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
@@ -88,8 +88,14 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     admin(image, spec, &mut p)?;
     harden(image, spec, &mut p)?;
     kernel_cmdline(image, spec, &mut p)?;
+    // Public, so a seed's identity files land in directories as a full build makes them; empty,
+    // they are inert (the bookworm restore unit waits for keys in its directory).
+    if let Some(dir) = spec.vendor.family().host_key_copy_dir() {
+        p.dir(dir, 0o700);
+    }
+    p.dir("/etc/rancher/node", 0o700);
     if let Some(id) = spec.identity {
-        identity(id, spec.vendor, &mut p);
+        p.as_kind(Kind::Identity, |p| identity(id, spec.vendor, p));
     }
     crate::distro::plan(
         spec.vendor,
@@ -106,12 +112,14 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         .to_toml_string()
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
     p.dir("/etc/imagegen", 0o755);
-    p.file(NODE_TOML, text.into_bytes(), 0o600);
+    p.file(NODE_TOML, text.into_bytes(), 0o600).kind(Kind::Node);
+    if cfg.k3s.is_some() {
+        p.dir("/etc/rancher/k3s", 0o755);
+    }
 
     if !spec.generic {
         if let Some(k) = &cfg.k3s {
             let token = read_secret(&spec.resolve(&k.token_file), "k3s token_file")?;
-            p.dir("/etc/rancher/k3s", 0o755);
             p.file(K3S_TOKEN, token, 0o600).secret();
         }
         if let Some(u) = &cfg.ups {
@@ -121,24 +129,28 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
             p.file(NUT_PASSWORD, pw, 0o600).secret();
         }
         if let Some(b) = &cfg.backup {
-            let key = match (&b.ssh_key_file, spec.identity) {
-                (Some(key), _) => {
+            let (key, kind) = match (&b.ssh_key_file, spec.identity) {
+                (Some(key), _) => (
                     std::fs::read(spec.resolve(key)).map_err(|source| PlanError::Read {
                         path: spec.resolve(key).display().to_string(),
                         source,
-                    })?
-                }
-                (None, Some(id)) => id.backup_key.private.clone(),
-                (None, None) => Vec::new(),
+                    })?,
+                    Kind::Secret,
+                ),
+                (None, Some(id)) => (id.backup_key.private.clone(), Kind::Identity),
+                (None, None) => (Vec::new(), Kind::Secret),
             };
             if !key.is_empty() {
-                p.file(BACKUP_KEY, key, 0o600).secret();
+                p.file(BACKUP_KEY, key, 0o600).kind(kind).secret();
             }
         }
     }
-    // Not a secret and the same on every node: a generic image carries it too.
+    // Not a secret and the same on every node, so a generic image carries it too; but it goes
+    // with the node.toml that points at it (`known_hosts_file`): a generic image built from a
+    // config that pinned another NAS key, or none, gets this config's from the seed.
     if let Some(known_hosts) = backup_known_hosts(cfg, spec.config_dir)? {
-        p.file(BACKUP_KNOWN_HOSTS, known_hosts, 0o600);
+        p.file(BACKUP_KNOWN_HOSTS, known_hosts, 0o600)
+            .kind(Kind::Node);
     }
     if let Some(pkg) = cfg.zerotier.as_ref().and_then(|z| z.package.as_ref()) {
         let pkg = spec.resolve(pkg);
@@ -225,7 +237,8 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
         if let Some((parent, _)) = crate::fs::path::split(&f.path) {
             p.dir(parent, 0o755);
         }
-        p.file(&f.path, f.content.into_bytes(), f.mode);
+        let kind = if f.per_node { Kind::Node } else { Kind::Public };
+        p.file(&f.path, f.content.into_bytes(), f.mode).kind(kind);
     }
     if cfg.hardening.firewall {
         // Debian ships nftables.service disabled. Where the image lacks nftables the agent
@@ -247,7 +260,7 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
 
 /// The hardening files as the config's toggles say, for this node: the firewall depends on its
 /// role and on whether the UPS is plugged into it.
-pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, PlanError> {
+fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, PlanError> {
     let cfg = spec.config;
     let ups_server = cfg
         .ups
@@ -263,12 +276,10 @@ pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, 
     Ok(hardening::files(&cfg.hardening, &ctx)?)
 }
 
-/// The node's SSH host keys at their usual paths and the k3s node password.
+/// The node's SSH host keys at their usual paths (and in the family's copy directory) and the
+/// k3s node password.
 fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
     let copy_dir = vendor.family().host_key_copy_dir();
-    if let Some(dir) = copy_dir {
-        p.dir(dir, 0o700);
-    }
     for k in &id.host_keys {
         let name = format!("ssh_host_{}_key", k.kind);
         p.file(&format!("/etc/ssh/{name}"), k.private.clone(), 0o600)
@@ -280,7 +291,6 @@ fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
             p.file(&format!("{dir}/{name}.pub"), k.public.clone(), 0o644);
         }
     }
-    p.dir("/etc/rancher/node", 0o700);
     p.file(
         "/etc/rancher/node/password",
         id.k3s_node_password.clone().into_bytes(),
@@ -465,7 +475,8 @@ fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
         "/etc/hostname",
         format!("{}\n", spec.name).into_bytes(),
         0o644,
-    );
+    )
+    .kind(Kind::Node);
     let hosts = match image.read_file("/etc/hosts") {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(ImageError::Fs(crate::fs::FsError::NotFound(_))) => String::new(),
@@ -475,12 +486,13 @@ fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
         "/etc/hosts",
         set_hosts_name(&hosts, spec.name).into_bytes(),
         0o644,
-    );
+    )
+    .kind(Kind::Node);
     Ok(())
 }
 
 /// Points 127.0.1.1 (Debian's line for the own name) at `name`, keeping everything else.
-pub fn set_hosts_name(hosts: &str, name: &str) -> String {
+fn set_hosts_name(hosts: &str, name: &str) -> String {
     let line = format!("127.0.1.1\t{name}");
     let mut out: Vec<String> = Vec::new();
     let mut done = false;
