@@ -15,19 +15,66 @@ use crate::image::Image;
 use crate::plan::{self, Kind, NodeSpec};
 use anyhow::{Context, Result, bail};
 use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed, SeedFile};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub struct Request<'a> {
-    pub image: &'a Path,
-    pub config: &'a Loaded,
-    pub node: &'a str,
-    pub board: &'a Board,
-    pub identity: &'a Identity,
+/// What `imagegen personalize` is asked for.
+#[derive(Debug)]
+pub struct Request {
+    /// The generic image, changed in place.
+    pub image: PathBuf,
+    /// The cluster.toml the node is in.
+    pub config: PathBuf,
+    pub node: String,
+    /// Where node identities live; else beside the config (see [`crate::identity`]).
+    pub state_dir: Option<PathBuf>,
+    /// Else detected.
     pub vendor: Option<Vendor>,
 }
 
+#[derive(Debug)]
+pub struct Outcome {
+    /// Where the seed is, in the image.
+    pub seed: String,
+    pub warnings: Vec<String>,
+}
+
+/// Writes the node's seed into the image.
+pub fn run(req: &Request) -> Result<Outcome> {
+    let loaded = crate::config::load(&req.config)?;
+    let node = loaded.node(&req.node)?;
+    let board = crate::board::get(node.board.get_ref())?;
+    let state_dir = req
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_dir(&loaded.dir));
+    let identity = crate::identity::load_or_create(&state_dir, &req.node)
+        .context("loading the node's identity")?;
+    let seed = write_seed(&Job {
+        image: &req.image,
+        config: &loaded,
+        node: &req.node,
+        board: &board,
+        identity: &identity,
+        vendor: req.vendor,
+    })?;
+    let warnings = plan::backup_pin_warning(&loaded.config)
+        .into_iter()
+        .collect();
+    Ok(Outcome { seed, warnings })
+}
+
+/// One node's seed to write, its inputs resolved.
+struct Job<'a> {
+    image: &'a Path,
+    config: &'a Loaded,
+    node: &'a str,
+    board: &'a Board,
+    identity: &'a Identity,
+    vendor: Option<Vendor>,
+}
+
 /// Writes the seed and returns its path inside the image.
-pub fn personalize(req: &Request) -> Result<String> {
+fn write_seed(req: &Job) -> Result<String> {
     let mut image = Image::open_for_write(req.image)
         .with_context(|| format!("opening {}", req.image.display()))?;
     let vendor = match req.vendor {
