@@ -3,7 +3,7 @@
 //! appears only when everything succeeded.
 
 use crate::arch::{self, Arch};
-use crate::board;
+use crate::board::{self, Board};
 use crate::config::ClusterConfig;
 use crate::distro::{self, Vendor};
 use crate::emit::{self, BuildRecord, EmitOptions, Manifest};
@@ -343,58 +343,10 @@ fn build(req: &Job) -> Result<Manifest> {
         .find(|n| n.name.get_ref() == req.node)
         .with_context(|| format!("no node named {:?} in the config", req.node))?;
     let board = board::get(node.board.get_ref())?;
-    if emit::Format::from_path(req.out).is_none() {
-        bail!(
-            "cannot tell the output format of {}: its name must end in one of {}",
-            req.out.display(),
-            emit::EXTENSIONS
-        );
-    }
-    let out_dir = match req.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // Before a download that may take long, not after it.
-    if !out_dir.is_dir() {
-        bail!(
-            "the output directory {} does not exist; create it first",
-            out_dir.display()
-        );
-    }
+    let out_dir = output_dir(req.out)?;
     let agent = Some(req.agents.for_board(&board)?);
-
-    let (source, sha256, checksum_url) = match &req.base {
-        Some(s) => (s.clone(), req.sha256.clone(), None),
-        None => (
-            Source::Url(board.base.url.clone()),
-            req.sha256.clone().or(board.base.sha256.clone()),
-            board.base.checksum_url.clone(),
-        ),
-    };
-    let fetched = fetch::fetch_base(
-        &source,
-        sha256.as_deref(),
-        checksum_url.as_deref(),
-        req.fetch,
-    )
-    .context("getting the base image")?;
-
-    let work = WorkFile::new(out_dir.join(format!(
-        ".{}.work-{}",
-        req.out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    )));
-    // Owner-only from the start: the secrets are written into this copy.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&work.path)
-        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
-        .with_context(|| format!("creating {}", work.path.display()))?;
-    fetch::copy_sparse(&fetched.raw_path, &work.path)
-        .with_context(|| format!("copying the base image to {}", work.path.display()))?;
+    let (source, fetched) = fetch_base(req, &board)?;
+    let work = working_copy(&out_dir, req.out, &fetched)?;
 
     // Errors name the working copy; say which input it was copied from.
     let mut image = Image::open_for_write(&work.path).with_context(|| {
@@ -406,36 +358,7 @@ fn build(req: &Job) -> Result<Manifest> {
             }
         )
     })?;
-    let vendor = match req.vendor {
-        Some(v) => v,
-        None => distro::detect(&mut image)?,
-    };
-    if !board.accepts.iter().any(|a| a == vendor.id()) {
-        bail!(
-            "board {} does not boot {} images; it accepts: {}",
-            board.id,
-            vendor.description(),
-            board.accepts.join(", ")
-        );
-    }
-    // The agent was chosen for the board's architecture, so this also keeps an agent the
-    // image cannot run out of it.
-    match image_arch(&mut image)? {
-        Some(a) if a != board.arch => bail!(
-            "the base image is for {a}, but board {} is {}: give a base image for {}",
-            board.id,
-            board.arch,
-            board.arch
-        ),
-        Some(_) => {}
-        None => eprintln!(
-            "warning: cannot tell the base image's architecture (no ELF file at {}); \
-             not checked against board {} ({})",
-            ARCH_PROBES.join(", "),
-            board.id,
-            board.arch
-        ),
-    }
+    let vendor = check_base(&mut image, req.vendor, &board)?;
     let epoch = epoch(&image)?;
     let identity = if req.generic {
         None
@@ -445,15 +368,7 @@ fn build(req: &Job) -> Result<Manifest> {
                 .context("loading the node's identity")?,
         )
     };
-
-    let k3s_binary = match &req.config.k3s {
-        Some(k) if k.binary.is_some() => k.binary.as_ref().map(|b| req.config_dir.join(b)),
-        Some(k) => match &k.version {
-            Some(v) => Some(download_k3s(v, board.arch, req.fetch)?),
-            None => None,
-        },
-        _ => None,
-    };
+    let k3s_binary = k3s_binary(req, &board)?;
     let spec = NodeSpec {
         name: req.node,
         role: node.role,
@@ -498,6 +413,118 @@ fn build(req: &Job) -> Result<Manifest> {
     let manifest = emit::emit(&work.path, req.out, record, &options)
         .with_context(|| format!("writing {}", req.out.display()))?;
     Ok(manifest)
+}
+
+/// The directory `out` goes in, once its name says a format and the directory exists: before
+/// a download that may take long, not after it.
+fn output_dir(out: &Path) -> Result<PathBuf> {
+    if emit::Format::from_path(out).is_none() {
+        bail!(
+            "cannot tell the output format of {}: its name must end in one of {}",
+            out.display(),
+            emit::EXTENSIONS
+        );
+    }
+    let out_dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !out_dir.is_dir() {
+        bail!(
+            "the output directory {} does not exist; create it first",
+            out_dir.display()
+        );
+    }
+    Ok(out_dir)
+}
+
+/// The base image, `--base` or the board's default, verified and unpacked in the cache.
+fn fetch_base(req: &Job, board: &Board) -> Result<(Source, fetch::Fetched)> {
+    let (source, sha256, checksum_url) = match &req.base {
+        Some(s) => (s.clone(), req.sha256.clone(), None),
+        None => (
+            Source::Url(board.base.url.clone()),
+            req.sha256.clone().or(board.base.sha256.clone()),
+            board.base.checksum_url.clone(),
+        ),
+    };
+    let fetched = fetch::fetch_base(
+        &source,
+        sha256.as_deref(),
+        checksum_url.as_deref(),
+        req.fetch,
+    )
+    .context("getting the base image")?;
+    Ok((source, fetched))
+}
+
+/// A private sparse copy of the base beside `out`, removed however the build ends.
+fn working_copy(out_dir: &Path, out: &Path, fetched: &fetch::Fetched) -> Result<WorkFile> {
+    let work = WorkFile::new(out_dir.join(format!(
+        ".{}.work-{}",
+        out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    )));
+    // Owner-only from the start: the secrets are written into this copy.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&work.path)
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+        .with_context(|| format!("creating {}", work.path.display()))?;
+    fetch::copy_sparse(&fetched.raw_path, &work.path)
+        .with_context(|| format!("copying the base image to {}", work.path.display()))?;
+    Ok(work)
+}
+
+/// The base's vendor (`vendor`, else detected), once the board is known to boot it and its
+/// userland to be of the board's architecture.
+fn check_base(image: &mut Image, vendor: Option<Vendor>, board: &Board) -> Result<Vendor> {
+    let vendor = match vendor {
+        Some(v) => v,
+        None => distro::detect(image)?,
+    };
+    if !board.accepts.iter().any(|a| a == vendor.id()) {
+        bail!(
+            "board {} does not boot {} images; it accepts: {}",
+            board.id,
+            vendor.description(),
+            board.accepts.join(", ")
+        );
+    }
+    // The agent was chosen for the board's architecture, so this also keeps an agent the
+    // image cannot run out of it.
+    match image_arch(image)? {
+        Some(a) if a != board.arch => bail!(
+            "the base image is for {a}, but board {} is {}: give a base image for {}",
+            board.id,
+            board.arch,
+            board.arch
+        ),
+        Some(_) => {}
+        None => eprintln!(
+            "warning: cannot tell the base image's architecture (no ELF file at {}); \
+             not checked against board {} ({})",
+            ARCH_PROBES.join(", "),
+            board.id,
+            board.arch
+        ),
+    }
+    Ok(vendor)
+}
+
+/// The k3s binary to stage: `[k3s] binary`, or the release of `[k3s] version`.
+fn k3s_binary(req: &Job, board: &Board) -> Result<Option<PathBuf>> {
+    Ok(match &req.config.k3s {
+        Some(k) if k.binary.is_some() => k.binary.as_ref().map(|b| req.config_dir.join(b)),
+        Some(k) => match &k.version {
+            Some(v) => Some(download_k3s(v, board.arch, req.fetch)?),
+            None => None,
+        },
+        _ => None,
+    })
 }
 
 /// Applies the plan; when the root filesystem is too small for it (a staged k3s binary is
