@@ -11,27 +11,271 @@ use crate::fetch::{self, FetchOptions, Source};
 use crate::fs::{FsKind, Op, ext4};
 use crate::image::Image;
 use crate::plan::{self, Change, NodeSpec};
+use crate::pubkey;
 use anyhow::{Context, Result, bail};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub use crate::agent::Agent;
+use crate::agent::{self, Agent, AgentSet};
 
-/// One node to build.
-pub struct Request<'a> {
-    pub config: &'a ClusterConfig,
-    pub config_dir: &'a Path,
-    pub node: &'a str,
-    pub out: &'a Path,
-    /// `--base`; else the board's default.
+/// What `imagegen build` is asked for, its flags as the library takes them.
+#[derive(Debug)]
+pub struct Request {
+    pub config: Config,
+    /// `-o`: the image of one node, or the directory of `--all`'s images (made if missing);
+    /// else `NODE.img.zst` here.
+    pub output: Option<PathBuf>,
+    /// `--base`; else each board's default.
     pub base: Option<Source>,
     pub sha256: Option<String>,
     pub vendor: Option<Vendor>,
-    pub agents: &'a [Agent],
+    /// `--agent` values (`PATH` or `URL#sha256=HEX`), each replacing the agent of its
+    /// architecture found beside imagegen (see [`crate::agent`]).
+    pub agents: Vec<String>,
+    /// Leave out every secret and the node's identity (`--no-secrets`).
     pub generic: bool,
+    /// Where node identities live; else beside the config (see [`crate::identity`]).
+    pub state_dir: Option<PathBuf>,
+    pub fetch: FetchOptions,
+}
+
+/// Which config the nodes come from.
+#[derive(Debug)]
+pub enum Config {
+    /// `--board`: one agent node named after the board, the operator (`$USER`, the keys in
+    /// `~/.ssh/*.pub`) as its admin.
+    Board(String),
+    /// A cluster.toml and which of its nodes.
+    File { path: PathBuf, nodes: Nodes },
+}
+
+#[derive(Debug)]
+pub enum Nodes {
+    One(String),
+    All,
+}
+
+/// One image written.
+#[derive(Debug)]
+pub struct Built {
+    pub node: String,
+    pub path: PathBuf,
+    pub manifest: Manifest,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub images: Vec<Built>,
+    /// Said once the images are written.
+    pub warnings: Vec<String>,
+}
+
+/// Builds the images `req` asks for, one node after the other; each is announced on stderr as
+/// it is written, so an `--all` that fails halfway has said which are there.
+pub fn run(req: &Request) -> Result<Outcome> {
+    let (config, config_dir, nodes) = load(&req.config)?;
+    if nodes.is_empty() {
+        bail!("the config has no [[nodes]]");
+    }
+    let agents = agents(&req.agents, &req.fetch)?;
+    check_agents(&agents, &config, &nodes)?;
+    let state_dir = req
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_dir(&config_dir));
+    let all = matches!(
+        req.config,
+        Config::File {
+            nodes: Nodes::All,
+            ..
+        }
+    );
+    let mut images = Vec::new();
+    for node in nodes {
+        let out = output_path(req.output.as_deref(), all, &node)?;
+        let job = Job {
+            config: &config,
+            config_dir: &config_dir,
+            node: &node,
+            out: &out,
+            base: req.base.clone(),
+            sha256: req.sha256.clone(),
+            vendor: req.vendor,
+            agents: &agents,
+            generic: req.generic,
+            state_dir: &state_dir,
+            fetch: &req.fetch,
+        };
+        let manifest = build(&job).with_context(|| format!("building node {node}"))?;
+        eprintln!(
+            "wrote {} ({} bytes raw, sha256 {})",
+            out.display(),
+            manifest.output.raw_size,
+            manifest.output.sha256
+        );
+        if !req.generic {
+            eprintln!(
+                "{}",
+                crate::cluster::known_hosts::write_beside(&out, &config, &node, &state_dir)?
+            );
+        }
+        images.push(Built {
+            node,
+            path: out,
+            manifest,
+        });
+    }
+    // After the builds, so a failed build still says one thing only, and once for --all.
+    let warnings = plan::backup_pin_warning(&config).into_iter().collect();
+    Ok(Outcome { images, warnings })
+}
+
+/// The config, the directory its relative paths start from, and the nodes to build.
+fn load(config: &Config) -> Result<(ClusterConfig, PathBuf, Vec<String>)> {
+    match config {
+        Config::Board(b) => {
+            let board = board::get(b)?;
+            let (user, keys) = operator_defaults()?;
+            let c = plan::default_config(&board, &user, keys)?;
+            Ok((c, PathBuf::from("."), vec![board.id.clone()]))
+        }
+        Config::File { path, nodes } => {
+            let loaded = crate::config::load(path)?;
+            // Once per run, before any node is built.
+            if let Some(note) = loaded.config.not_applied() {
+                eprintln!("warning: {}: {note}", path.display());
+            }
+            let nodes = match nodes {
+                Nodes::One(n) => {
+                    loaded.node(n)?;
+                    vec![n.clone()]
+                }
+                Nodes::All => loaded
+                    .config
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.get_ref().clone())
+                    .collect(),
+            };
+            Ok((loaded.config, loaded.dir, nodes))
+        }
+    }
+}
+
+fn output_path(output: Option<&Path>, all: bool, node: &str) -> Result<PathBuf> {
+    let default = format!("{node}.img.zst");
+    Ok(match (output, all) {
+        (Some(o), true) => {
+            std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
+            o.join(default)
+        }
+        (Some(o), false) => o.to_path_buf(),
+        (None, _) => PathBuf::from(default),
+    })
+}
+
+/// The agents found beside this imagegen (see `crate::agent` for the search order), with each
+/// `--agent` replacing the one of its architecture.
+fn agents(args: &[String], fetch: &FetchOptions) -> Result<AgentSet> {
+    let mut set = AgentSet::discover(&agent::default_search_dirs())?;
+    for arg in args {
+        let path = match Source::parse(arg) {
+            Source::File(p) => p,
+            Source::Url(u) => {
+                // A downloaded binary runs as root on every node: it must be pinned.
+                let (url, sha) = u
+                    .split_once("#sha256=")
+                    .with_context(|| format!("--agent {u}: give its sha256 as URL#sha256=HEX"))?;
+                fetch::fetch_base(&Source::Url(url.into()), Some(sha), None, fetch)
+                    .with_context(|| format!("getting the agent {url}"))?
+                    .raw_path
+            }
+        };
+        set.give(Agent {
+            arch: agent::agent_arch(&path)?,
+            path,
+            source: arg.clone(),
+        })?;
+    }
+    Ok(set)
+}
+
+/// Every node's board must have an agent: checked for all of them before the first download,
+/// so `--all` does not stop after building half the cluster.
+fn check_agents(agents: &AgentSet, config: &ClusterConfig, nodes: &[String]) -> Result<()> {
+    for node in nodes {
+        // An unknown node or board is left to `build`, which names it in its own words.
+        let Some(board) = config
+            .nodes
+            .iter()
+            .find(|n| n.name.get_ref() == node)
+            .and_then(|n| board::get(n.board.get_ref()).ok())
+        else {
+            continue;
+        };
+        agents
+            .for_board(&board)
+            .with_context(|| format!("building node {node}"))?;
+    }
+    Ok(())
+}
+
+/// The admin for `--board` builds: the operator's user name and ~/.ssh/*.pub keys.
+fn operator_defaults() -> Result<(String, Vec<String>)> {
+    let user = std::env::var("USER")
+        .ok()
+        .filter(|u| {
+            !matches!(u.as_str(), "root" | "pi" | "ubuntu" | "debian")
+                && u.bytes().next().is_some_and(|c| c.is_ascii_lowercase())
+                && u.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
+        })
+        .unwrap_or_else(|| "admin".into());
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let mut keys = Vec::new();
+    if let Some(ssh) = home.as_deref().map(|h| h.join(".ssh"))
+        && let Ok(rd) = std::fs::read_dir(&ssh)
+    {
+        let mut pubs: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
+            .collect();
+        pubs.sort();
+        for p in pubs {
+            // Whatever else sits in ~/.ssh is the operator's business: a file that holds no
+            // usable key is skipped, and said so, rather than stopping the build.
+            let read = std::fs::read_to_string(&p).map_err(|e| e.to_string());
+            match read.and_then(|t| pubkey::authorized_keys_lines(&t).map_err(|e| e.to_string())) {
+                Ok(found) => keys.extend(found),
+                Err(e) => eprintln!("warning: skipping {}: {e}", p.display()),
+            }
+        }
+    }
+    if keys.is_empty() {
+        bail!(
+            "no SSH public key in ~/.ssh/*.pub: nobody could log in to the node. Make one with \
+             `ssh-keygen -t ed25519`, or write a cluster.toml (`imagegen init`) with \
+             [admin] ssh_authorized_keys and use --config"
+        );
+    }
+    Ok((user, keys))
+}
+
+/// One node to build, its inputs resolved.
+struct Job<'a> {
+    config: &'a ClusterConfig,
+    config_dir: &'a Path,
+    node: &'a str,
+    out: &'a Path,
+    /// `--base`; else the board's default.
+    base: Option<Source>,
+    sha256: Option<String>,
+    vendor: Option<Vendor>,
+    agents: &'a AgentSet,
+    generic: bool,
     /// Where node identities live (SSH host keys, k3s node password).
-    pub state_dir: &'a Path,
-    pub fetch: &'a FetchOptions,
+    state_dir: &'a Path,
+    fetch: &'a FetchOptions,
 }
 
 /// SOURCE_DATE_EPOCH when set; otherwise a time derived from the inputs (the base image's own
@@ -97,7 +341,7 @@ impl Drop for WorkFile {
 }
 
 /// Builds one node image. Returns the manifest as written.
-pub fn build(req: &Request) -> Result<Manifest> {
+fn build(req: &Job) -> Result<Manifest> {
     let node = req
         .config
         .nodes
@@ -105,58 +349,10 @@ pub fn build(req: &Request) -> Result<Manifest> {
         .find(|n| n.name.get_ref() == req.node)
         .with_context(|| format!("no node named {:?} in the config", req.node))?;
     let board = board::get(node.board.get_ref())?;
-    if emit::Format::from_path(req.out).is_none() {
-        bail!(
-            "cannot tell the output format of {}: its name must end in one of {}",
-            req.out.display(),
-            emit::EXTENSIONS
-        );
-    }
-    let out_dir = match req.out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // Before a download that may take long, not after it.
-    if !out_dir.is_dir() {
-        bail!(
-            "the output directory {} does not exist; create it first",
-            out_dir.display()
-        );
-    }
-    let agent = choose_agent(&board, req.agents)?;
-
-    let (source, sha256, checksum_url) = match &req.base {
-        Some(s) => (s.clone(), req.sha256.clone(), None),
-        None => (
-            Source::Url(board.base.url.clone()),
-            req.sha256.clone().or(board.base.sha256.clone()),
-            board.base.checksum_url.clone(),
-        ),
-    };
-    let fetched = fetch::fetch_base(
-        &source,
-        sha256.as_deref(),
-        checksum_url.as_deref(),
-        req.fetch,
-    )
-    .context("getting the base image")?;
-
-    let work = WorkFile::new(out_dir.join(format!(
-        ".{}.work-{}",
-        req.out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    )));
-    // Owner-only from the start: the secrets are written into this copy.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&work.path)
-        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
-        .with_context(|| format!("creating {}", work.path.display()))?;
-    fetch::copy_sparse(&fetched.raw_path, &work.path)
-        .with_context(|| format!("copying the base image to {}", work.path.display()))?;
+    let out_dir = output_dir(req.out)?;
+    let agent = Some(req.agents.for_board(&board)?);
+    let (source, fetched) = fetch_base(req, &board)?;
+    let work = working_copy(&out_dir, req.out, &fetched)?;
 
     // Errors name the working copy; say which input it was copied from.
     let mut image = Image::open_for_write(&work.path).with_context(|| {
@@ -168,36 +364,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
             }
         )
     })?;
-    let vendor = match req.vendor {
-        Some(v) => v,
-        None => distro::detect(&mut image)?,
-    };
-    if !board.accepts.iter().any(|a| a == vendor.id()) {
-        bail!(
-            "board {} does not boot {} images; it accepts: {}",
-            board.id,
-            vendor.description(),
-            board.accepts.join(", ")
-        );
-    }
-    // The agent was chosen for the board's architecture, so this also keeps an agent the
-    // image cannot run out of it.
-    match image_arch(&mut image)? {
-        Some(a) if a != board.arch => bail!(
-            "the base image is for {a}, but board {} is {}: give a base image for {}",
-            board.id,
-            board.arch,
-            board.arch
-        ),
-        Some(_) => {}
-        None => eprintln!(
-            "warning: cannot tell the base image's architecture (no ELF file at {}); \
-             not checked against board {} ({})",
-            ARCH_PROBES.join(", "),
-            board.id,
-            board.arch
-        ),
-    }
+    let vendor = check_base(&mut image, req.vendor, &board)?;
     let epoch = epoch(&image)?;
     let identity = if req.generic {
         None
@@ -207,15 +374,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
                 .context("loading the node's identity")?,
         )
     };
-
-    let k3s_binary = match &req.config.k3s {
-        Some(k) if k.binary.is_some() => k.binary.as_ref().map(|b| req.config_dir.join(b)),
-        Some(k) => match &k.version {
-            Some(v) => Some(download_k3s(v, board.arch, req.fetch)?),
-            None => None,
-        },
-        _ => None,
-    };
+    let k3s_binary = k3s_binary(req, &board)?;
     let spec = NodeSpec {
         name: req.node,
         role: node.role,
@@ -260,6 +419,118 @@ pub fn build(req: &Request) -> Result<Manifest> {
     let manifest = emit::emit(&work.path, req.out, record, &options)
         .with_context(|| format!("writing {}", req.out.display()))?;
     Ok(manifest)
+}
+
+/// The directory `out` goes in, once its name says a format and the directory exists: before
+/// a download that may take long, not after it.
+fn output_dir(out: &Path) -> Result<PathBuf> {
+    if emit::Format::from_path(out).is_none() {
+        bail!(
+            "cannot tell the output format of {}: its name must end in one of {}",
+            out.display(),
+            emit::EXTENSIONS
+        );
+    }
+    let out_dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !out_dir.is_dir() {
+        bail!(
+            "the output directory {} does not exist; create it first",
+            out_dir.display()
+        );
+    }
+    Ok(out_dir)
+}
+
+/// The base image, `--base` or the board's default, verified and unpacked in the cache.
+fn fetch_base(req: &Job, board: &Board) -> Result<(Source, fetch::Fetched)> {
+    let (source, sha256, checksum_url) = match &req.base {
+        Some(s) => (s.clone(), req.sha256.clone(), None),
+        None => (
+            Source::Url(board.base.url.clone()),
+            req.sha256.clone().or(board.base.sha256.clone()),
+            board.base.checksum_url.clone(),
+        ),
+    };
+    let fetched = fetch::fetch_base(
+        &source,
+        sha256.as_deref(),
+        checksum_url.as_deref(),
+        req.fetch,
+    )
+    .context("getting the base image")?;
+    Ok((source, fetched))
+}
+
+/// A private sparse copy of the base beside `out`, removed however the build ends.
+fn working_copy(out_dir: &Path, out: &Path, fetched: &fetch::Fetched) -> Result<WorkFile> {
+    let work = WorkFile::new(out_dir.join(format!(
+        ".{}.work-{}",
+        out.file_name().map_or("out".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    )));
+    // Owner-only from the start: the secrets are written into this copy.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&work.path)
+        .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600)))
+        .with_context(|| format!("creating {}", work.path.display()))?;
+    fetch::copy_sparse(&fetched.raw_path, &work.path)
+        .with_context(|| format!("copying the base image to {}", work.path.display()))?;
+    Ok(work)
+}
+
+/// The base's vendor (`vendor`, else detected), once the board is known to boot it and its
+/// userland to be of the board's architecture.
+fn check_base(image: &mut Image, vendor: Option<Vendor>, board: &Board) -> Result<Vendor> {
+    let vendor = match vendor {
+        Some(v) => v,
+        None => distro::detect(image)?,
+    };
+    if !board.accepts.iter().any(|a| a == vendor.id()) {
+        bail!(
+            "board {} does not boot {} images; it accepts: {}",
+            board.id,
+            vendor.description(),
+            board.accepts.join(", ")
+        );
+    }
+    // The agent was chosen for the board's architecture, so this also keeps an agent the
+    // image cannot run out of it.
+    match image_arch(image)? {
+        Some(a) if a != board.arch => bail!(
+            "the base image is for {a}, but board {} is {}: give a base image for {}",
+            board.id,
+            board.arch,
+            board.arch
+        ),
+        Some(_) => {}
+        None => eprintln!(
+            "warning: cannot tell the base image's architecture (no ELF file at {}); \
+             not checked against board {} ({})",
+            ARCH_PROBES.join(", "),
+            board.id,
+            board.arch
+        ),
+    }
+    Ok(vendor)
+}
+
+/// The k3s binary to stage: `[k3s] binary`, or the release of `[k3s] version`.
+fn k3s_binary(req: &Job, board: &Board) -> Result<Option<PathBuf>> {
+    Ok(match &req.config.k3s {
+        Some(k) if k.binary.is_some() => k.binary.as_ref().map(|b| req.config_dir.join(b)),
+        Some(k) => match &k.version {
+            Some(v) => Some(download_k3s(v, board.arch, req.fetch)?),
+            None => None,
+        },
+        _ => None,
+    })
 }
 
 /// Applies the plan; when the root filesystem is too small for it (a staged k3s binary is
@@ -312,29 +583,6 @@ fn download_k3s(version: &str, arch: Arch, fetch: &FetchOptions) -> Result<PathB
     )
     .with_context(|| format!("getting k3s {version} for {arch}"))?;
     Ok(got.raw_path)
-}
-
-/// The agent for the board. `imagegen build` checks every node against its `AgentSet` before
-/// building any, with an error that says what was given and where imagegen looked; this
-/// guards callers of the library that pass their own list.
-fn choose_agent<'a>(board: &Board, agents: &'a [Agent]) -> Result<Option<&'a Agent>> {
-    match agents.iter().find(|a| a.arch == board.arch) {
-        Some(a) => Ok(Some(a)),
-        None => {
-            let have: Vec<String> = agents.iter().map(|a| a.arch.to_string()).collect();
-            bail!(
-                "no imagegen-firstboot agent for {} (board {}) among the agents given ({}); \
-                 build them with `bash ci/build-agents`, or give one with --agent",
-                board.arch,
-                board.id,
-                if have.is_empty() {
-                    "none".into()
-                } else {
-                    have.join(", ")
-                }
-            )
-        }
-    }
 }
 
 fn inputs(

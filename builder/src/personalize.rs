@@ -2,6 +2,9 @@
 //! time by writing a seed onto the FAT boot partition only. No ext4 work, so it is fast and
 //! touches no byte outside that partition. The agent places the seed's files on first boot
 //! and wipes it.
+//!
+//! What goes in is not decided here: it is the node-specific part of the node's own plan (see
+//! [`crate::plan::Kind`]), the same plan a full build of the node applies whole.
 
 use crate::board::Board;
 use crate::config::Loaded;
@@ -9,22 +12,69 @@ use crate::distro::{self, Vendor};
 use crate::fs::{Content, FsKind, Meta, Op};
 use crate::identity::Identity;
 use crate::image::Image;
-use crate::plan::{self, NodeSpec};
+use crate::plan::{self, Kind, NodeSpec};
 use anyhow::{Context, Result, bail};
 use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed, SeedFile};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub struct Request<'a> {
-    pub image: &'a Path,
-    pub config: &'a Loaded,
-    pub node: &'a str,
-    pub board: &'a Board,
-    pub identity: &'a Identity,
+/// What `imagegen personalize` is asked for.
+#[derive(Debug)]
+pub struct Request {
+    /// The generic image, changed in place.
+    pub image: PathBuf,
+    /// The cluster.toml the node is in.
+    pub config: PathBuf,
+    pub node: String,
+    /// Where node identities live; else beside the config (see [`crate::identity`]).
+    pub state_dir: Option<PathBuf>,
+    /// Else detected.
     pub vendor: Option<Vendor>,
 }
 
+#[derive(Debug)]
+pub struct Outcome {
+    /// Where the seed is, in the image.
+    pub seed: String,
+    pub warnings: Vec<String>,
+}
+
+/// Writes the node's seed into the image.
+pub fn run(req: &Request) -> Result<Outcome> {
+    let loaded = crate::config::load(&req.config)?;
+    let node = loaded.node(&req.node)?;
+    let board = crate::board::get(node.board.get_ref())?;
+    let state_dir = req
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_dir(&loaded.dir));
+    let identity = crate::identity::load_or_create(&state_dir, &req.node)
+        .context("loading the node's identity")?;
+    let seed = write_seed(&Job {
+        image: &req.image,
+        config: &loaded,
+        node: &req.node,
+        board: &board,
+        identity: &identity,
+        vendor: req.vendor,
+    })?;
+    let warnings = plan::backup_pin_warning(&loaded.config)
+        .into_iter()
+        .collect();
+    Ok(Outcome { seed, warnings })
+}
+
+/// One node's seed to write, its inputs resolved.
+struct Job<'a> {
+    image: &'a Path,
+    config: &'a Loaded,
+    node: &'a str,
+    board: &'a Board,
+    identity: &'a Identity,
+    vendor: Option<Vendor>,
+}
+
 /// Writes the seed and returns its path inside the image.
-pub fn personalize(req: &Request) -> Result<String> {
+fn write_seed(req: &Job) -> Result<String> {
     let mut image = Image::open_for_write(req.image)
         .with_context(|| format!("opening {}", req.image.display()))?;
     let vendor = match req.vendor {
@@ -70,6 +120,7 @@ pub fn personalize(req: &Request) -> Result<String> {
         .config
         .node(req.node)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let epoch = crate::build::epoch(&image)?;
     let spec = NodeSpec {
         name: req.node,
         role: node.role,
@@ -81,18 +132,13 @@ pub fn personalize(req: &Request) -> Result<String> {
         k3s_binary: None,
         generic: false,
         identity: Some(req.identity),
-        epoch: 0,
+        epoch,
     };
-    // The full build points 127.0.1.1 at the node's name; without it the node cannot resolve
-    // its own name (sudo warns on every call).
-    let hosts = match image.read_file("/etc/hosts") {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-        Err(crate::image::ImageError::Fs(crate::fs::FsError::NotFound(_))) => String::new(),
-        Err(e) => return Err(e).context("reading /etc/hosts"),
-    };
-    let seed = seed_for(&spec, req.config, &hosts)?;
-    let text = seed.to_toml_string()?;
-    let epoch = crate::build::epoch(&image)?;
+    // The same plan a full build of the node applies, made on this image; what it shares with
+    // every node of the board is in the generic image already.
+    let changes = plan::plan(&mut image, &spec)?;
+    let personal = split(&mut image, slot, changes)?;
+    let text = personal.seed.to_toml_string()?;
     let path = format!("{boot}/{SEED_FILE_NAME}");
     // From here on the image file holds this node's secrets: nobody else may read it, as with
     // a full build's output.
@@ -107,93 +153,54 @@ pub fn personalize(req: &Request) -> Result<String> {
                 .with_context(|| format!("making {} private", req.image.display()))?;
         }
     }
-    image
-        .apply(
-            &[Op::WriteFile {
-                path: path.clone(),
-                content: Content::Bytes(text.into_bytes()),
-                meta: Meta::root(0o600, epoch),
-            }],
-            epoch,
-        )
-        .context("writing the seed")?;
+    let mut ops = personal.on_boot;
+    ops.push(Op::WriteFile {
+        path: path.clone(),
+        content: Content::Bytes(text.into_bytes()),
+        meta: Meta::root(0o600, epoch),
+    });
+    image.apply(&ops, epoch).context("writing the seed")?;
     Ok(path)
 }
 
-/// Everything that makes a generic image this node: its node.toml, hostname, identity and
-/// secrets.
-fn seed_for(spec: &NodeSpec, loaded: &Loaded, hosts: &str) -> Result<Seed> {
-    let mut files = Vec::new();
-    let node = plan::node_config(spec)?;
-    files.push(SeedFile::new(
-        plan::NODE_TOML,
-        0o600,
-        node.to_toml_string()?.as_bytes(),
-    ));
-    files.push(SeedFile::new(
-        "/etc/hostname",
-        0o644,
-        format!("{}\n", spec.name).as_bytes(),
-    ));
-    // A generic image carries the firewall of the node it was built with; this node's role
-    // (server, UPS server) may open other ports.
-    for f in plan::hardening_files(spec)? {
-        files.push(SeedFile::new(&f.path, f.mode, f.content.as_bytes()));
-    }
-    files.push(SeedFile::new(
-        "/etc/hosts",
-        0o644,
-        plan::set_hosts_name(hosts, spec.name).as_bytes(),
-    ));
-    for k in &spec
-        .identity
-        .expect("personalize always has an identity")
-        .host_keys
-    {
-        let name = format!("/etc/ssh/ssh_host_{}_key", k.kind);
-        files.push(SeedFile::new(&name, 0o600, &k.private));
-        files.push(SeedFile::new(&format!("{name}.pub"), 0o644, &k.public));
-    }
-    if let Some(id) = spec.identity {
-        files.push(SeedFile::new(
-            "/etc/rancher/node/password",
-            0o600,
-            id.k3s_node_password.as_bytes(),
-        ));
-    }
-    let c = &loaded.config;
-    let read = |p: &Path, what: &str| -> Result<Vec<u8>> {
-        let full = loaded.resolve(p);
-        let b = std::fs::read(&full).with_context(|| format!("{what} {}", full.display()))?;
-        Ok(b.trim_ascii_end().to_vec())
-    };
-    if let (Some(k), Some(id)) = (&c.k3s, spec.identity) {
-        for f in plan::k3s_files(spec, k, &id.state_dir)?.1 {
-            files.push(SeedFile::new(&f.path, f.mode, &f.content));
+/// The node-specific part of a node's plan, as personalize writes it.
+#[derive(Debug, Default)]
+struct Personal {
+    /// Files on the boot partition, written there now: the vendor's first boot may read them
+    /// (Ubuntu's cloud-init seed) before the agent could place them.
+    on_boot: Vec<Op>,
+    /// Everything else, for the agent to place on first boot.
+    seed: Seed,
+}
+
+/// Splits the node-specific changes of a plan ([`Kind::is_node_specific`]) into what goes onto
+/// the boot partition (slot `boot`) now and what the seed carries. The seed places root-owned
+/// files only, and the boot partition is readable from any PC: a node-specific change of
+/// another shape, or a secret there, is refused rather than dropped.
+fn split(image: &mut Image, boot: usize, changes: Vec<plan::Change>) -> Result<Personal> {
+    let mut out = Personal::default();
+    for c in changes.into_iter().filter(|c| c.kind.is_node_specific()) {
+        let path = c.op.path().to_string();
+        let resolved = image.resolve(&path, false)?;
+        let on_boot = image.locate(&resolved).slot == boot;
+        match c.op {
+            Op::WriteFile { .. } if on_boot && c.kind != Kind::Node => bail!(
+                "the plan puts {path}, a secret or part of the node's identity, on the boot \
+                 partition, which any PC can read: build a full image for this node instead"
+            ),
+            op @ Op::WriteFile { .. } if on_boot => out.on_boot.push(op),
+            Op::WriteFile {
+                content: Content::Bytes(bytes),
+                meta,
+                ..
+            } if meta.uid == 0 && meta.gid == 0 => {
+                out.seed.files.push(SeedFile::new(&path, meta.mode, &bytes));
+            }
+            _ => bail!(
+                "{path} makes the image this node, but a seed can only place root-owned files \
+                 given by content: build a full image for this node instead"
+            ),
         }
     }
-    if let Some(u) = &c.ups {
-        let pw = read(&u.password_file, "ups password_file")?;
-        plan::check_nut_password(&pw, &loaded.resolve(&u.password_file))?;
-        files.push(SeedFile::new(plan::NUT_PASSWORD, 0o600, &pw));
-    }
-    // The generic image may have been built from a config that pinned another NAS key, or none.
-    if let Some(known_hosts) = plan::backup_known_hosts(c, &loaded.dir)? {
-        files.push(SeedFile::new(plan::BACKUP_KNOWN_HOSTS, 0o600, &known_hosts));
-    }
-    if let Some(b) = &c.backup {
-        let key = match &b.ssh_key_file {
-            Some(k) => {
-                let full = loaded.resolve(k);
-                std::fs::read(&full)
-                    .with_context(|| format!("backup ssh_key_file {}", full.display()))?
-            }
-            None => spec
-                .identity
-                .map(|id| id.backup_key.private.clone())
-                .unwrap_or_default(),
-        };
-        files.push(SeedFile::new(plan::BACKUP_KEY, 0o600, &key));
-    }
-    Ok(Seed { files })
+    Ok(out)
 }

@@ -551,7 +551,7 @@ fn download_failures_are_one_clear_line_and_leave_nothing() {
 /// library with short time-outs; the error is what the CLI would print after `error: `.
 #[test]
 fn server_that_stops_answering_fails_and_the_download_resumes_later() {
-    use imagegen::build::{Agent, Request, build};
+    use imagegen::build::{Config, Nodes, Request, run};
     use imagegen::fetch::{FetchOptions, Source};
 
     let c = Cluster::new();
@@ -564,12 +564,6 @@ fn server_that_stops_answering_fails_and_the_download_resumes_later() {
         .fault(path, Fault::StallAfter(half, Duration::from_secs(6)));
     web.server
         .fault(path, Fault::StallAfter(0, Duration::from_secs(6)));
-    let loaded = imagegen::config::load(&c.config()).unwrap();
-    let agents = [Agent {
-        arch: imagegen::arch::Arch::Aarch64,
-        path: c.path("agent-arm64"),
-        source: "agent-arm64".into(),
-    }];
     let fetch = FetchOptions {
         cache_dir: c.cache(),
         retries: 1,
@@ -582,20 +576,21 @@ fn server_that_stops_answering_fails_and_the_download_resumes_later() {
     let out = c.out_dir().join("pi4-a.img");
     let state = c.path("state");
     let request = Request {
-        config: &loaded.config,
-        config_dir: &loaded.dir,
-        node: "pi4-a",
-        out: &out,
+        config: Config::File {
+            path: c.config(),
+            nodes: Nodes::One("pi4-a".into()),
+        },
+        output: Some(out.clone()),
         base: Some(Source::Url(web.url(path))),
         sha256: Some(hex_sha256(&zst)),
         vendor: None,
-        agents: &agents,
+        agents: vec![c.path("agent-arm64").display().to_string()],
         generic: false,
-        state_dir: &state,
-        fetch: &fetch,
+        state_dir: Some(state),
+        fetch,
     };
     let started = Instant::now();
-    let err = format!("{:#}", build(&request).unwrap_err());
+    let err = format!("{:#}", run(&request).unwrap_err());
     assert!(started.elapsed() < Duration::from_secs(20), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("did not answer"), "{err}");
@@ -607,7 +602,7 @@ fn server_that_stops_answering_fails_and_the_download_resumes_later() {
 
     // The server is back: the next build resumes from the partial download.
     web.server.clear_log();
-    build(&request).unwrap();
+    run(&request).unwrap();
     let requests = web.server.requests_for(path);
     assert_eq!(requests.len(), 1, "{requests:?}");
     assert_eq!(

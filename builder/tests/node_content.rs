@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::oracle;
-use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed};
+use imagegen_firstboot::root::Root;
+use imagegen_firstboot::seed::{self, SEED_FILE_NAME, Seed};
 
 /// What the issue asks k3s nodes on Raspberry Pis to boot with.
 const CGROUP_ARGS: &[&str] = &["cgroup_memory=1", "cgroup_enable=memory"];
@@ -34,6 +35,8 @@ struct Family {
     root: u32,
     /// The FAT partition the firmware or the UEFI reads.
     fat: u32,
+    /// Where the image's /etc/fstab mounts it.
+    boot: &'static str,
     /// Ubuntu 24.04 starts sshd through ssh.socket.
     ssh_socket: bool,
 }
@@ -45,6 +48,7 @@ const FAMILIES: &[Family] = &[
         aarch64: true,
         root: 2,
         fat: 1,
+        boot: "/boot/firmware",
         ssh_socket: false,
     },
     Family {
@@ -53,6 +57,7 @@ const FAMILIES: &[Family] = &[
         aarch64: true,
         root: 2,
         fat: 1,
+        boot: "/boot/firmware",
         ssh_socket: false,
     },
     Family {
@@ -61,6 +66,7 @@ const FAMILIES: &[Family] = &[
         aarch64: true,
         root: 1,
         fat: 0,
+        boot: "/boot",
         ssh_socket: false,
     },
     Family {
@@ -69,6 +75,7 @@ const FAMILIES: &[Family] = &[
         aarch64: true,
         root: 2,
         fat: 1,
+        boot: "/boot/firmware",
         ssh_socket: true,
     },
     Family {
@@ -77,6 +84,7 @@ const FAMILIES: &[Family] = &[
         aarch64: false,
         root: 1,
         fat: 15,
+        boot: "/boot/efi",
         ssh_socket: true,
     },
     Family {
@@ -85,6 +93,7 @@ const FAMILIES: &[Family] = &[
         aarch64: false,
         root: 1,
         fat: 15,
+        boot: "/boot/efi",
         ssh_socket: false,
     },
 ];
@@ -1500,6 +1509,208 @@ fn personalize_refuses_images_that_cannot_become_the_node() {
         assert!(
             differing_ranges(&before, &img).is_empty(),
             "a refused personalize changed the image"
+        );
+    }
+}
+
+/// The plan is the one source of node content (issue 10): a node built whole, and the same node
+/// made from a generic image (`build --no-secrets` of another node, then `personalize`) once
+/// the agent has placed its seed, are the same tree. Both trees are read by the real tools
+/// (`debugfs rdump` of the root filesystem, as root so it keeps owners and modes, and mtools'
+/// `mcopy` of the boot partition under its mount point); the seed is placed in the second by
+/// the agent's own first-boot code (`seed::consume`, what `imagegen-firstboot --root DIR run`
+/// does first), without the network steps that follow it in `run`.
+#[test]
+fn rpios_bookworm_full_equals_personalized() {
+    full_equals_personalized(family("rpios-bookworm"), "pi4-b", "pi4-a", GUARDED_RASPIOS);
+}
+
+#[test]
+fn rpios_trixie_full_equals_personalized() {
+    full_equals_personalized(family("rpios-trixie"), "pi4-b", "pi4-a", GUARDED_RASPIOS);
+}
+
+#[test]
+fn ubuntu_raspi_full_equals_personalized() {
+    full_equals_personalized(family("ubuntu-raspi"), "pi4-a", "pi4-b", &[]);
+}
+
+/// From an agent's generic image to the server the UPS is plugged into: another firewall,
+/// another node.toml, cloud-init's instance.
+#[test]
+fn debian_cloud_full_equals_personalized() {
+    full_equals_personalized(family("debian-genericcloud"), "x86-b", "master", &[]);
+}
+
+#[test]
+fn ubuntu_cloud_full_equals_personalized() {
+    full_equals_personalized(family("ubuntu-cloud-amd64"), "x86-c", "x86-b", &[]);
+}
+
+/// The differences between a full build and a personalized one that are there by design, with
+/// why (the plan's `Kind::IdentityGuard`).
+const GUARDED_RASPIOS: &[(&str, &str)] = &[(
+    "/etc/systemd/system/regenerate_ssh_host_keys.service",
+    "a full build masks the vendor's host key regeneration so the keys it placed survive the \
+     first boot; a generic image has no keys of its own, so it must run once, and the seed \
+     brings the node's keys after it did",
+)];
+
+/// One entry of a tree as the comparison sees it: type, permission bits, owner, and the
+/// content or link target.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    File {
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        bytes: Vec<u8>,
+    },
+    Link {
+        target: PathBuf,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+impl Entry {
+    /// What a failure message may say about it: never the content, which may be a secret.
+    fn describe(&self) -> String {
+        match self {
+            Entry::Dir { mode, uid, gid } => format!("dir {mode:o} {uid}:{gid}"),
+            Entry::File {
+                mode,
+                uid,
+                gid,
+                bytes,
+            } => format!(
+                "file {mode:o} {uid}:{gid}, {} bytes, sha256 {}",
+                bytes.len(),
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes))
+            ),
+            Entry::Link { target, uid, gid } => {
+                format!("link to {} {uid}:{gid}", target.display())
+            }
+        }
+    }
+}
+
+/// Every entry under `dir`, keyed by its path on the node.
+fn tree_entries(dir: &Path) -> BTreeMap<String, Entry> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let (mode, uid, gid) = (m.permissions().mode() & 0o7777, m.uid(), m.gid());
+            let entry = if m.file_type().is_symlink() {
+                Entry::Link {
+                    target: fs::read_link(&p).unwrap(),
+                    uid,
+                    gid,
+                }
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                Entry::Dir { mode, uid, gid }
+            } else {
+                assert!(m.is_file(), "{}: neither file, dir nor link", p.display());
+                Entry::File {
+                    mode,
+                    uid,
+                    gid,
+                    bytes: fs::read(&p).unwrap(),
+                }
+            };
+            out.insert(format!("/{}", s(p.strip_prefix(dir).unwrap())), entry);
+        }
+    }
+    out
+}
+
+/// The node's tree as the tools read it: the root filesystem, and the boot partition under
+/// its mount point.
+fn node_tree(img: &Path, fam: &Family) -> tempfile::TempDir {
+    // rdump keeps owners only when run as root; a non-root run would fail on its chown errors.
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test reads owners with debugfs rdump, which needs root"
+    );
+    let dest = tempfile::tempdir_in(scratch()).unwrap();
+    let root = oracle::partition(img, fam.root).start;
+    oracle::debugfs(img, root, &format!("rdump / {}", s(dest.path())));
+    let boot = dest.path().join(fam.boot.trim_start_matches('/'));
+    fs::create_dir_all(&boot).unwrap();
+    let fat = oracle::partition(img, fam.fat).start;
+    oracle::mtools(
+        "mcopy",
+        &["-s", "-n", "-i", &oracle::fat_at(img, fat), "::*", s(&boot)],
+    );
+    dest
+}
+
+fn full_equals_personalized(
+    fam: &Family,
+    generic_from: &str,
+    node: &str,
+    expected: &[(&str, &str)],
+) {
+    let cluster = Cluster::new("");
+    let base_img = base(fam);
+    let full = cluster.build(fam, &base_img, node, "full.img", &[]);
+    let generic = cluster.build(fam, &base_img, generic_from, "g.img", &["--no-secrets"]);
+    cluster.personalize(&generic.img, node);
+    let boot = oracle::partition(&generic.img, fam.fat);
+    oracle::assert_fsck_fat_clean(&generic.img, boot.start, boot.size);
+
+    let full_tree = node_tree(&full.img, fam);
+    let pers_tree = node_tree(&generic.img, fam);
+    let placed = seed::consume(&Root::new(pers_tree.path()), Path::new(fam.boot))
+        .expect("the agent takes the seed in");
+    assert!(
+        matches!(&placed, seed::Consumed::Placed(p) if !p.is_empty()),
+        "{}: no seed to place: {placed:?}",
+        fam.layout
+    );
+
+    let (a, b) = (
+        tree_entries(full_tree.path()),
+        tree_entries(pers_tree.path()),
+    );
+    let mut differ = Vec::new();
+    for path in a.keys().chain(b.keys().filter(|p| !a.contains_key(*p))) {
+        let (x, y) = (a.get(path), b.get(path));
+        if x != y {
+            let say = |e: Option<&Entry>| e.map_or("nothing".into(), Entry::describe);
+            differ.push((
+                path.clone(),
+                format!("full: {}; personalized: {}", say(x), say(y)),
+            ));
+        }
+    }
+    let unexpected: Vec<String> = differ
+        .iter()
+        .filter(|(p, _)| !expected.iter().any(|(e, _)| e == p))
+        .map(|(p, d)| format!("{p}: {d}"))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{}: a full build of {node} and a generic image personalized into it differ:\n  {}",
+        fam.layout,
+        unexpected.join("\n  ")
+    );
+    // An expected difference that no longer shows is a reason gone stale.
+    for (path, why) in expected {
+        assert!(
+            differ.iter().any(|(p, _)| p == path),
+            "{}: {path} no longer differs, though expected to ({why})",
+            fam.layout
         );
     }
 }

@@ -1,206 +1,55 @@
 //! build, boards, init, check.
 
-use crate::agent::{self, Agent, AgentSet};
+use crate::agent::{self, AgentSet};
 use crate::arch::Arch;
 use crate::board;
-use crate::build;
 use crate::cli::{BoardsArgs, BuildArgs, InitArgs, PersonalizeArgs};
-use crate::config::{self, ClusterConfig};
+use crate::config;
 use crate::distro::Vendor;
 use crate::fetch::{FetchOptions, Source};
-use crate::plan;
-use crate::pubkey;
+use crate::{build, personalize};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub fn build(a: BuildArgs) -> Result<()> {
-    let (config, config_dir, nodes): (ClusterConfig, PathBuf, Vec<String>) =
-        match (&a.board, &a.config) {
-            (Some(b), _) => {
-                let board = board::get(b)?;
-                let (user, keys) = operator_defaults()?;
-                let c = plan::default_config(&board, &user, keys)?;
-                (c, PathBuf::from("."), vec![board.id.clone()])
-            }
-            (None, Some(path)) => {
-                let loaded = config::load(path)?;
-                // Once per run, before any node is built.
-                if let Some(note) = loaded.config.not_applied() {
-                    eprintln!("warning: {}: {note}", path.display());
-                }
-                let nodes = match (&a.node, a.all) {
-                    (Some(n), _) => {
-                        loaded.node(n)?;
-                        vec![n.clone()]
-                    }
-                    (None, true) => loaded
-                        .config
-                        .nodes
-                        .iter()
-                        .map(|n| n.name.get_ref().clone())
-                        .collect(),
-                    (None, false) => bail!("say which node to build: --node NAME or --all"),
-                };
-                (loaded.config, loaded.dir, nodes)
-            }
-            (None, None) => bail!("give --board BOARD, or --config FILE with --node NAME or --all"),
-        };
-    if nodes.is_empty() {
-        bail!("the config has no [[nodes]]");
-    }
-    let mut fetch = FetchOptions::default();
-    if let Some(d) = &a.cache_dir {
-        fetch.cache_dir = d.clone();
-    }
-    fetch.insecure = a.insecure;
+    let config = match (a.board, a.config) {
+        (Some(b), _) => build::Config::Board(b),
+        (None, Some(path)) => build::Config::File {
+            path,
+            nodes: match (a.node, a.all) {
+                (Some(n), _) => build::Nodes::One(n),
+                (None, true) => build::Nodes::All,
+                (None, false) => bail!("say which node to build: --node NAME or --all"),
+            },
+        },
+        (None, None) => bail!("give --board BOARD, or --config FILE with --node NAME or --all"),
+    };
     if a.timeout == 0 {
         bail!("--timeout must be at least 1 second");
     }
+    let mut fetch = FetchOptions::default();
+    if let Some(d) = a.cache_dir {
+        fetch.cache_dir = d;
+    }
+    fetch.insecure = a.insecure;
     fetch.timeout = std::time::Duration::from_secs(a.timeout);
     fetch.retries = a.retries;
-    let agents = agents(&a.agent, &fetch)?;
-    check_agents(&agents, &config, &nodes)?;
-    let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
-    let base = a.base.as_deref().map(Source::parse);
-    let state_dir = a
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| crate::identity::default_dir(&config_dir));
-
-    for node in &nodes {
-        let out = output_path(&a, node)?;
-        let req = build::Request {
-            config: &config,
-            config_dir: &config_dir,
-            node,
-            out: &out,
-            base: base.clone(),
-            sha256: a.sha256.clone(),
-            vendor,
-            agents: agents.agents(),
-            generic: a.no_secrets,
-            state_dir: &state_dir,
-            fetch: &fetch,
-        };
-        let m = build::build(&req).with_context(|| format!("building node {node}"))?;
-        eprintln!(
-            "wrote {} ({} bytes raw, sha256 {})",
-            out.display(),
-            m.output.raw_size,
-            m.output.sha256
-        );
-        if !a.no_secrets {
-            eprintln!(
-                "{}",
-                crate::cluster::known_hosts::write_beside(&out, &config, node, &state_dir)?
-            );
-        }
-    }
-    // After the builds, so a failed build still says one thing only, and once for --all.
-    if let Some(w) = plan::backup_pin_warning(&config) {
+    let req = build::Request {
+        config,
+        output: a.output,
+        base: a.base.as_deref().map(Source::parse),
+        sha256: a.sha256,
+        vendor: a.vendor.as_deref().map(Vendor::from_id).transpose()?,
+        agents: a.agent,
+        generic: a.no_secrets,
+        state_dir: a.state_dir,
+        fetch,
+    };
+    for w in build::run(&req)?.warnings {
         eprintln!("{w}");
     }
     Ok(())
-}
-
-fn output_path(a: &BuildArgs, node: &str) -> Result<PathBuf> {
-    let default = format!("{node}.img.zst");
-    Ok(match (&a.output, a.all) {
-        (Some(o), true) => {
-            std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
-            o.join(default)
-        }
-        (Some(o), false) => o.clone(),
-        (None, _) => PathBuf::from(default),
-    })
-}
-
-/// The agents found beside this imagegen (see `crate::agent` for the search order), with each
-/// `--agent` replacing the one of its architecture.
-fn agents(args: &[String], fetch: &FetchOptions) -> Result<AgentSet> {
-    let mut set = AgentSet::discover(&agent::default_search_dirs())?;
-    for arg in args {
-        let path = match Source::parse(arg) {
-            Source::File(p) => p,
-            Source::Url(u) => {
-                // A downloaded binary runs as root on every node: it must be pinned.
-                let (url, sha) = u
-                    .split_once("#sha256=")
-                    .with_context(|| format!("--agent {u}: give its sha256 as URL#sha256=HEX"))?;
-                crate::fetch::fetch_base(&Source::Url(url.into()), Some(sha), None, fetch)
-                    .with_context(|| format!("getting the agent {url}"))?
-                    .raw_path
-            }
-        };
-        set.give(Agent {
-            arch: agent::agent_arch(&path)?,
-            path,
-            source: arg.clone(),
-        })?;
-    }
-    Ok(set)
-}
-
-/// Every node's board must have an agent: checked for all of them before the first download,
-/// so `--all` does not stop after building half the cluster.
-fn check_agents(agents: &AgentSet, config: &ClusterConfig, nodes: &[String]) -> Result<()> {
-    for node in nodes {
-        // An unknown node or board is left to build::build, which names it in its own words.
-        let Some(board) = config
-            .nodes
-            .iter()
-            .find(|n| n.name.get_ref() == node)
-            .and_then(|n| board::get(n.board.get_ref()).ok())
-        else {
-            continue;
-        };
-        agents
-            .for_board(&board)
-            .with_context(|| format!("building node {node}"))?;
-    }
-    Ok(())
-}
-
-/// The admin for `--board` builds: the operator's user name and ~/.ssh/*.pub keys.
-fn operator_defaults() -> Result<(String, Vec<String>)> {
-    let user = std::env::var("USER")
-        .ok()
-        .filter(|u| {
-            !matches!(u.as_str(), "root" | "pi" | "ubuntu" | "debian")
-                && u.bytes().next().is_some_and(|c| c.is_ascii_lowercase())
-                && u.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'_')
-        })
-        .unwrap_or_else(|| "admin".into());
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let mut keys = Vec::new();
-    if let Some(ssh) = home.as_deref().map(|h| h.join(".ssh"))
-        && let Ok(rd) = std::fs::read_dir(&ssh)
-    {
-        let mut pubs: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "pub"))
-            .collect();
-        pubs.sort();
-        for p in pubs {
-            // Whatever else sits in ~/.ssh is the operator's business: a file that holds no
-            // usable key is skipped, and said so, rather than stopping the build.
-            let read = std::fs::read_to_string(&p).map_err(|e| e.to_string());
-            match read.and_then(|t| pubkey::authorized_keys_lines(&t).map_err(|e| e.to_string())) {
-                Ok(found) => keys.extend(found),
-                Err(e) => eprintln!("warning: skipping {}: {e}", p.display()),
-            }
-        }
-    }
-    if keys.is_empty() {
-        bail!(
-            "no SSH public key in ~/.ssh/*.pub: nobody could log in to the node. Make one with \
-             `ssh-keygen -t ed25519`, or write a cluster.toml (`imagegen init`) with \
-             [admin] ssh_authorized_keys and use --config"
-        );
-    }
-    Ok((user, keys))
 }
 
 pub fn boards(a: BoardsArgs) -> Result<()> {
@@ -305,30 +154,21 @@ fn write_new(path: &Path, content: &[u8], force: bool) -> Result<()> {
 }
 
 pub fn personalize(a: PersonalizeArgs) -> Result<()> {
-    let loaded = config::load(&a.config)?;
-    let node = loaded.node(&a.node)?;
-    let board = board::get(node.board.get_ref())?;
-    let state_dir = a
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| crate::identity::default_dir(&loaded.dir));
-    let identity = crate::identity::load_or_create(&state_dir, &a.node)
-        .context("loading the node's identity")?;
-    let vendor = a.vendor.as_deref().map(Vendor::from_id).transpose()?;
-    let path = crate::personalize::personalize(&crate::personalize::Request {
-        image: &a.image,
-        config: &loaded,
-        node: &a.node,
-        board: &board,
-        identity: &identity,
-        vendor,
-    })?;
+    let req = personalize::Request {
+        image: a.image,
+        config: a.config,
+        node: a.node,
+        state_dir: a.state_dir,
+        vendor: a.vendor.as_deref().map(Vendor::from_id).transpose()?,
+    };
+    let done = personalize::run(&req)?;
     eprintln!(
-        "wrote the seed for node {} to {}:{path}; it is moved into place and wiped on first boot",
-        a.node,
-        a.image.display()
+        "wrote the seed for node {} to {}:{}; it is moved into place and wiped on first boot",
+        req.node,
+        req.image.display(),
+        done.seed
     );
-    if let Some(w) = plan::backup_pin_warning(&loaded.config) {
+    for w in done.warnings {
         eprintln!("{w}");
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use super::{Context, Facts, Family, Vendor, VendorError, exists, read_text};
 use crate::image::Image;
-use crate::plan::changes::Plan;
+use crate::plan::changes::{Kind, Plan};
 
 pub struct Armbian;
 
@@ -56,7 +56,8 @@ impl Family for Armbian {
                 "/etc/default/armbian-firstrun",
                 set_shell_var(&text, "OPENSSHD_REGENERATE_HOST_KEYS", "false").into_bytes(),
                 0o644,
-            );
+            )
+            .kind(Kind::IdentityGuard);
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use super::{Context, Facts, Family, Vendor, VendorError};
 use crate::image::Image;
-use crate::plan::changes::Plan;
+use crate::plan::changes::{Kind, Plan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Os {
@@ -42,12 +42,14 @@ impl Family for Cloud {
             &format!("{dir}/meta-data"),
             meta_data(ctx).into_bytes(),
             0o644,
-        );
+        )
+        .kind(Kind::Node);
         p.file(
             &format!("{dir}/user-data"),
             user_data(ctx.has_identity).into_bytes(),
             0o600,
-        );
+        )
+        .kind(Kind::Node);
         // Only NoCloud: on bare metal the other sources time out one after another.
         p.dir("/etc/cloud/cloud.cfg.d", 0o755);
         let cfg = b"# Written by imagegen: the seed is in /var/lib/cloud/seed/nocloud.\ndatasource_list: [ NoCloud, None ]\n";
@@ -60,7 +62,9 @@ impl Family for Cloud {
     }
 }
 
-/// The NoCloud meta-data: the instance and the node's name.
+/// The NoCloud meta-data: the instance and the node's name. A seed that brings another one
+/// makes cloud-init take the node for a new instance on the next boot and run its
+/// per-instance modules again, with the seed's user-data.
 pub(super) fn meta_data(ctx: &Context) -> String {
     let instance = format!("imagegen-{}", ctx.node);
     format!("instance-id: {instance}\nlocal-hostname: {}\n", ctx.node)
@@ -69,7 +73,8 @@ pub(super) fn meta_data(ctx: &Context) -> String {
 /// Ubuntu and Debian images grow their root filesystem with cloud-init (growpart +
 /// resizefs), so cloud-init stays on but gets a seed that asks it for that alone: no users, no
 /// passwords, no host key deletion, no hostname. Everything else comes from the image and the
-/// agent, so the two never do the same job.
+/// agent, so the two never do the same job. Node-specific: a node with its own host keys must
+/// keep them (`ssh_deletekeys: false`) when cloud-init runs for it again.
 pub(super) fn user_data(has_identity: bool) -> String {
     format!(
         "#cloud-config\n\

@@ -3,7 +3,7 @@
 
 use super::{Context, Facts, Family, Vendor, VendorError, exists};
 use crate::image::Image;
-use crate::plan::changes::Plan;
+use crate::plan::changes::{Kind, Plan};
 
 /// Where the builder keeps a copy of the host keys for families whose first boot replaces
 /// them unconditionally (Raspberry Pi OS bookworm), and the unit that puts them back.
@@ -79,14 +79,17 @@ impl Family for RaspiOs {
         ctx: &Context,
         p: &mut Plan,
     ) -> Result<(), VendorError> {
-        if !ctx.has_identity {
-            return Ok(());
+        if ctx.has_identity {
+            p.as_kind(Kind::IdentityGuard, |p| {
+                p.mask("regenerate_ssh_host_keys.service")
+            });
         }
-        p.mask("regenerate_ssh_host_keys.service");
         if self.0 == Release::Bookworm {
             // The bookworm `init=.../firstboot` also grows the root partition, so it stays; but
             // it deletes and regenerates the host keys unconditionally before systemd starts.
-            // Keep a copy (`host_key_copy_dir`) and put it back before sshd starts.
+            // Keep a copy (`host_key_copy_dir`) and put it back before sshd starts. Public: on
+            // an image without the node's keys (a generic one, until its seed brings them) the
+            // unit finds no copy and does nothing.
             p.file(
                 &format!("/etc/systemd/system/{HOSTKEYS_UNIT}"),
                 hostkeys_unit().into_bytes(),
@@ -133,6 +136,7 @@ fn hostkeys_unit() -> String {
          After=local-fs.target regenerate_ssh_host_keys.service\n\
          Before=ssh.service sshd.service\n\
          ConditionPathIsDirectory={IDENTITY_DIR}\n\
+         ConditionPathExistsGlob={IDENTITY_DIR}/ssh_host_*_key\n\
          \n\
          [Service]\n\
          Type=oneshot\n\

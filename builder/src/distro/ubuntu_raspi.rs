@@ -4,7 +4,7 @@
 use super::cloud::{meta_data, user_data};
 use super::{Context, Facts, Family, Vendor, VendorError};
 use crate::image::Image;
-use crate::plan::changes::Plan;
+use crate::plan::changes::{Kind, Plan};
 
 pub struct UbuntuRaspi;
 
@@ -31,12 +31,14 @@ impl Family for UbuntuRaspi {
             "/boot/firmware/meta-data",
             meta_data(ctx).into_bytes(),
             0o644,
-        );
+        )
+        .kind(Kind::Node);
         p.file(
             "/boot/firmware/user-data",
             user_data(ctx.has_identity).into_bytes(),
             0o644,
-        );
+        )
+        .kind(Kind::Node);
         Ok(())
     }
 }

@@ -4,10 +4,40 @@
 use crate::fs::{Content, Meta, Op};
 use std::path::PathBuf;
 
-/// One change, with whether its content is a secret (then the manifest never records its hash).
+/// Whose a change is. `build` applies every kind; `personalize` carries the node-specific ones
+/// ([`Kind::is_node_specific`]) to a generic image in its seed, so the two cannot disagree on
+/// what makes an image a given node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The same for every node of the board built from this config: a generic image has it.
+    Public,
+    /// Not secret but this node's: names it, or follows from its name or role (hostname,
+    /// node.toml, its firewall, cloud-init's instance).
+    Node,
+    /// The node's identity from the state directory (host keys, k3s node password), the same on
+    /// every rebuild.
+    Identity,
+    /// A secret of the cluster config (k3s token, NUT password, backup key file).
+    Secret,
+    /// Keeps an identity the build places through the vendor's own first boot (the masked key
+    /// regeneration). A full build only: a seed's identity arrives after that first boot ran,
+    /// and a generic image needs the vendor's keys until then.
+    IdentityGuard,
+}
+
+impl Kind {
+    /// What a seed carries to make a generic image this node.
+    pub fn is_node_specific(self) -> bool {
+        matches!(self, Kind::Node | Kind::Identity | Kind::Secret)
+    }
+}
+
+/// One change, whose it is, and whether its content is a secret (then the manifest never
+/// records its hash).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Change {
     pub op: Op,
+    pub kind: Kind,
     pub secret: bool,
 }
 
@@ -15,6 +45,8 @@ pub struct Change {
 pub struct Plan {
     changes: Vec<Change>,
     epoch: i64,
+    /// The kind of what is added now (see [`Plan::as_kind`]).
+    kind: Kind,
 }
 
 impl Plan {
@@ -23,7 +55,25 @@ impl Plan {
         Plan {
             changes: Vec::new(),
             epoch,
+            kind: Kind::Public,
         }
+    }
+
+    /// Runs `f` with every change it adds tagged `kind` (unless it says otherwise).
+    pub fn as_kind<T>(&mut self, kind: Kind, f: impl FnOnce(&mut Plan) -> T) -> T {
+        let outer = std::mem::replace(&mut self.kind, kind);
+        let out = f(self);
+        self.kind = outer;
+        out
+    }
+
+    fn push(&mut self, op: Op) -> &mut Change {
+        self.changes.push(Change {
+            op,
+            kind: self.kind,
+            secret: false,
+        });
+        self.changes.last_mut().expect("just pushed")
     }
 
     pub fn into_changes(self) -> Vec<Change> {
@@ -43,47 +93,36 @@ impl Plan {
     }
 
     fn write(&mut self, path: &str, content: Content, mode: u32) -> FileChange<'_> {
-        self.changes.push(Change {
-            op: Op::WriteFile {
-                path: path.into(),
-                content,
-                meta: Meta::root(mode, self.epoch),
-            },
-            secret: false,
-        });
-        FileChange(self.changes.last_mut().expect("just pushed"))
+        let meta = Meta::root(mode, self.epoch);
+        FileChange(self.push(Op::WriteFile {
+            path: path.into(),
+            content,
+            meta,
+        }))
     }
 
     /// Makes directory `path` (and missing parents) with `mode`, owned by root;
     /// `.owner(uid, gid)` on the result changes that.
     pub fn dir(&mut self, path: &str, mode: u32) -> DirChange<'_> {
-        self.changes.push(Change {
-            op: Op::Mkdir {
-                path: path.into(),
-                meta: Meta::root(mode, self.epoch),
-                parents: true,
-            },
-            secret: false,
-        });
-        DirChange(self.changes.last_mut().expect("just pushed"))
+        let meta = Meta::root(mode, self.epoch);
+        DirChange(self.push(Op::Mkdir {
+            path: path.into(),
+            meta,
+            parents: true,
+        }))
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) {
-        self.changes.push(Change {
-            op: Op::Symlink {
-                path: path.into(),
-                target: target.into(),
-                meta: Meta::root(0o777, self.epoch),
-            },
-            secret: false,
+        let meta = Meta::root(0o777, self.epoch);
+        self.push(Op::Symlink {
+            path: path.into(),
+            target: target.into(),
+            meta,
         });
     }
 
     pub fn remove(&mut self, path: &str) {
-        self.changes.push(Change {
-            op: Op::Remove { path: path.into() },
-            secret: false,
-        });
+        self.push(Op::Remove { path: path.into() });
     }
 
     /// Masks a systemd unit (a link to /dev/null), the documented way to switch a vendor's
@@ -93,8 +132,8 @@ impl Plan {
     }
 }
 
-/// A file just added by [`Plan::file`] or [`Plan::host_file`]: root-owned and public unless
-/// changed here.
+/// A file just added by [`Plan::file`] or [`Plan::host_file`]: root-owned, of the plan's
+/// current kind and not secret unless changed here.
 pub struct FileChange<'a>(&'a mut Change);
 
 impl FileChange<'_> {
@@ -104,9 +143,19 @@ impl FileChange<'_> {
         self
     }
 
-    /// Its content is a secret: the manifest never records its hash.
+    /// Its content is a secret: the manifest never records its hash. A secret is never
+    /// public: unless it is part of the node's identity it is a [`Kind::Secret`].
     pub fn secret(self) -> Self {
         self.0.secret = true;
+        if matches!(self.0.kind, Kind::Public | Kind::Node) {
+            self.0.kind = Kind::Secret;
+        }
+        self
+    }
+
+    /// Tagged `kind` instead of the plan's current one.
+    pub fn kind(self, kind: Kind) -> Self {
+        self.0.kind = kind;
         self
     }
 }
@@ -126,5 +175,39 @@ fn set_owner(op: &mut Op, uid: u32, gid: u32) {
     if let Op::WriteFile { meta, .. } | Op::Mkdir { meta, .. } = op {
         meta.uid = uid;
         meta.gid = gid;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_nest_and_secrets_are_never_public() {
+        let mut p = Plan::new(0);
+        p.file("/a", vec![], 0o644);
+        p.as_kind(Kind::Identity, |p| {
+            p.file("/b", vec![], 0o600).secret();
+            p.as_kind(Kind::IdentityGuard, |p| p.mask("x.service"));
+            p.file("/c", vec![], 0o644);
+        });
+        p.file("/d", vec![], 0o600).secret();
+        p.file("/e", vec![], 0o644).kind(Kind::Node);
+        let got: Vec<(&str, Kind, bool)> = p
+            .changes
+            .iter()
+            .map(|c| (c.op.path(), c.kind, c.secret))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/a", Kind::Public, false),
+                ("/b", Kind::Identity, true),
+                ("/etc/systemd/system/x.service", Kind::IdentityGuard, false),
+                ("/c", Kind::Identity, false),
+                ("/d", Kind::Secret, true),
+                ("/e", Kind::Node, false),
+            ]
+        );
     }
 }

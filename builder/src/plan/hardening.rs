@@ -42,6 +42,9 @@ pub struct RenderedFile {
     pub path: String,
     pub content: String,
     pub mode: u32,
+    /// Its content follows from the node (its role, whether the UPS is on it), so a generic
+    /// image's copy is another node's.
+    pub per_node: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,7 +87,10 @@ pub fn files(h: &Hardening, ctx: &Context) -> Result<Vec<RenderedFile>, Hardenin
     }
     if h.firewall {
         // Executable like Debian's own, which starts with `#!/usr/sbin/nft -f`.
-        out.push(file(NFTABLES_CONF, nftables(ctx), 0o755));
+        out.push(RenderedFile {
+            per_node: true,
+            ..file(NFTABLES_CONF, nftables(ctx), 0o755)
+        });
         out.push(file(
             NFTABLES_UNIT_DROPIN,
             NFTABLES_UNIT_TEXT.to_string(),
@@ -107,6 +113,7 @@ fn file(path: &str, content: String, mode: u32) -> RenderedFile {
         path: path.to_string(),
         content,
         mode,
+        per_node: false,
     }
 }
 

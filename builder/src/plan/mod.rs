@@ -17,7 +17,7 @@ use imagegen_firstboot::units;
 use std::path::{Path, PathBuf};
 use users::Accounts;
 
-pub use changes::{Change, Plan};
+pub use changes::{Change, Kind, Plan};
 
 /// Where the node config goes in the image.
 pub const NODE_TOML: &str = node::NODE_CONFIG_PATH;
@@ -78,18 +78,18 @@ impl NodeSpec<'_> {
     }
 }
 
-/// The changes that make `image` into node `spec`.
+/// The changes that make `image` into node `spec`, each tagged with whose it is.
 pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError> {
     let mut p = Plan::new(spec.epoch);
-    let cfg = spec.config;
     if !spec.generic {
         hostname(image, spec, &mut p)?;
     }
     admin(image, spec, &mut p)?;
     harden(image, spec, &mut p)?;
     kernel_cmdline(image, spec, &mut p)?;
+    identity_dirs(spec, &mut p);
     if let Some(id) = spec.identity {
-        identity(id, spec.vendor, &mut p);
+        p.as_kind(Kind::Identity, |p| identity(id, spec.vendor, p));
     }
     crate::distro::plan(
         spec.vendor,
@@ -100,54 +100,105 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         },
         &mut p,
     )?;
+    agent_config(spec, &mut p)?;
+    if !spec.generic {
+        secrets(spec, &mut p)?;
+    }
+    backup_pins(spec, &mut p)?;
+    staged_software(spec, &mut p)?;
+    Ok(p.into_changes())
+}
 
-    let node = node_config(spec)?;
-    let text = node
+/// Where the identity goes. Public, so a seed's identity files land in directories as a full
+/// build makes them; empty, they are inert (the bookworm restore unit waits for keys in its
+/// directory).
+fn identity_dirs(spec: &NodeSpec, p: &mut Plan) {
+    if let Some(dir) = spec.vendor.family().host_key_copy_dir() {
+        p.dir(dir, 0o700);
+    }
+    p.dir("/etc/rancher/node", 0o700);
+}
+
+/// The agent's node.toml, and the directory its k3s token goes in.
+fn agent_config(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    let text = node_config(spec)?
         .to_toml_string()
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
     p.dir("/etc/imagegen", 0o755);
-    p.file(NODE_TOML, text.into_bytes(), 0o600);
+    p.file(NODE_TOML, text.into_bytes(), 0o600).kind(Kind::Node);
+    if spec.config.k3s.is_some() {
+        p.dir("/etc/rancher/k3s", 0o755);
+    }
+    Ok(())
+}
 
-    if !spec.generic {
-        if let (Some(k), Some(id)) = (&cfg.k3s, spec.identity) {
-            let (dirs, files) = k3s_files(spec, k, &id.state_dir)?;
-            for (d, mode) in dirs {
-                p.dir(d, mode);
-            }
-            for f in files {
-                let change = p.file(&f.path, f.content, f.mode);
-                if f.secret {
-                    change.secret();
-                }
-            }
+/// The secrets the config's files hold, where node.toml says they are: the k3s token (and on
+/// the servers of a new cluster its CA set), the NUT password, the backup key (the node's own
+/// unless the config gives one).
+fn secrets(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    let cfg = spec.config;
+    if let (Some(k), Some(id)) = (&cfg.k3s, spec.identity) {
+        let (dirs, files) = k3s_files(spec, k, &id.state_dir)?;
+        for (d, mode) in dirs {
+            p.dir(d, mode);
         }
-        if let Some(u) = &cfg.ups {
-            let path = spec.resolve(&u.password_file);
-            let pw = read_secret(&path, "ups password_file")?;
-            check_nut_password(&pw, &path)?;
-            p.file(NUT_PASSWORD, pw, 0o600).secret();
-        }
-        if let Some(b) = &cfg.backup {
-            let key = match (&b.ssh_key_file, spec.identity) {
-                (Some(key), _) => {
-                    std::fs::read(spec.resolve(key)).map_err(|source| PlanError::Read {
-                        path: spec.resolve(key).display().to_string(),
-                        source,
-                    })?
-                }
-                (None, Some(id)) => id.backup_key.private.clone(),
-                (None, None) => Vec::new(),
-            };
-            if !key.is_empty() {
-                p.file(BACKUP_KEY, key, 0o600).secret();
+        for f in files {
+            let change = p.file(&f.path, f.content, f.mode);
+            if f.secret {
+                change.secret();
+            } else {
+                change.kind(Kind::Node);
             }
         }
     }
-    // Not a secret and the same on every node: a generic image carries it too.
-    if let Some(known_hosts) = backup_known_hosts(cfg, spec.config_dir)? {
-        p.file(BACKUP_KNOWN_HOSTS, known_hosts, 0o600);
+    if let Some(u) = &cfg.ups {
+        let path = spec.resolve(&u.password_file);
+        let pw = read_secret(&path, "ups password_file")?;
+        check_nut_password(&pw, &path)?;
+        p.file(NUT_PASSWORD, pw, 0o600).secret();
     }
-    if let Some(pkg) = cfg.zerotier.as_ref().and_then(|z| z.package.as_ref()) {
+    if let Some(b) = &cfg.backup {
+        let (key, kind) = match (&b.ssh_key_file, spec.identity) {
+            (Some(key), _) => (
+                std::fs::read(spec.resolve(key)).map_err(|source| PlanError::Read {
+                    path: spec.resolve(key).display().to_string(),
+                    source,
+                })?,
+                Kind::Secret,
+            ),
+            (None, Some(id)) => (id.backup_key.private.clone(), Kind::Identity),
+            (None, None) => (Vec::new(), Kind::Secret),
+        };
+        if !key.is_empty() {
+            p.file(BACKUP_KEY, key, 0o600).kind(kind).secret();
+        }
+    }
+    Ok(())
+}
+
+/// The NAS host keys backups accept. Not a secret and the same on every node, so a generic
+/// image carries it too; but it goes with the node.toml that points at it
+/// (`known_hosts_file`): a generic image built from a config that pinned another NAS key, or
+/// none, gets this config's from the seed.
+fn backup_pins(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    if let Some(known_hosts) = backup_known_hosts(spec.config, spec.config_dir)? {
+        p.file(BACKUP_KNOWN_HOSTS, known_hosts, 0o600)
+            .kind(Kind::Node);
+    }
+    Ok(())
+}
+
+/// What first boot installs without the internet: the zerotier-one package, k3s and its
+/// units, the agent and its units, and the presets that keep the agent's units off until it
+/// enables them. Not secret and the same for every node of a board: a generic image carries
+/// it too, or a personalized node would lack what a full build of it has.
+fn staged_software(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    if let Some(pkg) = spec
+        .config
+        .zerotier
+        .as_ref()
+        .and_then(|z| z.package.as_ref())
+    {
         let pkg = spec.resolve(pkg);
         if !pkg.is_file() {
             return Err(PlanError::Invalid(format!(
@@ -158,36 +209,13 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         p.dir("/var/cache/imagegen", 0o755);
         p.host_file(ZEROTIER_PACKAGE, pkg, 0o644);
     }
-    // Not a secret and the same for every node of a board: a generic image carries it too, or
-    // a personalized node would lack the k3s a full build of it has.
     let mut enabled_by_agent: Vec<&str> = Vec::new();
     if let Some(bin) = spec.k3s_binary {
-        stage_k3s(bin, spec.board, &mut p)?;
+        stage_k3s(bin, spec.board, p)?;
         enabled_by_agent.extend(["k3s.service", "k3s-agent.service"]);
     }
-
     if let Some(agent) = spec.agent {
-        let dir = Path::new(units::AGENT_BINARY_PATH)
-            .parent()
-            .and_then(Path::to_str)
-            .unwrap_or("/usr/local/bin");
-        p.dir(dir, 0o755);
-        p.host_file(units::AGENT_BINARY_PATH, agent.to_path_buf(), 0o755);
-        for (name, content) in units::UNITS {
-            p.file(
-                &format!("/etc/systemd/system/{name}"),
-                content.as_bytes().to_vec(),
-                0o644,
-            );
-        }
-        for (unit, target) in units::ENABLED_BY_BUILDER {
-            let wants = format!("/etc/systemd/system/{target}.wants");
-            p.dir(&wants, 0o755);
-            p.symlink(
-                &format!("{wants}/{unit}"),
-                &format!("/etc/systemd/system/{unit}"),
-            );
-        }
+        stage_agent(agent, p);
         enabled_by_agent.extend(
             units::UNITS
                 .iter()
@@ -199,7 +227,32 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
         p.dir("/etc/systemd/system-preset", 0o755);
         p.file(PRESET, preset_file(&enabled_by_agent).into_bytes(), 0o644);
     }
-    Ok(p.into_changes())
+    Ok(())
+}
+
+/// The agent binary, its units, and the ones the builder enables.
+fn stage_agent(agent: &Path, p: &mut Plan) {
+    let dir = Path::new(units::AGENT_BINARY_PATH)
+        .parent()
+        .and_then(Path::to_str)
+        .unwrap_or("/usr/local/bin");
+    p.dir(dir, 0o755);
+    p.host_file(units::AGENT_BINARY_PATH, agent.to_path_buf(), 0o755);
+    for (name, content) in units::UNITS {
+        p.file(
+            &format!("/etc/systemd/system/{name}"),
+            content.as_bytes().to_vec(),
+            0o644,
+        );
+    }
+    for (unit, target) in units::ENABLED_BY_BUILDER {
+        let wants = format!("/etc/systemd/system/{target}.wants");
+        p.dir(&wants, 0o755);
+        p.symlink(
+            &format!("{wants}/{unit}"),
+            &format!("/etc/systemd/system/{unit}"),
+        );
+    }
 }
 
 /// The token, and on servers of a new cluster the CA set, with the directories they need; a
@@ -254,7 +307,8 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
         if let Some((parent, _)) = crate::fs::path::split(&f.path) {
             p.dir(parent, 0o755);
         }
-        p.file(&f.path, f.content.into_bytes(), f.mode);
+        let kind = if f.per_node { Kind::Node } else { Kind::Public };
+        p.file(&f.path, f.content.into_bytes(), f.mode).kind(kind);
     }
     if cfg.hardening.firewall {
         // Debian ships nftables.service disabled. Where the image lacks nftables the agent
@@ -276,7 +330,7 @@ fn harden(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanEr
 
 /// The hardening files as the config's toggles say, for this node: the firewall depends on its
 /// role and on whether the UPS is plugged into it.
-pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, PlanError> {
+fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, PlanError> {
     let cfg = spec.config;
     let ups_server = cfg
         .ups
@@ -292,12 +346,10 @@ pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, 
     Ok(hardening::files(&cfg.hardening, &ctx)?)
 }
 
-/// The node's SSH host keys at their usual paths and the k3s node password.
+/// The node's SSH host keys at their usual paths (and in the family's copy directory) and the
+/// k3s node password.
 fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
     let copy_dir = vendor.family().host_key_copy_dir();
-    if let Some(dir) = copy_dir {
-        p.dir(dir, 0o700);
-    }
     for k in &id.host_keys {
         let name = format!("ssh_host_{}_key", k.kind);
         p.file(&format!("/etc/ssh/{name}"), k.private.clone(), 0o600)
@@ -309,7 +361,6 @@ fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
             p.file(&format!("{dir}/{name}.pub"), k.public.clone(), 0o644);
         }
     }
-    p.dir("/etc/rancher/node", 0o700);
     p.file(
         "/etc/rancher/node/password",
         id.k3s_node_password.clone().into_bytes(),
@@ -494,7 +545,8 @@ fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
         "/etc/hostname",
         format!("{}\n", spec.name).into_bytes(),
         0o644,
-    );
+    )
+    .kind(Kind::Node);
     let hosts = match image.read_file("/etc/hosts") {
         Ok(b) => String::from_utf8_lossy(&b).into_owned(),
         Err(ImageError::Fs(crate::fs::FsError::NotFound(_))) => String::new(),
@@ -504,12 +556,13 @@ fn hostname(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
         "/etc/hosts",
         set_hosts_name(&hosts, spec.name).into_bytes(),
         0o644,
-    );
+    )
+    .kind(Kind::Node);
     Ok(())
 }
 
 /// Points 127.0.1.1 (Debian's line for the own name) at `name`, keeping everything else.
-pub fn set_hosts_name(hosts: &str, name: &str) -> String {
+fn set_hosts_name(hosts: &str, name: &str) -> String {
     let line = format!("127.0.1.1\t{name}");
     let mut out: Vec<String> = Vec::new();
     let mut done = false;

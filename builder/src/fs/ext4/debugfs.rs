@@ -153,6 +153,20 @@ fn io_context(what: &Path, e: std::io::Error) -> FsError {
     ))
 }
 
+/// Whether `writes` file contents can be handed to debugfs: a descriptor each, opened by
+/// debugfs through /proc/self/fd.
+fn can_hand_over(writes: usize) -> Result<(), FsError> {
+    descriptors::reserve(writes)?;
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Err(FsError::Unsupported(
+            "imagegen hands file contents to debugfs through /proc/self/fd, and /proc \
+             is not mounted here; mount it (mount -t proc proc /proc)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Plan {
     /// Checks `ops` against the filesystem (parents, types, emptiness, names) and renders the
     /// script. Nothing is written to the image.
@@ -162,14 +176,7 @@ impl Plan {
             .filter(|op| matches!(op, Op::WriteFile { .. }))
             .count();
         if writes > 0 {
-            descriptors::reserve(writes)?;
-            if !Path::new("/proc/self/fd").is_dir() {
-                return Err(FsError::Unsupported(
-                    "imagegen hands file contents to debugfs through /proc/self/fd, and /proc \
-                     is not mounted here; mount it (mount -t proc proc /proc)"
-                        .into(),
-                ));
-            }
+            can_hand_over(writes)?;
         }
         let mut plan = Plan {
             script: String::new(),
@@ -183,143 +190,202 @@ impl Plan {
             fs,
             changed: HashMap::new(),
         };
-        let bs = u64::from(sb.block_size);
         for op in ops {
             let p = path::normalize(op.path())?;
             path::writable(&p)?;
             match op {
-                Op::Mkdir { meta, parents, .. } => {
-                    if p == "/" {
-                        if *parents {
-                            continue;
-                        }
-                        return Err(FsError::AlreadyExists(p));
-                    }
-                    if *parents {
-                        let mut at = String::new();
-                        for name in p.split('/').skip(1) {
-                            at = path::join(if at.is_empty() { "/" } else { &at }, name);
-                            match view.lookup(&at)? {
-                                None => plan.mkdir(&mut view, &at, meta),
-                                Some(FileType::Directory) => {}
-                                Some(_) => return Err(FsError::NotADirectory(at)),
-                            }
-                        }
-                    } else {
-                        let Some((parent, _)) = path::split(&p) else {
-                            return Err(FsError::AlreadyExists(p));
-                        };
-                        view.require_dir(parent)?;
-                        if view.lookup(&p)?.is_some() {
-                            return Err(FsError::AlreadyExists(p));
-                        }
-                        plan.mkdir(&mut view, &p, meta);
-                    }
-                }
+                Op::Mkdir { meta, parents, .. } => plan.add_dir(&mut view, p, meta, *parents)?,
                 Op::WriteFile { content, meta, .. } => {
-                    plan.make_room(&mut view, &p)?;
-                    let (staged, size) = plan.stage(content)?;
-                    let q = quote(&p);
-                    let fd = plan.inputs[staged].as_raw_fd();
-                    plan.cmd(format!("write {} {q}", quote(&inherited(fd))));
-                    plan.set_meta(&q, S_IFREG | (meta.mode & 0o7777), meta, epoch, sb);
-                    let data = size.div_ceil(bs);
-                    // The parent directory growing: a block, or an htree leaf and index.
-                    plan.blocks += data + map_blocks(data, bs, sb.has_extents()) + 2;
-                    plan.inodes += 1;
-                    view.changed.insert(p.clone(), Some(FileType::Regular));
-                    plan.expect.insert(
-                        p,
-                        Expect::File {
-                            staged,
-                            meta: *meta,
-                        },
-                    );
+                    plan.add_file(&mut view, p, content, meta, epoch, sb)?
                 }
                 Op::Symlink { target, meta, .. } => {
-                    // Control characters for the same reason as in paths (`path::writable`).
-                    if target.is_empty() || target.chars().any(char::is_control) {
-                        return Err(FsError::InvalidPath {
-                            path: target.clone(),
-                            reason: "a symlink target must be non-empty, without control \
-                                     characters"
-                                .into(),
-                        });
-                    }
-                    if target.len() >= sb.block_size as usize {
-                        return Err(FsError::InvalidPath {
-                            path: target.clone(),
-                            reason: format!(
-                                "a symlink target must be shorter than the block size ({})",
-                                sb.block_size
-                            ),
-                        });
-                    }
-                    plan.make_room(&mut view, &p)?;
-                    let q = quote(&p);
-                    plan.cmd(format!("symlink {q} {}", quote(target)));
-                    plan.set_owner_times(&q, meta, epoch, sb);
-                    plan.blocks += 2 + u64::from(target.len() >= FAST_SYMLINK_MAX);
-                    plan.inodes += 1;
-                    view.changed.insert(p.clone(), Some(FileType::Symlink));
-                    plan.expect.insert(
-                        p,
-                        Expect::Symlink {
-                            target: target.clone(),
-                            uid: meta.uid,
-                            gid: meta.gid,
-                        },
-                    );
+                    plan.add_symlink(&mut view, p, target, meta, epoch, sb)?
                 }
-                Op::Remove { .. } => {
-                    if p == "/" {
-                        return Err(FsError::InvalidPath {
-                            path: p,
-                            reason: "cannot remove the root directory".into(),
-                        });
-                    }
-                    match view.lookup(&p)? {
-                        None => return Err(FsError::NotFound(p)),
-                        Some(FileType::Directory) => {
-                            if !view.is_empty_dir(&p)? {
-                                return Err(FsError::NotEmpty(p));
-                            }
-                            plan.cmd(format!("rmdir {}", quote(&p)));
-                        }
-                        Some(_) => plan.discard(&mut view, &p)?,
-                    }
-                    view.changed.insert(p.clone(), None);
-                    plan.expect.insert(p, Expect::Absent);
-                }
+                Op::Remove { .. } => plan.add_remove(&mut view, p)?,
                 Op::SetMeta { mode, owner, .. } => {
-                    let type_bits = match view.lookup(&p)? {
-                        None => return Err(FsError::NotFound(p)),
-                        Some(FileType::Regular) => S_IFREG,
-                        Some(FileType::Directory) => S_IFDIR,
-                        Some(FileType::Symlink) => S_IFLNK,
-                        Some(FileType::Other) if mode.is_some() => {
-                            return Err(FsError::Unsupported(format!(
-                                "{p}: imagegen does not change the mode of device nodes, fifos \
-                                 or sockets"
-                            )));
-                        }
-                        Some(FileType::Other) => 0,
-                    };
-                    let q = quote(&p);
-                    if let Some(mode) = mode {
-                        plan.cmd(format!("sif {q} mode 0{:o}", type_bits | (mode & 0o7777)));
-                    }
-                    if let Some((uid, gid)) = owner {
-                        plan.cmd(format!("sif {q} uid {uid}\nsif {q} gid {gid}"));
-                    }
-                    plan.cmd(format!("sif {q} ctime @{epoch}"));
-                    plan.merge_meta(p, *mode, *owner);
+                    plan.add_set_meta(&view, p, *mode, *owner, epoch)?
                 }
             }
         }
+        plan.finish(epoch, sb)?;
+        Ok(plan)
+    }
+
+    /// `mkdir`, with missing parents when `parents`.
+    fn add_dir(
+        &mut self,
+        view: &mut View<'_>,
+        p: String,
+        meta: &Meta,
+        parents: bool,
+    ) -> Result<(), FsError> {
+        if p == "/" {
+            return if parents {
+                Ok(())
+            } else {
+                Err(FsError::AlreadyExists(p))
+            };
+        }
+        if parents {
+            let mut at = String::new();
+            for name in p.split('/').skip(1) {
+                at = path::join(if at.is_empty() { "/" } else { &at }, name);
+                match view.lookup(&at)? {
+                    None => self.mkdir(view, &at, meta),
+                    Some(FileType::Directory) => {}
+                    Some(_) => return Err(FsError::NotADirectory(at)),
+                }
+            }
+        } else {
+            let Some((parent, _)) = path::split(&p) else {
+                return Err(FsError::AlreadyExists(p));
+            };
+            view.require_dir(parent)?;
+            if view.lookup(&p)?.is_some() {
+                return Err(FsError::AlreadyExists(p));
+            }
+            self.mkdir(view, &p, meta);
+        }
+        Ok(())
+    }
+
+    /// A regular file, its content handed to debugfs through an inherited descriptor.
+    fn add_file(
+        &mut self,
+        view: &mut View<'_>,
+        p: String,
+        content: &Content,
+        meta: &Meta,
+        epoch: i64,
+        sb: &Superblock,
+    ) -> Result<(), FsError> {
+        self.make_room(view, &p)?;
+        let (staged, size) = self.stage(content)?;
+        let q = quote(&p);
+        let fd = self.inputs[staged].as_raw_fd();
+        self.cmd(format!("write {} {q}", quote(&inherited(fd))));
+        self.set_meta(&q, S_IFREG | (meta.mode & 0o7777), meta, epoch, sb);
+        let bs = u64::from(sb.block_size);
+        let data = size.div_ceil(bs);
+        // The parent directory growing: a block, or an htree leaf and index.
+        self.blocks += data + map_blocks(data, bs, sb.has_extents()) + 2;
+        self.inodes += 1;
+        view.changed.insert(p.clone(), Some(FileType::Regular));
+        self.expect.insert(
+            p,
+            Expect::File {
+                staged,
+                meta: *meta,
+            },
+        );
+        Ok(())
+    }
+
+    fn add_symlink(
+        &mut self,
+        view: &mut View<'_>,
+        p: String,
+        target: &str,
+        meta: &Meta,
+        epoch: i64,
+        sb: &Superblock,
+    ) -> Result<(), FsError> {
+        // Control characters for the same reason as in paths (`path::writable`).
+        if target.is_empty() || target.chars().any(char::is_control) {
+            return Err(FsError::InvalidPath {
+                path: target.to_string(),
+                reason: "a symlink target must be non-empty, without control characters".into(),
+            });
+        }
+        if target.len() >= sb.block_size as usize {
+            return Err(FsError::InvalidPath {
+                path: target.to_string(),
+                reason: format!(
+                    "a symlink target must be shorter than the block size ({})",
+                    sb.block_size
+                ),
+            });
+        }
+        self.make_room(view, &p)?;
+        let q = quote(&p);
+        self.cmd(format!("symlink {q} {}", quote(target)));
+        self.set_owner_times(&q, meta, epoch, sb);
+        self.blocks += 2 + u64::from(target.len() >= FAST_SYMLINK_MAX);
+        self.inodes += 1;
+        view.changed.insert(p.clone(), Some(FileType::Symlink));
+        self.expect.insert(
+            p,
+            Expect::Symlink {
+                target: target.to_string(),
+                uid: meta.uid,
+                gid: meta.gid,
+            },
+        );
+        Ok(())
+    }
+
+    /// A file, symlink or empty directory removed.
+    fn add_remove(&mut self, view: &mut View<'_>, p: String) -> Result<(), FsError> {
+        if p == "/" {
+            return Err(FsError::InvalidPath {
+                path: p,
+                reason: "cannot remove the root directory".into(),
+            });
+        }
+        match view.lookup(&p)? {
+            None => return Err(FsError::NotFound(p)),
+            Some(FileType::Directory) => {
+                if !view.is_empty_dir(&p)? {
+                    return Err(FsError::NotEmpty(p));
+                }
+                self.cmd(format!("rmdir {}", quote(&p)));
+            }
+            Some(_) => self.discard(view, &p)?,
+        }
+        view.changed.insert(p.clone(), None);
+        self.expect.insert(p, Expect::Absent);
+        Ok(())
+    }
+
+    /// The mode and/or owner of what is at `p` changed.
+    fn add_set_meta(
+        &mut self,
+        view: &View<'_>,
+        p: String,
+        mode: Option<u32>,
+        owner: Option<(u32, u32)>,
+        epoch: i64,
+    ) -> Result<(), FsError> {
+        let type_bits = match view.lookup(&p)? {
+            None => return Err(FsError::NotFound(p)),
+            Some(FileType::Regular) => S_IFREG,
+            Some(FileType::Directory) => S_IFDIR,
+            Some(FileType::Symlink) => S_IFLNK,
+            Some(FileType::Other) if mode.is_some() => {
+                return Err(FsError::Unsupported(format!(
+                    "{p}: imagegen does not change the mode of device nodes, fifos or sockets"
+                )));
+            }
+            Some(FileType::Other) => 0,
+        };
+        let q = quote(&p);
+        if let Some(mode) = mode {
+            self.cmd(format!("sif {q} mode 0{:o}", type_bits | (mode & 0o7777)));
+        }
+        if let Some((uid, gid)) = owner {
+            self.cmd(format!("sif {q} uid {uid}\nsif {q} gid {gid}"));
+        }
+        self.cmd(format!("sif {q} ctime @{epoch}"));
+        self.merge_meta(p, mode, owner);
+        Ok(())
+    }
+
+    /// What comes after every op: the times of the directories made, the room the aside
+    /// directory needs, and the check of the script's line lengths.
+    fn finish(&mut self, epoch: i64, sb: &Superblock) -> Result<(), FsError> {
         // Creating or removing entries sets a directory's mtime to the clock (the epoch), so
         // the times of the directories this batch made are set last.
-        let dirs: Vec<(String, Meta)> = plan
+        let dirs: Vec<(String, Meta)> = self
             .expect
             .iter()
             .filter_map(|(p, e)| match e {
@@ -328,23 +394,24 @@ impl Plan {
             })
             .collect();
         for (p, meta) in dirs {
-            plan.times(&quote(&p), meta.mtime, epoch, sb);
+            self.times(&quote(&p), meta.mtime, epoch, sb);
         }
-        if !plan.aside.moved.is_empty() {
+        if !self.aside.moved.is_empty() {
             // The directory's own block and inode, the root growing by a block, and its
             // entries (short numeric names, at most 16 bytes each).
-            plan.blocks += 2 + (plan.aside.moved.len() as u64 * 16).div_ceil(bs);
-            plan.inodes += 1;
+            let bs = u64::from(sb.block_size);
+            self.blocks += 2 + (self.aside.moved.len() as u64 * 16).div_ceil(bs);
+            self.inodes += 1;
         }
         // debugfs reads its script with fgets into a BUFSIZ (8192) buffer: a longer line would
         // be cut into two commands (seen with 1.47.0).
-        if let Some(line) = plan.script.lines().find(|l| l.len() >= MAX_LINE) {
+        if let Some(line) = self.script.lines().find(|l| l.len() >= MAX_LINE) {
             return Err(FsError::InvalidPath {
                 path: line.chars().take(200).collect::<String>() + "...",
                 reason: format!("a path and target together must stay under {MAX_LINE} bytes"),
             });
         }
-        Ok(plan)
+        Ok(())
     }
 
     fn cmd(&mut self, line: String) {
