@@ -134,7 +134,8 @@ fn token_pins_the_served_bundle() {
     assert_ne!(other.token, trust.token);
 }
 
-/// `openssl s_server -WWW` in `dir`: it answers `GET /cacerts` with the file `dir/cacerts`.
+/// `openssl s_server -HTTP` in `dir`: it answers `GET /cacerts` with the file `dir/cacerts`,
+/// which holds the whole reply (see [`reply_file`]).
 struct TlsServer(Child, u16);
 
 impl Drop for TlsServer {
@@ -152,7 +153,7 @@ fn serve(dir: &Path, cert: &Path, key: &Path) -> TlsServer {
         .port();
     let child = Command::new(oracle::tool("openssl"))
         .current_dir(dir)
-        .args(["s_server", "-quiet", "-WWW", "-accept"])
+        .args(["s_server", "-quiet", "-HTTP", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("-cert")
         .arg(cert)
@@ -169,6 +170,19 @@ fn serve(dir: &Path, cert: &Path, key: &Path) -> TlsServer {
         std::thread::sleep(Duration::from_millis(50));
     }
     TlsServer(child, port)
+}
+
+/// Writes `body` as a whole HTTP reply for `s_server -HTTP`. With a Content-Length, as k3s
+/// (Go's net/http) sends it: `-WWW` would end the body by closing the connection, which the
+/// agent refuses over TLS because a cut reply looks the same.
+fn reply_file(path: &Path, body: &[u8]) {
+    let mut reply = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(body);
+    std::fs::write(path, reply).unwrap();
 }
 
 /// A serving certificate for 127.0.0.1 signed by `ca` with openssl, as k3s signs its own with
@@ -237,7 +251,7 @@ fn the_agent_accepts_the_minted_token_against_the_served_ca() {
     let www = dir.path().join("www");
     std::fs::create_dir(&www).unwrap();
     // k3s serves server-ca.crt as it is on disk.
-    std::fs::copy(tls.join("server-ca.crt"), www.join("cacerts")).unwrap();
+    reply_file(&www.join("cacerts"), &std::fs::read(tls.join("server-ca.crt")).unwrap());
     let (crt, key) = serving_cert(
         dir.path(),
         &tls.join("server-ca.crt"),
