@@ -213,6 +213,7 @@ impl Operator {
         let config = self.path("cluster.toml");
         let out = self.run(&self.imagegen_bin(), &["init", s(&config)]);
         assert!(out.status.success(), "{}", stderr(&out));
+        common::set_operator_key(&config);
         fs::create_dir_all(self.path("secrets")).unwrap();
         fs::write(
             self.path("secrets/k3s-token"),

@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use support::http_server::{Fault, Server};
 use tempfile::TempDir;
 
-/// `ssh-keygen -t ed25519`.
-const OPERATOR_KEY: &str = "AAAAC3NzaC1lZDI1NTE5AAAAIKh3zm4jTyWkG2JCU6t4CiTqB2OtWqy8iOiOPc6FnUOu";
 const TOKEN: &str = "K10aa54f2c0e8d3b7a1f9e6c5d4b3a29181706f5e4d3c2b1a09f8e7d6c5b4a3c2d1::server:imagegen-test-token-7f3c9a";
 const NUT_PASSWORD: &str = "nut-test-password-51d2e8";
 
@@ -82,9 +80,9 @@ impl Cluster {
         assert!(out.status.success(), "init: {}", stderr(&out));
         // The operator's key in place of init's placeholder, and the existing cluster these
         // tests join (their token is pinned in the image checks).
-        let text = fs::read_to_string(c.config()).unwrap();
-        let text = text
-            .replace(imagegen::config::PLACEHOLDER_KEY, OPERATOR_KEY)
+        common::set_operator_key(&c.config());
+        let text = fs::read_to_string(c.config())
+            .unwrap()
             .replace("# token_file = ", "token_file = ");
         fs::write(c.config(), text).unwrap();
         fs::create_dir(c.path("secrets")).unwrap();

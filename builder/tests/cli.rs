@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::OPERATOR_KEY;
 use common::oracle;
 use common::{cached_fixture, fixture};
 use std::os::unix::fs::PermissionsExt;
@@ -647,20 +648,8 @@ fn check_refuses_a_node_name_that_is_no_hostname() {
 /// `imagegen init`, then the operator's key in place of the placeholder.
 fn init_with_key(config: &str) {
     ok(&["init", config]);
-    let text = std::fs::read_to_string(config).unwrap();
-    std::fs::write(
-        config,
-        text.replace(
-            imagegen::config::PLACEHOLDER_KEY,
-            OPERATOR_KEY.split(' ').nth(1).unwrap(),
-        ),
-    )
-    .unwrap();
+    common::set_operator_key(Path::new(config));
 }
-
-/// `ssh-keygen -t ed25519`.
-const OPERATOR_KEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKh3zm4jTyWkG2JCU6t4CiTqB2OtWqy8iOiOPc6FnUOu ops@laptop";
 
 /// Every lock-out problem at once, each with the file and line, and a non-zero exit.
 #[test]
