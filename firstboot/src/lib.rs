@@ -6,6 +6,7 @@
 
 pub mod attempts;
 pub mod backup;
+pub mod ca_hash;
 pub mod command;
 pub mod config;
 pub mod http;
