@@ -740,3 +740,38 @@ fn check_reports_every_lock_out_at_once() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("warning: two servers"), "{err}");
 }
+
+/// Three servers, one known by a host name only: check warns in one line that etcd stays open
+/// to every node; with every address an IP, it says nothing about etcd.
+#[test]
+fn check_warns_when_etcd_cannot_be_kept_between_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    let three = |c_address: &str| {
+        format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{OPERATOR_KEY}\"]\n\
+             [k3s]\n\
+             [[nodes]]\nname = \"a\"\nboard = \"x86-64\"\nrole = \"server\"\naddress = \"10.0.0.1\"\n\
+             [[nodes]]\nname = \"b\"\nboard = \"x86-64\"\nrole = \"server\"\naddress = \"fd00::2\"\n\
+             [[nodes]]\nname = \"c\"\nboard = \"x86-64\"\nrole = \"server\"\naddress = \"{c_address}\"\n"
+        )
+    };
+    std::fs::write(config, three("c.lan")).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    let etcd: Vec<&str> = err.lines().filter(|l| l.contains("etcd")).collect();
+    assert_eq!(etcd.len(), 1, "{err}");
+    assert!(
+        etcd[0]
+            .starts_with("warning: etcd (2379-2380) on the servers is open to every cluster node")
+            && etcd[0].contains("server(s) c "),
+        "{err}"
+    );
+    std::fs::write(config, three("10.0.0.3")).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("etcd"), "{err}");
+}

@@ -103,6 +103,9 @@ fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
                 .into(),
         );
     }
+    if let Some(w) = crate::cluster::servers::etcd_open_warning(c) {
+        r.warnings.push(w);
+    }
     if let Some(note) = c.not_applied() {
         r.warnings.push(format!("{}: {note}", path.display()));
     }

@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod known_hosts;
 pub mod kubeconfig;
+pub mod servers;
 pub mod token;
 
 use crate::config::{ClusterConfig, K3s, Role};

@@ -283,11 +283,15 @@ pub fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, 
         .as_ref()
         .and_then(|u| u.server.as_ref())
         .is_some_and(|s| s.get_ref() == spec.name);
+    let etcd_peers = (!spec.generic)
+        .then(|| crate::cluster::servers::other_server_addresses(cfg, spec.name).ok())
+        .flatten();
     let ctx = hardening::Context {
         admin_user: cfg.admin.user.get_ref(),
         role: spec.role,
         ups_server,
         zerotier: cfg.zerotier.is_some(),
+        etcd_peers: etcd_peers.as_deref(),
     };
     Ok(hardening::files(&cfg.hardening, &ctx)?)
 }
