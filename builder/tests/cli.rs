@@ -775,3 +775,57 @@ fn check_warns_when_etcd_cannot_be_kept_between_servers() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("etcd"), "{err}");
 }
+
+/// `[addons]`: an unknown add-on, a values file that is not there and a chart that is not a
+/// gzip archive are each refused, with the line.
+#[test]
+fn check_refuses_bad_addons() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    let head = format!(
+        "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{OPERATOR_KEY}\"]\n\
+         [k3s]\nserver_url = \"https://10.0.0.1:6443\"\n"
+    );
+    let nodes = "[[nodes]]\nname = \"m\"\nboard = \"x86-64\"\nrole = \"server\"\n";
+    std::fs::write(config, format!("{head}[addons]\nlogging = {{}}\n{nodes}")).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{config}:9:")), "{err}");
+    assert!(err.contains("logging"), "{err}");
+
+    std::fs::write(dir.path().join("chart.tgz"), "not a tarball\n").unwrap();
+    std::fs::write(
+        config,
+        format!(
+            "{head}[addons.monitoring]\nvalues = \"missing.yaml\"\n\
+             [addons.dashboard]\nchart = \"chart.tgz\"\n{nodes}"
+        ),
+    )
+    .unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for (line, needle) in [
+        (9, "addons.monitoring values"),
+        (11, "addons.dashboard chart"),
+    ] {
+        let want = format!("error: {config}:{line}:");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&want) && l.contains(needle)),
+            "{want} ... {needle} in\n{err}"
+        );
+    }
+    assert!(err.contains("is not a gzip file"), "{err}");
+
+    // The same files, fixed: no add-on error.
+    std::fs::write(dir.path().join("missing.yaml"), "a: 1\n").unwrap();
+    let chart = dir.path().join("chart.tgz");
+    let gz = oracle::output("gzip", &["-c", chart.to_str().unwrap()]).stdout;
+    std::fs::write(dir.path().join("chart.tgz"), gz).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+}

@@ -41,6 +41,12 @@ pub fn run(path: &Path) -> Result<Report, ConfigError> {
         config: c,
     };
     secret_files(&loaded, &text, &mut r);
+    for (span, message) in crate::addons::problems(&loaded.config, &loaded.dir) {
+        r.errors.push(match span {
+            Some(s) => config::at(&text, path, s, message).to_string(),
+            None => format!("{}: {message}", path.display()),
+        });
+    }
     cluster_warnings(&loaded.config, path, &mut r);
     r.loaded = Some(loaded);
     Ok(r)

@@ -121,6 +121,21 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
                 }
             }
         }
+        let manifests = crate::addons::manifests(cfg, spec.name, spec.config_dir)
+            .map_err(|e| PlanError::Invalid(e.to_string()))?;
+        if !manifests.is_empty() {
+            p.dir(crate::addons::MANIFESTS_DIR, 0o700);
+        }
+        for m in manifests {
+            let change = p.file(&m.path, m.content, 0o600);
+            if m.secret {
+                change.secret();
+            }
+        }
+        if cfg.k3s.is_some() && crate::addons::etcd_snapshots(cfg, spec.role).is_some() {
+            // Backed up from the first backup on, before k3s has taken a snapshot.
+            p.dir(crate::addons::SNAPSHOT_DIR, 0o700);
+        }
         if let Some(u) = &cfg.ups {
             let path = spec.resolve(&u.password_file);
             let pw = read_secret(&path, "ups password_file")?;
@@ -643,7 +658,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             },
             version: k.version.clone(),
             allow_unverified_token: false,
-            ..default_k3s()
+            ..etcd_snapshot_settings(cfg, spec.role)
         }
     });
     let ups = match &cfg.ups {
@@ -677,11 +692,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     let backup = match &cfg.backup {
         Some(b) => Some(node::BackupSection {
             target: ssh_url_to_rsync(b.target.get_ref())?,
-            paths: if b.paths.is_empty() {
-                vec![PathBuf::from("/etc")]
-            } else {
-                b.paths.iter().map(PathBuf::from).collect()
-            },
+            paths: backup_paths(cfg, b, spec.role),
             schedule: b
                 .schedule
                 .as_ref()
@@ -722,6 +733,35 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     n.validate()
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
     Ok(n)
+}
+
+/// k3s's defaults, with `[addons.etcd_snapshots]`'s schedule and retention on a server.
+fn etcd_snapshot_settings(cfg: &ClusterConfig, role: Role) -> node::K3sSection {
+    let mut k = default_k3s();
+    if let Some(e) = crate::addons::etcd_snapshots(cfg, role) {
+        if let Some(s) = &e.schedule {
+            k.etcd_snapshot_schedule = s.get_ref().clone();
+        }
+        if let Some(r) = e.retention {
+            k.etcd_snapshot_retention = r;
+        }
+    }
+    k
+}
+
+/// `[backup] paths` (default /etc), and on a server with `[addons.etcd_snapshots]` the
+/// snapshot directory.
+fn backup_paths(cfg: &ClusterConfig, b: &config::Backup, role: Role) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = if b.paths.is_empty() {
+        vec![PathBuf::from("/etc")]
+    } else {
+        b.paths.iter().map(PathBuf::from).collect()
+    };
+    let snapshots = PathBuf::from(crate::addons::SNAPSHOT_DIR);
+    if crate::addons::etcd_snapshots(cfg, role).is_some() && !paths.contains(&snapshots) {
+        paths.push(snapshots);
+    }
+    paths
 }
 
 fn default_k3s() -> node::K3sSection {
@@ -871,7 +911,7 @@ fn ssh_keygen_finds(file: &Path, name: &str) -> Result<bool, PlanError> {
 }
 
 /// The host of `ssh://user@host[:port]/path`, without brackets around an IPv6 address.
-fn ssh_url_host(url: &str) -> Result<String, PlanError> {
+pub(crate) fn ssh_url_host(url: &str) -> Result<String, PlanError> {
     let userhost = ssh_url_to_rsync(url)?;
     let userhost = userhost
         .split_once(":/")
