@@ -23,6 +23,9 @@ pub struct ClusterConfig {
     pub backup: Option<Backup>,
     #[serde(default)]
     pub hardening: Hardening,
+    /// Cluster add-ons k3s deploys itself (`crate::addons`).
+    #[serde(default)]
+    pub addons: Option<crate::addons::Addons>,
     #[serde(default)]
     pub nodes: Vec<Node>,
 }

@@ -4,6 +4,7 @@
 //! Layers, bottom up: `disk` (partition tables), `fs` (one `Op` vocabulary over FAT and ext4),
 //! `image` (partitions + filesystems + the mount view from the image's own /etc/fstab).
 
+pub mod addons;
 pub mod agent;
 pub mod arch;
 pub mod argv;

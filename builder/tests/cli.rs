@@ -729,3 +729,92 @@ fn check_reports_every_lock_out_at_once() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("warning: two servers"), "{err}");
 }
+
+/// Three servers, one known by a host name only: check warns in one line that etcd stays open
+/// to every node; with every address an IP, it says nothing about etcd.
+#[test]
+fn check_warns_when_etcd_cannot_be_kept_between_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    let three = |c_address: &str| {
+        format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{OPERATOR_KEY}\"]\n\
+             [k3s]\n\
+             [[nodes]]\nname = \"a\"\nboard = \"x86-64\"\nrole = \"server\"\naddress = \"10.0.0.1\"\n\
+             [[nodes]]\nname = \"b\"\nboard = \"x86-64\"\nrole = \"server\"\naddress = \"fd00::2\"\n\
+             [[nodes]]\nname = \"c\"\nboard = \"x86-64\"\nrole = \"server\"\naddress = \"{c_address}\"\n"
+        )
+    };
+    std::fs::write(config, three("c.lan")).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    let etcd: Vec<&str> = err.lines().filter(|l| l.contains("etcd")).collect();
+    assert_eq!(etcd.len(), 1, "{err}");
+    assert!(
+        etcd[0]
+            .starts_with("warning: etcd (2379-2380) on the servers is open to every cluster node")
+            && etcd[0].contains("server(s) c "),
+        "{err}"
+    );
+    std::fs::write(config, three("10.0.0.3")).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("etcd"), "{err}");
+}
+
+/// `[addons]`: an unknown add-on, a values file that is not there and a chart that is not a
+/// gzip archive are each refused, with the line.
+#[test]
+fn check_refuses_bad_addons() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    let head = format!(
+        "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{OPERATOR_KEY}\"]\n\
+         [k3s]\nserver_url = \"https://10.0.0.1:6443\"\n"
+    );
+    let nodes = "[[nodes]]\nname = \"m\"\nboard = \"x86-64\"\nrole = \"server\"\n";
+    std::fs::write(config, format!("{head}[addons]\nlogging = {{}}\n{nodes}")).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{config}:9:")), "{err}");
+    assert!(err.contains("logging"), "{err}");
+
+    std::fs::write(dir.path().join("chart.tgz"), "not a tarball\n").unwrap();
+    std::fs::write(
+        config,
+        format!(
+            "{head}[addons.monitoring]\nvalues = \"missing.yaml\"\n\
+             [addons.dashboard]\nchart = \"chart.tgz\"\n{nodes}"
+        ),
+    )
+    .unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for (line, needle) in [
+        (9, "addons.monitoring values"),
+        (11, "addons.dashboard chart"),
+    ] {
+        let want = format!("error: {config}:{line}:");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&want) && l.contains(needle)),
+            "{want} ... {needle} in\n{err}"
+        );
+    }
+    assert!(err.contains("is not a gzip file"), "{err}");
+
+    // The same files, fixed: no add-on error.
+    std::fs::write(dir.path().join("missing.yaml"), "a: 1\n").unwrap();
+    let chart = dir.path().join("chart.tgz");
+    let gz = oracle::output("gzip", &["-c", chart.to_str().unwrap()]).stdout;
+    std::fs::write(dir.path().join("chart.tgz"), gz).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+}

@@ -4,6 +4,7 @@
 
 use imagegen::config::{Hardening, Role};
 use imagegen::plan::hardening::{self, Context, HardeningError, RenderedFile};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -39,6 +40,7 @@ fn node(role: Role, ups_server: bool, zerotier: bool) -> Context<'static> {
         role,
         ups_server,
         zerotier,
+        etcd_peers: None,
     }
 }
 
@@ -206,16 +208,94 @@ fn sshd_order_check_agrees_with_sshd() {
 
 // ---- nftables ------------------------------------------------------------------------------
 
+/// Other servers' addresses as cluster.toml gives them: both families, one, or none at all.
+const PEERS: [&[IpAddr]; 4] = [
+    &[
+        IpAddr::V4(Ipv4Addr::new(192, 168, 1, 11)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 12)),
+        IpAddr::V4(Ipv4Addr::new(192, 168, 1, 13)),
+    ],
+    &[IpAddr::V4(Ipv4Addr::new(10, 147, 17, 2))],
+    &[IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 12))],
+    &[],
+];
+
 fn every_node() -> Vec<Context<'static>> {
     let mut v = Vec::new();
     for role in [Role::Server, Role::Agent] {
         for ups in [false, true] {
             for zt in [false, true] {
                 v.push(node(role, ups, zt));
+                if role == Role::Server {
+                    for peers in PEERS {
+                        v.push(Context {
+                            etcd_peers: Some(peers),
+                            ..node(role, ups, zt)
+                        });
+                    }
+                }
             }
         }
     }
     v
+}
+
+/// With the other servers' addresses, etcd answers those alone (on the ZeroTier interface when
+/// k3s runs over it); without them, every cluster node, as kubelet does.
+#[test]
+fn etcd_is_open_to_the_other_servers_only_when_their_addresses_are_known() {
+    let etcd_rules = |ctx: &Context| -> Vec<String> {
+        rendered(ctx, hardening::NFTABLES_CONF)
+            .content
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && l.contains("2379-2380"))
+            .map(String::from)
+            .collect()
+    };
+    let lan = node(Role::Server, false, false);
+    assert_eq!(
+        etcd_rules(&Context {
+            etcd_peers: Some(PEERS[0]),
+            ..lan
+        }),
+        [
+            "ip saddr { 192.168.1.11, 192.168.1.13 } tcp dport 2379-2380 accept",
+            "ip6 saddr { fd00::c } tcp dport 2379-2380 accept"
+        ]
+    );
+    assert_eq!(
+        etcd_rules(&Context {
+            etcd_peers: Some(PEERS[1]),
+            ..node(Role::Server, false, true)
+        }),
+        ["iifname \"zt*\" ip saddr { 10.147.17.2 } tcp dport 2379-2380 accept"]
+    );
+    assert!(
+        etcd_rules(&Context {
+            etcd_peers: Some(PEERS[3]),
+            ..lan
+        })
+        .is_empty()
+    );
+    let kubelet_sources = |ctx: &Context| -> Vec<String> {
+        rendered(ctx, hardening::NFTABLES_CONF)
+            .content
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(" tcp dport 10250 accept"))
+            .map(String::from)
+            .collect()
+    };
+    // Unknown addresses: the same sources as kubelet's.
+    for zt in [false, true] {
+        let ctx = node(Role::Server, false, zt);
+        let want: Vec<String> = kubelet_sources(&ctx)
+            .iter()
+            .map(|s| format!("{s} tcp dport 2379-2380 accept"))
+            .collect();
+        assert_eq!(etcd_rules(&ctx), want);
+    }
+    assert!(etcd_rules(&node(Role::Agent, false, false)).is_empty());
 }
 
 fn write_temp(content: &str) -> tempfile::NamedTempFile {

@@ -2,8 +2,9 @@
 //! service and wait for the server's `/ping`.
 //!
 //! The server is verified the way k3s itself does it, before anything secret could be sent: fetch
-//! `/cacerts` without TLS verification, compare its sha256 with the hash in the `K10<hash>::` token,
-//! then fetch it again trusting only that CA, which proves the server holds a certificate from it.
+//! `/cacerts` without TLS verification, compare its hash (computed as k3s computes it, see
+//! `ca_hash`) with the one in the `K10<hash>::` token, then fetch it again trusting only that CA,
+//! which proves the server holds a certificate from it.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -124,7 +125,8 @@ pub fn token_ca_hash(token: &str) -> Result<Option<String>, String> {
 ///
 /// A refusal is remembered until the token or server changes, so only a definite answer may
 /// produce one: a complete reply (see `http`) that is a well-formed PEM bundle and whose hash is
-/// not the token's. A reply cut short, garbled or unparsable is the network, not the server's
+/// not the token's (a bundle whose certificates do not parse has no hash in k3s either: it
+/// matches no token). A reply cut short, garbled or unparsable is the network, not the server's
 /// word, and is retried.
 pub fn fetch_verified_ca(
     server: &str,
@@ -137,10 +139,10 @@ pub fn fetch_verified_ca(
     if r.status != 200 {
         return Err(K3sError::Waiting(format!("{url}: HTTP {}", r.status)));
     }
-    let served = hex::encode(Sha256::digest(&r.body));
     let parsed = Trust::from_pem(&r.body);
+    let served = crate::ca_hash::of_bundle(&r.body);
     if let Some(expected) = expected
-        && served != expected
+        && served.as_deref() != Some(expected)
     {
         if let Err(e) = parsed {
             return Err(K3sError::Waiting(format!(
@@ -150,7 +152,7 @@ pub fn fetch_verified_ca(
         return Err(K3sError::CaMismatch {
             server: server.to_owned(),
             expected: expected.to_owned(),
-            served,
+            served: served.unwrap_or_else(|| "none: no certificate k3s can parse".into()),
         });
     }
     let trust = parsed.map_err(|e| K3sError::BadCa {

@@ -7,6 +7,7 @@
 pub mod attempts;
 pub mod backoff;
 pub mod backup;
+pub mod ca_hash;
 pub mod command;
 pub mod config;
 pub mod http;

@@ -41,6 +41,12 @@ pub fn run(path: &Path) -> Result<Report, ConfigError> {
         config: c,
     };
     secret_files(&loaded, &text, &mut r);
+    for (span, message) in crate::addons::problems(&loaded.config, &loaded.dir) {
+        r.errors.push(match span {
+            Some(s) => config::at(&text, path, s, message).to_string(),
+            None => format!("{}: {message}", path.display()),
+        });
+    }
     cluster_warnings(&loaded.config, path, &mut r);
     r.loaded = Some(loaded);
     Ok(r)
@@ -102,6 +108,9 @@ fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
              either server stops the cluster (no gain over one); use one server, or three"
                 .into(),
         );
+    }
+    if let Some(w) = crate::cluster::servers::etcd_open_warning(c) {
+        r.warnings.push(w);
     }
     if let Some(note) = c.not_applied() {
         r.warnings.push(format!("{}: {note}", path.display()));

@@ -16,9 +16,9 @@
 //! Why not the script's root and intermediate CA above them: `/cacerts` serves `server-ca.crt`
 //! as it is on disk, and k3s hashes a bundle of more than one certificate differently from a
 //! single one (`pkg/clientaccess/token.go`, `hashCA`: the DER of the chain's root instead of the
-//! file's bytes). A chained `server-ca.crt` would give a token k3s accepts and the node agent's
-//! check (`imagegen_firstboot::k3s::fetch_verified_ca`, the sha256 of the served bytes) refuses.
-//! With one self-signed certificate both compute the same hash, in every k3s release.
+//! file's bytes; `imagegen_firstboot::ca_hash` follows it). One self-signed certificate gives the
+//! same hash in every k3s release, including those before the chain rule, and needs no root key
+//! kept anywhere.
 //!
 //! `service.key` is RSA 2048 in PKCS#1 PEM, what the script's `openssl genrsa -traditional 2048`
 //! writes; ring cannot make RSA keys, so ssh-keygen does (`-m PEM`), as it makes the host keys.

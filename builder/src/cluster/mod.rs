@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod known_hosts;
 pub mod kubeconfig;
+pub mod servers;
 pub mod token;
 
 use crate::config::{ClusterConfig, K3s, Role};
@@ -194,7 +195,12 @@ impl Trust {
             .find(|f| f.path == "server-ca.crt")
             .expect("in the set")
             .content;
-        let token = token::mint(server_ca, &token::load_secret(&dir)?);
+        let token = token::mint(server_ca, &token::load_secret(&dir)?).ok_or_else(|| {
+            ClusterError::Invalid(format!(
+                "{}: server-ca.crt holds no certificate k3s can parse",
+                dir.join("tls").display()
+            ))
+        })?;
         let path = dir.join(CREATED_FILE);
         let created = std::fs::read_to_string(&path)
             .map_err(ClusterError::io(&path))?

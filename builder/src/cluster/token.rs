@@ -4,21 +4,19 @@
 //! the server serves at `/cacerts`, `::`, then the credentials, here the `server` user and its
 //! password, as in the token k3s itself writes to `server/token`. `/cacerts` serves the bytes
 //! of `server/tls/server-ca.crt` unchanged (`pkg/server/handlers`, `CACerts`, `os.ReadFile`
-//! of `Runtime.ServerCA`), and for a bundle of one certificate k3s hashes exactly those bytes
-//! (`hashCA`), as the node agent does (`imagegen_firstboot::k3s::fetch_verified_ca`).
+//! of `Runtime.ServerCA`), and the hash is k3s's `hashCA` of those bytes, computed by the same
+//! function the node agent checks `/cacerts` with (`imagegen_firstboot::ca_hash`).
 
 use super::ClusterError;
-use sha2::{Digest, Sha256};
 use std::path::Path;
 
 const SECRET_FILE: &str = "token-secret";
 
-/// The full token for a server CA bundle and a secret.
-pub fn mint(server_ca_bundle: &[u8], secret: &str) -> String {
-    format!(
-        "K10{}::server:{secret}",
-        hex::encode(Sha256::digest(server_ca_bundle))
-    )
+/// The full token for a server CA bundle and a secret; `None` when the bundle holds no
+/// certificate k3s can parse.
+pub fn mint(server_ca_bundle: &[u8], secret: &str) -> Option<String> {
+    let hash = imagegen_firstboot::ca_hash::of_bundle(server_ca_bundle)?;
+    Some(format!("K10{hash}::server:{secret}"))
 }
 
 /// Makes the random secret in `dir`: 32 bytes as hex, the length of the passwords k3s makes

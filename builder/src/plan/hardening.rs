@@ -3,6 +3,7 @@
 //! cluster.toml. The templates live in `overlays/` at the workspace root.
 
 use crate::config::{Hardening, Role};
+use std::net::IpAddr;
 
 /// Where the sshd drop-in goes. Its name sorts before the vendors' drop-ins, which is what makes
 /// it win (sshd keeps the first value it reads); see [`check_sshd_order`].
@@ -33,6 +34,9 @@ pub struct Context<'a> {
     pub ups_server: bool,
     /// The node joins a ZeroTier network, and k3s runs over it.
     pub zerotier: bool,
+    /// On a server, the addresses of the other servers, when cluster.toml gives them all
+    /// (`cluster::servers`): etcd is open to those alone. `None`: to every cluster node.
+    pub etcd_peers: Option<&'a [std::net::IpAddr]>,
 }
 
 /// A root-owned regular file for the image.
@@ -170,9 +174,15 @@ fn nftables(ctx: &Context) -> String {
         add(&format!("{p} udp dport 8472 accept"));
     }
     if ctx.role == Role::Server {
-        add("# etcd client and peer ports, between servers.");
-        for p in peers {
-            add(&format!("{p} tcp dport 2379-2380 accept"));
+        match ctx.etcd_peers {
+            None => {
+                add("# etcd client and peer ports, for the servers; open to every cluster node");
+                add("# because cluster.toml does not give every other server's IP address.");
+                for p in peers {
+                    add(&format!("{p} tcp dport 2379-2380 accept"));
+                }
+            }
+            Some(servers) => etcd_between_servers(&mut add, ctx.zerotier, servers),
         }
     }
     if ctx.ups_server {
@@ -182,6 +192,30 @@ fn nftables(ctx: &Context) -> String {
         }
     }
     NFTABLES_TEMPLATE.replace("@ROLE_RULES@", &rules)
+}
+
+/// etcd's client and peer ports for the other servers' addresses only, each family in its own
+/// set. A server added to the cluster later is let in once this server's image is rebuilt with
+/// it in cluster.toml (or its address added here).
+fn etcd_between_servers(add: &mut impl FnMut(&str), zerotier: bool, servers: &[IpAddr]) {
+    let (v4, v6): (Vec<&IpAddr>, Vec<&IpAddr>) = servers.iter().partition(|a| a.is_ipv4());
+    if servers.is_empty() {
+        add("# etcd client and peer ports: closed, cluster.toml names no other server.");
+        return;
+    }
+    add("# etcd client and peer ports, from the other servers (their cluster.toml addresses).");
+    // On the ZeroTier interface only when k3s runs over it: the addresses are its members'.
+    let on = if zerotier { "iifname \"zt*\" " } else { "" };
+    for (family, set) in [("ip", v4), ("ip6", v6)] {
+        if set.is_empty() {
+            continue;
+        }
+        let list: Vec<String> = set.iter().map(|a| a.to_string()).collect();
+        add(&format!(
+            "{on}{family} saddr {{ {} }} tcp dport 2379-2380 accept",
+            list.join(", ")
+        ));
+    }
 }
 
 /// Checks that the drop-in at [`SSHD_DROPIN`] will win in an image whose main sshd config is
@@ -260,6 +294,7 @@ mod tests {
             role,
             ups_server: false,
             zerotier: true,
+            etcd_peers: None,
         }
     }
 

@@ -150,6 +150,22 @@ fn secrets(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
                 change.kind(Kind::Node);
             }
         }
+        // Add-ons go to the first server only, so they are the node's own.
+        let manifests = crate::addons::manifests(cfg, spec.name, spec.config_dir)
+            .map_err(|e| PlanError::Invalid(e.to_string()))?;
+        if !manifests.is_empty() {
+            p.dir(crate::addons::MANIFESTS_DIR, 0o700);
+        }
+        for m in manifests {
+            let change = p.file(&m.path, m.content, 0o600).kind(Kind::Node);
+            if m.secret {
+                change.secret();
+            }
+        }
+        if crate::addons::etcd_snapshots(cfg, spec.role).is_some() {
+            // Backed up from the first backup on, before k3s has taken a snapshot.
+            p.dir(crate::addons::SNAPSHOT_DIR, 0o700);
+        }
     }
     if let Some(u) = &cfg.ups {
         let path = spec.resolve(&u.password_file);
@@ -337,11 +353,15 @@ fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, Plan
         .as_ref()
         .and_then(|u| u.server.as_ref())
         .is_some_and(|s| s.get_ref() == spec.name);
+    let etcd_peers = (!spec.generic)
+        .then(|| crate::cluster::servers::other_server_addresses(cfg, spec.name).ok())
+        .flatten();
     let ctx = hardening::Context {
         admin_user: cfg.admin.user.get_ref(),
         role: spec.role,
         ups_server,
         zerotier: cfg.zerotier.is_some(),
+        etcd_peers: etcd_peers.as_deref(),
     };
     Ok(hardening::files(&cfg.hardening, &ctx)?)
 }
@@ -692,7 +712,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             },
             version: k.version.clone(),
             allow_unverified_token: false,
-            ..default_k3s()
+            ..etcd_snapshot_settings(cfg, spec.role)
         }
     });
     let ups = match &cfg.ups {
@@ -726,11 +746,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     let backup = match &cfg.backup {
         Some(b) => Some(node::BackupSection {
             target: ssh_url_to_rsync(b.target.get_ref())?,
-            paths: if b.paths.is_empty() {
-                vec![PathBuf::from("/etc")]
-            } else {
-                b.paths.iter().map(PathBuf::from).collect()
-            },
+            paths: backup_paths(cfg, b, spec.role),
             schedule: b
                 .schedule
                 .as_ref()
@@ -771,6 +787,35 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     n.validate()
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
     Ok(n)
+}
+
+/// k3s's defaults, with `[addons.etcd_snapshots]`'s schedule and retention on a server.
+fn etcd_snapshot_settings(cfg: &ClusterConfig, role: Role) -> node::K3sSection {
+    let mut k = default_k3s();
+    if let Some(e) = crate::addons::etcd_snapshots(cfg, role) {
+        if let Some(s) = &e.schedule {
+            k.etcd_snapshot_schedule = s.get_ref().clone();
+        }
+        if let Some(r) = e.retention {
+            k.etcd_snapshot_retention = r;
+        }
+    }
+    k
+}
+
+/// `[backup] paths` (default /etc), and on a server with `[addons.etcd_snapshots]` the
+/// snapshot directory.
+fn backup_paths(cfg: &ClusterConfig, b: &config::Backup, role: Role) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = if b.paths.is_empty() {
+        vec![PathBuf::from("/etc")]
+    } else {
+        b.paths.iter().map(PathBuf::from).collect()
+    };
+    let snapshots = PathBuf::from(crate::addons::SNAPSHOT_DIR);
+    if crate::addons::etcd_snapshots(cfg, role).is_some() && !paths.contains(&snapshots) {
+        paths.push(snapshots);
+    }
+    paths
 }
 
 fn default_k3s() -> node::K3sSection {
@@ -916,7 +961,7 @@ fn ssh_keygen_finds(file: &Path, name: &str) -> Result<bool, PlanError> {
 }
 
 /// The host of `ssh://user@host[:port]/path`, without brackets around an IPv6 address.
-fn ssh_url_host(url: &str) -> Result<String, PlanError> {
+pub(crate) fn ssh_url_host(url: &str) -> Result<String, PlanError> {
     let userhost = ssh_url_to_rsync(url)?;
     let userhost = userhost
         .split_once(":/")
