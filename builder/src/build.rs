@@ -239,6 +239,10 @@ pub fn build(req: &Request) -> Result<Manifest> {
             id.backup_key_pub_path.display()
         );
     }
+    let zerotier_address = match (&req.config.zerotier, &identity) {
+        (Some(_), Some(id)) => Some(crate::vpn::zerotier::announce(id, req.node)?),
+        _ => None,
+    };
     let ops: Vec<Op> = changes.iter().map(|c| c.op.clone()).collect();
     let mut image = apply_growing(image, &work.path, &ops, epoch)?;
 
@@ -246,6 +250,7 @@ pub fn build(req: &Request) -> Result<Manifest> {
         imagegen_version: env!("CARGO_PKG_VERSION").into(),
         board: board.id.clone(),
         node: (!req.generic).then(|| req.node.to_string()),
+        zerotier_address,
         source_date_epoch: Some(epoch),
         inputs: inputs(&source, &fetched, agent)?,
         tools: tools()?,

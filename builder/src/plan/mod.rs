@@ -90,6 +90,17 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     kernel_cmdline(image, spec, &mut p)?;
     if let Some(id) = spec.identity {
         identity(id, spec.vendor, &mut p);
+        if cfg.zerotier.is_some() {
+            let zt = crate::vpn::zerotier::load_or_create(&id.state_dir, spec.name)
+                .map_err(|e| PlanError::Invalid(e.to_string()))?;
+            p.dir(crate::vpn::zerotier::HOME, 0o700);
+            for f in crate::vpn::zerotier::image_files(&zt) {
+                let change = p.file(&f.path, f.content, f.mode);
+                if f.secret {
+                    change.secret();
+                }
+            }
+        }
     }
     crate::distro::plan(
         spec.vendor,

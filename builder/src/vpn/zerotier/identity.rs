@@ -87,15 +87,15 @@ impl fmt::Debug for Identity {
 impl Identity {
     /// A new identity; `random` fills buffers with secure randomness (a seeded source in
     /// tests). Each candidate costs one memory-hard hash and about one in 15 passes.
-    pub fn generate(mut random: impl FnMut(&mut [u8])) -> Identity {
+    pub fn generate<E>(mut random: impl FnMut(&mut [u8]) -> Result<(), E>) -> Result<Identity, E> {
         let mut genmem = vec![0u8; GEN_MEMORY];
         let mut private = [0u8; KEY_LEN];
-        random(&mut private[32..]);
+        random(&mut private[32..])?;
         let ed = ed25519_public(&private);
         loop {
             // ZeroTierOne keeps the Ed25519 half and retries new X25519 secrets
             // (`C25519::generateSatisfying`); fresh randomness per attempt does the same job.
-            random(&mut private[..32]);
+            random(&mut private[..32])?;
             let mut public = [0u8; KEY_LEN];
             public[..32].copy_from_slice(&x25519_public(&private));
             public[32..].copy_from_slice(&ed);
@@ -107,11 +107,11 @@ impl Identity {
             if address.is_reserved() {
                 continue;
             }
-            return Identity {
+            return Ok(Identity {
                 address,
                 public,
                 private: Some(private),
-            };
+            });
         }
     }
 
@@ -344,11 +344,12 @@ mod tests {
     }
 
     /// A fixed, seeded byte source (Salsa20 keystream) so a failure can be reproduced.
-    pub(crate) fn seeded(seed: u8) -> impl FnMut(&mut [u8]) {
+    fn seeded(seed: u8) -> impl FnMut(&mut [u8]) -> Result<(), std::convert::Infallible> {
         let mut s = Salsa20::new_from_slices(&[seed; 32], &[0; 8]).unwrap();
         move |buf: &mut [u8]| {
             buf.fill(0);
             s.apply_keystream(buf);
+            Ok(())
         }
     }
 
@@ -359,7 +360,7 @@ mod tests {
     fn generated_identities_validate_and_round_trip() {
         let mut addresses = std::collections::HashSet::new();
         for seed in [7, 11, 18] {
-            let id = Identity::generate(seeded(seed));
+            let Ok(id) = Identity::generate(seeded(seed));
             assert!(id.locally_validate(), "seed {seed}");
             let secret = id.secret_string().unwrap();
             let back: Identity = secret.parse().unwrap();
