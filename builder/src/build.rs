@@ -398,6 +398,10 @@ fn build(req: &Job) -> Result<Manifest> {
             id.backup_key_pub_path.display()
         );
     }
+    let zerotier_address = match (&req.config.zerotier, &identity) {
+        (Some(_), Some(id)) => Some(crate::vpn::zerotier::announce(id, req.node)?),
+        _ => None,
+    };
     let ops: Vec<Op> = changes.iter().map(|c| c.op.clone()).collect();
     let mut image = apply_growing(image, &work.path, &ops, epoch)?;
 
@@ -405,6 +409,7 @@ fn build(req: &Job) -> Result<Manifest> {
         imagegen_version: env!("CARGO_PKG_VERSION").into(),
         board: board.id.clone(),
         node: (!req.generic).then(|| req.node.to_string()),
+        zerotier_address,
         source_date_epoch: Some(epoch),
         inputs: inputs(&source, &fetched, agent)?,
         tools: tools()?,

@@ -28,3 +28,4 @@ pub mod io;
 pub mod personalize;
 pub mod plan;
 pub mod pubkey;
+pub mod vpn;

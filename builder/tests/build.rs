@@ -1565,3 +1565,60 @@ fn board_build_takes_the_operators_keys_whatever_their_format_and_comments() {
         .concat()
     );
 }
+
+/// The node's ZeroTier identity is made once into the state directory and put into every
+/// rebuild unchanged, so a replacement card is the same member: read back with debugfs (root
+/// 0600, identical across rebuilds, accepted by our implementation of ZeroTier's validation),
+/// and its address is in the build's output and manifest but the secret is nowhere else.
+#[test]
+fn zerotier_identity_is_kept_across_rebuilds() {
+    use imagegen::vpn::zerotier::Identity;
+    let c = Cluster::new();
+    assert!(
+        fs::read_to_string(c.config())
+            .unwrap()
+            .contains("[zerotier]")
+    );
+    let img = common::fixture("rpios-trixie");
+    let mut secrets = Vec::new();
+    for out in ["a.img", "b.img"] {
+        let args = c.build_args("pi4-a", s(&img), out);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = c.imagegen(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let out = c.out_dir().join(out);
+        let root = oracle::partition(&out, 2).start;
+        let secret = String::from_utf8(ext4_bytes(
+            &out,
+            root,
+            "/var/lib/zerotier-one/identity.secret",
+        ))
+        .unwrap();
+        let id: Identity = secret.parse().unwrap();
+        assert!(id.locally_validate(), "{secret}");
+        let private_hex = secret.rsplit(':').next().unwrap();
+        assert_only_in(&out, root, "/var/lib/zerotier-one/identity.secret", &secret);
+        let public = oracle::ext4_cat(&out, root, "/var/lib/zerotier-one/identity.public");
+        assert_eq!(public, id.public_string());
+        let stat = oracle::debugfs(&out, root, "stat /var/lib/zerotier-one/identity.public");
+        assert!(stat.contains("Mode:  0644"), "{stat}");
+        let address = id.address().to_string();
+        assert!(
+            stderr(&run).contains(&format!("ZeroTier member {address}")),
+            "{}",
+            stderr(&run)
+        );
+        let m = manifest(&out);
+        assert_eq!(m["zerotier_address"], address.as_str());
+        let text = fs::read_to_string(c.out_dir().join(format!(
+            "{}.manifest.json",
+            out.file_name().unwrap().to_str().unwrap()
+        )))
+        .unwrap();
+        for leak in [&text, &stderr(&run)] {
+            assert!(!leak.contains(private_hex), "the private key leaked");
+        }
+        secrets.push(secret);
+    }
+    assert_eq!(secrets[0], secrets[1], "a rebuild changed the identity");
+}

@@ -27,6 +27,10 @@ pub struct BuildRecord {
     pub board: String,
     /// The node name; `None` for a generic image.
     pub node: Option<String>,
+    /// The node's ZeroTier member address (10 hex digits, public: ZeroTier Central lists it),
+    /// when it has `[zerotier]`; the same on every rebuild, since the identity is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zerotier_address: Option<String>,
     /// `SOURCE_DATE_EPOCH` the build used for timestamps.
     pub source_date_epoch: Option<i64>,
     pub inputs: Vec<Input>,
@@ -161,6 +165,7 @@ mod tests {
                 imagegen_version: "0.1.0".into(),
                 board: "rpi4".into(),
                 node: Some("pi4-a".into()),
+                zerotier_address: None,
                 source_date_epoch: Some(1_700_000_000),
                 inputs: vec![],
                 tools: vec![Tool {

@@ -90,6 +90,19 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     identity_dirs(spec, &mut p);
     if let Some(id) = spec.identity {
         p.as_kind(Kind::Identity, |p| identity(id, spec.vendor, p));
+        if spec.config.zerotier.is_some() {
+            // The same member address after every rebuild and on every replacement card.
+            let zt = crate::vpn::zerotier::load_or_create(&id.state_dir, spec.name)
+                .map_err(|e| PlanError::Invalid(e.to_string()))?;
+            p.as_kind(Kind::Identity, |p| {
+                for f in crate::vpn::zerotier::image_files(&zt) {
+                    let change = p.file(&f.path, f.content, f.mode);
+                    if f.secret {
+                        change.secret();
+                    }
+                }
+            });
+        }
     }
     crate::distro::plan(
         spec.vendor,
@@ -117,6 +130,9 @@ fn identity_dirs(spec: &NodeSpec, p: &mut Plan) {
         p.dir(dir, 0o700);
     }
     p.dir("/etc/rancher/node", 0o700);
+    if spec.config.zerotier.is_some() {
+        p.dir(crate::vpn::zerotier::HOME, 0o700);
+    }
 }
 
 /// The agent's node.toml, and the directory its k3s token goes in.
