@@ -60,7 +60,8 @@ impl FreeSpace {
         };
 
         let mut free = Vec::new();
-        let mut used = vec![0..first.start];
+        let mut used: Vec<Range<u64>> = Vec::new();
+        used.push(0..first.start);
         if table.kind == TableKind::Gpt {
             let h = Gpt::read_from(&mut file, len)
                 .map_err(|source| ImageError::Disk {
