@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use imagegen::emit::{self, BuildRecord, EmitError, EmitOptions, Manifest, StreamSource};
+use imagegen::image::FreeSpace;
 
 /// Runs a tool, failing the test with the apt package to install when it is missing.
 fn run(dir: &Path, program: &str, args: &[&str], package: &str) -> Output {
@@ -222,6 +223,7 @@ fn failed_emit_leaves_no_output_and_no_temp_file() {
         let source = StreamSource::new(FailingReader { left: 5 << 20 }, 64 << 20);
         let err = emit::emit_from(
             source,
+            &FreeSpace::none(),
             Path::new("failing"),
             &d.join(name),
             build(),

@@ -1,11 +1,14 @@
 //! The block map of the raw image in bmaptool's XML format 2.0, so `bmaptool copy` writes only
-//! the blocks that hold data and checks each range's sha256 as it goes.
+//! the blocks that matter and checks each range's sha256 as it goes. A block is left out only
+//! when it is all zeros and nothing uses it (see `image::FreeSpace` for why both).
 
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
-/// bmap block size; also the granularity at which all-zero blocks become holes.
+/// bmap block size; also the granularity at which free all-zero blocks are left out.
 pub const BLOCK_SIZE: u64 = 4096;
+
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// A run of mapped blocks, inclusive, with the sha256 of its bytes.
 struct MappedRange {
@@ -23,6 +26,7 @@ pub struct BmapBuilder {
     ranges: Vec<MappedRange>,
     open: Option<(u64, Sha256)>,
     next_block: u64,
+    mapped_blocks: u64,
 }
 
 impl BmapBuilder {
@@ -32,6 +36,7 @@ impl BmapBuilder {
             ranges: Vec::new(),
             open: None,
             next_block: 0,
+            mapped_blocks: 0,
         }
     }
 
@@ -42,10 +47,22 @@ impl BmapBuilder {
             .open
             .get_or_insert_with(|| (self.next_block, Sha256::new()));
         hasher.update(data);
-        self.next_block += (data.len() as u64).div_ceil(BLOCK_SIZE);
+        let blocks = (data.len() as u64).div_ceil(BLOCK_SIZE);
+        self.next_block += blocks;
+        self.mapped_blocks += blocks;
     }
 
-    /// The next `len` bytes of the image are a hole or zeros.
+    /// The next `len` bytes of the image are zeros that must be written all the same (they
+    /// mean something to the filesystem that owns them).
+    pub fn mapped_zeros(&mut self, mut len: u64) {
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64);
+            self.mapped(&ZEROS[..n as usize]);
+            len -= n;
+        }
+    }
+
+    /// The next `len` bytes of the image are zeros nothing uses: flashing may skip them.
     pub fn unmapped(&mut self, len: u64) {
         self.close();
         self.next_block += len.div_ceil(BLOCK_SIZE);
@@ -59,6 +76,11 @@ impl BmapBuilder {
                 sha256: hasher.finalize().into(),
             });
         }
+    }
+
+    /// Blocks mapped so far.
+    pub fn mapped_blocks(&self) -> u64 {
+        self.mapped_blocks
     }
 
     /// The bmap file. Its BmapFileChecksum is the sha256 of the file with that field written as

@@ -104,7 +104,8 @@ pub struct Output {
     /// sha256 and size of the raw disk image it holds (what ends up on the card).
     pub raw_sha256: String,
     pub raw_size: u64,
-    /// Blocks of 4 KiB that hold data, as listed in `OUT.bmap`.
+    /// Blocks of 4 KiB listed in `OUT.bmap`: the ones a flash writes (data, and zeros that are
+    /// in use).
     pub mapped_blocks: u64,
     pub compressor: Option<Compressor>,
 }

@@ -3,7 +3,10 @@
 //! beside it.
 //!
 //! One pass over the raw image does everything: holes are skipped with SEEK_DATA/SEEK_HOLE and
-//! never read, the data is hashed (whole image and per bmap range) and fed to the writer. All
+//! never read, the data is hashed (whole image and per bmap range) and fed to the writer. The
+//! output's holes follow the content (a hole reads as zeros wherever it is); the bmap's follow
+//! the content and the image's free space, found before the pass, because an unmapped block
+//! keeps a reused card's old bytes (see `image::FreeSpace`). All
 //! four files are written to temp files and renamed into place only when all are complete, so
 //! a failed or interrupted emit leaves no `OUT`.
 
@@ -19,6 +22,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::image::{Cursor, FreeSpace, ImageError};
 use crate::io::BUFFER_SIZE;
 use crate::io::hash::HashWriter;
 use crate::io::progress;
@@ -46,6 +50,8 @@ pub enum EmitError {
     UnknownFormat(PathBuf),
     #[error("cannot read the raw image {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
+    #[error("cannot tell which parts of the raw image {path} are in use: {source}")]
+    Layout { path: PathBuf, source: ImageError },
     #[error("cannot write {path}: {source} (nothing was left in place of it)")]
     Write { path: PathBuf, source: io::Error },
 }
@@ -62,14 +68,20 @@ pub fn emit(
         path: raw.to_path_buf(),
         source,
     };
+    let free = FreeSpace::of_image(raw, BLOCK_SIZE).map_err(|source| EmitError::Layout {
+        path: raw.to_path_buf(),
+        source,
+    })?;
     let file = File::open(raw).map_err(read_err)?;
     let source = SparseFile::new(file).map_err(read_err)?;
-    emit_from(source, raw, out, build, options)
+    emit_from(source, &free, raw, out, build, options)
 }
 
-/// Like [`emit`], reading from any [`RawSource`]; `name` is used in error messages.
+/// Like [`emit`], reading from any [`RawSource`] whose free space is `free` (only free
+/// all-zero blocks are left out of the bmap); `name` is used in error messages.
 pub fn emit_from<S: RawSource>(
     mut source: S,
+    free: &FreeSpace,
     name: &Path,
     out: &Path,
     build: BuildRecord,
@@ -98,7 +110,7 @@ pub fn emit_from<S: RawSource>(
     let mut sink = Sink::new(format, image.file(), threads, size).map_err(write_err(out))?;
 
     let bar = progress::bar(&file_name, Some(size));
-    let scanned = scan(&mut source, &mut sink, &bar);
+    let scanned = scan(&mut source, free.cursor(), &mut sink, &bar);
     bar.finish_and_clear();
     let (raw_sha256, bmap, mapped_blocks) = match scanned {
         Ok(s) => s,
@@ -153,13 +165,13 @@ static ZEROS: [u8; BUFFER_SIZE] = [0; BUFFER_SIZE];
 /// Reads the image once, front to back, and returns its sha256, bmap and mapped block count.
 fn scan<S: RawSource>(
     source: &mut S,
+    mut free: Cursor<'_>,
     sink: &mut Sink<'_>,
     bar: &indicatif::ProgressBar,
 ) -> Result<(String, String, u64), Failed> {
     let size = source.size();
     let raw = RawHasher::spawn().map_err(Failed::Write)?;
     let mut bmap = BmapBuilder::new(size);
-    let mut mapped_blocks = 0;
     // Invariant: `pos` is block-aligned or at the end.
     let mut pos = 0;
     while pos < size {
@@ -175,7 +187,7 @@ fn scan<S: RawSource>(
             let len = start - pos;
             raw.zeros(len).map_err(Failed::Write)?;
             sink.zeros(len).map_err(Failed::Write)?;
-            bmap.unmapped(len);
+            zeros(pos, start, &mut free, &mut bmap);
             bar.inc(len);
             pos = start;
         }
@@ -185,7 +197,7 @@ fn scan<S: RawSource>(
             source
                 .read_exact_at(&mut buf[..len], pos)
                 .map_err(Failed::Read)?;
-            mapped_blocks += blocks(&buf[..len], sink, &mut bmap)?;
+            blocks(&buf[..len], pos, &mut free, sink, &mut bmap)?;
             raw.data(buf, len).map_err(Failed::Write)?;
             bar.inc(len as u64);
             pos += len as u64;
@@ -197,50 +209,63 @@ fn scan<S: RawSource>(
             "read {hashed} bytes of a {size} byte image"
         ))));
     }
+    let mapped_blocks = bmap.mapped_blocks();
     Ok((raw_sha256, bmap.finish(), mapped_blocks))
 }
 
-/// Splits a block-aligned chunk into runs of data and all-zero blocks; returns the number of
-/// data blocks.
-fn blocks(chunk: &[u8], sink: &mut Sink<'_>, bmap: &mut BmapBuilder) -> Result<u64, Failed> {
-    let mut mapped = 0;
+/// Maps the zeros of `pos..end` (a hole of the source) where they are in use.
+fn zeros(mut pos: u64, end: u64, free: &mut Cursor<'_>, bmap: &mut BmapBuilder) {
+    while pos < end {
+        match free.at(pos) {
+            Ok(until) => {
+                bmap.unmapped(until.min(end) - pos);
+                pos = until.min(end);
+            }
+            Err(until) => {
+                bmap.mapped_zeros(until.min(end) - pos);
+                pos = until.min(end);
+            }
+        }
+    }
+}
+
+/// Splits a block-aligned chunk that starts at `pos` into runs of data and all-zero blocks for
+/// the output, and maps every block except the all-zero free ones.
+fn blocks(
+    chunk: &[u8],
+    pos: u64,
+    free: &mut Cursor<'_>,
+    sink: &mut Sink<'_>,
+    bmap: &mut BmapBuilder,
+) -> Result<(), Failed> {
     let mut run_start = 0;
     let mut run_zero = None;
     for (i, block) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
         let offset = i * BLOCK_SIZE as usize;
         let zero = is_zero(block);
         if run_zero.is_some_and(|z| z != zero) {
-            run(
-                &chunk[run_start..offset],
-                run_zero == Some(true),
-                sink,
-                bmap,
-            )?;
+            run(&chunk[run_start..offset], run_zero == Some(true), sink)?;
             run_start = offset;
         }
         run_zero = Some(zero);
-        if !zero {
-            mapped += 1;
+        // Free ranges are whole blocks, so a block that starts in one lies wholly in it.
+        if zero && free.at(pos + offset as u64).is_ok() {
+            bmap.unmapped(block.len() as u64);
+        } else {
+            bmap.mapped(block);
         }
     }
     if run_start < chunk.len() {
-        run(&chunk[run_start..], run_zero == Some(true), sink, bmap)?;
+        run(&chunk[run_start..], run_zero == Some(true), sink)?;
     }
-    Ok(mapped)
+    Ok(())
 }
 
-fn run(
-    bytes: &[u8],
-    zero: bool,
-    sink: &mut Sink<'_>,
-    bmap: &mut BmapBuilder,
-) -> Result<(), Failed> {
+fn run(bytes: &[u8], zero: bool, sink: &mut Sink<'_>) -> Result<(), Failed> {
     if zero {
         sink.zeros(bytes.len() as u64).map_err(Failed::Write)?;
-        bmap.unmapped(bytes.len() as u64);
     } else {
         sink.data(bytes).map_err(Failed::Write)?;
-        bmap.mapped(bytes);
     }
     Ok(())
 }

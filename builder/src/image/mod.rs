@@ -6,11 +6,13 @@
 //! that filesystem it lands on, and symlinks are followed the way the kernel would, across
 //! mount points.
 
+mod free;
 pub mod fstab;
 mod grow;
 mod lock;
 mod probe;
 
+pub use free::{Cursor, FreeSpace};
 pub use grow::{Grown, grow};
 pub use lock::{ImageLock, LockError};
 

@@ -268,3 +268,158 @@ pub fn ssh_keygen(path: &Path, comment: &str) {
         &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
     );
 }
+
+/// A loop device over a file, detached when dropped.
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    /// Attaches `file` (with partition scanning when `partitions`); `None` when this process
+    /// cannot (not root, or no /dev/loop-control, as in some containers).
+    pub fn attach(file: &Path, partitions: bool) -> Option<LoopDevice> {
+        if !rustix::process::geteuid().is_root() || !Path::new("/dev/loop-control").exists() {
+            return None;
+        }
+        let mut args = vec!["-f", "--show"];
+        if partitions {
+            args.push("-P");
+        }
+        args.push(path_str(file));
+        Some(LoopDevice(run("losetup", &args).trim().to_string()))
+    }
+
+    pub fn path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new(tool("losetup")).args(["-d", &self.0]).status();
+    }
+}
+
+/// The mapped byte ranges of a `.bmap` (bmaptool's XML), by a plain text scan, and the image
+/// size it states.
+pub fn bmap_ranges(bmap: &Path) -> (Vec<(u64, u64)>, u64) {
+    let text = std::fs::read_to_string(bmap).expect("read the bmap");
+    let number = |tag: &str| -> u64 {
+        text.split(&format!("<{tag}>"))
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no <{tag}>", bmap.display()))
+    };
+    let (size, block) = (number("ImageSize"), number("BlockSize"));
+    let ranges = text
+        .lines()
+        .filter(|l| l.contains("<Range"))
+        .map(|l| {
+            let body = l
+                .split('>')
+                .nth(1)
+                .unwrap()
+                .split('<')
+                .next()
+                .unwrap()
+                .trim();
+            let (a, b) = body.split_once('-').unwrap_or((body, body));
+            let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+            (a * block, ((b + 1) * block).min(size))
+        })
+        .collect();
+    (ranges, size)
+}
+
+/// Flashes `image` (with its `IMAGE.bmap`) onto a reused card, simulated by a file the size of
+/// the raw image `raw` filled with 0x5a, and checks the card as a board would read it: every
+/// FAT and ext4 filesystem clean by `fsck.fat -n` / `e2fsck -fn` at its offset, the partition
+/// table the image's (`sfdisk -d`, and `sgdisk -v` on a GPT). The writer is `bmaptool copy`
+/// onto a loop device over the file (to a regular file bmaptool truncates it first, which
+/// would hide exactly this); without loop devices the bmap's ranges are copied from `raw`
+/// with `dd conv=notrunc`. Returns the mapped share of the image, in percent.
+pub fn assert_reused_card(image: &Path, raw: &Path, scratch: &Path) -> u64 {
+    use std::io::Write;
+    let bmap = PathBuf::from(format!("{}.bmap", path_str(image)));
+    let (ranges, size) = bmap_ranges(&bmap);
+    let card = scratch.join("reused-card");
+    {
+        let mut f = File::create(&card).expect("create the card file");
+        let stale = vec![0x5au8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(stale.len() as u64) as usize;
+            f.write_all(&stale[..n]).expect("fill the card file");
+            left -= n as u64;
+        }
+    }
+    let device = LoopDevice::attach(&card, false);
+    match &device {
+        Some(dev) => {
+            run(
+                "bmaptool",
+                &[
+                    "-q",
+                    "copy",
+                    "--bmap",
+                    path_str(&bmap),
+                    path_str(image),
+                    &dev.0,
+                ],
+            );
+        }
+        None => {
+            eprintln!(
+                "NOTE: no loop device (needs root and /dev/loop-control): the bmap's ranges \
+                 are copied with dd instead of bmaptool copy"
+            );
+            for (a, b) in &ranges {
+                run(
+                    "dd",
+                    &[
+                        &format!("if={}", path_str(raw)),
+                        &format!("of={}", path_str(&card)),
+                        "bs=64K",
+                        "iflag=skip_bytes,count_bytes",
+                        "oflag=seek_bytes",
+                        &format!("skip={a}"),
+                        &format!("seek={a}"),
+                        &format!("count={}", b - a),
+                        "conv=notrunc",
+                        "status=none",
+                    ],
+                );
+            }
+        }
+    }
+    let target: &Path = device.as_ref().map_or(card.as_path(), |d| d.path());
+    let mut checked = 0;
+    for p in partitions(raw) {
+        match blkid(raw, p.start).get("TYPE").map(String::as_str) {
+            Some("ext4") => assert_e2fsck_clean(target, p.start),
+            Some("vfat") => assert_fsck_fat_clean(target, p.start, p.size),
+            _ => continue,
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "{}: no filesystem to check", raw.display());
+    let table = |p: &Path| -> Vec<String> {
+        run("sfdisk", &["-d", path_str(p)])
+            .lines()
+            .filter(|l| l.contains("start="))
+            .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+            .collect()
+    };
+    assert_eq!(
+        table(target),
+        table(raw),
+        "partition table on the reused card"
+    );
+    if sfdisk_json(raw)["label"] == "gpt" {
+        let verified = run("sgdisk", &["-v", path_str(target)]);
+        assert!(verified.contains("No problems found"), "{verified}");
+    }
+    drop(device);
+    std::fs::remove_file(&card).expect("remove the card file");
+    let mapped: u64 = ranges.iter().map(|(a, b)| b - a).sum();
+    mapped * 100 / size
+}

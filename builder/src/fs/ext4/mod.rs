@@ -9,6 +9,7 @@
 mod debugfs;
 mod descriptors;
 mod e2fsprogs;
+mod free;
 mod grow;
 mod read;
 mod superblock;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use ext4_view::Ext4;
 
 pub use e2fsprogs::e2fsprogs_version;
+pub use free::free_ranges;
 pub use grow::grow;
 
 use super::{DirEntry, Filesystem, FsError, FsInfo, FsKind, Op, Stat, path};

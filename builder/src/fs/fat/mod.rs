@@ -4,6 +4,7 @@
 //! directories are made with mtools' `mmd` while fatfs has the image closed. Every batch is
 //! checked with `fsck.fat -n` before and after, and read back through a fresh fatfs handle.
 
+mod free;
 mod fsck;
 mod mtools;
 mod plan;
@@ -20,6 +21,7 @@ use super::{Content, DirEntry, FileType, FsError, FsInfo, FsKind, Stat};
 use super::{Filesystem, Op, path};
 use crate::io::compare::CompareWriter;
 use crate::io::window::Window;
+pub use free::free_ranges;
 use plan::{Expect, Step};
 
 type Fat = fatfs::FileSystem<Window>;
