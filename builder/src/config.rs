@@ -31,31 +31,15 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: Spanned<String>,
+    /// A zone of the image's /usr/share/zoneinfo ("Europe/Berlin").
     #[serde(default)]
-    pub timezone: Option<String>,
+    pub timezone: Option<Spanned<String>>,
+    /// A locale of the image's /usr/share/i18n/SUPPORTED ("en_US.UTF-8"), the nodes' LANG.
     #[serde(default)]
-    pub locale: Option<String>,
-}
-
-impl ClusterConfig {
-    /// One line naming the settings this config gives that imagegen accepts but does not put
-    /// into the nodes yet, so an operator is not left believing they took effect; `None` when
-    /// it gives none.
-    pub fn not_applied(&self) -> Option<String> {
-        let c = &self.cluster;
-        let set: Vec<String> = [("timezone", &c.timezone), ("locale", &c.locale)]
-            .into_iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} = {v:?}")))
-            .collect();
-        if set.is_empty() {
-            return None;
-        }
-        Some(format!(
-            "[cluster] {} {} not applied yet: the nodes keep the base image's own",
-            set.join(" and "),
-            if set.len() == 1 { "is" } else { "are" }
-        ))
-    }
+    pub locale: Option<Spanned<String>>,
+    /// The console keyboard layout, XKBLAYOUT of /etc/default/keyboard ("de", "us").
+    #[serde(default)]
+    pub keymap: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,6 +289,32 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
         }
     };
     add(check_name(&c.cluster.name, "cluster name"));
+    for (what, value, problem) in [
+        (
+            "timezone",
+            &c.cluster.timezone,
+            crate::check::locale::timezone_problem as fn(&str) -> Option<String>,
+        ),
+        (
+            "locale",
+            &c.cluster.locale,
+            crate::check::locale::locale_problem,
+        ),
+        (
+            "keymap",
+            &c.cluster.keymap,
+            crate::check::locale::keymap_problem,
+        ),
+    ] {
+        if let Some(v) = value
+            && let Some(why) = problem(v.get_ref())
+        {
+            add(Err((
+                v.span(),
+                format!("cluster {what} {:?}: {why}", v.get_ref()),
+            )));
+        }
+    }
     let user = &c.admin.user;
     if !names::is_user_name(user.get_ref()) {
         add(Err((
@@ -567,7 +577,7 @@ mod tests {
     fn the_example_is_valid_once_its_key_is_replaced() {
         let e = err(EXAMPLE);
         assert!(
-            e.starts_with("cluster.toml:14:") && e.contains("placeholder") && !e.contains('\n'),
+            e.starts_with("cluster.toml:16:") && e.contains("placeholder") && !e.contains('\n'),
             "{e}"
         );
         let c = parse(

@@ -251,7 +251,10 @@ fn the_agent_accepts_the_minted_token_against_the_served_ca() {
     let www = dir.path().join("www");
     std::fs::create_dir(&www).unwrap();
     // k3s serves server-ca.crt as it is on disk.
-    reply_file(&www.join("cacerts"), &std::fs::read(tls.join("server-ca.crt")).unwrap());
+    reply_file(
+        &www.join("cacerts"),
+        &std::fs::read(tls.join("server-ca.crt")).unwrap(),
+    );
     let (crt, key) = serving_cert(
         dir.path(),
         &tls.join("server-ca.crt"),

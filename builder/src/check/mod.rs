@@ -4,6 +4,7 @@
 //! a warning.
 
 pub mod calendar;
+pub mod locale;
 
 use crate::config::{self, ClusterConfig, ConfigError, Loaded, Role};
 use std::os::unix::fs::PermissionsExt;
@@ -41,7 +42,7 @@ pub fn run(path: &Path) -> Result<Report, ConfigError> {
         config: c,
     };
     secret_files(&loaded, &text, &mut r);
-    cluster_warnings(&loaded.config, path, &mut r);
+    cluster_warnings(&loaded.config, &mut r);
     r.loaded = Some(loaded);
     Ok(r)
 }
@@ -94,7 +95,7 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
     }
 }
 
-fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
+fn cluster_warnings(c: &ClusterConfig, r: &mut Report) {
     let servers = c.nodes.iter().filter(|n| n.role == Role::Server).count();
     if c.k3s.is_some() && servers == 2 {
         r.warnings.push(
@@ -102,8 +103,5 @@ fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
              either server stops the cluster (no gain over one); use one server, or three"
                 .into(),
         );
-    }
-    if let Some(note) = c.not_applied() {
-        r.warnings.push(format!("{}: {note}", path.display()));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod changes;
 pub mod hardening;
+pub mod locale;
 pub mod users;
 
 use crate::board::Board;
@@ -86,6 +87,7 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     }
     admin(image, spec, &mut p)?;
     harden(image, spec, &mut p)?;
+    locale::plan(image, &spec.config.cluster, &mut p)?;
     kernel_cmdline(image, spec, &mut p)?;
     identity_dirs(spec, &mut p);
     if let Some(id) = spec.identity {
