@@ -23,6 +23,9 @@ pub struct ClusterConfig {
     pub backup: Option<Backup>,
     #[serde(default)]
     pub hardening: Hardening,
+    /// Network settings of every node; a node's own `[nodes.network]` overrides them key by key.
+    #[serde(default)]
+    pub network: Option<Network>,
     #[serde(default)]
     pub nodes: Vec<Node>,
 }
@@ -163,6 +166,65 @@ pub struct Node {
     /// The address other nodes and the operator reach it at (IP or DNS name), when known.
     #[serde(default)]
     pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub network: Option<Network>,
+}
+
+/// `[network]` / `[nodes.network]`: a static address instead of DHCP, and Wi-Fi.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The interface the address is for; default: any Ethernet interface.
+    #[serde(default)]
+    pub interface: Option<Spanned<String>>,
+    /// IPv4 address with prefix length, "192.168.1.21/24" (per node).
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub gateway: Option<Spanned<String>>,
+    /// IPv6 address with prefix length (per node).
+    #[serde(default)]
+    pub address6: Option<Spanned<String>>,
+    #[serde(default)]
+    pub gateway6: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dns: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub wifi: Option<Wifi>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wifi {
+    pub ssid: Spanned<String>,
+    /// A file holding the WPA passphrase (8 to 63 characters); none for an open network.
+    #[serde(default)]
+    pub psk_file: Option<Spanned<PathBuf>>,
+    /// The regulatory domain, ISO 3166 alpha-2 ("DE").
+    pub country: Spanned<String>,
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+impl Network {
+    /// `node`'s settings over `cluster`'s, key by key.
+    pub fn merged(cluster: Option<&Network>, node: Option<&Network>) -> Option<Network> {
+        let (c, n) = match (cluster, node) {
+            (None, None) => return None,
+            (Some(c), None) => return Some(c.clone()),
+            (None, Some(n)) => return Some(n.clone()),
+            (Some(c), Some(n)) => (c, n),
+        };
+        Some(Network {
+            interface: n.interface.clone().or_else(|| c.interface.clone()),
+            address: n.address.clone().or_else(|| c.address.clone()),
+            gateway: n.gateway.clone().or_else(|| c.gateway.clone()),
+            address6: n.address6.clone().or_else(|| c.address6.clone()),
+            gateway6: n.gateway6.clone().or_else(|| c.gateway6.clone()),
+            dns: n.dns.clone().or_else(|| c.dns.clone()),
+            wifi: n.wifi.clone().or_else(|| c.wifi.clone()),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -399,6 +461,28 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
                 )));
             }
         }
+    }
+    if let Some(n) = &c.network {
+        for a in [&n.address, &n.address6].into_iter().flatten() {
+            add(Err((
+                a.span(),
+                "a static address is one node's: give it in that node's [nodes.network]".into(),
+            )));
+        }
+    }
+    // The cluster's settings are checked within each node's; each problem is said once.
+    let mut net_errs: Vec<Invalid> = Vec::new();
+    for n in &c.nodes {
+        if let Some(net) = Network::merged(c.network.as_ref(), n.network.as_ref()) {
+            for e in crate::check::network::problems(&net) {
+                if !net_errs.contains(&e) {
+                    net_errs.push(e);
+                }
+            }
+        }
+    }
+    for e in net_errs {
+        add(Err(e));
     }
     if let Some(u) = &c.ups {
         match (&u.server, &u.host) {

@@ -719,3 +719,56 @@ fn check_reports_every_lock_out_at_once() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("warning: two servers"), "{err}");
 }
+
+/// `[network]`: check refuses a bad CIDR, a gateway outside the subnet, a country that is not
+/// two uppercase letters, a cluster-wide static address and a psk file of the wrong length, each
+/// at its file:line; build refuses `[network]` until it applies it.
+#[test]
+fn check_refuses_bad_network_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    init_with_key(config);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for (f, text) in [
+        ("k3s-token", "x\n"),
+        ("nut-password", "x\n"),
+        ("wifi-psk", "short\n"),
+    ] {
+        let p = dir.path().join("secrets").join(f);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let example = std::fs::read_to_string(config).unwrap();
+    let text = format!(
+        "{}\n[network]\naddress = \"10.0.0.1/24\"\ngateway = \"192.168.1.1\"\n\
+         dns = [\"1.1.1.1\", \"dns.example\"]\n\
+         wifi = {{ ssid = \"lab\", psk_file = \"secrets/wifi-psk\", country = \"de\" }}\n",
+        example.replace(
+            "name = \"pi4-a\"\n",
+            "name = \"pi4-a\"\nnetwork = { address = \"192.168.1.300/24\" }\n"
+        )
+    );
+    std::fs::write(config, &text).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{err}");
+    let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for (at, says) in [
+        (
+            "network = { address",
+            "\"192.168.1.300/24\" is not an IPv4 address",
+        ),
+        ("address = \"10.0.0.1/24\"", "is one node's"),
+        ("gateway = ", "outside the subnet"),
+        ("dns = ", "\"dns.example\" is not an IP address"),
+        ("wifi = ", "two uppercase letters"),
+        ("wifi = ", "8 to 63 characters"),
+    ] {
+        let want = format!("{config}:{}:", line(at));
+        assert!(
+            err.lines().any(|l| l.contains(&want) && l.contains(says)),
+            "{want} {says:?} in:\n{err}"
+        );
+    }
+}

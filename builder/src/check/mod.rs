@@ -5,6 +5,7 @@
 
 pub mod calendar;
 pub mod locale;
+pub mod network;
 
 use crate::config::{self, ClusterConfig, ConfigError, Loaded, Role};
 use std::os::unix::fs::PermissionsExt;
@@ -61,6 +62,16 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
     if let Some(k) = c.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
         files.push(("backup ssh_key_file", l.resolve(k), None));
     }
+    let nets = c
+        .nodes
+        .iter()
+        .filter_map(|n| config::Network::merged(c.network.as_ref(), n.network.as_ref()));
+    for psk in nets.filter_map(|n| n.wifi.and_then(|w| w.psk_file)) {
+        let path = l.resolve(psk.get_ref());
+        if !files.iter().any(|(_, p, _)| *p == path) {
+            files.push(("wifi psk_file", path, Some(psk.span())));
+        }
+    }
     for (what, p, span) in files {
         let place = |message: String| match &span {
             Some(s) => config::at(text, &l.path, s.clone(), message).to_string(),
@@ -81,6 +92,12 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
                 "{what} {} is not a k3s token: {why}",
                 p.display()
             )));
+        }
+        if what == "wifi psk_file"
+            && let Some(why) = network::psk_problem(bytes.trim_ascii_end())
+        {
+            r.errors
+                .push(place(format!("{what} {}: {why}", p.display())));
         }
         if let Ok(m) = std::fs::metadata(&p)
             && m.permissions().mode() & 0o077 != 0
