@@ -141,10 +141,6 @@ fn load(config: &Config) -> Result<(ClusterConfig, PathBuf, Vec<String>)> {
         }
         Config::File { path, nodes } => {
             let loaded = crate::config::load(path)?;
-            // Once per run, before any node is built.
-            if let Some(note) = loaded.config.not_applied() {
-                eprintln!("warning: {}: {note}", path.display());
-            }
             let nodes = match nodes {
                 Nodes::One(n) => {
                     loaded.node(n)?;

@@ -26,6 +26,9 @@ pub struct ClusterConfig {
     /// Cluster add-ons k3s deploys itself (`crate::addons`).
     #[serde(default)]
     pub addons: Option<crate::addons::Addons>,
+    /// Network settings of every node; a node's own `[nodes.network]` overrides them key by key.
+    #[serde(default)]
+    pub network: Option<Network>,
     #[serde(default)]
     pub nodes: Vec<Node>,
 }
@@ -34,31 +37,15 @@ pub struct ClusterConfig {
 #[serde(deny_unknown_fields)]
 pub struct Cluster {
     pub name: Spanned<String>,
+    /// A zone of the image's /usr/share/zoneinfo ("Europe/Berlin").
     #[serde(default)]
-    pub timezone: Option<String>,
+    pub timezone: Option<Spanned<String>>,
+    /// A locale of the image's /usr/share/i18n/SUPPORTED ("en_US.UTF-8"), the nodes' LANG.
     #[serde(default)]
-    pub locale: Option<String>,
-}
-
-impl ClusterConfig {
-    /// One line naming the settings this config gives that imagegen accepts but does not put
-    /// into the nodes yet, so an operator is not left believing they took effect; `None` when
-    /// it gives none.
-    pub fn not_applied(&self) -> Option<String> {
-        let c = &self.cluster;
-        let set: Vec<String> = [("timezone", &c.timezone), ("locale", &c.locale)]
-            .into_iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} = {v:?}")))
-            .collect();
-        if set.is_empty() {
-            return None;
-        }
-        Some(format!(
-            "[cluster] {} {} not applied yet: the nodes keep the base image's own",
-            set.join(" and "),
-            if set.len() == 1 { "is" } else { "are" }
-        ))
-    }
+    pub locale: Option<Spanned<String>>,
+    /// The console keyboard layout, XKBLAYOUT of /etc/default/keyboard ("de", "us").
+    #[serde(default)]
+    pub keymap: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -182,6 +169,65 @@ pub struct Node {
     /// The address other nodes and the operator reach it at (IP or DNS name), when known.
     #[serde(default)]
     pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub network: Option<Network>,
+}
+
+/// `[network]` / `[nodes.network]`: a static address instead of DHCP, and Wi-Fi.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The interface the address is for; default: any Ethernet interface.
+    #[serde(default)]
+    pub interface: Option<Spanned<String>>,
+    /// IPv4 address with prefix length, "192.168.1.21/24" (per node).
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub gateway: Option<Spanned<String>>,
+    /// IPv6 address with prefix length (per node).
+    #[serde(default)]
+    pub address6: Option<Spanned<String>>,
+    #[serde(default)]
+    pub gateway6: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dns: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub wifi: Option<Wifi>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wifi {
+    pub ssid: Spanned<String>,
+    /// A file holding the WPA passphrase (8 to 63 characters); none for an open network.
+    #[serde(default)]
+    pub psk_file: Option<Spanned<PathBuf>>,
+    /// The regulatory domain, ISO 3166 alpha-2 ("DE").
+    pub country: Spanned<String>,
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+impl Network {
+    /// `node`'s settings over `cluster`'s, key by key.
+    pub fn merged(cluster: Option<&Network>, node: Option<&Network>) -> Option<Network> {
+        let (c, n) = match (cluster, node) {
+            (None, None) => return None,
+            (Some(c), None) => return Some(c.clone()),
+            (None, Some(n)) => return Some(n.clone()),
+            (Some(c), Some(n)) => (c, n),
+        };
+        Some(Network {
+            interface: n.interface.clone().or_else(|| c.interface.clone()),
+            address: n.address.clone().or_else(|| c.address.clone()),
+            gateway: n.gateway.clone().or_else(|| c.gateway.clone()),
+            address6: n.address6.clone().or_else(|| c.address6.clone()),
+            gateway6: n.gateway6.clone().or_else(|| c.gateway6.clone()),
+            dns: n.dns.clone().or_else(|| c.dns.clone()),
+            wifi: n.wifi.clone().or_else(|| c.wifi.clone()),
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +354,32 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
         }
     };
     add(check_name(&c.cluster.name, "cluster name"));
+    for (what, value, problem) in [
+        (
+            "timezone",
+            &c.cluster.timezone,
+            crate::check::locale::timezone_problem as fn(&str) -> Option<String>,
+        ),
+        (
+            "locale",
+            &c.cluster.locale,
+            crate::check::locale::locale_problem,
+        ),
+        (
+            "keymap",
+            &c.cluster.keymap,
+            crate::check::locale::keymap_problem,
+        ),
+    ] {
+        if let Some(v) = value
+            && let Some(why) = problem(v.get_ref())
+        {
+            add(Err((
+                v.span(),
+                format!("cluster {what} {:?}: {why}", v.get_ref()),
+            )));
+        }
+    }
     let user = &c.admin.user;
     if !names::is_user_name(user.get_ref()) {
         add(Err((
@@ -392,6 +464,28 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
                 )));
             }
         }
+    }
+    if let Some(n) = &c.network {
+        for a in [&n.address, &n.address6].into_iter().flatten() {
+            add(Err((
+                a.span(),
+                "a static address is one node's: give it in that node's [nodes.network]".into(),
+            )));
+        }
+    }
+    // The cluster's settings are checked within each node's; each problem is said once.
+    let mut net_errs: Vec<Invalid> = Vec::new();
+    for n in &c.nodes {
+        if let Some(net) = Network::merged(c.network.as_ref(), n.network.as_ref()) {
+            for e in crate::check::network::problems(&net) {
+                if !net_errs.contains(&e) {
+                    net_errs.push(e);
+                }
+            }
+        }
+    }
+    for e in net_errs {
+        add(Err(e));
     }
     if let Some(u) = &c.ups {
         match (&u.server, &u.host) {
@@ -570,7 +664,7 @@ mod tests {
     fn the_example_is_valid_once_its_key_is_replaced() {
         let e = err(EXAMPLE);
         assert!(
-            e.starts_with("cluster.toml:14:") && e.contains("placeholder") && !e.contains('\n'),
+            e.starts_with("cluster.toml:16:") && e.contains("placeholder") && !e.contains('\n'),
             "{e}"
         );
         let c = parse(

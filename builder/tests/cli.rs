@@ -547,10 +547,10 @@ fn a_reader_that_stops_reading_ends_the_output_quietly() {
     fails(&["cat", &format!("{img}:/etc/nope")], "no such file");
 }
 
-/// `[cluster] timezone` and `locale` are accepted but not applied yet: check and build say so
-/// in one line instead of leaving the operator to believe they took effect.
+/// `[cluster] timezone`, `locale` and `keymap`: the example's values pass `check` without a
+/// word, and a malformed one is refused with the file, its line and what is wrong.
 #[test]
-fn timezone_and_locale_are_said_to_be_not_applied() {
+fn check_validates_timezone_locale_and_keymap() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     let config = config.to_str().unwrap();
@@ -561,61 +561,40 @@ fn timezone_and_locale_are_said_to_be_not_applied() {
         std::fs::write(&p, "x\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let stderr = |args: &[&str]| String::from_utf8(imagegen(args).stderr).unwrap();
-    let said = |err: &str| -> Vec<String> {
-        err.lines()
-            .filter(|l| l.contains("timezone") || l.contains("locale"))
-            .map(str::to_string)
-            .collect()
-    };
-    // The example has them commented out: nothing to say.
-    let err = stderr(&["check", "--config", config]);
-    assert_eq!(said(&err), Vec::<String>::new(), "{err}");
-
     let example = std::fs::read_to_string(config).unwrap();
-    let both = example
+    let all = example
         .replace("# timezone = ", "timezone = ")
-        .replace("# locale = ", "locale = ");
-    assert_ne!(both, example, "the example shows timezone and locale");
-    std::fs::write(config, &both).unwrap();
+        .replace("# locale = ", "locale = ")
+        .replace("# keymap = ", "keymap = ");
+    assert_eq!(all.matches("\n# timezone = ").count(), 0);
+    assert!(
+        all.contains("\nkeymap = \"de\"\n"),
+        "the example shows keymap"
+    );
+    std::fs::write(config, &all).unwrap();
     let out = imagegen(&["check", "--config", config]);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{err}");
-    let line = said(&err);
-    assert_eq!(line.len(), 1, "one line: {err}");
-    for needle in [
-        "warning: ",
-        config,
-        "timezone = \"Europe/Berlin\"",
-        "locale = \"en_US.UTF-8\"",
-        "not applied yet",
-    ] {
-        assert!(line[0].contains(needle), "{needle:?} in {err}");
-    }
-    // build says it once, before building any node (this one stops at its missing base).
-    let out_dir = dir.path().join("out");
-    let err = stderr(&[
-        "build",
-        "--config",
-        config,
-        "--all",
-        "--base",
-        "/nonexistent/base.img",
-        "-o",
-        out_dir.to_str().unwrap(),
-    ]);
-    assert_eq!(said(&err), line, "{err}");
-    assert!(err.lines().last().unwrap().starts_with("error: "), "{err}");
-
-    std::fs::write(config, example.replace("# locale = ", "locale = ")).unwrap();
-    let err = stderr(&["check", "--config", config]);
-    let line = said(&err);
-    assert_eq!(line.len(), 1, "one line: {err}");
     assert!(
-        line[0].contains("locale = \"en_US.UTF-8\" is not applied yet")
-            && !line[0].contains("timezone"),
+        !err.contains("timezone") && !err.contains("locale") && !err.contains("keymap"),
         "{err}"
     );
+    let line_of = |needle: &str| all.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for (key, bad, says) in [
+        ("timezone", "../../etc/shadow", "tzdata zone name"),
+        ("locale", "english", "language[_TERRITORY]"),
+        ("keymap", "DE", "XKB layout"),
+    ] {
+        let text = all.replace(
+            &format!("{key} = \""),
+            &format!("{key} = \"{bad}\" # was \""),
+        );
+        std::fs::write(config, &text).unwrap();
+        let err = fails(&["check", "--config", config], says);
+        let want = format!("{config}:{}:", line_of(&format!("{key} = ")));
+        assert!(err.contains(&want), "{want} in {err}");
+        assert!(err.contains(&format!("cluster {key} {bad:?}")), "{err}");
+    }
 }
 
 /// A node named `pi-` would become an invalid hostname and k3s node name: check refuses it in
@@ -817,4 +796,57 @@ fn check_refuses_bad_addons() {
     let out = imagegen(&["check", "--config", config]);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(out.status.success(), "{err}");
+}
+
+/// `[network]`: check refuses a bad CIDR, a gateway outside the subnet, a country that is not
+/// two uppercase letters, a cluster-wide static address and a psk file of the wrong length, each
+/// at its file:line; build refuses `[network]` until it applies it.
+#[test]
+fn check_refuses_bad_network_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    init_with_key(config);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for (f, text) in [
+        ("k3s-token", "x\n"),
+        ("nut-password", "x\n"),
+        ("wifi-psk", "short\n"),
+    ] {
+        let p = dir.path().join("secrets").join(f);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let example = std::fs::read_to_string(config).unwrap();
+    let text = format!(
+        "{}\n[network]\naddress = \"10.0.0.1/24\"\ngateway = \"192.168.1.1\"\n\
+         dns = [\"1.1.1.1\", \"dns.example\"]\n\
+         wifi = {{ ssid = \"lab\", psk_file = \"secrets/wifi-psk\", country = \"de\" }}\n",
+        example.replace(
+            "name = \"pi4-a\"\n",
+            "name = \"pi4-a\"\nnetwork = { address = \"192.168.1.300/24\" }\n"
+        )
+    );
+    std::fs::write(config, &text).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success(), "{err}");
+    let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for (at, says) in [
+        (
+            "network = { address",
+            "\"192.168.1.300/24\" is not an IPv4 address",
+        ),
+        ("address = \"10.0.0.1/24\"", "is one node's"),
+        ("gateway = ", "outside the subnet"),
+        ("dns = ", "\"dns.example\" is not an IP address"),
+        ("wifi = ", "two uppercase letters"),
+        ("wifi = ", "8 to 63 characters"),
+    ] {
+        let want = format!("{config}:{}:", line(at));
+        assert!(
+            err.lines().any(|l| l.contains(&want) && l.contains(says)),
+            "{want} {says:?} in:\n{err}"
+        );
+    }
 }

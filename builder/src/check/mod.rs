@@ -4,6 +4,8 @@
 //! a warning.
 
 pub mod calendar;
+pub mod locale;
+pub mod network;
 
 use crate::config::{self, ClusterConfig, ConfigError, Loaded, Role};
 use std::os::unix::fs::PermissionsExt;
@@ -47,7 +49,7 @@ pub fn run(path: &Path) -> Result<Report, ConfigError> {
             None => format!("{}: {message}", path.display()),
         });
     }
-    cluster_warnings(&loaded.config, path, &mut r);
+    cluster_warnings(&loaded.config, &mut r);
     r.loaded = Some(loaded);
     Ok(r)
 }
@@ -65,6 +67,16 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
     }
     if let Some(k) = c.backup.as_ref().and_then(|b| b.ssh_key_file.as_ref()) {
         files.push(("backup ssh_key_file", l.resolve(k), None));
+    }
+    let nets = c
+        .nodes
+        .iter()
+        .filter_map(|n| config::Network::merged(c.network.as_ref(), n.network.as_ref()));
+    for psk in nets.filter_map(|n| n.wifi.and_then(|w| w.psk_file)) {
+        let path = l.resolve(psk.get_ref());
+        if !files.iter().any(|(_, p, _)| *p == path) {
+            files.push(("wifi psk_file", path, Some(psk.span())));
+        }
     }
     for (what, p, span) in files {
         let place = |message: String| match &span {
@@ -87,6 +99,12 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
                 p.display()
             )));
         }
+        if what == "wifi psk_file"
+            && let Some(why) = network::psk_problem(bytes.trim_ascii_end())
+        {
+            r.errors
+                .push(place(format!("{what} {}: {why}", p.display())));
+        }
         if let Ok(m) = std::fs::metadata(&p)
             && m.permissions().mode() & 0o077 != 0
         {
@@ -100,7 +118,7 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
     }
 }
 
-fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
+fn cluster_warnings(c: &ClusterConfig, r: &mut Report) {
     let servers = c.nodes.iter().filter(|n| n.role == Role::Server).count();
     if c.k3s.is_some() && servers == 2 {
         r.warnings.push(
@@ -111,8 +129,5 @@ fn cluster_warnings(c: &ClusterConfig, path: &Path, r: &mut Report) {
     }
     if let Some(w) = crate::cluster::servers::etcd_open_warning(c) {
         r.warnings.push(w);
-    }
-    if let Some(note) = c.not_applied() {
-        r.warnings.push(format!("{}: {note}", path.display()));
     }
 }

@@ -1,7 +1,7 @@
 //! Armbian for the Banana Pi M5.
 //! Facts: shared/research/vendor-images.md section 2.5.
 
-use super::{Context, Facts, Family, Vendor, VendorError, exists, read_text};
+use super::{Context, Facts, Family, Vendor, VendorError, exists, read_text, set_shell_var};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 
@@ -61,29 +61,6 @@ impl Family for Armbian {
         }
         Ok(())
     }
-}
-
-/// Sets `NAME=value` in a shell-style defaults file, keeping everything else.
-pub fn set_shell_var(text: &str, name: &str, value: &str) -> String {
-    let mut found = false;
-    let mut lines: Vec<String> = text
-        .lines()
-        .map(|l| {
-            let t = l.trim_start();
-            if t.strip_prefix(name).is_some_and(|r| r.starts_with('=')) {
-                found = true;
-                format!("{name}={value}")
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    if !found {
-        lines.push(format!("{name}={value}"));
-    }
-    let mut s = lines.join("\n");
-    s.push('\n');
-    s
 }
 
 #[cfg(test)]

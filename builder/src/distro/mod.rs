@@ -238,6 +238,29 @@ fn exists(image: &mut Image, path: &str) -> Result<bool, ImageError> {
     Ok(image.lstat(path)?.is_some())
 }
 
+/// Sets `NAME=value` in a shell-style defaults file (/etc/default/*), keeping everything else.
+pub fn set_shell_var(text: &str, name: &str, value: &str) -> String {
+    let mut found = false;
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let t = l.trim_start();
+            if t.strip_prefix(name).is_some_and(|r| r.starts_with('=')) {
+                found = true;
+                format!("{name}={value}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !found {
+        lines.push(format!("{name}={value}"));
+    }
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s
+}
+
 fn read_text(image: &mut Image, path: &str) -> Result<Option<String>, VendorError> {
     match image.read_file(path) {
         Ok(b) => Ok(Some(String::from_utf8_lossy(&b).into_owned())),

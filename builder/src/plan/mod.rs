@@ -3,6 +3,7 @@
 
 pub mod changes;
 pub mod hardening;
+pub mod locale;
 pub mod users;
 
 use crate::board::Board;
@@ -81,11 +82,13 @@ impl NodeSpec<'_> {
 /// The changes that make `image` into node `spec`, each tagged with whose it is.
 pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError> {
     let mut p = Plan::new(spec.epoch);
+    refuse_unapplied(spec)?;
     if !spec.generic {
         hostname(image, spec, &mut p)?;
     }
     admin(image, spec, &mut p)?;
     harden(image, spec, &mut p)?;
+    locale::plan(image, &spec.config.cluster, &mut p)?;
     kernel_cmdline(image, spec, &mut p)?;
     identity_dirs(spec, &mut p);
     if let Some(id) = spec.identity {
@@ -120,6 +123,24 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     backup_pins(spec, &mut p)?;
     staged_software(spec, &mut p)?;
     Ok(p.into_changes())
+}
+
+/// `[network]` is checked (`check::network`) but not written into the nodes yet: a node that
+/// silently kept DHCP where a static address was asked for would be unreachable where the
+/// operator looks for it, so `build` and `personalize` refuse it instead.
+fn refuse_unapplied(spec: &NodeSpec) -> Result<(), PlanError> {
+    let node = spec
+        .config
+        .nodes
+        .iter()
+        .find(|n| n.name.get_ref() == spec.name);
+    if spec.config.network.is_some() || node.is_some_and(|n| n.network.is_some()) {
+        return Err(PlanError::Invalid(
+            "[network] and [nodes.network] are checked by `imagegen check` but not applied to              the nodes yet: remove them to build (the nodes use DHCP on Ethernet)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Where the identity goes. Public, so a seed's identity files land in directories as a full
