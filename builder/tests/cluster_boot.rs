@@ -1,4 +1,4 @@
-//! A new cluster from one cluster.toml, booted: its first server and an agent, built by
+//! Issue 12's VM test. A new cluster from one cluster.toml, booted: its first server and an agent, built by
 //! `imagegen build` from the same config and state directory, boot side by side under qemu on
 //! one Ethernet link between them (a `-netdev dgram` pair over host UDP, no bridge and no root),
 //! and the agent joins the server with the token imagegen minted, which nobody copied.
