@@ -1,7 +1,8 @@
-//! Issue 12's VM test. A new cluster from one cluster.toml, booted: its first server and an agent, built by
-//! `imagegen build` from the same config and state directory, boot side by side under qemu on
-//! one Ethernet link between them (a `-netdev dgram` pair over host UDP, no bridge and no root),
-//! and the agent joins the server with the token imagegen minted, which nobody copied.
+//! Issue 12's VM test. A new cluster from one cluster.toml, booted: its first server and an
+//! agent, built by `imagegen build` from the same config and state directory, boot side by side
+//! under qemu on one Ethernet link between them (a `-netdev dgram` pair over host UDP, no bridge
+//! and no root), and the agent joins the server with the token imagegen minted, which nobody
+//! copied.
 //!
 //! k3s itself was NOT run: it cannot be installed here. `[k3s] binary` stages the recording
 //! stand-in of `vm/lab.rs` (`K3S_STANDIN`), started by each node's own k3s unit, which the
