@@ -374,6 +374,12 @@ paths = ["/etc/hostname", "/etc/rancher"]
 /// k3s does for its Type=notify unit: the main process sends READY=1 and keeps running.
 /// `systemd-notify` cannot do that from a shell script (it is a child process and the unit has
 /// NotifyAccess=main), so the main process becomes python3, which the image has for cloud-init.
+///
+/// Started as `k3s server`, it also stands in for the server's supervisor port, 6443: as k3s
+/// does, it serves `/cacerts` (server-ca.crt as it is on disk) and `/ping` (`pong`) over TLS
+/// with a serving certificate it signs with the `server/tls/server-ca.key` imagegen staged, for
+/// 127.0.0.1 and every `tls-san` of the config (k3s's dynamiclistener adds those too). Every
+/// request is logged as `CLIENT-ADDRESS PATH` to `requests`. It runs nothing else of k3s.
 pub const K3S_STANDIN: &str = r#"#!/bin/sh
 set -e
 d=/var/lib/k3s-standin
@@ -381,15 +387,63 @@ mkdir -p "$d"
 echo "$*" >> "$d/args"
 cp /etc/rancher/k3s/config.yaml "$d/config.yaml"
 stat -c %a /etc/rancher/k3s/token > "$d/token-mode"
+if [ "$1" = server ]; then
+	tls=/var/lib/rancher/k3s/server/tls
+	sans=IP:127.0.0.1
+	# The agent writes each tls-san as an indented, quoted list item.
+	for san in $(sed -n 's/^  - "\(.*\)"$/\1/p' "$d/config.yaml"); do
+		if printf %s "$san" | grep -Eq '^[0-9.]+$|:'; then
+			sans="$sans,IP:$san"
+		else
+			sans="$sans,DNS:$san"
+		fi
+	done
+	printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$sans" > "$d/serving.ext"
+	openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=k3s 		-keyout "$d/serving.key" -out "$d/serving.csr" 2>/dev/null
+	# No -CAcreateserial: it would write a serial file into server/tls; OpenSSL 3 picks a
+	# random serial instead.
+	openssl x509 -req -in "$d/serving.csr" -CA "$tls/server-ca.crt" -CAkey "$tls/server-ca.key" 		-days 2 -extfile "$d/serving.ext" -out "$d/serving.crt" 2>/dev/null
+fi
 exec python3 -c '
-import os, socket, time
-a = os.environ["NOTIFY_SOCKET"]
-if a.startswith("@"):
-    a = "\0" + a[1:]
-socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", a)
-while True:
-    time.sleep(3600)
-'
+import http.server, os, socket, ssl, sys, time
+def ready():
+    a = os.environ["NOTIFY_SOCKET"]
+    if a.startswith("@"):
+        a = "\0" + a[1:]
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", a)
+if sys.argv[1:2] != ["server"]:
+    ready()
+    while True:
+        time.sleep(3600)
+d = "/var/lib/k3s-standin"
+ca = open("/var/lib/rancher/k3s/server/tls/server-ca.crt", "rb").read()
+class Supervisor(http.server.BaseHTTPRequestHandler):
+    timeout = 30
+    def setup(self):
+        self.request.do_handshake()
+        super().setup()
+    def do_GET(self):
+        with open(d + "/requests", "a") as log:
+            log.write("%s %s\n" % (self.client_address[0], self.path))
+        body = {"/cacerts": ca, "/ping": b"pong"}.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        # Framed as Go net/http frames it: a TLS body without a length is refused.
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(d + "/serving.crt", d + "/serving.key")
+server = http.server.ThreadingHTTPServer(("", 6443), Supervisor)
+# The handshake happens in each connection thread (setup), so one stalled client cannot
+# hold the accept loop.
+server.socket = tls.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
+ready()
+server.serve_forever()
+' "$@"
 "#;
 
 /// The agent's status, read in the guest with `imagegen-firstboot status --json`.

@@ -292,6 +292,8 @@ pub struct VmOptions {
     pub extra_args: String,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// More qemu arguments, after the rest (a second NIC on a link between two guests).
+    pub qemu_args: Vec<String>,
 }
 
 impl Default for VmOptions {
@@ -306,6 +308,7 @@ impl Default for VmOptions {
             extra_args: String::new(),
             memory_mib: 1024,
             cpus: 2,
+            qemu_args: Vec::new(),
         }
     }
 }
@@ -390,6 +393,7 @@ impl Vm {
             .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
             .args(["-device", "virtio-net-pci,netdev=n0,addr=0x3"])
             .args(["-device", "virtio-rng-pci"])
+            .args(&opts.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).expect("qemu stderr log"));
@@ -564,4 +568,12 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port on 127.0.0.1")
+}
+
+/// A UDP port free on 127.0.0.1 now (for a `-netdev dgram` end), as [`free_port`] for TCP.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind(("127.0.0.1", 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port on 127.0.0.1")
 }
