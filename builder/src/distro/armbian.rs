@@ -1,7 +1,10 @@
 //! Armbian for the Banana Pi M5.
 //! Facts: shared/research/vendor-images.md section 2.5.
 
-use super::{NetworkDefaults, NetworkStack, Context, Facts, Family, Vendor, VendorError, exists, read_text, set_shell_var};
+use super::{
+    Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError, exists, read_text,
+    set_shell_var,
+};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 

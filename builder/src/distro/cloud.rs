@@ -1,7 +1,7 @@
 //! Cloud images: Ubuntu 24.04 server cloud image and Debian 12 genericcloud.
 //! Facts: shared/research/vendor-images.md section 4.5.
 
-use super::{NetworkDefaults, NetworkStack, Context, Facts, Family, Vendor, VendorError};
+use super::{Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 

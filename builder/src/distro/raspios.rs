@@ -1,7 +1,7 @@
 //! Raspberry Pi OS Lite arm64, bookworm and trixie.
 //! Facts: shared/research/vendor-images.md sections 1.5 (bookworm), 1.6 (trixie).
 
-use super::{NetworkDefaults, NetworkStack, Context, Facts, Family, Vendor, VendorError, exists};
+use super::{Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError, exists};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 

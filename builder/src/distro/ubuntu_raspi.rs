@@ -2,7 +2,7 @@
 //! Facts: shared/research/vendor-images.md section 3.5.
 
 use super::cloud::{meta_data, user_data};
-use super::{NetworkDefaults, NetworkStack, Context, Facts, Family, Vendor, VendorError};
+use super::{Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 

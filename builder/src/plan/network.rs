@@ -92,7 +92,10 @@ pub fn merged(spec: &NodeSpec) -> Option<Network> {
         .nodes
         .iter()
         .find(|n| n.name.get_ref() == spec.name);
-    Network::merged(spec.config.network.as_ref(), node.and_then(|n| n.network.as_ref()))
+    Network::merged(
+        spec.config.network.as_ref(),
+        node.and_then(|n| n.network.as_ref()),
+    )
 }
 
 /// The Wi-Fi country for the kernel command line, when the node has Wi-Fi.
@@ -106,7 +109,8 @@ pub fn regulatory_domain(spec: &NodeSpec) -> Option<String> {
 /// not links); the files with the settings are the node's.
 pub fn plan(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
     let defaults = spec.vendor.family().network();
-    let any = spec.config.network.is_some() || spec.config.nodes.iter().any(|n| n.network.is_some());
+    let any =
+        spec.config.network.is_some() || spec.config.nodes.iter().any(|n| n.network.is_some());
     if any {
         scaffold(image, defaults.stack, p)?;
     }
@@ -143,8 +147,7 @@ fn scaffold(image: &mut Image, stack: NetworkStack, p: &mut Plan) -> Result<(), 
         NetworkStack::Networkd => {
             let unit = unit_in(image, "systemd-networkd.service")?.ok_or_else(|| {
                 PlanError::Invalid(
-                    "[network]: this image has no systemd-networkd.service to apply it with"
-                        .into(),
+                    "[network]: this image has no systemd-networkd.service to apply it with".into(),
                 )
             })?;
             p.dir("/etc/systemd/network", 0o755);
@@ -294,7 +297,10 @@ fn nm_header(id: &str, kind: &str, interface: &str, node: &str) -> String {
 /// wildcards").
 fn nm_match(out: &mut String, interface: &str) {
     if is_glob(interface) {
-        out.push_str(&format!("[match]\ninterface-name={};\n", keyfile_value(interface)));
+        out.push_str(&format!(
+            "[match]\ninterface-name={};\n",
+            keyfile_value(interface)
+        ));
     }
 }
 
@@ -426,7 +432,10 @@ fn netplan(s: &Settings, p: &mut Plan) {
         };
         y.push_str(&format!("    {}:\n", yq(id)));
         if is_glob(&s.interface) {
-            y.push_str(&format!("      match:\n        name: {}\n", yq(&s.interface)));
+            y.push_str(&format!(
+                "      match:\n        name: {}\n",
+                yq(&s.interface)
+            ));
         }
         netplan_ip(&mut y, s);
         if s.wifi.is_some() {
@@ -478,7 +487,10 @@ fn netplan_ip(y: &mut String, s: &Settings) {
     if !gateways.is_empty() {
         y.push_str("      routes:\n");
         for g in gateways {
-            y.push_str(&format!("        - to: default\n          via: {}\n", yq(g)));
+            y.push_str(&format!(
+                "        - to: default\n          via: {}\n",
+                yq(g)
+            ));
         }
     }
     let dns: Vec<String> = s.dns4.iter().chain(&s.dns6).map(|d| yq(d)).collect();
