@@ -2061,11 +2061,7 @@ fn network_settings_in_every_family() {
                         "DHCP=ipv4",
                     ]
                 } else {
-                    &[
-                        "Name=en*",
-                        "Address=192.168.1.21/24",
-                        "Gateway=192.168.1.1",
-                    ]
+                    &["Name=en*", "Address=192.168.1.21/24", "Gateway=192.168.1.1"]
                 };
                 for want in wants {
                     require(
