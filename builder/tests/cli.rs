@@ -800,7 +800,7 @@ fn check_refuses_bad_addons() {
 
 /// `[network]`: check refuses a bad CIDR, a gateway outside the subnet, a country that is not
 /// two uppercase letters, a cluster-wide static address and a psk file of the wrong length, each
-/// at its file:line; build refuses `[network]` until it applies it.
+/// at its file:line.
 #[test]
 fn check_refuses_bad_network_settings() {
     let dir = tempfile::tempdir().unwrap();

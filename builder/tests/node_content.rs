@@ -137,6 +137,11 @@ impl Cluster {
         fs::create_dir(d.join("secrets")).unwrap();
         fs::write(d.join("secrets/k3s-token"), format!("{token}\n")).unwrap();
         fs::write(d.join("secrets/nut-password"), format!("{nut_password}\n")).unwrap();
+        fs::write(
+            d.join("secrets/wifi-psk"),
+            format!("{}\n", wifi_psk(&nonce)),
+        )
+        .unwrap();
         fs::write(d.join("k3s"), "#!/bin/sh\n# k3s stand-in\nexit 0\n").unwrap();
         for (name, machine) in [("agent-aarch64", 183u16), ("agent-x86_64", 62)] {
             fs::write(d.join(name), elf(machine)).unwrap();
@@ -169,26 +174,49 @@ host_keys = ["{NAS_KEY}"]
 name = "master"
 board = "x86-64"
 role = "server"
+[nodes.network]
+address = "192.168.1.20/24"
+gateway = "192.168.1.1"
 [[nodes]]
 name = "x86-b"
 board = "x86-64"
 role = "agent"
+[nodes.network]
+address = "192.168.1.21/24"
+gateway = "192.168.1.1"
 [[nodes]]
 name = "x86-c"
 board = "x86-64"
 role = "agent"
+[nodes.network]
+address = "192.168.1.22/24"
 [[nodes]]
 name = "pi4-a"
 board = "rpi4"
 role = "agent"
+[nodes.network]
+address = "192.168.1.23/24"
+gateway = "192.168.1.1"
+dns = ["1.1.1.1", "2606:4700:4700::1111"]
+address6 = "fd00::23/64"
+gateway6 = "fe80::1"
+wifi = {{ ssid = "lab net", psk_file = "secrets/wifi-psk", country = "DE", hidden = true }}
 [[nodes]]
 name = "pi4-b"
 board = "rpi4"
 role = "agent"
+[nodes.network]
+address = "192.168.1.24/24"
+gateway = "192.168.1.1"
+dns = ["1.1.1.1"]
+wifi = {{ ssid = "lab net", psk_file = "secrets/wifi-psk", country = "DE" }}
 [[nodes]]
 name = "bpi-a"
 board = "bpi-m5"
 role = "agent"
+[nodes.network]
+address = "192.168.1.25/24"
+gateway = "192.168.1.1"
 "#
             ),
         )
@@ -270,6 +298,11 @@ role = "agent"
 
 /// /dev/shm when writable: e2fsprogs fsyncs, which makes builds on a slow disk seconds slower.
 /// The images are sparse, so a few MiB each.
+/// The Wi-Fi passphrase of the test cluster: unique per test, so it can be searched for.
+fn wifi_psk(nonce: &str) -> String {
+    format!("WifiSecret{nonce}").chars().take(63).collect()
+}
+
 fn scratch() -> PathBuf {
     let shm = Path::new("/dev/shm");
     if tempfile::tempdir_in(shm).is_ok() {
@@ -1859,4 +1892,271 @@ fn build_refuses_a_timezone_or_locale_the_image_lacks() {
         );
         assert!(!img.exists(), "{line}: an image was left behind");
     }
+}
+
+/// Root's, mode `mode`, a regular file: as debugfs reads the inode.
+fn require_root_file(
+    img: &Path,
+    root: u64,
+    path: &str,
+    mode: u32,
+    l: &str,
+    fails: &mut Vec<String>,
+) {
+    let st = stat(img, root, path);
+    require(
+        st.as_ref()
+            .is_some_and(|i| i.mode == mode && i.uid == 0 && i.gid == 0 && i.kind == "regular"),
+        &format!("{l}: {path} is {st:?}, want root's {mode:o} regular file"),
+        fails,
+    );
+}
+
+/// A keyfile as NetworkManager's own reader takes it: `nmcli --offline connection modify`
+/// (NetworkManager 1.42, Debian's network-manager) parses the keyfile from stdin, verifies
+/// the profile as NetworkManager would before activating it, and writes it back normalized;
+/// a profile it cannot read or verify fails. The tool is the oracle, the file the image's.
+fn nm_normalized(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new(oracle::tool("nmcli"))
+        .args([
+            "--offline",
+            "connection",
+            "modify",
+            "connection.zone",
+            "imagegen-test",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nmcli");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "NetworkManager refuses the keyfile: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `[nodes.network]` lands where each family's network stack reads it, with the mode that
+/// stack requires, and the real tools read it: NetworkManager's keyfile reader (`nmcli
+/// --offline`) on Raspberry Pi OS, `netplan generate --root-dir` on Ubuntu, whose
+/// systemd-networkd output must carry the addresses; systemd-networkd's own files (Debian
+/// cloud, Armbian) have no offline reader (`systemd-analyze verify` checks units, not
+/// .network files), so their keys are checked against systemd.network(5) by name. The Wi-Fi
+/// passphrase occurs once in the whole image, inside its 0600 file; the Pi's kernel command
+/// line carries the country, and Pi OS's radio is unblocked.
+#[test]
+fn network_settings_in_every_family() {
+    let mut fails = Vec::new();
+    let cluster = Cluster::new("");
+    let psk = fs::read_to_string(cluster.path("secrets/wifi-psk"))
+        .unwrap()
+        .trim_end()
+        .to_string();
+    for fam in FAMILIES {
+        let l = fam.layout;
+        let node = node_for(fam);
+        let base_img = base(fam);
+        let b = cluster.build(fam, &base_img, node, "net.img", &[]);
+        let root = oracle::partition(&b.img, fam.root).start;
+        let text = |p: &str| String::from_utf8(ext4_bytes(&b.img, root, p)).unwrap();
+        let psk_file = match l {
+            "rpios-bookworm" | "rpios-trixie" => {
+                let wired = "/etc/NetworkManager/system-connections/imagegen-wired.nmconnection";
+                let wifi = "/etc/NetworkManager/system-connections/imagegen-wifi.nmconnection";
+                require_root_file(&b.img, root, wired, 0o600, l, &mut fails);
+                require_root_file(&b.img, root, wifi, 0o600, l, &mut fails);
+                let w = nm_normalized(&ext4_bytes(&b.img, root, wired));
+                for want in [
+                    "type=ethernet\n",
+                    "interface-name=eth0\n",
+                    "address1=192.168.1.23/24,192.168.1.1\n",
+                    "dns=1.1.1.1;\n",
+                    "address1=fd00::23/64,fe80::1\n",
+                    "dns=2606:4700:4700::1111;\n",
+                    "method=manual\n",
+                ] {
+                    require(
+                        w.contains(want),
+                        &format!("{l}: wired profile lacks {want:?}:\n{w}"),
+                        &mut fails,
+                    );
+                }
+                let f = nm_normalized(&ext4_bytes(&b.img, root, wifi));
+                for want in [
+                    "type=wifi\n".to_string(),
+                    "interface-name=wlan0\n".into(),
+                    "ssid=lab net\n".into(),
+                    "hidden=true\n".into(),
+                    "key-mgmt=wpa-psk\n".into(),
+                    format!("psk={psk}\n"),
+                ] {
+                    require(
+                        f.contains(&want),
+                        &format!("{l}: Wi-Fi profile lacks {want:?}"),
+                        &mut fails,
+                    );
+                }
+                let cmd = cmdline(&b.img, oracle::partition(&b.img, fam.fat).start);
+                require(
+                    cmd.split(' ')
+                        .filter(|a| a.starts_with("cfg80211.ieee80211_regdom="))
+                        .eq(["cfg80211.ieee80211_regdom=DE"]),
+                    &format!("{l}: cmdline {cmd}"),
+                    &mut fails,
+                );
+                require(
+                    text("/var/lib/systemd/rfkill/platform-fe300000.mmcnr:wlan") == "0\n"
+                        && text("/var/lib/systemd/rfkill/platform-fe215040.serial:bluetooth")
+                            == "0\n",
+                    &format!("{l}: rfkill states"),
+                    &mut fails,
+                );
+                let state = text("/var/lib/NetworkManager/NetworkManager.state");
+                require(
+                    state.contains("WirelessEnabled=true") && !state.contains("=false"),
+                    &format!("{l}: {state}"),
+                    &mut fails,
+                );
+                wifi
+            }
+            "ubuntu-raspi" | "ubuntu-cloud-amd64" => {
+                let yaml = "/etc/netplan/90-imagegen.yaml";
+                require_root_file(&b.img, root, yaml, 0o600, l, &mut fails);
+                let off = text("/etc/cloud/cloud.cfg.d/99-imagegen-network.cfg");
+                require(
+                    off.lines().any(|x| x == "network: {config: disabled}"),
+                    &format!("{l}: {off}"),
+                    &mut fails,
+                );
+                let tree = rdump(&b.img, root, &["/etc/netplan"]);
+                let out = oracle::output("netplan", &["generate", "--root-dir", s(tree.path())]);
+                require(
+                    out.status.success(),
+                    &format!(
+                        "{l}: netplan generate: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    &mut fails,
+                );
+                let run = tree.path().join("run/systemd/network");
+                let networkd: String = fs::read_dir(&run)
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| fs::read_to_string(e.path()).unwrap())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let wants: &[&str] = if l == "ubuntu-raspi" {
+                    &[
+                        "Name=eth0",
+                        "Address=192.168.1.23/24",
+                        "Gateway=192.168.1.1",
+                        "DNS=1.1.1.1",
+                        "Name=wlan0",
+                        "DHCP=ipv4",
+                    ]
+                } else {
+                    &["Name=en*", "Address=192.168.1.21/24", "Gateway=192.168.1.1"]
+                };
+                for want in wants {
+                    require(
+                        networkd.lines().any(|x| x == *want),
+                        &format!("{l}: netplan's networkd output lacks {want}:\n{networkd}"),
+                        &mut fails,
+                    );
+                }
+                if l == "ubuntu-raspi" {
+                    let wpa = tree.path().join("run/netplan/wpa-wlan0.conf");
+                    let conf = fs::read_to_string(&wpa).unwrap_or_default();
+                    require(
+                        conf.contains("ssid=\"lab net\"")
+                            && conf.contains(&format!("psk=\"{psk}\"")),
+                        &format!("{l}: netplan's wpa_supplicant config {conf}"),
+                        &mut fails,
+                    );
+                    yaml
+                } else {
+                    ""
+                }
+            }
+            _ => {
+                let file = "/etc/systemd/network/10-imagegen-wired.network";
+                require_root_file(&b.img, root, file, 0o644, l, &mut fails);
+                let t = text(file);
+                let (addr, want_name) = if l == "armbian-bpim5" {
+                    ("192.168.1.25/24", "eth0")
+                } else {
+                    ("192.168.1.21/24", "en*")
+                };
+                for want in [
+                    format!("Name={want_name}"),
+                    format!("Address={addr}"),
+                    "Gateway=192.168.1.1".into(),
+                    "DHCP=no".into(),
+                ] {
+                    require(
+                        t.lines().any(|x| x == want),
+                        &format!("{l}: {file} lacks {want}:\n{t}"),
+                        &mut fails,
+                    );
+                }
+                // Every key is one systemd.network(5) documents for its section.
+                let mut section = String::new();
+                for line in t.lines().filter(|x| !x.is_empty() && !x.starts_with('#')) {
+                    if line.starts_with('[') {
+                        section = line.to_string();
+                        continue;
+                    }
+                    let key = line.split_once('=').map_or(line, |(k, _)| k);
+                    let known = match section.as_str() {
+                        "[Match]" => ["Name"].contains(&key),
+                        "[Link]" => ["RequiredForOnline"].contains(&key),
+                        "[Network]" => ["DHCP", "Address", "Gateway", "DNS"].contains(&key),
+                        _ => false,
+                    };
+                    require(
+                        known,
+                        &format!("{l}: {section} {key} is not a systemd.network key"),
+                        &mut fails,
+                    );
+                }
+                let link = "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service";
+                require(
+                    link_target(&b.img, root, link)
+                        == "/usr/lib/systemd/system/systemd-networkd.service",
+                    &format!("{l}: systemd-networkd not enabled"),
+                    &mut fails,
+                );
+                ""
+            }
+        };
+        if !psk_file.is_empty() {
+            let at = offsets_of(&b.img, psk.as_bytes());
+            let blocks = file_extent_bytes(&b.img, root, psk_file);
+            require(
+                at.len() == 1 && blocks.iter().any(|(a, z)| (*a..*z).contains(&at[0])),
+                &format!("{l}: the Wi-Fi passphrase is at {at:?}, {psk_file} is {blocks:?}"),
+                &mut fails,
+            );
+            let manifest = fs::read_to_string(format!("{}.manifest.json", s(&b.img))).unwrap();
+            require(
+                !manifest.contains(&psk),
+                &format!("{l}: the passphrase is in the manifest"),
+                &mut fails,
+            );
+            require(
+                !b.stdout.contains(&psk) && !b.stderr.contains(&psk),
+                &format!("{l}: the passphrase was printed"),
+                &mut fails,
+            );
+        }
+        oracle::assert_e2fsck_clean(&b.img, root);
+        let _ = fs::remove_file(&b.img);
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
 }

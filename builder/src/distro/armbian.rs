@@ -1,7 +1,10 @@
 //! Armbian for the Banana Pi M5.
 //! Facts: shared/research/vendor-images.md section 2.5.
 
-use super::{Context, Facts, Family, Vendor, VendorError, exists, read_text, set_shell_var};
+use super::{
+    Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError, exists, read_text,
+    set_shell_var,
+};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 
@@ -13,6 +16,16 @@ pub fn detect(f: &Facts) -> Option<Result<Vendor, VendorError>> {
 }
 
 impl Family for Armbian {
+    /// See `plan::network` for why systemd-networkd. Armbian keeps the kernel's eth0/wlan0
+    /// names on the BPI-M5.
+    fn network(&self) -> NetworkDefaults {
+        NetworkDefaults {
+            stack: NetworkStack::Networkd,
+            ethernet: "eth0",
+            wifi: "wlan0",
+        }
+    }
+
     fn boot_mount(&self) -> &'static str {
         // Armbian on the BPI-M5 has no FAT partition; /boot is on the root filesystem.
         "/boot"

@@ -1,7 +1,7 @@
 //! Cloud images: Ubuntu 24.04 server cloud image and Debian 12 genericcloud.
 //! Facts: shared/research/vendor-images.md section 4.5.
 
-use super::{Context, Facts, Family, Vendor, VendorError};
+use super::{Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 
@@ -26,6 +26,20 @@ pub fn detect(f: &Facts) -> Option<Result<Vendor, VendorError>> {
 }
 
 impl Family for Cloud {
+    /// Ubuntu: netplan, which cloud-init renders into on these images. Debian: see
+    /// `plan::network` for why systemd-networkd. The Ethernet name depends on the machine's
+    /// bus (predictable names: en*), so a glob.
+    fn network(&self) -> NetworkDefaults {
+        NetworkDefaults {
+            stack: match self.0 {
+                Os::Ubuntu => NetworkStack::Netplan,
+                Os::Debian => NetworkStack::Networkd,
+            },
+            ethernet: "en*",
+            wifi: "wl*",
+        }
+    }
+
     fn boot_mount(&self) -> &'static str {
         "/boot/efi"
     }

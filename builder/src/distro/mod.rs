@@ -94,12 +94,38 @@ pub struct Context<'a> {
     pub has_identity: bool,
 }
 
+/// The network stack a family's image brings its interfaces up with on first boot, and so the
+/// format `[network]` is written in (`plan::network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkStack {
+    /// NetworkManager keyfiles in /etc/NetworkManager/system-connections.
+    NetworkManager,
+    /// netplan YAML in /etc/netplan, rendered at boot by the image's netplan generator.
+    Netplan,
+    /// systemd-networkd `.network` files in /etc/systemd/network (wpa_supplicant for Wi-Fi).
+    Networkd,
+}
+
+/// Where a family's network settings go: its stack and the interface names of its boards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkDefaults {
+    pub stack: NetworkStack,
+    /// The Ethernet interface `[network]` addresses are for unless `interface` says otherwise;
+    /// a glob where the name depends on the machine.
+    pub ethernet: &'static str,
+    /// The Wi-Fi interface.
+    pub wifi: &'static str,
+}
+
 /// The questions every distro family answers. Each `plan_*` method adds that family's changes
 /// (none by default); [`plan`] calls them in this order.
 pub trait Family: Sync {
     /// Where the FAT partition the agent reads its seed from and writes its status to is
     /// mounted.
     fn boot_mount(&self) -> &'static str;
+
+    /// The network stack and interface names of the family's images.
+    fn network(&self) -> NetworkDefaults;
 
     /// Where a copy of the node's SSH host keys is kept, for families whose first boot
     /// replaces them unconditionally; `plan` writes the copy there.

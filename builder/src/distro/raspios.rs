@@ -1,7 +1,7 @@
 //! Raspberry Pi OS Lite arm64, bookworm and trixie.
 //! Facts: shared/research/vendor-images.md sections 1.5 (bookworm), 1.6 (trixie).
 
-use super::{Context, Facts, Family, Vendor, VendorError, exists};
+use super::{Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError, exists};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 
@@ -40,6 +40,17 @@ pub fn detect(f: &Facts) -> Option<Result<Vendor, VendorError>> {
 }
 
 impl Family for RaspiOs {
+    /// Raspberry Pi OS runs NetworkManager since bookworm (Imager writes its Wi-Fi as a
+    /// keyfile: raspberrypi-sys-mods imager_custom); trixie's netplan renders into
+    /// NetworkManager too and leaves /etc/NetworkManager/system-connections to it.
+    fn network(&self) -> NetworkDefaults {
+        NetworkDefaults {
+            stack: NetworkStack::NetworkManager,
+            ethernet: "eth0",
+            wifi: "wlan0",
+        }
+    }
+
     fn boot_mount(&self) -> &'static str {
         "/boot/firmware"
     }

@@ -2,7 +2,7 @@
 //! Facts: shared/research/vendor-images.md section 3.5.
 
 use super::cloud::{meta_data, user_data};
-use super::{Context, Facts, Family, Vendor, VendorError};
+use super::{Context, Facts, Family, NetworkDefaults, NetworkStack, Vendor, VendorError};
 use crate::image::Image;
 use crate::plan::changes::{Kind, Plan};
 
@@ -14,6 +14,15 @@ pub fn detect(f: &Facts) -> Option<Result<Vendor, VendorError>> {
 }
 
 impl Family for UbuntuRaspi {
+    /// netplan, as the seed's network-config already is (eth0 DHCP, vendor-images.md 3.5).
+    fn network(&self) -> NetworkDefaults {
+        NetworkDefaults {
+            stack: NetworkStack::Netplan,
+            ethernet: "eth0",
+            wifi: "wlan0",
+        }
+    }
+
     fn boot_mount(&self) -> &'static str {
         "/boot/firmware"
     }

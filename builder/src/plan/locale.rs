@@ -184,7 +184,7 @@ fn invalid(problem: Option<String>, what: &str, value: &str) -> Result<(), PlanE
     }
 }
 
-fn read_optional(image: &mut Image, path: &str) -> Result<Option<String>, PlanError> {
+pub(super) fn read_optional(image: &mut Image, path: &str) -> Result<Option<String>, PlanError> {
     match image.read_file(path) {
         Ok(b) => String::from_utf8(b)
             .map(Some)

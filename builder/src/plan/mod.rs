@@ -4,6 +4,7 @@
 pub mod changes;
 pub mod hardening;
 pub mod locale;
+pub mod network;
 pub mod users;
 
 use crate::board::Board;
@@ -31,6 +32,8 @@ pub const BACKUP_KEY: &str = "/etc/imagegen/backup-key";
 pub const BACKUP_KNOWN_HOSTS: &str = "/etc/imagegen/backup-known-hosts";
 /// Where a staged zerotier-one package waits for the agent to install it.
 pub const ZEROTIER_PACKAGE: &str = "/var/cache/imagegen/zerotier-one.deb";
+/// The kernel argument that sets the Wi-Fi regulatory domain (cfg80211).
+pub const REGDOM_ARG: &str = "cfg80211.ieee80211_regdom=";
 /// systemd preset for the units the agent enables itself; sorts before the vendor's.
 pub const PRESET: &str = "/etc/systemd/system-preset/00-imagegen.preset";
 
@@ -82,13 +85,13 @@ impl NodeSpec<'_> {
 /// The changes that make `image` into node `spec`, each tagged with whose it is.
 pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError> {
     let mut p = Plan::new(spec.epoch);
-    refuse_unapplied(spec)?;
     if !spec.generic {
         hostname(image, spec, &mut p)?;
     }
     admin(image, spec, &mut p)?;
     harden(image, spec, &mut p)?;
     locale::plan(image, &spec.config.cluster, &mut p)?;
+    network::plan(image, spec, &mut p)?;
     kernel_cmdline(image, spec, &mut p)?;
     identity_dirs(spec, &mut p);
     if let Some(id) = spec.identity {
@@ -123,24 +126,6 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     backup_pins(spec, &mut p)?;
     staged_software(spec, &mut p)?;
     Ok(p.into_changes())
-}
-
-/// `[network]` is checked (`check::network`) but not written into the nodes yet: a node that
-/// silently kept DHCP where a static address was asked for would be unreachable where the
-/// operator looks for it, so `build` and `personalize` refuse it instead.
-fn refuse_unapplied(spec: &NodeSpec) -> Result<(), PlanError> {
-    let node = spec
-        .config
-        .nodes
-        .iter()
-        .find(|n| n.name.get_ref() == spec.name);
-    if spec.config.network.is_some() || node.is_some_and(|n| n.network.is_some()) {
-        return Err(PlanError::Invalid(
-            "[network] and [nodes.network] are checked by `imagegen check` but not applied to              the nodes yet: remove them to build (the nodes use DHCP on Ethernet)"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Where the identity goes. Public, so a seed's identity files land in directories as a full
@@ -427,7 +412,10 @@ fn identity(id: &crate::identity::Identity, vendor: Vendor, p: &mut Plan) {
 }
 
 /// Adds the board's kernel arguments (k3s needs the memory cgroup on Raspberry Pis) to the
-/// one-line cmdline.txt, and checks that its root= names a partition of this image.
+/// one-line cmdline.txt, and checks that its root= names a partition of this image. A node
+/// with Wi-Fi gets its regulatory domain there too, replacing any other, as raspi-config
+/// `do_wifi_country` writes it (`cfg80211.ieee80211_regdom=XX`; Raspberry Pi Imager appends
+/// the same): the node's own, so then the file is.
 fn kernel_cmdline(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
     let Some(file) = spec.board.kernel_cmdline_file.as_deref() else {
         return Ok(());
@@ -455,9 +443,19 @@ fn kernel_cmdline(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<()
             args.push(want.clone());
         }
     }
+    let regdom = network::regulatory_domain(spec);
+    if let Some(country) = &regdom {
+        args.retain(|a| !a.starts_with(REGDOM_ARG));
+        args.push(format!("{REGDOM_ARG}{country}"));
+    }
     let new = format!("{}\n", args.join(" "));
     if new != text {
-        p.file(file, new.into_bytes(), 0o644);
+        let kind = if regdom.is_some() {
+            Kind::Node
+        } else {
+            Kind::Public
+        };
+        p.file(file, new.into_bytes(), 0o644).kind(kind);
     }
     Ok(())
 }

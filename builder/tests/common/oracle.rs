@@ -34,6 +34,8 @@ pub fn apt_package(tool: &str) -> &'static str {
         "nft" => "nftables",
         "openssl" => "openssl",
         "bash" => "bash",
+        "netplan" => "netplan.io",
+        "nmcli" => "network-manager",
         _ => "coreutils",
     }
 }
