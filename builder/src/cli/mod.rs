@@ -158,7 +158,7 @@ pub struct BuildArgs {
     /// Build every node of the config (then -o is a directory)
     #[arg(long, requires = "config", conflicts_with = "node")]
     pub all: bool,
-    /// Output: NAME.img, NAME.img.xz or NAME.img.zst (a directory with --all)
+    /// Output: NAME.img, NAME.img.xz, NAME.img.zst or NAME.qcow2 (a directory with --all)
     /// [default: NODE.img.zst]
     #[arg(long, short = 'o', value_name = "OUT")]
     pub output: Option<PathBuf>,
