@@ -25,6 +25,8 @@ pub struct Request {
     /// `-o`: the image of one node, or the directory of `--all`'s images (made if missing);
     /// else `NODE.img.zst` here.
     pub output: Option<PathBuf>,
+    /// `--disk-size`: bytes the image is grown to (never shrunk); else the base image's size.
+    pub disk_size: Option<u64>,
     /// `--base`; else each board's default.
     pub base: Option<Source>,
     pub sha256: Option<String>,
@@ -98,6 +100,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
             config_dir: &config_dir,
             node: &node,
             out: &out,
+            disk_size: req.disk_size,
             base: req.base.clone(),
             sha256: req.sha256.clone(),
             vendor: req.vendor,
@@ -263,6 +266,7 @@ struct Job<'a> {
     config_dir: &'a Path,
     node: &'a str,
     out: &'a Path,
+    disk_size: Option<u64>,
     /// `--base`; else the board's default.
     base: Option<Source>,
     sha256: Option<String>,
@@ -362,6 +366,9 @@ fn build(req: &Job) -> Result<Manifest> {
     })?;
     let vendor = check_base(&mut image, req.vendor, &board)?;
     let epoch = epoch(&image)?;
+    if let Some(size) = req.disk_size {
+        image = grow_disk(image, &work.path, size, epoch)?;
+    }
     let identity = if req.generic {
         None
     } else {
@@ -532,6 +539,26 @@ fn k3s_binary(req: &Job, board: &Board) -> Result<Option<PathBuf>> {
         },
         _ => None,
     })
+}
+
+/// `--disk-size`: grows the image to `size` bytes before anything is planned, so the plan sees
+/// the room it has. The engine's grow moves the GPT backup to the new end and grows the last
+/// partition and its ext4 (resize2fs); a disk already that size is left alone.
+fn grow_disk(image: Image, path: &Path, size: u64, epoch: i64) -> Result<Image> {
+    let len = std::fs::metadata(path)?.len();
+    if size < len {
+        bail!(
+            "--disk-size {size} bytes is smaller than the base image ({len} bytes, {} MiB): \
+             imagegen only grows disks",
+            len.div_ceil(1 << 20)
+        );
+    }
+    if size.next_multiple_of(crate::disk::SECTOR) == len {
+        return Ok(image);
+    }
+    drop(image);
+    crate::image::grow(path, size, epoch).context("growing the image to --disk-size")?;
+    Image::open_for_write(path).context("reading the grown image")
 }
 
 /// Applies the plan; when the root filesystem is too small for it (a staged k3s binary is

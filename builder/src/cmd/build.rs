@@ -38,6 +38,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
     let req = build::Request {
         config,
         output: a.output,
+        disk_size: a.disk_size,
         base: a.base.as_deref().map(Source::parse),
         sha256: a.sha256,
         vendor: a.vendor.as_deref().map(Vendor::from_id).transpose()?,
