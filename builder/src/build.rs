@@ -23,7 +23,7 @@ use crate::agent::{self, Agent, AgentSet};
 pub struct Request {
     pub config: Config,
     /// `-o`: the image of one node, or the directory of `--all`'s images (made if missing);
-    /// else `NODE.img.zst` here.
+    /// else `NODE.img.zst` (`NODE.qcow2` for a VM board) here.
     pub output: Option<PathBuf>,
     /// `--disk-size`: bytes the image is grown to (never shrunk); else the base image's size.
     pub disk_size: Option<u64>,
@@ -94,7 +94,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
     );
     let mut images = Vec::new();
     for node in nodes {
-        let out = output_path(req.output.as_deref(), all, &node)?;
+        let out = output_path(req.output.as_deref(), all, &default_output(&config, &node))?;
         let job = Job {
             config: &config,
             config_dir: &config_dir,
@@ -161,8 +161,19 @@ fn load(config: &Config) -> Result<(ClusterConfig, PathBuf, Vec<String>)> {
     }
 }
 
-fn output_path(output: Option<&Path>, all: bool, node: &str) -> Result<PathBuf> {
-    let default = format!("{node}.img.zst");
+/// `NODE.img.zst`, or `NODE.qcow2` for a VM board: the name its board gives the node's image.
+/// An unknown node or board is left to `build`, which names it in its own words.
+fn default_output(config: &ClusterConfig, node: &str) -> String {
+    config
+        .nodes
+        .iter()
+        .find(|n| n.name.get_ref() == node)
+        .and_then(|n| board::get(n.board.get_ref()).ok())
+        .map_or_else(|| format!("{node}.img.zst"), |b| b.output_name(node))
+}
+
+fn output_path(output: Option<&Path>, all: bool, default: &str) -> Result<PathBuf> {
+    let default = default.to_string();
     Ok(match (output, all) {
         (Some(o), true) => {
             std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;

@@ -550,6 +550,24 @@ fn vm_disk_is_a_grown_qcow2_that_holds_the_raw_build() {
         "{blocks} blocks of {block_size} in {root:?}"
     );
 
+    // The kvm board writes a qcow2 when -o names no file.
+    fs::create_dir_all(c.path("home/.ssh")).unwrap();
+    oracle::ssh_keygen(&c.path("home/.ssh/id_ed25519"), "tester@laptop");
+    let vm = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(["build", "--board", "kvm", "--base", s(&base)])
+        .args(["--agent", s(&c.path("agent-amd64"))])
+        .args(["--cache-dir", s(&c.cache())])
+        .args(["--state-dir", s(&c.path("state"))])
+        .current_dir(c.out_dir())
+        .env("HOME", c.path("home"))
+        .env("USER", "tester")
+        .output()
+        .unwrap();
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    let vm = c.out_dir().join("kvm.qcow2");
+    oracle::run("qemu-img", &["check", s(&vm)]);
+    assert_eq!(manifest(&vm)["board"], "kvm");
+
     // Smaller than the base: refused, nothing written.
     for f in entries(&c.out_dir()) {
         fs::remove_file(c.out_dir().join(f)).unwrap();
@@ -828,7 +846,7 @@ fn boards_lists_every_board_with_arch_and_default_base() {
         .into_iter()
         .filter_map(|f| f.strip_suffix(".toml").map(str::to_owned))
         .collect();
-    for id in ["rpi3", "rpi4", "bpi-m5", "x86-64", "rpi5", "arm64-generic"] {
+    for id in ["rpi3", "rpi4", "bpi-m5", "x86-64", "kvm", "rpi5", "arm64-generic"] {
         assert!(files.contains(id), "boards/{id}.toml");
     }
     let out = c.imagegen(&["boards", "--json"]);

@@ -159,7 +159,7 @@ pub struct BuildArgs {
     #[arg(long, requires = "config", conflicts_with = "node")]
     pub all: bool,
     /// Output: NAME.img, NAME.img.xz, NAME.img.zst or NAME.qcow2 (a directory with --all)
-    /// [default: NODE.img.zst]
+    /// [default: NODE.img.zst, NODE.qcow2 for the kvm board]
     #[arg(long, short = 'o', value_name = "OUT")]
     pub output: Option<PathBuf>,
     /// Size of the disk, e.g. 8G for a VM disk: the image, its last partition and root

@@ -75,6 +75,7 @@ pub fn boards(a: BoardsArgs) -> Result<()> {
             "", b.base.vendor, b.base.url
         )?;
         writeln!(out, "{:<14} also accepts: {}", "", b.accepts.join(", "))?;
+        writeln!(out, "{:<14} default output: {}", "", b.output_name("NODE"))?;
     }
     // Where each board architecture's agent would come from, so a missing one shows before a
     // build does.
