@@ -846,7 +846,15 @@ fn boards_lists_every_board_with_arch_and_default_base() {
         .into_iter()
         .filter_map(|f| f.strip_suffix(".toml").map(str::to_owned))
         .collect();
-    for id in ["rpi3", "rpi4", "bpi-m5", "x86-64", "kvm", "rpi5", "arm64-generic"] {
+    for id in [
+        "rpi3",
+        "rpi4",
+        "bpi-m5",
+        "x86-64",
+        "kvm",
+        "rpi5",
+        "arm64-generic",
+    ] {
         assert!(files.contains(id), "boards/{id}.toml");
     }
     let out = c.imagegen(&["boards", "--json"]);

@@ -258,6 +258,7 @@ fn arm_options(kernel: PathBuf, initrd: PathBuf, cmdline: String) -> VmOptions {
         extra_args: String::new(),
         memory_mib: 1024,
         cpus: 2,
+        disk_format: "raw",
     }
 }
 

@@ -292,6 +292,9 @@ pub struct VmOptions {
     pub extra_args: String,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// qemu's name for the disk's format: `raw`, or `qcow2` for a `.qcow2` output (then set
+    /// `cmdline`: `root=` is otherwise read from the disk as a raw image).
+    pub disk_format: &'static str,
 }
 
 impl Default for VmOptions {
@@ -306,6 +309,7 @@ impl Default for VmOptions {
             extra_args: String::new(),
             memory_mib: 1024,
             cpus: 2,
+            disk_format: "raw",
         }
     }
 }
@@ -383,8 +387,9 @@ impl Vm {
             ))
             .arg("-drive")
             .arg(format!(
-                "file={},format=raw,if=virtio,cache=unsafe,discard=unmap",
-                disk.display()
+                "file={},format={},if=virtio,cache=unsafe,discard=unmap",
+                disk.display(),
+                opts.disk_format
             ))
             .args(["-netdev"])
             .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
