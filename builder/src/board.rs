@@ -1,6 +1,7 @@
 //! Boards: one TOML file each under `boards/`, embedded in the binary.
 
 use crate::arch::Arch;
+use crate::emit::Format;
 use serde::{Deserialize, Serialize};
 
 const FILES: &[(&str, &str)] = &[
@@ -9,6 +10,7 @@ const FILES: &[(&str, &str)] = &[
     ("rpi5", include_str!("../../boards/rpi5.toml")),
     ("bpi-m5", include_str!("../../boards/bpi-m5.toml")),
     ("x86-64", include_str!("../../boards/x86-64.toml")),
+    ("kvm", include_str!("../../boards/kvm.toml")),
     (
         "arm64-generic",
         include_str!("../../boards/arm64-generic.toml"),
@@ -32,6 +34,21 @@ pub struct Board {
     pub base: BaseImage,
     #[serde(default)]
     pub alternatives: Vec<BaseImage>,
+    /// Format of the image `build` writes without `-o` (or into `--all`'s directory).
+    #[serde(default = "default_output")]
+    pub output: Format,
+}
+
+/// A compressed raw image: what a card or disk is flashed from.
+fn default_output() -> Format {
+    Format::Zstd
+}
+
+impl Board {
+    /// The image file name `build` gives `node` when `-o` names no file.
+    pub fn output_name(&self, node: &str) -> String {
+        format!("{node}.{}", self.output)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +113,15 @@ mod tests {
             let s = b.base.sha256.as_deref().unwrap_or("");
             assert!(s.is_empty() || (s.len() == 64 && s.bytes().all(|c| c.is_ascii_hexdigit())));
         }
+    }
+
+    #[test]
+    fn vms_get_qcow2_and_the_rest_a_compressed_raw_image() {
+        assert_eq!(get("kvm").unwrap().output_name("vm1"), "vm1.qcow2");
+        assert_eq!(get("x86-64").unwrap().output_name("m"), "m.img.zst");
+        assert_eq!(get("rpi4").unwrap().output, Format::Zstd);
+        // Bare metal gets Debian's `generic` image, whose kernel has the hardware drivers.
+        assert!(get("x86-64").unwrap().base.url.contains("-generic-amd64"));
     }
 
     #[test]

@@ -23,8 +23,10 @@ use crate::agent::{self, Agent, AgentSet};
 pub struct Request {
     pub config: Config,
     /// `-o`: the image of one node, or the directory of `--all`'s images (made if missing);
-    /// else `NODE.img.zst` here.
+    /// else `NODE.img.zst` (`NODE.qcow2` for a VM board) here.
     pub output: Option<PathBuf>,
+    /// `--disk-size`: bytes the image is grown to (never shrunk); else the base image's size.
+    pub disk_size: Option<u64>,
     /// `--base`; else each board's default.
     pub base: Option<Source>,
     pub sha256: Option<String>,
@@ -92,12 +94,13 @@ pub fn run(req: &Request) -> Result<Outcome> {
     );
     let mut images = Vec::new();
     for node in nodes {
-        let out = output_path(req.output.as_deref(), all, &node)?;
+        let out = output_path(req.output.as_deref(), all, &default_output(&config, &node))?;
         let job = Job {
             config: &config,
             config_dir: &config_dir,
             node: &node,
             out: &out,
+            disk_size: req.disk_size,
             base: req.base.clone(),
             sha256: req.sha256.clone(),
             vendor: req.vendor,
@@ -158,8 +161,19 @@ fn load(config: &Config) -> Result<(ClusterConfig, PathBuf, Vec<String>)> {
     }
 }
 
-fn output_path(output: Option<&Path>, all: bool, node: &str) -> Result<PathBuf> {
-    let default = format!("{node}.img.zst");
+/// `NODE.img.zst`, or `NODE.qcow2` for a VM board: the name its board gives the node's image.
+/// An unknown node or board is left to `build`, which names it in its own words.
+fn default_output(config: &ClusterConfig, node: &str) -> String {
+    config
+        .nodes
+        .iter()
+        .find(|n| n.name.get_ref() == node)
+        .and_then(|n| board::get(n.board.get_ref()).ok())
+        .map_or_else(|| format!("{node}.img.zst"), |b| b.output_name(node))
+}
+
+fn output_path(output: Option<&Path>, all: bool, default: &str) -> Result<PathBuf> {
+    let default = default.to_string();
     Ok(match (output, all) {
         (Some(o), true) => {
             std::fs::create_dir_all(o).with_context(|| format!("creating {}", o.display()))?;
@@ -263,6 +277,7 @@ struct Job<'a> {
     config_dir: &'a Path,
     node: &'a str,
     out: &'a Path,
+    disk_size: Option<u64>,
     /// `--base`; else the board's default.
     base: Option<Source>,
     sha256: Option<String>,
@@ -362,6 +377,9 @@ fn build(req: &Job) -> Result<Manifest> {
     })?;
     let vendor = check_base(&mut image, req.vendor, &board)?;
     let epoch = epoch(&image)?;
+    if let Some(size) = req.disk_size {
+        image = grow_disk(image, &work.path, size, epoch)?;
+    }
     let identity = if req.generic {
         None
     } else {
@@ -532,6 +550,26 @@ fn k3s_binary(req: &Job, board: &Board) -> Result<Option<PathBuf>> {
         },
         _ => None,
     })
+}
+
+/// `--disk-size`: grows the image to `size` bytes before anything is planned, so the plan sees
+/// the room it has. The engine's grow moves the GPT backup to the new end and grows the last
+/// partition and its ext4 (resize2fs); a disk already that size is left alone.
+fn grow_disk(image: Image, path: &Path, size: u64, epoch: i64) -> Result<Image> {
+    let len = std::fs::metadata(path)?.len();
+    if size < len {
+        bail!(
+            "--disk-size {size} bytes is smaller than the base image ({len} bytes, {} MiB): \
+             imagegen only grows disks",
+            len.div_ceil(1 << 20)
+        );
+    }
+    if size.next_multiple_of(crate::disk::SECTOR) == len {
+        return Ok(image);
+    }
+    drop(image);
+    crate::image::grow(path, size, epoch).context("growing the image to --disk-size")?;
+    Image::open_for_write(path).context("reading the grown image")
 }
 
 /// Applies the plan; when the root filesystem is too small for it (a staged k3s binary is

@@ -467,6 +467,118 @@ fn gpt_cloud_build_is_flashable_onto_a_reused_card() {
 }
 
 #[test]
+fn vm_disk_is_a_grown_qcow2_that_holds_the_raw_build() {
+    let c = Cluster::new();
+    let base = common::fixture("ubuntu-cloud-amd64");
+    let base_len = fs::metadata(&base).unwrap().len();
+    let disk = base_len + (300 << 20);
+    let size = disk.to_string();
+    let with_size = |out: &str| {
+        let mut args = c.build_args("master", s(&base), out);
+        args.extend(["--disk-size".to_string(), size.clone()]);
+        args
+    };
+    let run_ok = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = c.imagegen(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    };
+    run_ok(with_size("master.qcow2"));
+    run_ok(with_size("master.img"));
+    let qcow = c.out_dir().join("master.qcow2");
+    let raw = c.out_dir().join("master.img");
+
+    // qemu-img: a consistent qcow2 (no errors, no leaks) of the disk size, holding exactly the
+    // raw build's bytes.
+    let check = oracle::output("qemu-img", &["check", "--output=json", s(&qcow)]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    let check: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(check["check-errors"], 0, "{check}");
+    assert!(check.get("leaks").is_none(), "{check}");
+    let info: serde_json::Value = serde_json::from_str(&oracle::run(
+        "qemu-img",
+        &["info", "--output=json", s(&qcow)],
+    ))
+    .unwrap();
+    assert_eq!(info["format"], "qcow2", "{info}");
+    assert_eq!(info["format-specific"]["data"]["compat"], "1.1", "{info}");
+    assert_eq!(info["virtual-size"], disk, "{info}");
+    oracle::run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "qcow2", s(&raw), s(&qcow)],
+    );
+    let sums = Command::new("sha256sum")
+        .args(["-c", "master.qcow2.sha256"])
+        .current_dir(c.out_dir())
+        .output()
+        .unwrap();
+    assert!(sums.status.success(), "{}", stderr(&sums));
+    assert_eq!(manifest(&qcow)["output"]["format"], "qcow2");
+    assert_eq!(
+        manifest(&qcow)["output"]["raw_sha256"],
+        manifest(&raw)["output"]["sha256"]
+    );
+    // Sparse: the fixture holds a few MiB of data in 1.5 GiB.
+    let qcow_len = fs::metadata(&qcow).unwrap().len();
+    assert!(qcow_len < 64 << 20, "{qcow_len}");
+
+    // The same build again: the same bytes.
+    run_ok(with_size("again.qcow2"));
+    oracle::run("cmp", &[s(&qcow), s(&c.out_dir().join("again.qcow2"))]);
+
+    // The grown disk: a valid GPT whose backup is at the new end, the root partition (last
+    // on disk) running to it, and its ext4 filling it and clean.
+    assert_eq!(fs::metadata(&raw).unwrap().len(), disk);
+    let verify = oracle::run("sgdisk", &["-v", s(&raw)]);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let root = oracle::partitions(&raw)
+        .into_iter()
+        .max_by_key(|p| p.start)
+        .unwrap();
+    // The GPT backup takes the last 33 sectors.
+    assert!(
+        (root.start + root.size) * 512 > disk - (1 << 20),
+        "{root:?} on a {disk} byte disk"
+    );
+    assert!(root.size * 512 > 300 << 20, "{root:?}");
+    oracle::assert_e2fsck_clean(&raw, root.start);
+    let fs = oracle::dumpe2fs(&raw, root.start);
+    let blocks: u64 = fs["Block count"].parse().unwrap();
+    let block_size: u64 = fs["Block size"].parse().unwrap();
+    assert!(
+        blocks * block_size <= root.size * 512 && blocks * block_size > root.size * 512 - (4 << 20),
+        "{blocks} blocks of {block_size} in {root:?}"
+    );
+
+    // The kvm board writes a qcow2 when -o names no file.
+    fs::create_dir_all(c.path("home/.ssh")).unwrap();
+    oracle::ssh_keygen(&c.path("home/.ssh/id_ed25519"), "tester@laptop");
+    let vm = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(["build", "--board", "kvm", "--base", s(&base)])
+        .args(["--agent", s(&c.path("agent-amd64"))])
+        .args(["--cache-dir", s(&c.cache())])
+        .args(["--state-dir", s(&c.path("state"))])
+        .current_dir(c.out_dir())
+        .env("HOME", c.path("home"))
+        .env("USER", "tester")
+        .output()
+        .unwrap();
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    let vm = c.out_dir().join("kvm.qcow2");
+    oracle::run("qemu-img", &["check", s(&vm)]);
+    assert_eq!(manifest(&vm)["board"], "kvm");
+
+    // Smaller than the base: refused, nothing written.
+    for f in entries(&c.out_dir()) {
+        fs::remove_file(c.out_dir().join(f)).unwrap();
+    }
+    let mut args = c.build_args("master", s(&base), "small.qcow2");
+    args.extend(["--disk-size".to_string(), "1G".to_string()]);
+    let err = c.build_fails_with(&args, "smaller than the base image");
+    assert!(err.contains("--disk-size"), "{err}");
+}
+
+#[test]
 fn server_error_is_retried_and_cut_transfer_resumes() {
     let c = Cluster::new();
     let web = Served::new();
@@ -593,6 +705,7 @@ fn server_that_stops_answering_fails_and_the_download_resumes_later() {
             nodes: Nodes::One("pi4-a".into()),
         },
         output: Some(out.clone()),
+        disk_size: None,
         base: Some(Source::Url(web.url(path))),
         sha256: Some(hex_sha256(&zst)),
         vendor: None,
@@ -733,7 +846,15 @@ fn boards_lists_every_board_with_arch_and_default_base() {
         .into_iter()
         .filter_map(|f| f.strip_suffix(".toml").map(str::to_owned))
         .collect();
-    for id in ["rpi3", "rpi4", "bpi-m5", "x86-64", "rpi5", "arm64-generic"] {
+    for id in [
+        "rpi3",
+        "rpi4",
+        "bpi-m5",
+        "x86-64",
+        "kvm",
+        "rpi5",
+        "arm64-generic",
+    ] {
         assert!(files.contains(id), "boards/{id}.toml");
     }
     let out = c.imagegen(&["boards", "--json"]);

@@ -158,10 +158,14 @@ pub struct BuildArgs {
     /// Build every node of the config (then -o is a directory)
     #[arg(long, requires = "config", conflicts_with = "node")]
     pub all: bool,
-    /// Output: NAME.img, NAME.img.xz or NAME.img.zst (a directory with --all)
-    /// [default: NODE.img.zst]
+    /// Output: NAME.img, NAME.img.xz, NAME.img.zst or NAME.qcow2 (a directory with --all)
+    /// [default: NODE.img.zst, NODE.qcow2 for the kvm board]
     #[arg(long, short = 'o', value_name = "OUT")]
     pub output: Option<PathBuf>,
+    /// Size of the disk, e.g. 8G for a VM disk: the image, its last partition and root
+    /// filesystem are grown to it at build time [default: the base image's size]
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk_size)]
+    pub disk_size: Option<u64>,
     /// Base image: a file or an http(s) URL, instead of the board's default
     #[arg(long, value_name = "FILE|URL")]
     pub base: Option<String>,
@@ -321,6 +325,14 @@ fn parse_owner(s: &str) -> Result<(u32, u32), String> {
     Ok((num(u)?, num(g)?))
 }
 
+/// A whole disk's size: 8G, 512M, 1048576 (no `+`: the base's size is not known yet).
+fn parse_disk_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        SizeArg::Absolute(n) => Ok(n),
+        SizeArg::Relative(_) => Err(format!("{s:?}: give the whole disk's size, like 8G")),
+    }
+}
+
 /// Parses 4G, 512M, 1048576, +256M.
 pub fn parse_size(s: &str) -> Result<SizeArg, String> {
     let (relative, rest) = match s.strip_prefix('+') {
@@ -379,6 +391,8 @@ mod tests {
         assert!(parse_size("4X").is_err());
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
+        assert_eq!(parse_disk_size("8G"), Ok(8 << 30));
+        assert!(parse_disk_size("+8G").is_err());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
     let req = build::Request {
         config,
         output: a.output,
+        disk_size: a.disk_size,
         base: a.base.as_deref().map(Source::parse),
         sha256: a.sha256,
         vendor: a.vendor.as_deref().map(Vendor::from_id).transpose()?,
@@ -74,6 +75,7 @@ pub fn boards(a: BoardsArgs) -> Result<()> {
             "", b.base.vendor, b.base.url
         )?;
         writeln!(out, "{:<14} also accepts: {}", "", b.accepts.join(", "))?;
+        writeln!(out, "{:<14} default output: {}", "", b.output_name("NODE"))?;
     }
     // Where each board architecture's agent would come from, so a missing one shows before a
     // build does.

@@ -16,7 +16,7 @@ use liblzma::stream::{Check, MtStreamBuilder};
 use liblzma::write::XzEncoder;
 
 /// The accepted output file name endings, for error messages.
-pub const EXTENSIONS: &str = ".img, .img.xz, .img.zst";
+pub const EXTENSIONS: &str = ".img, .img.xz, .img.zst, .qcow2";
 
 /// xz preset 6 is xz's own default: a good ratio at a tolerable speed for a one-off build.
 const XZ_PRESET: u32 = 6;
@@ -49,26 +49,31 @@ pub enum Format {
     /// zstd (multithreaded, fixed 8 MiB jobs, content checksum).
     #[serde(rename = "img.zst")]
     Zstd,
+    /// qcow2 version 3 for VM hosts, sparse (see `emit::qcow2`).
+    #[serde(rename = "qcow2")]
+    Qcow2,
 }
 
 impl Format {
-    /// The format for an output path, from its name: `.img`, `.img.xz` or `.img.zst`.
+    /// The format for an output path, from its name: `.img`, `.img.xz`, `.img.zst` or `.qcow2`.
     pub fn from_path(path: &Path) -> Option<Format> {
         let name = path.file_name()?.to_str()?;
         [
             (".img", Format::Raw),
             (".img.xz", Format::Xz),
             (".img.zst", Format::Zstd),
+            (".qcow2", Format::Qcow2),
         ]
         .into_iter()
         .find(|(ext, _)| name.len() > ext.len() && name.ends_with(ext))
         .map(|(_, format)| format)
     }
 
-    /// The encoder library, its version and the settings that fix its output, or `None` for raw.
+    /// The encoder library, its version and the settings that fix its output, or `None` for raw
+    /// and qcow2 (uncompressed, laid out by imagegen itself, whose version the manifest records).
     pub fn compressor(self) -> Option<Compressor> {
         match self {
-            Format::Raw => None,
+            Format::Raw | Format::Qcow2 => None,
             Format::Xz => Some(Compressor {
                 library: "liblzma".into(),
                 version: liblzma_version(),
@@ -96,6 +101,7 @@ impl fmt::Display for Format {
             Format::Raw => "img",
             Format::Xz => "img.xz",
             Format::Zstd => "img.zst",
+            Format::Qcow2 => "qcow2",
         })
     }
 }
@@ -123,7 +129,9 @@ pub(crate) fn encoder<'a, W: Write + 'a>(
     raw_size: u64,
 ) -> io::Result<Box<dyn Encoder<W> + 'a>> {
     match format {
-        Format::Raw => Err(io::Error::other("raw output has no encoder")),
+        Format::Raw | Format::Qcow2 => {
+            Err(io::Error::other(format!("{format} output has no encoder")))
+        }
         Format::Xz => {
             let stream = xz_builder(threads.max(1))
                 .encoder()
@@ -189,6 +197,8 @@ mod tests {
             Format::from_path(Path::new("n.img.zst")),
             Some(Format::Zstd)
         );
+        assert_eq!(Format::from_path(Path::new("n.qcow2")), Some(Format::Qcow2));
+        assert_eq!(Format::from_path(Path::new(".qcow2")), None);
         assert_eq!(Format::from_path(Path::new("n.img.gz")), None);
         assert_eq!(Format::from_path(Path::new("n.xz")), None);
         assert_eq!(Format::from_path(Path::new(".img")), None);

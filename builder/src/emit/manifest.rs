@@ -105,7 +105,7 @@ pub struct Output {
     pub raw_sha256: String,
     pub raw_size: u64,
     /// Blocks of 4 KiB listed in `OUT.bmap`: the ones a flash writes (data, and zeros that are
-    /// in use).
+    /// in use). A qcow2 output has no `.bmap`; the count is the raw image's all the same.
     pub mapped_blocks: u64,
     pub compressor: Option<Compressor>,
 }

@@ -1,6 +1,7 @@
 //! The last stage: the finished raw working image becomes the output `OUT` (`.img` written
-//! sparse, `.img.xz` or `.img.zst`) with `OUT.sha256`, `OUT.bmap` and `OUT.manifest.json`
-//! beside it.
+//! sparse, `.img.xz`, `.img.zst`, or `.qcow2` for VM hosts) with `OUT.sha256`, `OUT.bmap` and
+//! `OUT.manifest.json` beside it (no `.bmap` beside a qcow2: nothing flashes one, and bmaptool
+//! would write its container bytes to the card).
 //!
 //! One pass over the raw image does everything: holes are skipped with SEEK_DATA/SEEK_HOLE and
 //! never read, the data is hashed (whole image and per bmap range) and fed to the writer. The
@@ -14,6 +15,7 @@ pub(crate) mod atomic;
 pub mod bmap;
 pub mod format;
 pub mod manifest;
+pub mod qcow2;
 mod rawhash;
 pub mod source;
 
@@ -142,11 +144,14 @@ pub fn emit_from<S: RawSource>(
         atomic::pending_with(&path, contents).map_err(write_err(&path))
     };
     // Sidecars first: once OUT appears, everything that describes it is already there.
-    let sidecars = [
-        sidecar(".sha256", format!("{out_sha256}  {file_name}\n").as_bytes())?,
-        sidecar(".bmap", bmap.as_bytes())?,
-        sidecar(".manifest.json", manifest.to_json().as_bytes())?,
-    ];
+    let mut sidecars = vec![sidecar(
+        ".sha256",
+        format!("{out_sha256}  {file_name}\n").as_bytes(),
+    )?];
+    if format != Format::Qcow2 {
+        sidecars.push(sidecar(".bmap", bmap.as_bytes())?);
+    }
+    sidecars.push(sidecar(".manifest.json", manifest.to_json().as_bytes())?);
     for pending in sidecars {
         pending.commit().map_err(write_err(out))?;
     }
@@ -282,13 +287,16 @@ enum Sink<'a> {
     Raw { file: &'a File, pos: u64 },
     /// Compressed output, hashed as it is written.
     Compressed(Box<dyn Encoder<HashWriter<&'a File>> + 'a>),
+    /// qcow2: non-zero clusters stored, zero ones left unallocated.
+    Qcow2(qcow2::Qcow2Writer<'a>),
 }
 
 impl<'a> Sink<'a> {
     fn new(format: Format, file: &'a File, threads: u32, size: u64) -> io::Result<Sink<'a>> {
         Ok(match format {
             Format::Raw => Sink::Raw { file, pos: 0 },
-            _ => Sink::Compressed(format::encoder(
+            Format::Qcow2 => Sink::Qcow2(qcow2::Qcow2Writer::new(file, size, qcow2::CLUSTER_BITS)?),
+            Format::Xz | Format::Zstd => Sink::Compressed(format::encoder(
                 format,
                 HashWriter::new(file),
                 threads,
@@ -305,6 +313,7 @@ impl<'a> Sink<'a> {
                 Ok(())
             }
             Sink::Compressed(enc) => enc.write_all(bytes),
+            Sink::Qcow2(w) => w.data(bytes),
         }
     }
 
@@ -323,16 +332,18 @@ impl<'a> Sink<'a> {
                 }
                 Ok(())
             }
+            Sink::Qcow2(w) => w.zeros(len),
         }
     }
 
-    /// Completes the output; returns the sha256 of a compressed output (a raw output's bytes
-    /// are the raw image's, already hashed).
+    /// Completes the output; returns the sha256 of a compressed or qcow2 output (a raw
+    /// output's bytes are the raw image's, already hashed).
     fn finish(self, size: u64) -> io::Result<Option<String>> {
         match self {
             // Extends the file over a trailing hole.
             Sink::Raw { file, .. } => file.set_len(size).map(|()| None),
             Sink::Compressed(enc) => Ok(Some(enc.finish_encoder()?.finish().1)),
+            Sink::Qcow2(w) => w.finish().map(Some),
         }
     }
 }

@@ -259,6 +259,7 @@ fn arm_options(kernel: PathBuf, initrd: PathBuf, cmdline: String) -> VmOptions {
         memory_mib: 1024,
         cpus: 2,
         qemu_args: Vec::new(),
+        disk_format: "raw",
     }
 }
 

@@ -294,6 +294,9 @@ pub struct VmOptions {
     pub cpus: u32,
     /// More qemu arguments, after the rest (a second NIC on a link between two guests).
     pub qemu_args: Vec<String>,
+    /// qemu's name for the disk's format: `raw`, or `qcow2` for a `.qcow2` output (then set
+    /// `cmdline`: `root=` is otherwise read from the disk as a raw image).
+    pub disk_format: &'static str,
 }
 
 impl Default for VmOptions {
@@ -309,6 +312,7 @@ impl Default for VmOptions {
             memory_mib: 1024,
             cpus: 2,
             qemu_args: Vec::new(),
+            disk_format: "raw",
         }
     }
 }
@@ -386,8 +390,9 @@ impl Vm {
             ))
             .arg("-drive")
             .arg(format!(
-                "file={},format=raw,if=virtio,cache=unsafe,discard=unmap",
-                disk.display()
+                "file={},format={},if=virtio,cache=unsafe,discard=unmap",
+                disk.display(),
+                opts.disk_format
             ))
             .args(["-netdev"])
             .arg(format!("user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22"))
