@@ -29,11 +29,12 @@ use sha2::{Digest, Sha256};
 use vm::lab::{ADMIN, K3S_STANDIN, boot_settled, build_node, keygen, state_of, wait_status};
 use vm::{Vm, VmOptions};
 
-const ROOT_PARTITION: u32 = 1;
 const SERVER: &str = "master";
 const AGENT: &str = "worker";
-/// The link between the two guests. imagegen does not write `[network]` into images yet
-/// (issue 16), so the test gives each guest its address on the link itself (`link_config`).
+/// The link between the two guests: the second NIC (`ens4`, PCI slot 4, see `on_link`), given
+/// its static address by `[nodes.network]` (issue 16). The first NIC (`ens3`, the user network
+/// the host reaches SSH through) keeps DHCP.
+const LINK_NIC: &str = "ens4";
 const SERVER_IP: &str = "10.99.0.1";
 const AGENT_IP: &str = "10.99.0.2";
 
@@ -58,11 +59,19 @@ board = "x86-64"
 role = "server"
 address = "{SERVER_IP}"
 
+[nodes.network]
+interface = "{LINK_NIC}"
+address = "{SERVER_IP}/24"
+
 [[nodes]]
 name = "{AGENT}"
 board = "x86-64"
 role = "agent"
 address = "{AGENT_IP}"
+
+[nodes.network]
+interface = "{LINK_NIC}"
+address = "{AGENT_IP}/24"
 "#,
         admin = admin_pub.trim()
     );
@@ -71,27 +80,16 @@ address = "{AGENT_IP}"
     path
 }
 
-/// Stands in for issue 16's static address: an ifupdown stanza for the second NIC (`ens4`,
-/// PCI slot 4), which the image's networking.service brings up at boot. cloud-init's fallback
-/// DHCP keeps the first NIC (`ens3`, the user network the host reaches SSH through).
-fn link_config(disk: &Path, work: &Path, ip: &str) {
-    let stanza = work.join(format!("link-{ip}"));
-    fs::write(
-        &stanza,
-        format!("auto ens4\niface ens4 inet static\n    address {ip}/24\n"),
-    )
-    .unwrap();
-    let dest = "/etc/network/interfaces.d/60-cluster-link";
-    let offset = vm::partition_offset(disk, ROOT_PARTITION);
-    vm::debugfs(
-        disk,
-        offset,
-        true,
-        &format!(
-            "write {} {dest}\nsif {dest} mode 0100644\nsif {dest} uid 0\nsif {dest} gid 0\n",
-            stanza.display()
-        ),
-    );
+/// The IPv4 addresses the guest has on the link NIC, as `ip -4 addr show` lists them.
+fn link_addresses(guest: &Vm, key: &Path) -> Vec<String> {
+    let out = guest.ssh_ok(ADMIN, key, &format!("ip -4 -o addr show {LINK_NIC}"));
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next().map(str::to_owned)
+        })
+        .collect()
 }
 
 /// Boot options with a second NIC on the link: one end of a UDP datagram pair on 127.0.0.1.
@@ -152,11 +150,7 @@ fn first_server_and_agent_from_one_cluster_toml_join_with_the_minted_token() {
     if !vm::qemu_available() {
         return;
     }
-    for (tool, package) in [
-        ("ssh", "openssh-client"),
-        ("ssh-keygen", "openssh-client"),
-        ("debugfs", "e2fsprogs"),
-    ] {
+    for (tool, package) in [("ssh", "openssh-client"), ("ssh-keygen", "openssh-client")] {
         vm::require_tool(tool, package);
     }
     let Some(imagegen) = agents::imagegen_with_agents(&["x86_64"]) else {
@@ -177,8 +171,6 @@ fn first_server_and_agent_from_one_cluster_toml_join_with_the_minted_token() {
     let agent_img = w.join("worker.img");
     build_node(&imagegen, &cluster, SERVER, &base, &state, &server_img);
     build_node(&imagegen, &cluster, AGENT, &base, &state, &agent_img);
-    link_config(&server_img, w, SERVER_IP);
-    link_config(&agent_img, w, AGENT_IP);
     let trust = imagegen::cluster::Trust::load(&state).expect("the build left the cluster trust");
     let ca_hash = imagegen_firstboot::k3s::token_ca_hash(&trust.token)
         .expect("a k3s token")
@@ -199,6 +191,16 @@ fn first_server_and_agent_from_one_cluster_toml_join_with_the_minted_token() {
         thread::spawn(move || boot_settled(&disk, opts, &key, node, &[]))
     });
     let [server, agent] = boots.map(|t| t.join().expect("a node booted and settled"));
+
+    // Each guest has on the link exactly the address its [nodes.network] gave it.
+    for (guest, ip) in [(&server, SERVER_IP), (&agent, AGENT_IP)] {
+        assert_eq!(
+            link_addresses(guest, &key),
+            [format!("{ip}/24")],
+            "{LINK_NIC}: {}",
+            guest.ssh_ok(ADMIN, &key, "networkctl status --no-pager; ip addr")
+        );
+    }
 
     // The agent: k3s done, its CA verified against the minted token, started as an agent
     // registering at the server's address on the link, with the minted token.

@@ -53,6 +53,7 @@ pub const NETPLAN: &str = "/etc/netplan/90-imagegen.yaml";
 pub const CLOUD_INIT_NETWORK_OFF: &str = "/etc/cloud/cloud.cfg.d/99-imagegen-network.cfg";
 pub const NETWORKD_WIRED: &str = "/etc/systemd/network/10-imagegen-wired.network";
 pub const NETWORKD_WIFI: &str = "/etc/systemd/network/10-imagegen-wifi.network";
+pub const NETWORKD_OTHER_ETHERNET: &str = "/etc/systemd/network/90-imagegen-ethernet.network";
 const NM_STATE: &str = "/var/lib/NetworkManager/NetworkManager.state";
 const RFKILL_DIR: &str = "/var/lib/systemd/rfkill";
 const WANTS: &str = "/etc/systemd/system/multi-user.target.wants";
@@ -124,7 +125,9 @@ pub fn plan(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
             netplan(&s, p);
             cloud_init_off(image, p)
         }
-        NetworkStack::Networkd => networkd(image, &s, p).and_then(|()| cloud_init_off(image, p)),
+        NetworkStack::Networkd => {
+            networkd(image, &s, defaults.ethernet, p).and_then(|()| cloud_init_off(image, p))
+        }
     }
 }
 
@@ -515,7 +518,12 @@ fn cloud_init_off(image: &mut Image, p: &mut Plan) -> Result<(), PlanError> {
 
 // ---- systemd-networkd -----------------------------------------------------------------------
 
-fn networkd(image: &mut Image, s: &Settings, p: &mut Plan) -> Result<(), PlanError> {
+fn networkd(
+    image: &mut Image,
+    s: &Settings,
+    ethernet: &str,
+    p: &mut Plan,
+) -> Result<(), PlanError> {
     if !(s.dns4.is_empty() && s.dns6.is_empty())
         && unit_in(image, "systemd-resolved.service")?.is_none()
     {
@@ -529,6 +537,20 @@ fn networkd(image: &mut Image, s: &Settings, p: &mut Plan) -> Result<(), PlanErr
     if !s.on_wifi {
         let text = networkd_file(&s.interface, s, true, s.wifi.is_some());
         node_file(p, NETWORKD_WIRED, text, 0o644, false);
+    }
+    // The family's other Ethernet ports keep DHCP. With cloud-init's network off nothing else
+    // configures them (cloud-init's fallback, DHCP on the first port, is no longer rendered:
+    // on the Debian 12 test base its `50-cloud-init` ifupdown stanza), so a static address on a second port, or a node on Wi-Fi,
+    // would otherwise lose the port it is reached through. networkd applies the first
+    // file by name that matches a link (systemd.network(5)), so `10-imagegen-wired` keeps its
+    // port and this `90-` file takes the rest.
+    if s.on_wifi || s.interface != ethernet {
+        let text = format!(
+            "# Written by imagegen: Ethernet ports [network] does not name keep DHCP, as\n\
+             # cloud-init's fallback gave them; see systemd.network(5).\n\
+             [Match]\nName={ethernet}\n\n[Network]\nDHCP=ipv4\n"
+        );
+        node_file(p, NETWORKD_OTHER_ETHERNET, text, 0o644, false);
     }
     if let Some(w) = &s.wifi {
         if is_glob(&w.interface) {
