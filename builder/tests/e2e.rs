@@ -6,7 +6,8 @@
 //! One test function boots four times (each boot costs 45-90 s under TCG): node A for the
 //! running node, node B (a token that does not match the server's CA) for the refusal and for
 //! "another node", and node A rebuilt as a replacement, powered off hard in the middle of its
-//! first boot and booted again.
+//! first boot and booted again. The replacement is the `.qcow2` output, booted with
+//! `-drive format=qcow2` (issue 15); the others are raw `.img`.
 
 mod agents;
 mod vm;
@@ -121,10 +122,21 @@ fn node_b(lab: &Lab, disk: &Path, a: &Facts) {
 /// Node A's replacement, from the same config and state dir: powered off hard while its first
 /// boot is still in progress (the k3s server not answering `/ping` yet), then booted again. It
 /// ends as node A did, with node A's SSH host key and k3s node password.
-fn replacement(lab: &Lab, disk: &Path, a: &Facts) {
+fn replacement(lab: &Lab, disk: &Path, a_img: &Path, a: &Facts) {
     let key = &lab.admin_key;
+    // Issue 15: this boot is from the qcow2 output. `root=` comes from node-a's raw image (the
+    // helpers read raw disks): the same config and state, so the same fstab and partition
+    // table, which this boot then proves by finding its root.
+    let opts = VmOptions {
+        disk_format: "qcow2",
+        cmdline: Some(format!(
+            "root={} ro",
+            vm::fstab_root(a_img, vm::partition_offset(a_img, ROOT_PARTITION))
+        )),
+        ..VmOptions::default()
+    };
     lab.k3s.ping_ok.store(false, Ordering::SeqCst);
-    let mut guest = Vm::boot(disk, VmOptions::default());
+    let mut guest = Vm::boot(disk, opts.clone());
     guest.wait_for_ssh(Duration::from_secs(240));
     // 7. The very first answer already carries the old node's host key: nobody has to edit
     //    known_hosts after a reflash.
@@ -163,13 +175,7 @@ fn replacement(lab: &Lab, disk: &Path, a: &Facts) {
     drop(guest);
 
     lab.k3s.ping_ok.store(true, Ordering::SeqCst);
-    let guest = boot_settled(
-        disk,
-        VmOptions::default(),
-        key,
-        "replacement after power cut",
-        &[],
-    );
+    let guest = boot_settled(disk, opts, key, "replacement after power cut", &[]);
     let s = wait_status(
         &guest,
         key,
@@ -240,7 +246,7 @@ fn nodes_boot_harden_join_back_up_shut_down_on_ups_and_survive_replacement_and_p
     // as building them later, and a minute less of the suite.
     let bad = lab.cluster("wrong-token", false, NODES);
     let b_img = lab.path("node-b.img");
-    let again = lab.path("node-a-replacement.img");
+    let again = lab.path("node-a-replacement.qcow2");
     let builds = {
         let (bad, b_state, b_img) = (bad.clone(), lab.path("wrong-token/state"), b_img.clone());
         let (good, state, again) = (good.clone(), state.clone(), again.clone());
@@ -266,7 +272,7 @@ fn nodes_boot_harden_join_back_up_shut_down_on_ups_and_survive_replacement_and_p
         started.elapsed().as_secs_f64()
     );
 
-    replacement(&lab, &again, &a);
+    replacement(&lab, &again, &a_img, &a);
     eprintln!(
         "e2e: replacement done at {:.1} s",
         started.elapsed().as_secs_f64()
