@@ -92,8 +92,7 @@ fn base_image_boots_answers_ssh_and_powers_off_cleanly() {
     guest.wait_for_ssh(Duration::from_secs(180));
     let to_ssh = guest.uptime();
 
-    let state = guest.ssh("root", &key, "systemctl is-system-running --wait");
-    let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+    let state = guest.wait_settled("root", &key, Duration::from_secs(300));
     let settled = guest.uptime();
     let failed = guest.ssh_ok("root", &key, "systemctl --failed --no-legend --plain");
     assert!(

@@ -488,20 +488,8 @@ pub fn boot_settled(disk: &Path, opts: VmOptions, key: &Path, label: &str, faile
     let mut guest = Vm::boot(disk, opts);
     guest.wait_for_ssh(Duration::from_secs(240));
     let to_ssh = guest.uptime();
-    // Boot is over when the agent's oneshot is; under load that takes minutes, and an ssh
-    // session that long may be dropped (keep-alives unanswered): ask again then.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let state = loop {
-        let out = guest.ssh(ADMIN, key, "systemctl is-system-running --wait");
-        let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if out.status.code() != Some(255) || Instant::now() > deadline {
-            break state;
-        }
-        eprintln!(
-            "vm: {label}: ssh dropped while waiting for boot to finish: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    };
+    // Boot is over when the agent's oneshot is; under load that takes minutes.
+    let state = guest.wait_settled(ADMIN, key, Duration::from_secs(300));
     let listed = guest.ssh_ok(ADMIN, key, "systemctl --failed --no-legend --plain");
     let units: Vec<&str> = listed
         .lines()

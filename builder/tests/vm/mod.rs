@@ -487,6 +487,26 @@ impl Vm {
             .expect("ssh (apt-get install openssh-client) runs")
     }
 
+    /// Waits until systemd has finished starting up and returns `systemctl is-system-running`
+    /// ("running", "degraded", ...; what it said last when `timeout` ran out). Polled, not
+    /// `is-system-running --wait`, which waits for the StartupFinished D-Bus signal (systemd
+    /// PR #9796): seen here blocked on a Pi guest (systemd 252) whose startup had finished 14
+    /// minutes before. Short sessions also survive a loaded host better than one long one whose
+    /// keep-alives go unanswered.
+    pub fn wait_settled(&self, user: &str, key: &Path, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.ssh(user, key, "systemctl is-system-running");
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            let booting =
+                out.status.code() == Some(255) || state == "initializing" || state == "starting";
+            if !booting || Instant::now() > deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
     /// Like [`Vm::ssh`], but panics unless the command succeeds; returns its stdout.
     pub fn ssh_ok(&self, user: &str, key: &Path, cmd: &str) -> String {
         let out = self.ssh(user, key, cmd);
