@@ -56,7 +56,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Disk image (raw)
+    /// Disk image: raw, .img.zst or .img.xz (read through a sparse scratch copy)
     pub image: PathBuf,
     /// Print JSON instead of a table
     #[arg(long)]
@@ -65,7 +65,7 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Directory, as IMAGE:/PATH
+    /// Directory, as IMAGE:/PATH (IMAGE may be compressed)
     #[arg(value_name = "IMAGE:/PATH")]
     pub target: String,
     /// Long listing: type, mode, owner, size
@@ -75,7 +75,7 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct CatArgs {
-    /// File, as IMAGE:/PATH
+    /// File, as IMAGE:/PATH (IMAGE may be compressed)
     #[arg(value_name = "IMAGE:/PATH")]
     pub target: String,
 }

@@ -10,7 +10,7 @@ mod inspect;
 mod kubeconfig;
 
 use crate::cli::{Cli, Command};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -109,6 +109,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(a),
         Command::Flash(a) => flash::flash(a),
     }
+}
+
+/// Opens an image only to read it: a compressed one through a scratch copy, which lives as
+/// long as the returned `Readable`.
+pub(crate) fn open_to_read(path: &Path) -> Result<(crate::image::Image, crate::image::Readable)> {
+    let raw = crate::image::Readable::open(path)
+        .with_context(|| format!("decompressing {}", path.display()))?;
+    let image = crate::image::Image::open(raw.path())
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok((image, raw))
 }
 
 /// Splits `IMAGE:/PATH`. The image part is the longest prefix before a ":/" that names an

@@ -77,12 +77,27 @@ pub fn unpack(src: &Path, dst: &Path) -> Result<(Format, u64), FetchError> {
             copy_sparse(src, dst).map_err(|e| FetchError::io(dst, "cannot copy to", e))?
         }
         Format::Qcow2 => qemu_img_convert(src, dst)?,
-        Format::Xz | Format::Zstd | Format::Gzip => decompress(src, dst, format)?,
+        Format::Xz | Format::Zstd | Format::Gzip => decompress(src, dst, format, true)?,
     };
     Ok((format, size))
 }
 
-fn decompress(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError> {
+/// As [`unpack`], for a compressed `src` only, into a scratch file that dies with the process
+/// (the file commands reading a `.img.zst`): not synced, since nothing depends on it surviving
+/// a crash, and a sync of gigabytes would only cost time.
+pub fn unpack_scratch(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError> {
+    match format {
+        Format::Qcow2 => qemu_img_convert(src, dst),
+        Format::Raw => Err(FetchError::io(
+            src,
+            "cannot unpack",
+            io::Error::other("not compressed"),
+        )),
+        Format::Xz | Format::Zstd | Format::Gzip => decompress(src, dst, format, false),
+    }
+}
+
+fn decompress(src: &Path, dst: &Path, format: Format, sync: bool) -> Result<u64, FetchError> {
     let input = File::open(src).map_err(|e| FetchError::io(src, "cannot open", e))?;
     let total = input.metadata().map(|m| m.len()).ok();
     let reader = ProgressReader::new(input, bar("unpacking", total));
@@ -104,8 +119,10 @@ fn decompress(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError>
     let (file, size) = out
         .finish()
         .map_err(|e| FetchError::io(dst, "cannot write", e))?;
-    file.sync_all()
-        .map_err(|e| FetchError::io(dst, "cannot write", e))?;
+    if sync {
+        file.sync_all()
+            .map_err(|e| FetchError::io(dst, "cannot write", e))?;
+    }
     Ok(size)
 }
 

@@ -10,9 +10,11 @@ pub mod fstab;
 mod grow;
 mod lock;
 mod probe;
+mod readable;
 
 pub use grow::{Grown, grow};
 pub use lock::{ImageLock, LockError};
+pub use readable::Readable;
 
 use crate::disk::{self, Partition, PartitionTable};
 use crate::fs::ext4::Ext4Fs;
