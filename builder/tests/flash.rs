@@ -707,3 +707,73 @@ fn a_config_error_is_reported_before_the_card_is_written() {
         assert!(!new.exists(), "{needle}: {} was created", new.display());
     }
 }
+
+/// `personalize IMAGE.img.zst -o OUT` writes the raw image that `zstd -d` then `personalize`
+/// in place gives, leaves IMAGE as it was, refuses to change a compressed image in place, and
+/// warns in one line when the image already holds a seed.
+#[test]
+fn personalize_takes_a_compressed_image_with_an_output() {
+    let g = Generic::new();
+    let (config, state) = (g.config(), g.state());
+    let personalize = |image: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "personalize",
+            s(image),
+            "--config",
+            s(&config),
+            "--node",
+            "pi4-b",
+            "--state-dir",
+            s(&state),
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let compressed_sum = oracle::run("sha256sum", &[s(&g.image())]);
+    let out = g.path("out.img");
+    let done = imagegen(&strs(&personalize(&g.image(), &["-o", s(&out)])), &[]);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains(&format!("to {}:", s(&out))), "{err}");
+
+    let reference = g.path("ref.img");
+    oracle::run("zstd", &["-q", "-d", s(&g.image()), "-o", s(&reference)]);
+    ok(&strs(&personalize(&reference, &[])), &[]);
+    cmp(&reference, &out, fs::metadata(&reference).unwrap().len());
+    assert_eq!(
+        fs::metadata(&out).unwrap().len(),
+        fs::metadata(&reference).unwrap().len()
+    );
+    assert_eq!(oracle::run("sha256sum", &[s(&g.image())]), compressed_sum);
+    // Only the output is left beside it, no scratch file.
+    let left: Vec<String> = fs::read_dir(g.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // In place on the compressed image: refused, the image untouched.
+    fails(
+        &strs(&personalize(&g.image(), &[])),
+        &[],
+        "cannot be changed in place",
+    );
+    fails(
+        &strs(&personalize(&g.image(), &["-o", s(&g.path("x.img.zst"))])),
+        &[],
+        "writes a raw image",
+    );
+    assert_eq!(oracle::run("sha256sum", &[s(&g.image())]), compressed_sum);
+
+    // Again on the personalized image, in place and to another output: one warning line each.
+    for extra in [&[][..], &["-o", s(&g.path("again.img"))]] {
+        let again = imagegen(&strs(&personalize(&out, extra)), &[]);
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success(), "{err}");
+        let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(warnings.len(), 1, "{err}");
+        assert!(warnings[0].contains("already personalized"), "{err}");
+    }
+}

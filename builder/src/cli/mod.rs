@@ -202,8 +202,12 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct PersonalizeArgs {
-    /// A generic image from `imagegen build --no-secrets` (raw), changed in place
+    /// A generic image from `imagegen build --no-secrets`: raw, changed in place,
+    /// or (with -o) also .img.zst/.img.xz
     pub image: PathBuf,
+    /// Write the personalized image here (raw, sparse) and leave IMAGE as it is
+    #[arg(long, short = 'o', value_name = "OUT")]
+    pub output: Option<PathBuf>,
     /// Cluster description
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: PathBuf,

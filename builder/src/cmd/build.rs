@@ -326,7 +326,7 @@ pub fn personalize(a: PersonalizeArgs) -> Result<()> {
     eprintln!(
         "wrote the seed for node {} to {}:{path}; it is moved into place and wiped on first boot",
         a.node,
-        a.image.display()
+        a.output.as_ref().unwrap_or(&a.image).display()
     );
     if let Some(w) = plan::backup_pin_warning(&loaded.config) {
         eprintln!("{w}");

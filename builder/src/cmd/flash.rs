@@ -63,8 +63,10 @@ pub fn flash(a: FlashArgs) -> Result<()> {
         }
     };
     if let (Some(config), Some(node_name)) = (a.config, a.node) {
+        super::personalize::warn_if_seeded(&node, dev, a.vendor.as_deref());
         super::build::personalize(PersonalizeArgs {
             image: node.clone(),
+            output: None,
             config,
             node: node_name,
             state_dir: a.state_dir,

@@ -8,6 +8,7 @@ mod escape;
 mod flash;
 mod inspect;
 mod kubeconfig;
+mod personalize;
 
 use crate::cli::{Cli, Command};
 use anyhow::{Context, Result, bail};
@@ -103,7 +104,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Grow(a) => edit::grow(a),
         Command::Build(a) => build::build(a),
         Command::Boards(a) => build::boards(a),
-        Command::Personalize(a) => build::personalize(a),
+        Command::Personalize(a) => personalize::personalize(a),
         Command::Init(a) => build::init(a),
         Command::Check(a) => check::check(a),
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(a),

@@ -33,6 +33,17 @@ const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const QCOW_MAGIC: &[u8] = b"QFI\xfb";
 
 impl Format {
+    /// The format's usual name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Xz => "xz",
+            Format::Zstd => "zstd",
+            Format::Gzip => "gzip",
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        }
+    }
+
     pub fn sniff(head: &[u8]) -> Format {
         if head.starts_with(XZ_MAGIC) {
             Format::Xz

@@ -279,7 +279,7 @@ pub fn write_and_verify(
         Err(Step::Read(e)) => {
             return Err(FlashError::Input {
                 path: source.path.clone(),
-                reason: format!("{} data is damaged: {e}", format_name(source)),
+                reason: format!("{} data is damaged: {e}", source.format.name()),
             });
         }
         Err(Step::Trailing) => {
@@ -339,17 +339,6 @@ pub fn write_and_verify(
         write_seconds,
         verify_seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-fn format_name(source: &Source) -> &'static str {
-    use crate::fetch::Format;
-    match source.format {
-        Format::Xz => "xz",
-        Format::Zstd => "zstd",
-        Format::Gzip => "gzip",
-        Format::Qcow2 => "qcow2",
-        Format::Raw => "raw",
-    }
 }
 
 /// The test hook of [`CORRUPT_ENV`]: a buffered write through another descriptor, synced, so
