@@ -777,3 +777,47 @@ fn personalize_takes_a_compressed_image_with_an_output() {
         assert!(warnings[0].contains("already personalized"), "{err}");
     }
 }
+
+/// Off a terminal (stderr is a pipe here) each finished stage prints one line with its size
+/// and duration; --quiet silences them and keeps the closing summary. Stages under 2 s print
+/// nothing unless the test hook asks for every one.
+#[test]
+fn stage_lines_off_a_terminal_and_quiet() {
+    let im = Images::new();
+    im.with_bmap("a.img.zst", true);
+    let every = [("IMAGEGEN_TEST_EVERY_STAGE_LINE", "1")];
+    let stage_lines = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| !l.starts_with("wrote "))
+            .map(str::to_string)
+            .collect()
+    };
+    let target = im.path("t.disk");
+    let out = imagegen(&["flash", s(&im.path("a.img.zst")), s(&target)], &every);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let lines = stage_lines(&err);
+    assert_eq!(lines.len(), 2, "{err}");
+    let size = format!("{:.1} MiB", im.size() as f64 / f64::from(1 << 20));
+    for (line, stage) in lines.iter().zip(["flash ", "verify "]) {
+        assert!(line.starts_with(stage), "{err}");
+        let (_, secs) = line.rsplit_once(" in ").unwrap();
+        let secs = secs.strip_suffix(" s").unwrap();
+        assert!(secs.parse::<f64>().is_ok(), "{line}");
+    }
+    assert!(lines[0].contains(&size), "{err}");
+
+    fs::remove_file(&target).unwrap();
+    for quiet in [&["--quiet", "flash"][..], &["flash", "-q"]] {
+        let mut args = quiet.to_vec();
+        let (image, t) = (im.path("a.img.zst"), target.clone());
+        args.extend([s(&image), s(&t)]);
+        let out = imagegen(&args, &every);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert_eq!(stage_lines(&err), Vec::<String>::new(), "{err}");
+        assert_eq!(err.lines().count(), 1, "the summary stays: {err}");
+        cmp(&im.raw(), &target, im.size());
+        fs::remove_file(&target).unwrap();
+    }
+}

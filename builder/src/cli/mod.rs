@@ -16,6 +16,9 @@ unset, from the image itself, so the same edits on the same image give the same 
 )]
 #[command(help_expected = true, propagate_version = true)]
 pub struct Cli {
+    /// No progress bars, and no progress lines when stderr is not a terminal
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -59,6 +59,7 @@ impl Write for Stdout {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::interrupt::install();
+    crate::io::progress::set_quiet(cli.quiet);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) if STDOUT_GONE.load(Ordering::Relaxed) => ExitCode::from(STDOUT_CLOSED),

@@ -111,7 +111,7 @@ pub fn unpack_scratch(src: &Path, dst: &Path, format: Format) -> Result<u64, Fet
 fn decompress(src: &Path, dst: &Path, format: Format, sync: bool) -> Result<u64, FetchError> {
     let input = File::open(src).map_err(|e| FetchError::io(src, "cannot open", e))?;
     let total = input.metadata().map(|m| m.len()).ok();
-    let reader = ProgressReader::new(input, bar("unpacking", total));
+    let reader = ProgressReader::new(input, bar("unpack", None, total));
     let mut reader = BufReader::with_capacity(BUFFER_SIZE, reader);
     let output = File::create(dst).map_err(|e| FetchError::io(dst, "cannot create", e))?;
     let mut out = SparseWriter::new(output);
@@ -126,7 +126,8 @@ fn decompress(src: &Path, dst: &Path, format: Format, sync: bool) -> Result<u64,
         Err(Step::Trailing) => return Err(corrupt(Step::TRAILING.to_string())),
         Err(Step::Write(e)) => return Err(FetchError::io(dst, "cannot write", e)),
     }
-    drop(reader.into_inner().into_inner());
+    let (input, progress) = reader.into_inner().into_parts();
+    drop(input);
     let (file, size) = out
         .finish()
         .map_err(|e| FetchError::io(dst, "cannot write", e))?;
@@ -134,6 +135,7 @@ fn decompress(src: &Path, dst: &Path, format: Format, sync: bool) -> Result<u64,
         file.sync_all()
             .map_err(|e| FetchError::io(dst, "cannot write", e))?;
     }
+    progress.finish();
     Ok(size)
 }
 

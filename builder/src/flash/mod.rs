@@ -259,14 +259,9 @@ pub fn write_and_verify(
         source.size,
         source.bmap.as_ref(),
     );
-    let label = if target.block.is_some() {
-        "flashing"
-    } else {
-        "writing"
-    };
-    let mut out = ProgressWriter::new(writer, bar(label, Some(source.size)));
+    let mut out = ProgressWriter::new(writer, bar("flash", None, Some(source.size)));
     let decoded = decode(source.format, &mut reader, &mut out);
-    let writer = out.into_inner();
+    let (writer, progress) = out.into_parts();
     match decoded {
         Ok(()) => {}
         Err(Step::Write(e)) if e.kind() == io::ErrorKind::InvalidData => {
@@ -306,6 +301,7 @@ pub fn write_and_verify(
         });
     }
     let write_seconds = started.elapsed().as_secs_f64();
+    progress.finish();
 
     if let Some(offset) = std::env::var(CORRUPT_ENV).ok().and_then(|v| v.parse().ok()) {
         flip_byte(&target.path, offset).map_err(write_err)?;
@@ -325,10 +321,10 @@ pub fn write_and_verify(
             Expected::Bmap(b) => b.mapped_bytes(),
             Expected::Whole { size, .. } => *size,
         };
-        let vbar = bar("verifying", Some(total));
-        let result = verify::verify(&target.file, target.block, &expected, &vbar);
-        vbar.finish_and_clear();
-        Some(result?)
+        let vbar = bar("verify", None, Some(total));
+        let verified = verify::verify(&target.file, target.block, &expected, &vbar)?;
+        vbar.finish();
+        Some(verified)
     } else {
         None
     };
