@@ -850,3 +850,125 @@ fn check_refuses_bad_network_settings() {
         );
     }
 }
+
+/// Names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `inspect`, `ls` and `cat` read a `.img.zst` (compressed by zstd) and a multi-block
+/// `.img.xz` (by xz) exactly as the raw image, leave the compressed file as it was and no
+/// scratch copy behind.
+#[test]
+fn the_reading_commands_read_compressed_images_as_the_raw_one() {
+    let raw = cached_fixture("rpios-bookworm");
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let zst = dir.path().join("a.img.zst");
+    let xz = dir.path().join("a.img.xz");
+    let raw_s = raw.to_str().unwrap();
+    oracle::run("zstd", &["-q", "-T2", raw_s, "-o", zst.to_str().unwrap()]);
+    oracle::run(
+        "sh",
+        &[
+            "-c",
+            "xz -T2 --block-size=16MiB -c \"$1\" > \"$2\"",
+            "_",
+            raw_s,
+            xz.to_str().unwrap(),
+        ],
+    );
+    let sums = || oracle::run("sha256sum", &[zst.to_str().unwrap(), xz.to_str().unwrap()]);
+    let before = sums();
+    let inspect = |img: &Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&ok(&["inspect", "--json", img.to_str().unwrap()])).unwrap();
+        // The one field that names the file given.
+        assert_eq!(v["image"], img.to_str().unwrap());
+        v["image"] = serde_json::Value::Null;
+        v
+    };
+    for img in [&zst, &xz] {
+        for args in [
+            vec!["ls".to_string(), t(img, "/")],
+            vec!["ls".to_string(), "-l".to_string(), t(img, "/etc")],
+            // Across the mount view, onto the FAT partition.
+            vec!["ls".to_string(), "-l".to_string(), t(img, "/boot/firmware")],
+            vec!["cat".to_string(), t(img, "/etc/os-release")],
+            vec!["cat".to_string(), t(img, "/boot/firmware/cmdline.txt")],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let raw_args: Vec<String> = args
+                .iter()
+                .map(|a| a.replace(img.to_str().unwrap(), raw_s))
+                .collect();
+            let raw_args: Vec<&str> = raw_args.iter().map(String::as_str).collect();
+            let got = ok(&args);
+            assert!(!got.is_empty(), "{args:?}");
+            assert_eq!(got, ok(&raw_args), "{args:?}");
+        }
+        assert_eq!(inspect(img), inspect(&raw));
+        // An error inside the image is still one line, and still the image's own error
+        // (--quiet: a slow decompression would print its stage line).
+        fails(&["--quiet", "cat", &t(img, "/etc/nope")], "/etc/nope");
+    }
+    assert_eq!(sums(), before, "a compressed image was changed");
+    assert_eq!(names_in(dir.path()), ["a.img.xz", "a.img.zst"]);
+    // A damaged one is refused in one line, with nothing left behind.
+    let cut = dir.path().join("cut.img.zst");
+    let bytes = std::fs::read(&zst).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    fails(&["ls", &t(&cut, "/")], "cut.img.zst");
+    assert_eq!(
+        names_in(dir.path()),
+        ["a.img.xz", "a.img.zst", "cut.img.zst"]
+    );
+}
+
+/// Interrupted while decompressing (SIGTERM; a shell running the tests in the background
+/// makes its children ignore SIGINT), `ls` leaves no scratch copy behind.
+#[test]
+fn an_interrupted_read_of_a_compressed_image_leaves_no_scratch_copy() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let img = dir.path().join("big.img.zst");
+    // Incompressible data: decoding it writes every byte, which takes long enough to interrupt.
+    oracle::run(
+        "sh",
+        &[
+            "-c",
+            "head -c 512M /dev/urandom | zstd -q -1 -o \"$1\"",
+            "_",
+            img.to_str().unwrap(),
+        ],
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(["ls", &t(&img, "/")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !names_in(dir.path())
+        .iter()
+        .any(|n| n.starts_with(".imagegen-read-"))
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ls ended before it could be interrupted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no scratch copy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    oracle::run("kill", &["-s", "TERM", &child.id().to_string()]);
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "{status}");
+    assert_eq!(names_in(dir.path()), ["big.img.zst"]);
+}

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{cached_fixture, oracle};
+use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed};
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -188,10 +189,11 @@ fn damaged_images_and_bmaps_are_refused() {
         "checksum",
     );
     assert!(!target.exists());
-    // The file commands say what a compressed image is instead of "no partition table".
+    // The commands that change an image say what a compressed one is instead of "no
+    // partition table" (the reading ones read it: tests/cli.rs).
     for cmd in [
-        &["inspect", s(&im.path("a.img.zst"))][..],
-        &["ls", &format!("{}:/etc", s(&im.path("a.img.xz")))],
+        &["mkdir", &format!("{}:/etc/x", s(&im.path("a.img.zst")))][..],
+        &["rm", &format!("{}:/etc/hostname", s(&im.path("a.img.xz")))],
     ] {
         let err = fails(cmd, &[], "compressed image");
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -478,4 +480,331 @@ fn a_real_loop_device() {
         &[],
         "--force",
     );
+}
+
+/// A cluster with two Raspberry Pi 4 nodes (one holds a UPS password, a secret the seed
+/// carries) and the generic image built for it from the fixture with `build --no-secrets`,
+/// compressed, with its bmap beside it.
+struct Generic {
+    dir: TempDir,
+}
+
+impl Generic {
+    const ADMIN_KEY: &str = "ssh-ed25519 \
+        AAAAC3NzaC1lZDI1NTE5AAAAIKh3zm4jTyWkG2JCU6t4CiTqB2OtWqy8iOiOPc6FnUOu ops@laptop";
+
+    fn new() -> Generic {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let g = Generic { dir };
+        // An aarch64 ELF header: enough for the build to take it as the board's agent.
+        let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+        elf.extend([0; 9]);
+        elf.extend(2u16.to_le_bytes());
+        elf.extend(183u16.to_le_bytes());
+        elf.extend(1u32.to_le_bytes());
+        elf.extend([0; 40]);
+        fs::write(g.path("agent"), elf).unwrap();
+        fs::create_dir(g.path("secrets")).unwrap();
+        fs::write(g.path("secrets/nut-password"), "FlashNutSecret\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(
+                g.path("secrets/nut-password"),
+                fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+        }
+        fs::write(g.config(), g.config_text("secrets/nut-password")).unwrap();
+        ok(
+            &[
+                "build",
+                "-c",
+                s(&g.config()),
+                "--node",
+                "pi4-a",
+                "--no-secrets",
+                "--base",
+                s(&cached_fixture(LAYOUT)),
+                "--agent",
+                s(&g.path("agent")),
+                "--cache-dir",
+                s(&g.path("cache")),
+                "--state-dir",
+                s(&g.state()),
+                "-o",
+                s(&g.image()),
+            ],
+            &[],
+        );
+        assert!(g.path("g.img.zst.bmap").exists());
+        g
+    }
+
+    fn config_text(&self, password_file: &str) -> String {
+        format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\n\
+             ssh_authorized_keys = [\"{}\"]\n\
+             [ups]\nserver = \"pi4-a\"\nups = \"riello\"\ndriver = \"riello_usb\"\n\
+             user = \"monuser\"\npassword_file = \"{password_file}\"\n\
+             [[nodes]]\nname = \"pi4-a\"\nboard = \"rpi4\"\nrole = \"agent\"\n\
+             [[nodes]]\nname = \"pi4-b\"\nboard = \"rpi4\"\nrole = \"agent\"\n",
+            Self::ADMIN_KEY
+        )
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path("cluster.toml")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    fn image(&self) -> PathBuf {
+        self.path("g.img.zst")
+    }
+
+    /// `flash IMAGE TARGET --config CONFIG --node NODE` with this cluster's state.
+    fn flash_args(&self, target: &Path, config: &Path, node: &str) -> Vec<String> {
+        let image = self.image();
+        let state = self.state();
+        [
+            "flash",
+            s(&image),
+            s(target),
+            "--config",
+            s(config),
+            "--node",
+            node,
+            "--state-dir",
+            s(&state),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn flashing_with_a_node_gives_the_card_personalize_then_flash_gives() {
+    let g = Generic::new();
+    let card = g.path("card1.disk");
+    ok(&strs(&g.flash_args(&card, &g.config(), "pi4-b")), &[]);
+
+    // The reference: the generic image decompressed by zstd, personalized, then flashed.
+    let raw = g.path("p.img");
+    oracle::run("zstd", &["-q", "-d", s(&g.image()), "-o", s(&raw)]);
+    let generic = g.path("generic.img");
+    oracle::run("cp", &["--sparse=always", s(&raw), s(&generic)]);
+    ok(
+        &[
+            "personalize",
+            s(&raw),
+            "--config",
+            s(&g.config()),
+            "--node",
+            "pi4-b",
+            "--state-dir",
+            s(&g.state()),
+        ],
+        &[],
+    );
+    let reference = g.path("card2.disk");
+    ok(&["flash", s(&raw), s(&reference)], &[]);
+
+    let size = fs::metadata(&raw).unwrap().len();
+    assert_eq!(fs::metadata(&card).unwrap().len(), size);
+    cmp(&reference, &card, size);
+    // Not trivially equal: the seed is on the card, in a boot partition fsck.fat finds clean.
+    let status = Command::new(oracle::tool("cmp"))
+        .args(["-s", s(&generic), s(&card)])
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the card holds the generic image only");
+    let fat = oracle::partition(&generic, 1);
+    oracle::assert_fsck_fat_clean(&card, fat.start, fat.size);
+    let text = oracle::fat_cat(&card, fat.start, &format!("/{SEED_FILE_NAME}"));
+    let seed = Seed::from_toml_str(&text).expect("the seed parses");
+    let file = |path: &str| {
+        let f = seed.files.iter().find(|f| f.path == path);
+        String::from_utf8(
+            f.unwrap_or_else(|| panic!("{path} in the seed"))
+                .content()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(file("/etc/hostname"), "pi4-b\n");
+    assert_eq!(file("/etc/imagegen/nut-password"), "FlashNutSecret");
+}
+
+#[test]
+fn a_config_error_is_reported_before_the_card_is_written() {
+    let g = Generic::new();
+    // An old card: larger than the image, its first and last MiB marked.
+    let raw_size = {
+        let raw = g.path("size.img");
+        oracle::run("zstd", &["-q", "-d", s(&g.image()), "-o", s(&raw)]);
+        let n = fs::metadata(&raw).unwrap().len();
+        fs::remove_file(&raw).unwrap();
+        n
+    };
+    let card = g.path("card.disk");
+    let len = raw_size + (4 << 20);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::create(&card).unwrap();
+        f.set_len(len).unwrap();
+        f.write_all_at(&[0xa5; 1 << 20], 0).unwrap();
+        f.write_all_at(&[0x5a; 1 << 20], len - (1 << 20)).unwrap();
+    }
+    let before = oracle::run("sha256sum", &[s(&card)]);
+    let bad_field = g.path("bad-field.toml");
+    fs::write(
+        &bad_field,
+        g.config_text("secrets/nut-password")
+            .replace("[cluster]\n", "[cluster]\nbogus = 1\n"),
+    )
+    .unwrap();
+    let no_secret = g.path("no-secret.toml");
+    fs::write(&no_secret, g.config_text("secrets/missing")).unwrap();
+    let missing = g.path("missing.toml");
+    for (config, node, needle) in [
+        (g.config(), "pi4-z", "no node named \"pi4-z\""),
+        (bad_field, "pi4-b", "unknown field `bogus`"),
+        (no_secret, "pi4-b", "secrets/missing"),
+        (missing, "pi4-b", "missing.toml"),
+    ] {
+        let err = fails(&strs(&g.flash_args(&card, &config, node)), &[], needle);
+        assert_eq!(
+            oracle::run("sha256sum", &[s(&card)]),
+            before,
+            "{needle}: the card was written: {err}"
+        );
+        // A new file target is not even created.
+        let new = g.path("new.disk");
+        fails(&strs(&g.flash_args(&new, &config, node)), &[], needle);
+        assert!(!new.exists(), "{needle}: {} was created", new.display());
+    }
+}
+
+/// `personalize IMAGE.img.zst -o OUT` writes the raw image that `zstd -d` then `personalize`
+/// in place gives, leaves IMAGE as it was, refuses to change a compressed image in place, and
+/// warns in one line when the image already holds a seed.
+#[test]
+fn personalize_takes_a_compressed_image_with_an_output() {
+    let g = Generic::new();
+    let (config, state) = (g.config(), g.state());
+    let personalize = |image: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "personalize",
+            s(image),
+            "--config",
+            s(&config),
+            "--node",
+            "pi4-b",
+            "--state-dir",
+            s(&state),
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let compressed_sum = oracle::run("sha256sum", &[s(&g.image())]);
+    let out = g.path("out.img");
+    let done = imagegen(&strs(&personalize(&g.image(), &["-o", s(&out)])), &[]);
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains(&format!("to {}:", s(&out))), "{err}");
+
+    let reference = g.path("ref.img");
+    oracle::run("zstd", &["-q", "-d", s(&g.image()), "-o", s(&reference)]);
+    ok(&strs(&personalize(&reference, &[])), &[]);
+    cmp(&reference, &out, fs::metadata(&reference).unwrap().len());
+    assert_eq!(
+        fs::metadata(&out).unwrap().len(),
+        fs::metadata(&reference).unwrap().len()
+    );
+    assert_eq!(oracle::run("sha256sum", &[s(&g.image())]), compressed_sum);
+    // Only the output is left beside it, no scratch file.
+    let left: Vec<String> = fs::read_dir(g.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // In place on the compressed image: refused, the image untouched.
+    fails(
+        &strs(&personalize(&g.image(), &[])),
+        &[],
+        "cannot be changed in place",
+    );
+    fails(
+        &strs(&personalize(&g.image(), &["-o", s(&g.path("x.img.zst"))])),
+        &[],
+        "writes a raw image",
+    );
+    assert_eq!(oracle::run("sha256sum", &[s(&g.image())]), compressed_sum);
+
+    // Again on the personalized image, in place and to another output: one warning line each.
+    for extra in [&[][..], &["-o", s(&g.path("again.img"))]] {
+        let again = imagegen(&strs(&personalize(&out, extra)), &[]);
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success(), "{err}");
+        let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+        assert_eq!(warnings.len(), 1, "{err}");
+        assert!(warnings[0].contains("already personalized"), "{err}");
+    }
+}
+
+/// Off a terminal (stderr is a pipe here) each finished stage prints one line with its size
+/// and duration; --quiet silences them and keeps the closing summary. Stages under 2 s print
+/// nothing unless the test hook asks for every one.
+#[test]
+fn stage_lines_off_a_terminal_and_quiet() {
+    let im = Images::new();
+    im.with_bmap("a.img.zst", true);
+    let every = [("IMAGEGEN_TEST_EVERY_STAGE_LINE", "1")];
+    let stage_lines = |err: &str| -> Vec<String> {
+        err.lines()
+            .filter(|l| !l.starts_with("wrote "))
+            .map(str::to_string)
+            .collect()
+    };
+    let target = im.path("t.disk");
+    let out = imagegen(&["flash", s(&im.path("a.img.zst")), s(&target)], &every);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let lines = stage_lines(&err);
+    assert_eq!(lines.len(), 2, "{err}");
+    let size = format!("{:.1} MiB", im.size() as f64 / f64::from(1 << 20));
+    for (line, stage) in lines.iter().zip(["flash ", "verify "]) {
+        assert!(line.starts_with(stage), "{err}");
+        let (_, secs) = line.rsplit_once(" in ").unwrap();
+        let secs = secs.strip_suffix(" s").unwrap();
+        assert!(secs.parse::<f64>().is_ok(), "{line}");
+    }
+    assert!(lines[0].contains(&size), "{err}");
+
+    fs::remove_file(&target).unwrap();
+    for quiet in [&["--quiet", "flash"][..], &["flash", "-q"]] {
+        let mut args = quiet.to_vec();
+        let (image, t) = (im.path("a.img.zst"), target.clone());
+        args.extend([s(&image), s(&t)]);
+        let out = imagegen(&args, &every);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert_eq!(stage_lines(&err), Vec::<String>::new(), "{err}");
+        assert_eq!(err.lines().count(), 1, "the summary stays: {err}");
+        cmp(&im.raw(), &target, im.size());
+        fs::remove_file(&target).unwrap();
+    }
 }

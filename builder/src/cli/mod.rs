@@ -16,6 +16,9 @@ unset, from the image itself, so the same edits on the same image give the same 
 )]
 #[command(help_expected = true, propagate_version = true)]
 pub struct Cli {
+    /// No progress bars, and no progress lines when stderr is not a terminal
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,7 +59,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Disk image (raw)
+    /// Disk image: raw, .img.zst or .img.xz (read through a sparse scratch copy)
     pub image: PathBuf,
     /// Print JSON instead of a table
     #[arg(long)]
@@ -65,7 +68,7 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    /// Directory, as IMAGE:/PATH
+    /// Directory, as IMAGE:/PATH (IMAGE may be compressed)
     #[arg(value_name = "IMAGE:/PATH")]
     pub target: String,
     /// Long listing: type, mode, owner, size
@@ -75,7 +78,7 @@ pub struct LsArgs {
 
 #[derive(Debug, Args)]
 pub struct CatArgs {
-    /// File, as IMAGE:/PATH
+    /// File, as IMAGE:/PATH (IMAGE may be compressed)
     #[arg(value_name = "IMAGE:/PATH")]
     pub target: String,
 }
@@ -206,8 +209,12 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct PersonalizeArgs {
-    /// A generic image from `imagegen build --no-secrets` (raw), changed in place
+    /// A generic image from `imagegen build --no-secrets`: raw, changed in place,
+    /// or (with -o) also .img.zst/.img.xz
     pub image: PathBuf,
+    /// Write the personalized image here (raw, sparse) and leave IMAGE as it is
+    #[arg(long, short = 'o', value_name = "OUT")]
+    pub output: Option<PathBuf>,
     /// Cluster description
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: PathBuf,

@@ -156,6 +156,7 @@ fn write_new(path: &Path, content: &[u8], force: bool) -> Result<()> {
 }
 
 pub fn personalize(a: PersonalizeArgs) -> Result<()> {
+    let shown = a.output.clone().unwrap_or_else(|| a.image.clone());
     let req = personalize::Request {
         image: a.image,
         config: a.config,
@@ -167,7 +168,7 @@ pub fn personalize(a: PersonalizeArgs) -> Result<()> {
     eprintln!(
         "wrote the seed for node {} to {}:{}; it is moved into place and wiped on first boot",
         req.node,
-        req.image.display(),
+        shown.display(),
         done.seed
     );
     for w in done.warnings {

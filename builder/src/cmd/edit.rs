@@ -20,7 +20,7 @@ fn open_for_write(image: &std::path::Path) -> Result<Image> {
 
 pub fn ls(a: LsArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let (mut image, _raw) = super::open_to_read(&img)?;
     let entries = image.read_dir(&path)?;
     let mut out = super::stdout();
     for e in entries {
@@ -51,7 +51,7 @@ pub fn ls(a: LsArgs) -> Result<()> {
 
 pub fn cat(a: CatArgs) -> Result<()> {
     let (img, path) = split_target(&a.target)?;
-    let mut image = open(&img)?;
+    let (mut image, _raw) = super::open_to_read(&img)?;
     let mut out = super::stdout();
     image.read_to(&path, &mut out)?;
     out.flush()?;

@@ -18,10 +18,8 @@ pub fn flash(a: FlashArgs) -> Result<()> {
         bail!("give IMAGE and DEVICE, or --list");
     };
     let source = Source::open(image)?;
-    // A config that cannot personalize fails before the card is touched.
     if let (Some(config), Some(node)) = (&a.config, &a.node) {
-        let loaded = crate::config::load(config)?;
-        loaded.node(node)?;
+        preflight(config, node)?;
     }
     let kind = device::identify(&root, dev)?;
     let node = match &kind {
@@ -65,8 +63,10 @@ pub fn flash(a: FlashArgs) -> Result<()> {
         }
     };
     if let (Some(config), Some(node_name)) = (a.config, a.node) {
+        super::personalize::warn_if_seeded(&node, dev, a.vendor.as_deref());
         super::build::personalize(PersonalizeArgs {
             image: node.clone(),
+            output: None,
             config,
             node: node_name,
             state_dir: a.state_dir,
@@ -103,6 +103,28 @@ pub fn flash(a: FlashArgs) -> Result<()> {
     {
         eprintln!("warning: {warning}");
     }
+    Ok(())
+}
+
+/// A config that cannot personalize fails before the card is touched: what `imagegen check`
+/// finds (values, secret files), the node and its board. What needs the image itself (its
+/// vendor, the agent on it) can only be checked once it is on the card.
+fn preflight(config: &Path, node: &str) -> Result<()> {
+    let r = super::check::report(config)?;
+    if let Some(first) = r.errors.first() {
+        let more = match r.errors.len() {
+            1 => String::new(),
+            n => format!(
+                " (and {} more: see imagegen check --config {})",
+                n - 1,
+                config.display()
+            ),
+        };
+        bail!("{first}{more}; nothing was written");
+    }
+    let loaded = r.loaded.expect("parsed when no error");
+    let n = loaded.node(node)?;
+    crate::board::get(n.board.get_ref())?;
     Ok(())
 }
 

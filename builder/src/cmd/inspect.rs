@@ -3,7 +3,6 @@
 use super::escape::escape;
 use crate::cli::InspectArgs;
 use crate::disk::{PartType, TableKind};
-use crate::image::Image;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -48,9 +47,9 @@ struct FsView {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<()> {
-    let mut image =
-        Image::open(&a.image).with_context(|| format!("opening {}", a.image.display()))?;
-    let size = std::fs::metadata(&a.image)?.len();
+    let (mut image, raw) = super::open_to_read(&a.image)?;
+    // The raw image's size, also for a compressed one.
+    let size = std::fs::metadata(raw.path())?.len();
     let mut partitions = Vec::new();
     for i in 0..image.slots().len() {
         let slot = &image.slots()[i];

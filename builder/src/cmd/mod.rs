@@ -8,9 +8,10 @@ mod escape;
 mod flash;
 mod inspect;
 mod kubeconfig;
+mod personalize;
 
 use crate::cli::{Cli, Command};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Parser;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,7 @@ impl Write for Stdout {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::interrupt::install();
+    crate::io::progress::set_quiet(cli.quiet);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) if STDOUT_GONE.load(Ordering::Relaxed) => ExitCode::from(STDOUT_CLOSED),
@@ -103,12 +105,22 @@ fn run(cli: Cli) -> Result<()> {
         Command::Grow(a) => edit::grow(a),
         Command::Build(a) => build::build(a),
         Command::Boards(a) => build::boards(a),
-        Command::Personalize(a) => build::personalize(a),
+        Command::Personalize(a) => personalize::personalize(a),
         Command::Init(a) => build::init(a),
         Command::Check(a) => check::check(a),
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(a),
         Command::Flash(a) => flash::flash(a),
     }
+}
+
+/// Opens an image only to read it: a compressed one through a scratch copy, which lives as
+/// long as the returned `Readable`.
+pub(crate) fn open_to_read(path: &Path) -> Result<(crate::image::Image, crate::image::Readable)> {
+    let raw = crate::image::Readable::open(path)
+        .with_context(|| format!("decompressing {}", path.display()))?;
+    let image = crate::image::Image::open(raw.path())
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok((image, raw))
 }
 
 /// Splits `IMAGE:/PATH`. The image part is the longest prefix before a ":/" that names an

@@ -111,9 +111,11 @@ pub fn emit_from<S: RawSource>(
     let image = PendingFile::create_with_mode(out, mode).map_err(write_err(out))?;
     let mut sink = Sink::new(format, image.file(), threads, size).map_err(write_err(out))?;
 
-    let bar = progress::bar(&file_name, Some(size));
+    let bar = progress::bar("emit", Some(&file_name), Some(size));
     let scanned = scan(&mut source, free.cursor(), &mut sink, &bar);
-    bar.finish_and_clear();
+    if scanned.is_ok() {
+        bar.finish();
+    }
     let (raw_sha256, bmap, mapped_blocks) = match scanned {
         Ok(s) => s,
         Err(Failed::Read(e)) => return Err(read_err(e)),
@@ -172,7 +174,7 @@ fn scan<S: RawSource>(
     source: &mut S,
     mut free: Cursor<'_>,
     sink: &mut Sink<'_>,
-    bar: &indicatif::ProgressBar,
+    bar: &progress::Progress,
 ) -> Result<(String, String, u64), Failed> {
     let size = source.size();
     let raw = RawHasher::spawn().map_err(Failed::Write)?;

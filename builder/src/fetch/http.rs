@@ -252,7 +252,7 @@ impl Client {
             let mut old = File::open(part).map_err(io_fail)?.take(offset);
             io::copy(&mut old, &mut hasher).map_err(io_fail)?;
         }
-        let progress = bar(file_label(url), length.map(|l| l + offset));
+        let progress = bar("fetch", Some(file_label(url)), length.map(|l| l + offset));
         progress.set_position(offset);
         let mut out = ProgressWriter::new(
             BufWriter::with_capacity(BUFFER_SIZE, Tee::new(file, hasher)),
@@ -260,7 +260,8 @@ impl Client {
         );
         let mut body = resp.into_body().into_reader();
         let copied = copy(&mut body, &mut out);
-        let flushed = out.into_inner().into_inner();
+        let (out, progress) = out.into_parts();
+        let flushed = out.into_inner();
         let tee = match flushed {
             Ok(tee) => tee,
             Err(e) => return Err(io_fail(e.into_error())),
@@ -276,6 +277,7 @@ impl Client {
         file.sync_all().map_err(io_fail)?;
         let (_, digest) = hasher.finish();
         let size = fs::metadata(part).map_err(io_fail)?.len();
+        progress.finish();
         Ok((digest, size))
     }
 }

@@ -15,7 +15,7 @@ pub use crate::io::sparse_writer::SparseWriter;
 pub use cache::default_dir as default_cache_dir;
 pub use checksum::{find as find_checksum, parse_sha256};
 pub use sparse::copy_sparse;
-pub use unpack::{Format, Step, decode, unpack};
+pub use unpack::{Format, Step, decode, unpack, unpack_scratch};
 
 use cache::Cache;
 use http::Client;

@@ -33,6 +33,17 @@ const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const QCOW_MAGIC: &[u8] = b"QFI\xfb";
 
 impl Format {
+    /// The format's usual name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Xz => "xz",
+            Format::Zstd => "zstd",
+            Format::Gzip => "gzip",
+            Format::Qcow2 => "qcow2",
+            Format::Raw => "raw",
+        }
+    }
+
     pub fn sniff(head: &[u8]) -> Format {
         if head.starts_with(XZ_MAGIC) {
             Format::Xz
@@ -77,15 +88,30 @@ pub fn unpack(src: &Path, dst: &Path) -> Result<(Format, u64), FetchError> {
             copy_sparse(src, dst).map_err(|e| FetchError::io(dst, "cannot copy to", e))?
         }
         Format::Qcow2 => qemu_img_convert(src, dst)?,
-        Format::Xz | Format::Zstd | Format::Gzip => decompress(src, dst, format)?,
+        Format::Xz | Format::Zstd | Format::Gzip => decompress(src, dst, format, true)?,
     };
     Ok((format, size))
 }
 
-fn decompress(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError> {
+/// As [`unpack`], for a compressed `src` only, into a scratch file that dies with the process
+/// (the file commands reading a `.img.zst`): not synced, since nothing depends on it surviving
+/// a crash, and a sync of gigabytes would only cost time.
+pub fn unpack_scratch(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError> {
+    match format {
+        Format::Qcow2 => qemu_img_convert(src, dst),
+        Format::Raw => Err(FetchError::io(
+            src,
+            "cannot unpack",
+            io::Error::other("not compressed"),
+        )),
+        Format::Xz | Format::Zstd | Format::Gzip => decompress(src, dst, format, false),
+    }
+}
+
+fn decompress(src: &Path, dst: &Path, format: Format, sync: bool) -> Result<u64, FetchError> {
     let input = File::open(src).map_err(|e| FetchError::io(src, "cannot open", e))?;
     let total = input.metadata().map(|m| m.len()).ok();
-    let reader = ProgressReader::new(input, bar("unpacking", total));
+    let reader = ProgressReader::new(input, bar("unpack", None, total));
     let mut reader = BufReader::with_capacity(BUFFER_SIZE, reader);
     let output = File::create(dst).map_err(|e| FetchError::io(dst, "cannot create", e))?;
     let mut out = SparseWriter::new(output);
@@ -100,12 +126,16 @@ fn decompress(src: &Path, dst: &Path, format: Format) -> Result<u64, FetchError>
         Err(Step::Trailing) => return Err(corrupt(Step::TRAILING.to_string())),
         Err(Step::Write(e)) => return Err(FetchError::io(dst, "cannot write", e)),
     }
-    drop(reader.into_inner().into_inner());
+    let (input, progress) = reader.into_inner().into_parts();
+    drop(input);
     let (file, size) = out
         .finish()
         .map_err(|e| FetchError::io(dst, "cannot write", e))?;
-    file.sync_all()
-        .map_err(|e| FetchError::io(dst, "cannot write", e))?;
+    if sync {
+        file.sync_all()
+            .map_err(|e| FetchError::io(dst, "cannot write", e))?;
+    }
+    progress.finish();
     Ok(size)
 }
 

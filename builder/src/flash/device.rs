@@ -6,6 +6,7 @@
 //! (`IMAGEGEN_SYSROOT`, see [`SYSROOT_ENV`]) with `sys/class/block/*`, `sys/dev/block/*`,
 //! `proc/self/mountinfo` and `dev/*`.
 
+pub use crate::io::progress::human_size;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -394,21 +395,5 @@ impl Disk {
                 &self.model
             }
         )
-    }
-}
-
-/// 31914983424 -> "29.7 GiB".
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
     }
 }

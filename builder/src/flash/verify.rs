@@ -36,7 +36,7 @@ pub fn verify(
     file: &File,
     direct_block: Option<usize>,
     expected: &Expected,
-    bar: &indicatif::ProgressBar,
+    bar: &crate::io::progress::Progress,
 ) -> Result<u64, VerifyError> {
     if direct_block.is_none() {
         // Advice only: where it is not supported (tmpfs) the reads simply hit the cache.
@@ -77,7 +77,7 @@ fn hash_range(
     start: u64,
     end: u64,
     buf: &mut AlignedBuf,
-    bar: &indicatif::ProgressBar,
+    bar: &crate::io::progress::Progress,
 ) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut pos = start;

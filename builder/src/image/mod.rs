@@ -11,10 +11,12 @@ pub mod fstab;
 mod grow;
 mod lock;
 mod probe;
+mod readable;
 
 pub use free::{Cursor, FreeSpace};
 pub use grow::{Grown, grow};
 pub use lock::{ImageLock, LockError};
+pub use readable::Readable;
 
 use crate::disk::{self, Partition, PartitionTable};
 use crate::fs::ext4::Ext4Fs;
