@@ -17,6 +17,9 @@ pub struct ClusterConfig {
     pub k3s: Option<K3s>,
     #[serde(default)]
     pub zerotier: Option<ZeroTier>,
+    /// A WireGuard mesh between the nodes (`crate::vpn::wireguard`).
+    #[serde(default)]
+    pub wireguard: Option<WireGuard>,
     #[serde(default)]
     pub ups: Option<Ups>,
     #[serde(default)]
@@ -81,6 +84,20 @@ pub struct ZeroTier {
     /// installs it without the network (else the agent expects zerotier-one to be present).
     #[serde(default)]
     pub package: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuard {
+    /// The mesh's IPv4 network, "10.99.0.0/24": every node and client has an address in it.
+    pub network: Spanned<String>,
+    /// The UDP port every node listens on.
+    #[serde(default)]
+    pub port: Option<Spanned<i64>>,
+    /// The operator's own machines (`imagegen vpn-client`), peers of every node: their keys are
+    /// made at build time so the nodes know them.
+    #[serde(default)]
+    pub clients: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +186,13 @@ pub struct Node {
     /// The address other nodes and the operator reach it at (IP or DNS name), when known.
     #[serde(default)]
     pub address: Option<Spanned<String>>,
+    /// The node's address on the cluster's VPN (with `[wireguard]`: derived in node order
+    /// from its network when not given).
+    #[serde(default)]
+    pub vpn_address: Option<Spanned<String>>,
+    /// `host:port` the other nodes reach its WireGuard port at; none behind NAT.
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
     #[serde(default)]
     pub network: Option<Network>,
 }
@@ -441,6 +465,9 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
                 format!("zerotier network_id {id:?} must be 16 hex digits"),
             )));
         }
+    }
+    for e in crate::vpn::wireguard::problems(c) {
+        add(Err(e));
     }
     let mut seen: Vec<&str> = Vec::new();
     for n in &c.nodes {
