@@ -8,6 +8,7 @@ mod escape;
 mod flash;
 mod inspect;
 mod kubeconfig;
+mod vpn_client;
 
 use crate::cli::{Cli, Command};
 use anyhow::{Result, bail};
@@ -107,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => build::init(a),
         Command::Check(a) => check::check(a),
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(a),
+        Command::VpnClient(a) => vpn_client::vpn_client(a),
         Command::Flash(a) => flash::flash(a),
     }
 }

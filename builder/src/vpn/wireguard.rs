@@ -343,6 +343,28 @@ pub fn load_or_create(state_dir: &Path, m: &Member) -> Result<Key, WireGuardErro
     }
 }
 
+/// Every member's key, in mesh order, for `vpn-client`: the nodes' keys must be in the state
+/// already (a client config naming keys no node has would never connect); a client's is made
+/// if the nodes' build did not make it.
+pub fn client_keys(state_dir: &Path, mesh: &Mesh) -> Result<Vec<Key>, WireGuardError> {
+    mesh.members
+        .iter()
+        .map(|m| {
+            let path = key_path(state_dir, m);
+            if m.client || path.exists() {
+                load_or_create(state_dir, m)
+            } else {
+                Err(WireGuardError::Invalid(format!(
+                    "no WireGuard key for node {} in {}: build the nodes first, or give the \
+                     --state-dir their build used",
+                    m.name,
+                    state_dir.display()
+                )))
+            }
+        })
+        .collect()
+}
+
 /// Every member's key, in mesh order.
 pub fn keys(state_dir: &Path, mesh: &Mesh) -> Result<Vec<Key>, WireGuardError> {
     mesh.members
@@ -401,6 +423,20 @@ pub fn image_file(mesh: &Mesh, keys: &[Key], node: &str) -> Result<NodeFile, Wir
         mode: 0o600,
         secret: true,
     })
+}
+
+/// The QR code of a config for a terminal (the WireGuard apps scan the config's text as is): two rows of modules per line in Unicode half blocks, with the
+/// quiet zone of 4 modules ISO/IEC 18004 asks for. Drawn for light text on a dark background,
+/// as `qrencode -t UTF8` draws it: the light modules are the printed blocks.
+pub fn qr_text(text: &str) -> Result<String, WireGuardError> {
+    let code = qrcode::QrCode::new(text.as_bytes())
+        .map_err(|e| WireGuardError::Invalid(format!("the config does not fit a QR code: {e}")))?;
+    Ok(code
+        .render::<qrcode::render::unicode::Dense1x2>()
+        .dark_color(qrcode::render::unicode::Dense1x2::Light)
+        .light_color(qrcode::render::unicode::Dense1x2::Dark)
+        .quiet_zone(true)
+        .build())
 }
 
 #[cfg(test)]
