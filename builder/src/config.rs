@@ -734,6 +734,109 @@ mod tests {
     }
 
     #[test]
+    fn wireguard_is_checked_at_the_line() {
+        let base = &format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n"
+        );
+        let node = |extra: &str| {
+            format!("[[nodes]]\nname = \"a\"\nboard = \"rpi4\"\nrole = \"agent\"\n{extra}\n")
+        };
+        let cfg = |wg: &str, a: &str, b: &str| {
+            format!(
+                "{base}[wireguard]\n{wg}\n{}{}",
+                node(a),
+                node(b).replace("\"a\"", "\"b\"")
+            )
+        };
+        let ok = cfg(
+            "network = \"10.9.0.0/24\"",
+            "endpoint = \"1.2.3.4:51820\"",
+            "",
+        );
+        let c = parse(&ok, Path::new("cluster.toml")).unwrap();
+        let m = crate::vpn::wireguard::Mesh::of(&c).unwrap().unwrap();
+        assert_eq!(m.port, 51820);
+        let addrs: Vec<String> = m.members.iter().map(|m| m.address.to_string()).collect();
+        assert_eq!(addrs, ["10.9.0.1", "10.9.0.2"]);
+        // A given address is skipped by the derived ones.
+        let c = parse(
+            &cfg(
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h.example:1\"",
+                "vpn_address = \"10.9.0.1\"",
+            ),
+            Path::new("cluster.toml"),
+        )
+        .unwrap();
+        let m = crate::vpn::wireguard::Mesh::of(&c).unwrap().unwrap();
+        assert_eq!(m.members[0].address.to_string(), "10.9.0.2");
+        for (wg, a, b, line, what) in [
+            (
+                "network = \"10.9.0.0/33\"",
+                "endpoint = \"h:1\"",
+                "",
+                7,
+                "IPv4 network",
+            ),
+            (
+                "network = \"10.9.0.0/24\"\nport = 70000",
+                "endpoint = \"h:1\"",
+                "",
+                8,
+                "UDP port",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h\"",
+                "",
+                12,
+                "HOST:PORT",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "",
+                "",
+                7,
+                "no node has an endpoint",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h:1\"\nvpn_address = \"10.8.0.1\"",
+                "",
+                13,
+                "not a host address",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h:1\"\nvpn_address = \"10.9.0.5\"",
+                "vpn_address = \"10.9.0.5\"",
+                18,
+                "two nodes",
+            ),
+            (
+                "network = \"10.9.0.0/30\"\nclients = [\"l\"]",
+                "endpoint = \"h:1\"",
+                "",
+                7,
+                "too few",
+            ),
+        ] {
+            let e = err(&cfg(wg, a, b));
+            assert!(
+                e.starts_with(&format!("cluster.toml:{line}:")) && e.contains(what),
+                "{wg} {a} {b}: {e}"
+            );
+        }
+        let e = err(&format!(
+            "{base}[zerotier]\nnetwork_id = \"8056c2e21c000001\"\n[wireguard]\nnetwork = \"10.9.0.0/24\"\n"
+        ));
+        assert!(
+            e.starts_with("cluster.toml:7:") && e.contains("one VPN"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn semantic_errors_carry_the_line() {
         let base = &format!(
             "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n"
