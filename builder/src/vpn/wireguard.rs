@@ -425,9 +425,10 @@ pub fn image_file(mesh: &Mesh, keys: &[Key], node: &str) -> Result<NodeFile, Wir
     })
 }
 
-/// The QR code of a config for a terminal (the WireGuard apps scan the config's text as is): two rows of modules per line in Unicode half blocks, with the
-/// quiet zone of 4 modules ISO/IEC 18004 asks for. Drawn for light text on a dark background,
-/// as `qrencode -t UTF8` draws it: the light modules are the printed blocks.
+/// The QR code of a config for a terminal (the WireGuard apps scan the config's text as is):
+/// two rows of modules per line in Unicode half blocks, with the quiet zone of 4 modules
+/// ISO/IEC 18004 asks for. Drawn for light text on a dark background, as `qrencode -t UTF8`
+/// draws it: the light modules are the printed blocks.
 pub fn qr_text(text: &str) -> Result<String, WireGuardError> {
     let code = qrcode::QrCode::new(text.as_bytes())
         .map_err(|e| WireGuardError::Invalid(format!("the config does not fit a QR code: {e}")))?;
