@@ -17,6 +17,9 @@ pub struct ClusterConfig {
     pub k3s: Option<K3s>,
     #[serde(default)]
     pub zerotier: Option<ZeroTier>,
+    /// A WireGuard mesh between the nodes (`crate::vpn::wireguard`).
+    #[serde(default)]
+    pub wireguard: Option<WireGuard>,
     #[serde(default)]
     pub ups: Option<Ups>,
     #[serde(default)]
@@ -81,6 +84,20 @@ pub struct ZeroTier {
     /// installs it without the network (else the agent expects zerotier-one to be present).
     #[serde(default)]
     pub package: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuard {
+    /// The mesh's IPv4 network, "10.99.0.0/24": every node and client has an address in it.
+    pub network: Spanned<String>,
+    /// The UDP port every node listens on.
+    #[serde(default)]
+    pub port: Option<Spanned<i64>>,
+    /// The operator's own machines (`imagegen vpn-client`), peers of every node: their keys are
+    /// made at build time so the nodes know them.
+    #[serde(default)]
+    pub clients: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +186,13 @@ pub struct Node {
     /// The address other nodes and the operator reach it at (IP or DNS name), when known.
     #[serde(default)]
     pub address: Option<Spanned<String>>,
+    /// The node's address on the cluster's VPN (with `[wireguard]`: derived in node order
+    /// from its network when not given).
+    #[serde(default)]
+    pub vpn_address: Option<Spanned<String>>,
+    /// `host:port` the other nodes reach its WireGuard port at; none behind NAT.
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
     #[serde(default)]
     pub network: Option<Network>,
 }
@@ -442,6 +466,9 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
             )));
         }
     }
+    for e in crate::vpn::wireguard::problems(c) {
+        add(Err(e));
+    }
     let mut seen: Vec<&str> = Vec::new();
     for n in &c.nodes {
         add(check_name(&n.name, "node name"));
@@ -704,6 +731,109 @@ mod tests {
         }
         let e = err(&format!("{base}host_keys = [\"nas {key}\"]\n"));
         assert!(e.contains("known_hosts_file"), "{e}");
+    }
+
+    #[test]
+    fn wireguard_is_checked_at_the_line() {
+        let base = &format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n"
+        );
+        let node = |extra: &str| {
+            format!("[[nodes]]\nname = \"a\"\nboard = \"rpi4\"\nrole = \"agent\"\n{extra}\n")
+        };
+        let cfg = |wg: &str, a: &str, b: &str| {
+            format!(
+                "{base}[wireguard]\n{wg}\n{}{}",
+                node(a),
+                node(b).replace("\"a\"", "\"b\"")
+            )
+        };
+        let ok = cfg(
+            "network = \"10.9.0.0/24\"",
+            "endpoint = \"1.2.3.4:51820\"",
+            "",
+        );
+        let c = parse(&ok, Path::new("cluster.toml")).unwrap();
+        let m = crate::vpn::wireguard::Mesh::of(&c).unwrap().unwrap();
+        assert_eq!(m.port, 51820);
+        let addrs: Vec<String> = m.members.iter().map(|m| m.address.to_string()).collect();
+        assert_eq!(addrs, ["10.9.0.1", "10.9.0.2"]);
+        // A given address is skipped by the derived ones.
+        let c = parse(
+            &cfg(
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h.example:1\"",
+                "vpn_address = \"10.9.0.1\"",
+            ),
+            Path::new("cluster.toml"),
+        )
+        .unwrap();
+        let m = crate::vpn::wireguard::Mesh::of(&c).unwrap().unwrap();
+        assert_eq!(m.members[0].address.to_string(), "10.9.0.2");
+        for (wg, a, b, line, what) in [
+            (
+                "network = \"10.9.0.0/33\"",
+                "endpoint = \"h:1\"",
+                "",
+                7,
+                "IPv4 network",
+            ),
+            (
+                "network = \"10.9.0.0/24\"\nport = 70000",
+                "endpoint = \"h:1\"",
+                "",
+                8,
+                "UDP port",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h\"",
+                "",
+                12,
+                "HOST:PORT",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "",
+                "",
+                7,
+                "no node has an endpoint",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h:1\"\nvpn_address = \"10.8.0.1\"",
+                "",
+                13,
+                "not a host address",
+            ),
+            (
+                "network = \"10.9.0.0/24\"",
+                "endpoint = \"h:1\"\nvpn_address = \"10.9.0.5\"",
+                "vpn_address = \"10.9.0.5\"",
+                18,
+                "two nodes",
+            ),
+            (
+                "network = \"10.9.0.0/30\"\nclients = [\"l\"]",
+                "endpoint = \"h:1\"",
+                "",
+                7,
+                "too few",
+            ),
+        ] {
+            let e = err(&cfg(wg, a, b));
+            assert!(
+                e.starts_with(&format!("cluster.toml:{line}:")) && e.contains(what),
+                "{wg} {a} {b}: {e}"
+            );
+        }
+        let e = err(&format!(
+            "{base}[zerotier]\nnetwork_id = \"8056c2e21c000001\"\n[wireguard]\nnetwork = \"10.9.0.0/24\"\n"
+        ));
+        assert!(
+            e.starts_with("cluster.toml:7:") && e.contains("one VPN"),
+            "{e}"
+        );
     }
 
     #[test]

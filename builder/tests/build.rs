@@ -1757,3 +1757,250 @@ fn zerotier_identity_is_kept_across_rebuilds() {
     }
     assert_eq!(secrets[0], secrets[1], "a rebuild changed the identity");
 }
+
+/// `[wireguard]` instead of ZeroTier, with one client: the nodes' wg0.conf read back with
+/// debugfs (root 0600) and parsed by wireguard-tools itself (`wg-quick strip`), each node's
+/// private key giving (`wg pubkey`) the public key every other node and the client list for
+/// it, the same keys after a rebuild, the firewall's port checked by `nft -c`, and the client
+/// config's QR code as the terminal shows it decoded by zbarimg.
+#[test]
+fn wireguard_mesh_keys_are_kept_and_agree() {
+    let (wg, wg_quick) = (oracle::tool("wg"), oracle::tool("wg-quick"));
+    let c = Cluster::new();
+    let text = fs::read_to_string(c.config()).unwrap().replace(
+        "[zerotier]\nnetwork_id = \"8056c2e21c000001\"\n",
+        "[wireguard]\nnetwork = \"10.99.0.0/24\"\nport = 51999\nclients = [\"laptop\"]\n",
+    );
+    let text = text.replacen(
+        "name = \"master\"\nboard = \"x86-64\"\n",
+        // An rpi4 master, so one fixture serves both nodes.
+        "name = \"master\"\nboard = \"rpi4\"\nendpoint = \"203.0.113.1:51999\"\n",
+        1,
+    );
+    fs::write(c.config(), text).unwrap();
+    // The fixture lacks wireguard-tools; the build refuses such an image, then takes it once
+    // wg-quick is there.
+    let img = c.path("base.img");
+    fs::copy(common::fixture("rpios-trixie"), &img).unwrap();
+    let args = c.build_args("pi4-a", s(&img), "x.img");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = c.imagegen(&args);
+    assert!(
+        !run.status.success() && stderr(&run).contains("wireguard-tools"),
+        "{}",
+        stderr(&run)
+    );
+    let cp = c.imagegen(&[
+        "cp",
+        s(&wg_quick),
+        &format!("{}:/usr/bin/wg-quick", s(&img)),
+    ]);
+    assert!(cp.status.success(), "{}", stderr(&cp));
+
+    let conf = |out: &Path| -> String {
+        let root = oracle::partition(out, 2).start;
+        let stat = oracle::debugfs(out, root, "stat /etc/wireguard/wg0.conf");
+        assert!(
+            stat.contains("Mode:  0600") && stat.contains("User:     0   Group:     0"),
+            "{stat}"
+        );
+        oracle::ext4_cat(out, root, "/etc/wireguard/wg0.conf")
+    };
+    let mut confs: Vec<(String, String)> = Vec::new();
+    for (node, out) in [
+        ("pi4-a", "a1.img"),
+        ("master", "m.img"),
+        ("pi4-a", "a2.img"),
+    ] {
+        let args = c.build_args(node, s(&img), out);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = c.imagegen(&args);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let out = c.out_dir().join(out);
+        let text = conf(&out);
+        // wireguard-tools' own reading of the file, as wg-quick@wg0 will read it.
+        let dir = c.path("wg-strip");
+        let _ = fs::create_dir(&dir);
+        let f = dir.join("wg0.conf");
+        fs::write(&f, &text).unwrap();
+        let strip = Command::new(&wg_quick)
+            .arg("strip")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert!(
+            strip.status.success(),
+            "{}: {}",
+            text,
+            String::from_utf8_lossy(&strip.stderr)
+        );
+        let root = oracle::partition(&out, 2).start;
+        let nft = oracle::ext4_cat(&out, root, "/etc/nftables.conf");
+        assert!(
+            nft.contains("udp dport 51999 accept") && nft.contains("iifname \"wg0\""),
+            "{nft}"
+        );
+        let nf = dir.join("nftables.conf");
+        fs::write(&nf, &nft).unwrap();
+        let chk = oracle::output("nft", &["-c", "-f", s(&nf)]);
+        assert!(
+            chk.status.success(),
+            "{}",
+            String::from_utf8_lossy(&chk.stderr)
+        );
+        let node_toml = oracle::ext4_cat(&out, root, "/etc/imagegen/node.toml");
+        assert!(
+            node_toml.contains("node_ip_from = \"wireguard\""),
+            "{node_toml}"
+        );
+        let enabled = oracle::debugfs(
+            &out,
+            root,
+            "stat /etc/systemd/system/multi-user.target.wants/wg-quick@wg0.service",
+        );
+        assert!(
+            enabled.contains("/lib/systemd/system/wg-quick@.service"),
+            "{enabled}"
+        );
+        confs.push((node.into(), text));
+    }
+    assert_eq!(confs[0].1, confs[2].1, "a rebuild changed pi4-a's wg0.conf");
+
+    let client = c.path("laptop.conf");
+    let run = c.imagegen(&[
+        "vpn-client",
+        "--state-dir",
+        s(&c.path("state")),
+        "--config",
+        s(&c.config()),
+        "--name",
+        "laptop",
+        "-o",
+        s(&client),
+        "--qr",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&client).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let client_text = fs::read_to_string(&client).unwrap();
+    let strip = Command::new(&wg_quick)
+        .arg("strip")
+        .arg(&client)
+        .output()
+        .unwrap();
+    assert!(
+        strip.status.success(),
+        "{}",
+        String::from_utf8_lossy(&strip.stderr)
+    );
+    confs.push(("laptop".into(), client_text.clone()));
+
+    // Each member's public key, by wg itself, is what every other member lists for it.
+    let field = |text: &str, key: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .map(String::from)
+            .collect()
+    };
+    for (name, text) in &confs[..2]
+        .iter()
+        .chain([&confs[3]])
+        .cloned()
+        .collect::<Vec<_>>()
+    {
+        let private = &field(text, "PrivateKey")[0];
+        let mut p = Command::new(&wg)
+            .arg("pubkey")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        p.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{private}\n").as_bytes())
+            .unwrap();
+        let out = p.wait_with_output().unwrap();
+        let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        for (other, other_text) in &confs {
+            if other == name || (other == "laptop" && name == "laptop") {
+                continue;
+            }
+            // The client lists the nodes only; every node lists everyone.
+            let block = other_text
+                .split("\n\n")
+                .find(|b| {
+                    b.starts_with(&format!("# node {name}\n"))
+                        || b.starts_with(&format!("# client {name}\n"))
+                })
+                .unwrap_or_else(|| panic!("{other} has no peer {name}:\n{other_text}"));
+            assert!(
+                block.contains(&format!("PublicKey = {public}\n")),
+                "{other} / {name}: {block}"
+            );
+        }
+    }
+    // pi4-a is behind NAT: it keeps the path to the master open; the master dials nobody.
+    assert!(
+        confs[0]
+            .1
+            .contains("Endpoint = 203.0.113.1:51999\nPersistentKeepalive = 25")
+    );
+    assert!(!confs[1].1.contains("Endpoint ="), "{}", confs[1].1);
+    assert!(
+        client_text.contains("Address = 10.99.0.4/24"),
+        "{client_text}"
+    );
+
+    // The QR code as the terminal shows it, back into modules, through a real decoder.
+    let zbarimg = oracle::tool("zbarimg");
+    let qr = String::from_utf8(run.stdout).unwrap();
+    let mut rows: Vec<Vec<bool>> = Vec::new();
+    for line in qr.lines().filter(|l| !l.is_empty()) {
+        let (mut top, mut bottom) = (Vec::new(), Vec::new());
+        for ch in line.chars() {
+            // Light modules are drawn (light text on a dark terminal).
+            let (t, b) = match ch {
+                '█' => (true, true),
+                '▀' => (true, false),
+                '▄' => (false, true),
+                ' ' => (false, false),
+                other => panic!("unexpected {other:?} in the QR code"),
+            };
+            top.push(t);
+            bottom.push(b);
+        }
+        rows.push(top);
+        rows.push(bottom);
+    }
+    let scale = 4;
+    let (w, h) = (rows[0].len() * scale, rows.len() * scale);
+    let mut pgm = format!("P5 {w} {h} 255\n").into_bytes();
+    for r in &rows {
+        for _ in 0..scale {
+            for &light in r {
+                pgm.extend(std::iter::repeat_n(if light { 255u8 } else { 0 }, scale));
+            }
+        }
+    }
+    let png = c.path("qr.pgm");
+    fs::write(&png, pgm).unwrap();
+    let dec = Command::new(zbarimg)
+        .args(["--raw", "-q"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        dec.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dec.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(dec.stdout).unwrap().trim_end(),
+        client_text.trim_end()
+    );
+}

@@ -652,6 +652,7 @@ fn server_with_ups(zerotier: bool) -> Context<'static> {
         role: Role::Server,
         ups_server: true,
         zerotier,
+        wireguard_port: None,
         etcd_peers: None,
     }
 }

@@ -40,6 +40,7 @@ fn node(role: Role, ups_server: bool, zerotier: bool) -> Context<'static> {
         role,
         ups_server,
         zerotier,
+        wireguard_port: None,
         etcd_peers: None,
     }
 }
@@ -224,6 +225,10 @@ fn every_node() -> Vec<Context<'static>> {
     let mut v = Vec::new();
     for role in [Role::Server, Role::Agent] {
         for ups in [false, true] {
+            v.push(Context {
+                wireguard_port: Some(51820),
+                ..node(role, ups, false)
+            });
             for zt in [false, true] {
                 v.push(node(role, ups, zt));
                 if role == Role::Server {

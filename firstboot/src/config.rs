@@ -34,6 +34,8 @@ pub struct NodeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zerotier: Option<ZeroTierSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ups: Option<UpsSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSection>,
@@ -113,8 +115,20 @@ pub enum NodeIpFrom {
     /// The ZeroTier address, with `flannel-iface` on the ZeroTier interface.
     #[default]
     Zerotier,
+    /// The `[wireguard]` address, with `flannel-iface` on its interface.
+    Wireguard,
     /// The source address of the default route; k3s picks the interface.
     DefaultRoute,
+}
+
+/// `[wireguard]`: the mesh the cluster talks over. The builder writes the interface's config
+/// (`/etc/wireguard/<interface>.conf`) and knows the address already.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireGuardSection {
+    pub interface: String,
+    /// This node's IPv4 address on it.
+    pub address: String,
 }
 
 /// `[zerotier]`: the VPN the cluster talks over.
@@ -382,6 +396,9 @@ impl NodeConfig {
                         .into(),
                 );
             }
+            if k3s.node_ip_from == NodeIpFrom::Wireguard && self.wireguard.is_none() {
+                return bad("[k3s] node_ip_from = \"wireguard\" needs a [wireguard] table".into());
+            }
             if !k3s.token_file.is_absolute() {
                 return bad("[k3s] token_file must be an absolute path".into());
             }
@@ -393,6 +410,28 @@ impl NodeConfig {
                 "[zerotier] network_id {:?} must be 16 hex digits",
                 zt.network_id
             ));
+        }
+        if let Some(w) = &self.wireguard {
+            if w.address.parse::<std::net::Ipv4Addr>().is_err() {
+                return bad(format!(
+                    "[wireguard] address {:?} is not an IPv4 address",
+                    w.address
+                ));
+            }
+            // The kernel's dev_valid_name(): 1-15 bytes, no '/', ':' or white space.
+            let i = &w.interface;
+            if i.is_empty()
+                || i.len() > 15
+                || i == "."
+                || i == ".."
+                || i.bytes()
+                    .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+            {
+                return bad(format!(
+                    "[wireguard] interface {:?} is not an interface name",
+                    w.interface
+                ));
+            }
         }
         if let Some(ups) = &self.ups {
             if ups.shutdown_command.is_empty() {

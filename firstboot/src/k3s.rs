@@ -231,7 +231,7 @@ pub fn setup(
         }
         None => None,
     };
-    let node_ip = node_ip(k3s, zt)?;
+    let node_ip = node_ip(config, zt)?;
     write_config(root, config, node_ip.as_ref())?;
     let service = enable_service(root, config)?;
     wait_for_ping(server, server_ca, deadline, attempts)?;
@@ -303,10 +303,19 @@ fn verify_server(
 
 /// The `node-ip` (and `flannel-iface`) for `config.yaml`.
 fn node_ip(
-    k3s: &K3sSection,
+    config: &NodeConfig,
     zt: Option<&Joined>,
 ) -> Result<Option<(String, Option<String>)>, K3sError> {
+    let Some(k3s) = &config.k3s else {
+        return Ok(None);
+    };
     Ok(match (k3s.node_ip_from, zt) {
+        // The builder gave the address; wg-quick@ brings the interface up at boot, and k3s
+        // retries its server until the tunnel carries it.
+        (NodeIpFrom::Wireguard, _) => config
+            .wireguard
+            .as_ref()
+            .map(|w| (w.address.clone(), Some(w.interface.clone()))),
         (NodeIpFrom::Zerotier, Some(j)) => Some((j.address.clone(), Some(j.interface.clone()))),
         (NodeIpFrom::Zerotier, None) => {
             return Err(K3sError::Waiting("no ZeroTier address yet".into()));

@@ -55,6 +55,8 @@ pub enum Command {
     Kubeconfig(KubeconfigArgs),
     /// Write an image to an SD card, a USB disk or a file, and verify it
     Flash(FlashArgs),
+    /// Write the WireGuard config of one of the operator's machines ([wireguard] clients)
+    VpnClient(VpnClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +295,26 @@ pub struct KubeconfigArgs {
     /// Where to write it (mode 0600) [default: <cluster name>.kubeconfig]
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// The state directory the nodes were built with [default: .imagegen-state beside
+    /// the config]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct VpnClientArgs {
+    /// Cluster description
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+    /// The client, as listed in [wireguard] clients
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// Where to write it (mode 0600) [default: <cluster>-<name>.conf]
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also print it as a QR code, for the WireGuard phone app
+    #[arg(long)]
+    pub qr: bool,
     /// The state directory the nodes were built with [default: .imagegen-state beside
     /// the config]
     #[arg(long, value_name = "DIR")]

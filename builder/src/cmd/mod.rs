@@ -9,6 +9,7 @@ mod flash;
 mod inspect;
 mod kubeconfig;
 mod personalize;
+mod vpn_client;
 
 use crate::cli::{Cli, Command};
 use anyhow::{Context, Result, bail};
@@ -109,6 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => build::init(a),
         Command::Check(a) => check::check(a),
         Command::Kubeconfig(a) => kubeconfig::kubeconfig(a),
+        Command::VpnClient(a) => vpn_client::vpn_client(a),
         Command::Flash(a) => flash::flash(a),
     }
 }

@@ -34,6 +34,9 @@ pub struct Context<'a> {
     pub ups_server: bool,
     /// The node joins a ZeroTier network, and k3s runs over it.
     pub zerotier: bool,
+    /// The node is on a `[wireguard]` mesh listening on this UDP port, and k3s runs over its
+    /// interface.
+    pub wireguard_port: Option<u16>,
     /// On a server, the addresses of the other servers, when cluster.toml gives them all
     /// (`cluster::servers`): etcd is open to those alone. `None`: to every cluster node.
     pub etcd_peers: Option<&'a [std::net::IpAddr]>,
@@ -135,6 +138,11 @@ fn nftables(ctx: &Context) -> String {
         add("udp dport 9993 accept");
         add("");
     }
+    if let Some(port) = ctx.wireguard_port {
+        add("# WireGuard: the other nodes and the operator's clients reach the mesh here.");
+        add(&format!("udp dport {port} accept"));
+        add("");
+    }
     if ctx.role == Role::Server {
         add("# k3s API and supervisor: agents join through it, the operator runs kubectl.");
         add("tcp dport 6443 accept");
@@ -158,8 +166,13 @@ fn nftables(ctx: &Context) -> String {
     // addresses, which lan4's 10.0.0.0/8 holds: a LAN host forging one would otherwise be let
     // in (loose reverse-path filtering passes it, pod addresses being routable to cni0 and
     // flannel.1).
+    // On the mesh the other nodes' traffic arrives on wg0, and WireGuard has authenticated
+    // every packet there against a peer's key (wg(8), "cryptokey routing").
+    let wg_iif = format!("iifname \"{}\"", crate::vpn::wireguard::INTERFACE);
     let (peers, from): (&[&str], &str) = if ctx.zerotier {
         (&["iifname \"zt*\""], "on the ZeroTier interface")
+    } else if ctx.wireguard_port.is_some() {
+        (&[wg_iif.as_str()], "on the WireGuard interface")
     } else {
         (
             &["ip saddr @lan4 ip saddr != @k3s_nets4", "ip6 saddr @lan6"],
@@ -182,7 +195,10 @@ fn nftables(ctx: &Context) -> String {
                     add(&format!("{p} tcp dport 2379-2380 accept"));
                 }
             }
-            Some(servers) => etcd_between_servers(&mut add, ctx.zerotier, servers),
+            Some(servers) => {
+                let on = (ctx.zerotier || ctx.wireguard_port.is_some()).then_some(peers[0]);
+                etcd_between_servers(&mut add, on, servers)
+            }
         }
     }
     if ctx.ups_server {
@@ -197,15 +213,15 @@ fn nftables(ctx: &Context) -> String {
 /// etcd's client and peer ports for the other servers' addresses only, each family in its own
 /// set. A server added to the cluster later is let in once this server's image is rebuilt with
 /// it in cluster.toml (or its address added here).
-fn etcd_between_servers(add: &mut impl FnMut(&str), zerotier: bool, servers: &[IpAddr]) {
+fn etcd_between_servers(add: &mut impl FnMut(&str), on: Option<&str>, servers: &[IpAddr]) {
     let (v4, v6): (Vec<&IpAddr>, Vec<&IpAddr>) = servers.iter().partition(|a| a.is_ipv4());
     if servers.is_empty() {
         add("# etcd client and peer ports: closed, cluster.toml names no other server.");
         return;
     }
     add("# etcd client and peer ports, from the other servers (their cluster.toml addresses).");
-    // On the ZeroTier interface only when k3s runs over it: the addresses are its members'.
-    let on = if zerotier { "iifname \"zt*\" " } else { "" };
+    // On the VPN interface only when k3s runs over it: the addresses are its members'.
+    let on = on.map(|i| format!("{i} ")).unwrap_or_default();
     for (family, set) in [("ip", v4), ("ip6", v6)] {
         if set.is_empty() {
             continue;
@@ -294,6 +310,7 @@ mod tests {
             role,
             ups_server: false,
             zerotier: true,
+            wireguard_port: None,
             etcd_peers: None,
         }
     }

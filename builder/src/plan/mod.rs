@@ -110,6 +110,7 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
             });
         }
     }
+    wireguard(image, spec, &mut p)?;
     crate::distro::plan(
         spec.vendor,
         image,
@@ -126,6 +127,35 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     backup_pins(spec, &mut p)?;
     staged_software(spec, &mut p)?;
     Ok(p.into_changes())
+}
+
+/// The node's wg0.conf, its key from the identity state (so a replacement card is the same
+/// peer), and wg-quick@wg0 enabled, as `systemctl enable` links it.
+fn wireguard(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+    use crate::vpn::wireguard as wg;
+    let bad = |e: wg::WireGuardError| PlanError::Invalid(e.to_string());
+    let Some(mesh) = wg::Mesh::of(spec.config).map_err(bad)? else {
+        return Ok(());
+    };
+    if image.lstat(wg::WG_QUICK)?.is_none() {
+        return Err(PlanError::Invalid(format!(
+            "[wireguard]: the image has no {} (package wireguard-tools), which brings the \
+             tunnel up; use a base image that has it",
+            wg::WG_QUICK
+        )));
+    }
+    p.dir(wg::CONF_DIR, 0o700);
+    let wants = "/etc/systemd/system/multi-user.target.wants";
+    p.dir(wants, 0o755);
+    p.symlink(&format!("{wants}/{}", wg::UNIT), wg::UNIT_TEMPLATE);
+    if let Some(id) = spec.identity {
+        let keys = wg::keys(&id.state_dir, &mesh).map_err(bad)?;
+        let f = wg::image_file(&mesh, &keys, spec.name).map_err(bad)?;
+        p.as_kind(Kind::Identity, |p| {
+            p.file(&f.path, f.content, f.mode).secret();
+        });
+    }
+    Ok(())
 }
 
 /// Where the identity goes. Public, so a seed's identity files land in directories as a full
@@ -375,14 +405,28 @@ fn hardening_files(spec: &NodeSpec) -> Result<Vec<hardening::RenderedFile>, Plan
         .as_ref()
         .and_then(|u| u.server.as_ref())
         .is_some_and(|s| s.get_ref() == spec.name);
-    let etcd_peers = (!spec.generic)
-        .then(|| crate::cluster::servers::other_server_addresses(cfg, spec.name).ok())
-        .flatten();
+    let mesh = crate::vpn::wireguard::Mesh::of(cfg).ok().flatten();
+    let etcd_peers = match &mesh {
+        // Over the mesh, etcd's peers come from their wg0 addresses, all known.
+        Some(m) => Some(
+            cfg.nodes
+                .iter()
+                .filter(|n| n.role == Role::Server && n.name.get_ref() != spec.name)
+                .filter_map(|n| m.member(n.name.get_ref()))
+                .map(|m| std::net::IpAddr::V4(m.address))
+                .collect::<Vec<_>>(),
+        )
+        .filter(|_| !spec.generic),
+        None => (!spec.generic)
+            .then(|| crate::cluster::servers::other_server_addresses(cfg, spec.name).ok())
+            .flatten(),
+    };
     let ctx = hardening::Context {
         admin_user: cfg.admin.user.get_ref(),
         role: spec.role,
         ups_server,
         zerotier: cfg.zerotier.is_some(),
+        wireguard_port: mesh.as_ref().map(|m| m.port),
         etcd_peers: etcd_peers.as_deref(),
     };
     Ok(hardening::files(&cfg.hardening, &ctx)?)
@@ -728,6 +772,14 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     // A generic image is no node in particular: it joins, and `personalize` gives the first
     // server its own node.toml.
     let cluster_init = !spec.generic && bootstrap.as_ref().is_some_and(|b| b.is_first(spec.name));
+    // k3s talks over the mesh: node-ip is the node's wg0 address, known at build time.
+    let wireguard = crate::vpn::wireguard::Mesh::of(cfg)
+        .map_err(|e| PlanError::Invalid(e.to_string()))?
+        .and_then(|m| m.member(spec.name).cloned())
+        .map(|m| node::WireGuardSection {
+            interface: crate::vpn::wireguard::INTERFACE.into(),
+            address: m.address.to_string(),
+        });
     let k3s = cfg.k3s.as_ref().map(|k| {
         let url = bootstrap.as_ref().map(|b| b.server_url().to_string());
         node::K3sSection {
@@ -742,6 +794,8 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             token_file: PathBuf::from(K3S_TOKEN),
             node_ip_from: if cfg.zerotier.is_some() {
                 node::NodeIpFrom::Zerotier
+            } else if wireguard.is_some() {
+                node::NodeIpFrom::Wireguard
             } else {
                 node::NodeIpFrom::DefaultRoute
             },
@@ -811,6 +865,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
             package: z.package.as_ref().map(|_| PathBuf::from(ZEROTIER_PACKAGE)),
             ..default_zerotier()
         }),
+        wireguard,
         ups,
         backup,
         paths: node::PathsSection {

@@ -32,6 +32,8 @@ pub fn apt_package(tool: &str) -> &'static str {
         "ssh" | "ssh-keygen" => "openssh-client",
         "mmdebstrap" => "mmdebstrap",
         "nft" => "nftables",
+        "wg" | "wg-quick" => "wireguard-tools",
+        "zbarimg" => "zbar-tools",
         "openssl" => "openssl",
         "bash" => "bash",
         "netplan" => "netplan.io",
