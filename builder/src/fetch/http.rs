@@ -4,7 +4,7 @@
 use super::cache::{Cache, PartialMeta};
 use super::{FetchError, FetchOptions};
 use crate::io::BUFFER_SIZE;
-use crate::io::hash::HashWriter;
+use crate::io::hash::{Algorithm, Digester, Digests, digest_file};
 use crate::io::progress::{ProgressWriter, bar};
 use crate::io::tee::Tee;
 use std::fs::{self, File, OpenOptions};
@@ -152,14 +152,25 @@ impl Client {
     }
 
     /// Downloads `url` into the cache's partial file, resuming what an earlier attempt or
-    /// run left there. Returns the sha256 and size of the complete file, which stays in
-    /// `partial/` until the caller has verified it.
-    pub fn download(&self, cache: &Cache, url: &str) -> Result<(String, u64), FetchError> {
+    /// run left there. Returns the digests (sha256 and those in `also`) and size of the
+    /// complete file, which stays in `partial/` until the caller has verified it.
+    pub fn download(
+        &self,
+        cache: &Cache,
+        url: &str,
+        also: &[Algorithm],
+    ) -> Result<(Digests, u64), FetchError> {
         let (part, meta_path) = cache.partial(url);
-        self.with_retries(|| self.attempt(url, &part, &meta_path))
+        self.with_retries(|| self.attempt(url, &part, &meta_path, also))
     }
 
-    fn attempt(&self, url: &str, part: &Path, meta_path: &Path) -> Result<(String, u64), Failure> {
+    fn attempt(
+        &self,
+        url: &str,
+        part: &Path,
+        meta_path: &Path,
+        also: &[Algorithm],
+    ) -> Result<(Digests, u64), Failure> {
         let meta = Cache::read_meta(meta_path).filter(|m| m.url == url);
         let have = match (&meta, fs::metadata(part)) {
             (Some(_), Ok(m)) => m.len(),
@@ -189,7 +200,7 @@ impl Client {
                         1,
                     )));
                 }
-                self.receive(url, resp, part, have, meta_path, None)
+                self.receive(url, resp, part, have, meta_path, None, also)
             }
             200 => {
                 let meta = PartialMeta {
@@ -197,16 +208,16 @@ impl Client {
                     etag: header(&resp, "etag").filter(|e| !e.starts_with("W/")),
                     last_modified: header(&resp, "last-modified"),
                 };
-                self.receive(url, resp, part, 0, meta_path, Some(meta))
+                self.receive(url, resp, part, 0, meta_path, Some(meta), also)
             }
             416 if resuming => {
                 // We may already have everything: the caller's verification decides.
                 let total = header(&resp, "content-range")
                     .and_then(|v| v.strip_prefix("bytes */").and_then(|n| n.parse().ok()));
                 if total == Some(have) {
-                    let digest = crate::io::hash::sha256_file(part)
+                    let digests = digest_file(part, also)
                         .map_err(|e| Failure::Fatal(FetchError::io(part, "cannot read", e)))?;
-                    return Ok((digest, have));
+                    return Ok((digests, have));
                 }
                 discard(part, meta_path);
                 Err(Failure::Retry(FetchError::network(
@@ -225,6 +236,7 @@ impl Client {
 
     /// Appends the body to `part` (from `offset`), hashing everything that ends up in the
     /// file. `new_meta` is set when the transfer starts from zero.
+    #[allow(clippy::too_many_arguments)]
     fn receive(
         &self,
         url: &str,
@@ -233,7 +245,8 @@ impl Client {
         offset: u64,
         meta_path: &Path,
         new_meta: Option<PartialMeta>,
-    ) -> Result<(String, u64), Failure> {
+        also: &[Algorithm],
+    ) -> Result<(Digests, u64), Failure> {
         let io_fail = |e: io::Error| Failure::Fatal(FetchError::io(part, "cannot write", e));
         let length = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
         let file = if let Some(meta) = &new_meta {
@@ -246,8 +259,8 @@ impl Client {
                 .open(part)
                 .map_err(io_fail)?
         };
-        // sha256 state cannot be saved, so re-hash what the earlier attempt left.
-        let mut hasher = HashWriter::new(io::sink());
+        // Digest state cannot be saved, so re-hash what the earlier attempt left.
+        let mut hasher = Digester::new(also);
         if offset > 0 {
             let mut old = File::open(part).map_err(io_fail)?.take(offset);
             io::copy(&mut old, &mut hasher).map_err(io_fail)?;
@@ -274,9 +287,8 @@ impl Client {
         // The hasher saw only what the file accepted: the digest describes the bytes on disk.
         let (file, hasher) = tee.into_inner();
         file.sync_all().map_err(io_fail)?;
-        let (_, digest) = hasher.finish();
         let size = fs::metadata(part).map_err(io_fail)?.len();
-        Ok((digest, size))
+        Ok((hasher.finish(), size))
     }
 }
 
