@@ -671,6 +671,50 @@ fn download_failures_are_one_clear_line_and_leave_nothing() {
     assert_cache_empty(&c);
 }
 
+/// Debian publishes SHA512SUMS only (the `x86-64` board's base): the build verifies against
+/// it, and the manifest still records the base by sha256.
+#[test]
+fn base_verified_by_sha512sums_builds_and_records_its_sha256() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let url = web.url("/rpios-trixie.img.zst");
+    // Made as Debian makes it: sha512sum's own output, beside the image.
+    sh(&format!(
+        "cd {} && sha512sum rpios-trixie.img.zst > SHA512SUMS",
+        s(c.dir.path())
+    ));
+    let sums = fs::read_to_string(c.path("SHA512SUMS")).unwrap();
+    let sha512 = sums[..128].to_string();
+    let flipped = format!(
+        "{}{}",
+        if sha512.starts_with('f') { 'e' } else { 'f' },
+        &sha512[1..]
+    );
+
+    // A corrupted entry: refused, naming the file, what was expected and what came.
+    web.server.put(
+        "/SHA512SUMS",
+        sums.replace(&sha512, &flipped).as_bytes(),
+        None,
+    );
+    let err = c.build_fails("pi4-a", &url, "pi4-a.img", "sha512 mismatch");
+    for part in [&url, &web.url("/SHA512SUMS"), &flipped, &sha512] {
+        assert!(err.contains(part.as_str()), "{part} not in: {err}");
+    }
+    assert_cache_empty(&c);
+
+    web.server.put("/SHA512SUMS", sums.as_bytes(), None);
+    let out = c.build("pi4-a", &url, "pi4-a.img");
+    let served = c.path("rpios-trixie.img.zst");
+    assert_eq!(fs::read(&served).unwrap(), zst);
+    let base = &manifest(&out)["inputs"][0];
+    assert_eq!(base["name"], "base");
+    assert_eq!(base["sha256"], sha256sum(&served));
+    assert_cache_verified(&c.cache());
+    assert_eq!(entries(&c.cache().join("partial")), BTreeSet::new());
+}
+
 /// The CLI waits 60 s for a silent server and retries five times, so this one goes through the
 /// library with short time-outs; the error is what the CLI would print after `error: `.
 #[test]

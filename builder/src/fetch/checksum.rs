@@ -3,8 +3,8 @@
 //! Formats seen in the wild (vendor-images.md section 0): Raspberry Pi OS `hash  name`,
 //! Ubuntu `SHA256SUMS` `hash *name`, Armbian `.sha` `hash name` (one space), and bare
 //! `hash` lines. BSD-style `SHA256 (name) = hash` lines are accepted too. Debian's cloud
-//! images publish `SHA512SUMS` only, in `sha512sum`'s `hash  name` format (vendor-images.md
-//! section 4), so the same lines are read with sha512 digests.
+//! images publish `SHA512SUMS` only (cloud.debian.org/images/cloud/bookworm/latest/), in
+//! `sha512sum`'s `hash  name` format, so the same lines are read with sha512 digests.
 
 pub use crate::io::hash::Algorithm;
 

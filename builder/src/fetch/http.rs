@@ -200,7 +200,7 @@ impl Client {
                         1,
                     )));
                 }
-                self.receive(url, resp, part, have, meta_path, None, also)
+                self.receive(url, resp, part, meta_path, Start::Resume(have), also)
             }
             200 => {
                 let meta = PartialMeta {
@@ -208,7 +208,7 @@ impl Client {
                     etag: header(&resp, "etag").filter(|e| !e.starts_with("W/")),
                     last_modified: header(&resp, "last-modified"),
                 };
-                self.receive(url, resp, part, 0, meta_path, Some(meta), also)
+                self.receive(url, resp, part, meta_path, Start::Fresh(meta), also)
             }
             416 if resuming => {
                 // We may already have everything: the caller's verification decides.
@@ -234,30 +234,32 @@ impl Client {
         }
     }
 
-    /// Appends the body to `part` (from `offset`), hashing everything that ends up in the
-    /// file. `new_meta` is set when the transfer starts from zero.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes the body to `part` (appending when resuming), hashing everything that ends up
+    /// in the file: sha256 and the digests in `also`.
     fn receive(
         &self,
         url: &str,
         resp: Response<Body>,
         part: &Path,
-        offset: u64,
         meta_path: &Path,
-        new_meta: Option<PartialMeta>,
+        start: Start,
         also: &[Algorithm],
     ) -> Result<(Digests, u64), Failure> {
         let io_fail = |e: io::Error| Failure::Fatal(FetchError::io(part, "cannot write", e));
         let length = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
-        let file = if let Some(meta) = &new_meta {
-            let f = File::create(part).map_err(io_fail)?;
-            Cache::write_meta(meta_path, meta).map_err(Failure::Fatal)?;
-            f
-        } else {
-            OpenOptions::new()
-                .append(true)
-                .open(part)
-                .map_err(io_fail)?
+        let (file, offset) = match &start {
+            Start::Fresh(meta) => {
+                let f = File::create(part).map_err(io_fail)?;
+                Cache::write_meta(meta_path, meta).map_err(Failure::Fatal)?;
+                (f, 0)
+            }
+            Start::Resume(offset) => {
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(part)
+                    .map_err(io_fail)?;
+                (f, *offset)
+            }
         };
         // Digest state cannot be saved, so re-hash what the earlier attempt left.
         let mut hasher = Digester::new(also);
@@ -290,6 +292,13 @@ impl Client {
         let size = fs::metadata(part).map_err(io_fail)?.len();
         Ok((hasher.finish(), size))
     }
+}
+
+/// Where a transfer starts: from zero (with what the server said about the file, kept so a
+/// later run can resume), or after the bytes an earlier attempt left.
+enum Start {
+    Fresh(PartialMeta),
+    Resume(u64),
 }
 
 enum CopyError {

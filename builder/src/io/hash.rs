@@ -1,9 +1,9 @@
 //! Digests computed while data streams through, so nothing is read twice.
 //!
 //! sha256 names everything imagegen keeps (the cache, the manifest); a vendor may vouch for
-//! its image with another digest only (Debian's cloud images: `SHA512SUMS`, no `SHA256SUMS`,
-//! vendor-images.md section 4), so a [`Digester`] computes sha256 and, when asked, that one
-//! too in the same pass.
+//! its image with another digest only (Debian's cloud images: `SHA512SUMS` and no
+//! `SHA256SUMS` in cloud.debian.org/images/cloud/bookworm/latest/), so a [`Digester`]
+//! computes sha256 and, when asked, that one too in the same pass.
 
 use sha2::{Digest, Sha256, Sha512};
 use std::fmt;
