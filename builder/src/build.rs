@@ -132,7 +132,11 @@ pub fn run(req: &Request) -> Result<Outcome> {
     );
     let mut images = Vec::new();
     for target in targets {
-        let out = output_path(req.output.as_deref(), all, &default_output(&config, &target))?;
+        let out = output_path(
+            req.output.as_deref(),
+            all,
+            &default_output(&config, &target),
+        )?;
         let job = Job {
             config: &config,
             config_dir: &config_dir,
@@ -205,7 +209,12 @@ fn load(config: &Config) -> Result<(ClusterConfig, PathBuf, Vec<Target>, Vec<Str
                     // Before any download: a misspelt board is said now.
                     let board = board::get(b)?;
                     // Legitimate (the card for a node not in the config yet), but maybe a typo.
-                    if !loaded.config.nodes.iter().any(|n| n.board.get_ref() == &board.id) {
+                    if !loaded
+                        .config
+                        .nodes
+                        .iter()
+                        .any(|n| n.board.get_ref() == &board.id)
+                    {
                         warnings.push(format!(
                             "warning: no node of {} is on board {}; personalize needs one there",
                             path.display(),
@@ -235,8 +244,7 @@ fn default_output(config: &ClusterConfig, target: &Target) -> String {
         Some(n) => n.clone(),
         None => format!("{}-{}-generic", config.cluster.name.get_ref(), target.board),
     };
-    board::get(&target.board)
-        .map_or_else(|_| format!("{stem}.img.zst"), |b| b.output_name(&stem))
+    board::get(&target.board).map_or_else(|_| format!("{stem}.img.zst"), |b| b.output_name(&stem))
 }
 
 fn output_path(output: Option<&Path>, all: bool, default: &str) -> Result<PathBuf> {
