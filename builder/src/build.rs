@@ -4,7 +4,7 @@
 
 use crate::arch::{self, Arch};
 use crate::board::{self, Board};
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, Role};
 use crate::distro::{self, Vendor};
 use crate::emit::{self, BuildRecord, EmitOptions, Manifest};
 use crate::fetch::{self, FetchOptions, Source};
@@ -55,6 +55,31 @@ pub enum Config {
 pub enum Nodes {
     One(String),
     All,
+    /// `--board B` with the config and `--no-secrets`: no node, the cluster's generic image
+    /// for board B (its admin, hardening and VPN network), for `personalize` to make any node
+    /// of that board.
+    Generic(String),
+}
+
+/// One image to build.
+#[derive(Debug)]
+struct Target {
+    /// The node; `None` for a board's generic image ([`Nodes::Generic`]).
+    node: Option<String>,
+    board: String,
+    /// What the image's node-specific files (firewall, node.toml) are written for until a seed
+    /// replaces them.
+    role: Role,
+}
+
+impl Target {
+    /// The node's name, or what the generic image of a board is called in messages.
+    fn name(&self) -> String {
+        match &self.node {
+            Some(n) => n.clone(),
+            None => format!("generic {}", self.board),
+        }
+    }
 }
 
 /// One image written.
@@ -75,12 +100,25 @@ pub struct Outcome {
 /// Builds the images `req` asks for, one node after the other; each is announced on stderr as
 /// it is written, so an `--all` that fails halfway has said which are there.
 pub fn run(req: &Request) -> Result<Outcome> {
-    let (config, config_dir, nodes) = load(&req.config)?;
-    if nodes.is_empty() {
+    if matches!(
+        req.config,
+        Config::File {
+            nodes: Nodes::Generic(_),
+            ..
+        }
+    ) && !req.generic
+    {
+        bail!(
+            "--board with --config builds the cluster's generic image of that board, which \
+             needs --no-secrets; a node's own image needs --node NAME"
+        );
+    }
+    let (config, config_dir, targets, mut warnings) = load(&req.config)?;
+    if targets.is_empty() {
         bail!("the config has no [[nodes]]");
     }
     let agents = agents(&req.agents, &req.fetch)?;
-    check_agents(&agents, &config, &nodes)?;
+    check_agents(&agents, &targets)?;
     let state_dir = req
         .state_dir
         .clone()
@@ -93,12 +131,16 @@ pub fn run(req: &Request) -> Result<Outcome> {
         }
     );
     let mut images = Vec::new();
-    for node in nodes {
-        let out = output_path(req.output.as_deref(), all, &default_output(&config, &node))?;
+    for target in targets {
+        let out = output_path(
+            req.output.as_deref(),
+            all,
+            &default_output(&config, &target),
+        )?;
         let job = Job {
             config: &config,
             config_dir: &config_dir,
-            node: &node,
+            target: &target,
             out: &out,
             disk_size: req.disk_size,
             base: req.base.clone(),
@@ -109,67 +151,100 @@ pub fn run(req: &Request) -> Result<Outcome> {
             state_dir: &state_dir,
             fetch: &req.fetch,
         };
-        let manifest = build(&job).with_context(|| format!("building node {node}"))?;
+        let manifest = build(&job).with_context(|| format!("building {}", describe(&target)))?;
         eprintln!(
             "wrote {} ({} bytes raw, sha256 {})",
             out.display(),
             manifest.output.raw_size,
             manifest.output.sha256
         );
-        if !req.generic {
+        if let (false, Some(node)) = (req.generic, &target.node) {
             eprintln!(
                 "{}",
-                crate::cluster::known_hosts::write_beside(&out, &config, &node, &state_dir)?
+                crate::cluster::known_hosts::write_beside(&out, &config, node, &state_dir)?
             );
         }
         images.push(Built {
-            node,
+            node: target.name(),
             path: out,
             manifest,
         });
     }
     // After the builds, so a failed build still says one thing only, and once for --all.
-    let warnings = plan::backup_pin_warning(&config).into_iter().collect();
+    warnings.extend(plan::backup_pin_warning(&config));
     Ok(Outcome { images, warnings })
 }
 
-/// The config, the directory its relative paths start from, and the nodes to build.
-fn load(config: &Config) -> Result<(ClusterConfig, PathBuf, Vec<String>)> {
+/// "node NAME", or "the generic BOARD image", for errors.
+fn describe(target: &Target) -> String {
+    match &target.node {
+        Some(n) => format!("node {n}"),
+        None => format!("the generic {} image", target.board),
+    }
+}
+
+/// The config, the directory its relative paths start from, the images to build, and what to
+/// warn of.
+fn load(config: &Config) -> Result<(ClusterConfig, PathBuf, Vec<Target>, Vec<String>)> {
+    let of_node = |n: &crate::config::Node| Target {
+        node: Some(n.name.get_ref().clone()),
+        board: n.board.get_ref().clone(),
+        role: n.role,
+    };
     match config {
         Config::Board(b) => {
             let board = board::get(b)?;
             let (user, keys) = operator_defaults()?;
             let c = plan::default_config(&board, &user, keys)?;
-            Ok((c, PathBuf::from("."), vec![board.id.clone()]))
+            let targets = c.nodes.iter().map(of_node).collect();
+            Ok((c, PathBuf::from("."), targets, Vec::new()))
         }
         Config::File { path, nodes } => {
             let loaded = crate::config::load(path)?;
-            let nodes = match nodes {
-                Nodes::One(n) => {
-                    loaded.node(n)?;
-                    vec![n.clone()]
+            let mut warnings = Vec::new();
+            let targets = match nodes {
+                Nodes::One(n) => vec![of_node(loaded.node(n)?)],
+                Nodes::All => loaded.config.nodes.iter().map(of_node).collect(),
+                Nodes::Generic(b) => {
+                    // Before any download: a misspelt board is said now.
+                    let board = board::get(b)?;
+                    // Legitimate (the card for a node not in the config yet), but maybe a typo.
+                    if !loaded
+                        .config
+                        .nodes
+                        .iter()
+                        .any(|n| n.board.get_ref() == &board.id)
+                    {
+                        warnings.push(format!(
+                            "warning: no node of {} is on board {}; personalize needs one there",
+                            path.display(),
+                            board.id
+                        ));
+                    }
+                    // No node: its node-specific files (node.toml, the firewall) are an
+                    // agent's, the role that opens the fewest ports and starts no cluster, until
+                    // `personalize` seeds the node's own.
+                    vec![Target {
+                        node: None,
+                        board: board.id,
+                        role: Role::Agent,
+                    }]
                 }
-                Nodes::All => loaded
-                    .config
-                    .nodes
-                    .iter()
-                    .map(|n| n.name.get_ref().clone())
-                    .collect(),
             };
-            Ok((loaded.config, loaded.dir, nodes))
+            Ok((loaded.config, loaded.dir, targets, warnings))
         }
     }
 }
 
-/// `NODE.img.zst`, or `NODE.qcow2` for a VM board: the name its board gives the node's image.
-/// An unknown node or board is left to `build`, which names it in its own words.
-fn default_output(config: &ClusterConfig, node: &str) -> String {
-    config
-        .nodes
-        .iter()
-        .find(|n| n.name.get_ref() == node)
-        .and_then(|n| board::get(n.board.get_ref()).ok())
-        .map_or_else(|| format!("{node}.img.zst"), |b| b.output_name(node))
+/// `NODE.img.zst`, or `NODE.qcow2` for a VM board: the name its board gives the node's image;
+/// `CLUSTER-BOARD-generic.EXT` for a board's generic image. An unknown board is left to
+/// `build`, which names it in its own words.
+fn default_output(config: &ClusterConfig, target: &Target) -> String {
+    let stem = match &target.node {
+        Some(n) => n.clone(),
+        None => format!("{}-{}-generic", config.cluster.name.get_ref(), target.board),
+    };
+    board::get(&target.board).map_or_else(|_| format!("{stem}.img.zst"), |b| b.output_name(&stem))
 }
 
 fn output_path(output: Option<&Path>, all: bool, default: &str) -> Result<PathBuf> {
@@ -212,20 +287,15 @@ fn agents(args: &[String], fetch: &FetchOptions) -> Result<AgentSet> {
 
 /// Every node's board must have an agent: checked for all of them before the first download,
 /// so `--all` does not stop after building half the cluster.
-fn check_agents(agents: &AgentSet, config: &ClusterConfig, nodes: &[String]) -> Result<()> {
-    for node in nodes {
-        // An unknown node or board is left to `build`, which names it in its own words.
-        let Some(board) = config
-            .nodes
-            .iter()
-            .find(|n| n.name.get_ref() == node)
-            .and_then(|n| board::get(n.board.get_ref()).ok())
-        else {
+fn check_agents(agents: &AgentSet, targets: &[Target]) -> Result<()> {
+    for target in targets {
+        // An unknown board is left to `build`, which names it in its own words.
+        let Ok(board) = board::get(&target.board) else {
             continue;
         };
         agents
             .for_board(&board)
-            .with_context(|| format!("building node {node}"))?;
+            .with_context(|| format!("building {}", describe(target)))?;
     }
     Ok(())
 }
@@ -275,7 +345,7 @@ fn operator_defaults() -> Result<(String, Vec<String>)> {
 struct Job<'a> {
     config: &'a ClusterConfig,
     config_dir: &'a Path,
-    node: &'a str,
+    target: &'a Target,
     out: &'a Path,
     disk_size: Option<u64>,
     /// `--base`; else the board's default.
@@ -353,13 +423,11 @@ impl Drop for WorkFile {
 
 /// Builds one node image. Returns the manifest as written.
 fn build(req: &Job) -> Result<Manifest> {
-    let node = req
-        .config
-        .nodes
-        .iter()
-        .find(|n| n.name.get_ref() == req.node)
-        .with_context(|| format!("no node named {:?} in the config", req.node))?;
-    let board = board::get(node.board.get_ref())?;
+    // A board's generic image is no node: the empty name matches none, as the config refuses
+    // it for a node (`names::is_node_name`), so nothing in the plan takes another node's part
+    // (the UPS server's firewall, say).
+    let name = req.target.node.as_deref().unwrap_or("");
+    let board = board::get(&req.target.board)?;
     let out_dir = output_dir(req.out)?;
     let agent = Some(req.agents.for_board(&board)?);
     let (source, fetched) = fetch_base(req, &board)?;
@@ -384,14 +452,14 @@ fn build(req: &Job) -> Result<Manifest> {
         None
     } else {
         Some(
-            crate::identity::load_or_create(req.state_dir, req.node)
+            crate::identity::load_or_create(req.state_dir, name)
                 .context("loading the node's identity")?,
         )
     };
     let k3s_binary = k3s_binary(req, &board)?;
     let spec = NodeSpec {
-        name: req.node,
-        role: node.role,
+        name,
+        role: req.target.role,
         board: &board,
         vendor,
         config: req.config,
@@ -407,13 +475,12 @@ fn build(req: &Job) -> Result<Manifest> {
         && b.ssh_key_file.is_none()
     {
         eprintln!(
-            "node {}: backups authenticate with {}; authorize it on the NAS",
-            req.node,
+            "node {name}: backups authenticate with {}; authorize it on the NAS",
             id.backup_key_pub_path.display()
         );
     }
     let zerotier_address = match (&req.config.zerotier, &identity) {
-        (Some(_), Some(id)) => Some(crate::vpn::zerotier::announce(id, req.node)?),
+        (Some(_), Some(id)) => Some(crate::vpn::zerotier::announce(id, name)?),
         _ => None,
     };
     let ops: Vec<Op> = changes.iter().map(|c| c.op.clone()).collect();
@@ -422,7 +489,7 @@ fn build(req: &Job) -> Result<Manifest> {
     let record = BuildRecord {
         imagegen_version: env!("CARGO_PKG_VERSION").into(),
         board: board.id.clone(),
-        node: (!req.generic).then(|| req.node.to_string()),
+        node: (!req.generic).then(|| name.to_string()),
         zerotier_address,
         source_date_epoch: Some(epoch),
         inputs: inputs(&source, &fetched, agent)?,

@@ -671,6 +671,50 @@ fn download_failures_are_one_clear_line_and_leave_nothing() {
     assert_cache_empty(&c);
 }
 
+/// Debian publishes SHA512SUMS only (the `x86-64` board's base): the build verifies against
+/// it, and the manifest still records the base by sha256.
+#[test]
+fn base_verified_by_sha512sums_builds_and_records_its_sha256() {
+    let c = Cluster::new();
+    let web = Served::new();
+    let zst = web.compressed(c.dir.path(), "rpios-trixie", "zst");
+    let url = web.url("/rpios-trixie.img.zst");
+    // Made as Debian makes it: sha512sum's own output, beside the image.
+    sh(&format!(
+        "cd {} && sha512sum rpios-trixie.img.zst > SHA512SUMS",
+        s(c.dir.path())
+    ));
+    let sums = fs::read_to_string(c.path("SHA512SUMS")).unwrap();
+    let sha512 = sums[..128].to_string();
+    let flipped = format!(
+        "{}{}",
+        if sha512.starts_with('f') { 'e' } else { 'f' },
+        &sha512[1..]
+    );
+
+    // A corrupted entry: refused, naming the file, what was expected and what came.
+    web.server.put(
+        "/SHA512SUMS",
+        sums.replace(&sha512, &flipped).as_bytes(),
+        None,
+    );
+    let err = c.build_fails("pi4-a", &url, "pi4-a.img", "sha512 mismatch");
+    for part in [&url, &web.url("/SHA512SUMS"), &flipped, &sha512] {
+        assert!(err.contains(part.as_str()), "{part} not in: {err}");
+    }
+    assert_cache_empty(&c);
+
+    web.server.put("/SHA512SUMS", sums.as_bytes(), None);
+    let out = c.build("pi4-a", &url, "pi4-a.img");
+    let served = c.path("rpios-trixie.img.zst");
+    assert_eq!(fs::read(&served).unwrap(), zst);
+    let base = &manifest(&out)["inputs"][0];
+    assert_eq!(base["name"], "base");
+    assert_eq!(base["sha256"], sha256sum(&served));
+    assert_cache_verified(&c.cache());
+    assert_eq!(entries(&c.cache().join("partial")), BTreeSet::new());
+}
+
 /// The CLI waits 60 s for a silent server and retries five times, so this one goes through the
 /// library with short time-outs; the error is what the CLI would print after `error: `.
 #[test]
@@ -2003,4 +2047,120 @@ fn wireguard_mesh_keys_are_kept_and_agree() {
         String::from_utf8(dec.stdout).unwrap().trim_end(),
         client_text.trim_end()
     );
+}
+
+/// `--config F --board B --no-secrets`: the cluster's generic image of a board, built from no
+/// node's name (an agent's node.toml, no hostname), which `personalize` makes into any node of
+/// that board: its seed, on a FAT partition `fsck.fat -n` accepts, names the node.
+#[test]
+fn board_generic_image_is_personalized_into_a_node_of_that_board() {
+    use imagegen_firstboot::config::{NodeConfig, Role};
+    use imagegen_firstboot::seed::{SEED_FILE_NAME, Seed};
+    let c = Cluster::new();
+    let img = common::fixture("rpios-trixie");
+    let args = |board: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "build",
+            "-c",
+            s(&c.config()),
+            "--board",
+            board,
+            "--base",
+            s(&img),
+            "--agent",
+            "agent-arm64",
+            "--cache-dir",
+            s(&c.cache()),
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(extra.iter().map(|e| e.to_string()));
+        v
+    };
+
+    // A node's image needs a node: without --no-secrets, one clear line and nothing written.
+    let err = c.build_fails_with(
+        &args("rpi4", &["-o", s(&c.out_dir().join("x.img"))]),
+        "--no-secrets",
+    );
+    assert!(err.contains("--node"), "{err}");
+    for other in [&["--node", "pi4-a"][..], &["--all"]] {
+        let mut a = args("rpi4", &["--no-secrets"]);
+        a.extend(other.iter().map(|o| o.to_string()));
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = c.imagegen(&a);
+        assert_eq!(out.status.code(), Some(2), "{a:?}: {}", stderr(&out));
+    }
+
+    // The default name, in the working directory, from the cluster's and the board's names.
+    let a = args("rpi4", &["--no-secrets"]);
+    let out = c.imagegen(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !warnings(&out).iter().any(|w| w.contains("rpi4")),
+        "pi4-a is on rpi4: {}",
+        stderr(&out)
+    );
+    let built = c.path("lab-rpi4-generic.img.zst");
+    assert!(manifest(&built)["node"].is_null());
+    let raw = raw_of(&built, c.dir.path());
+    fs::remove_file(&built).unwrap();
+    let root = oracle::partition(&raw, 2).start;
+    oracle::assert_e2fsck_clean(&raw, root);
+    let node_toml = oracle::ext4_cat(&raw, root, "/etc/imagegen/node.toml");
+    let generic = NodeConfig::from_toml_str(&node_toml).expect("node.toml parses");
+    assert_eq!(generic.node.role, Role::Agent);
+    assert_eq!(generic.node.name, "generic");
+    assert_ne!(oracle::ext4_cat(&raw, root, "/etc/hostname"), "pi4-a\n");
+
+    // Personalized into pi4-a, the seed names it.
+    let out = c.imagegen(&[
+        "personalize",
+        s(&raw),
+        "-c",
+        s(&c.config()),
+        "--node",
+        "pi4-a",
+        "--state-dir",
+        s(&c.path("state")),
+    ]);
+    assert!(out.status.success(), "personalize: {}", stderr(&out));
+    let boot = oracle::partition(&raw, 1);
+    oracle::assert_fsck_fat_clean(&raw, boot.start, boot.size);
+    let seed = Seed::from_toml_str(&oracle::fat_cat(
+        &raw,
+        boot.start,
+        &format!("/{SEED_FILE_NAME}"),
+    ))
+    .expect("the seed parses");
+    let file = |path: &str| -> String {
+        let f = seed.files.iter().find(|f| f.path == path);
+        String::from_utf8(
+            f.unwrap_or_else(|| panic!("no {path} in the seed"))
+                .content()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(file("/etc/hostname"), "pi4-a\n");
+    let node = NodeConfig::from_toml_str(&file("/etc/imagegen/node.toml")).unwrap();
+    assert_eq!(
+        (node.node.name.as_str(), node.node.role),
+        ("pi4-a", Role::Agent)
+    );
+    fs::remove_file(&raw).unwrap();
+
+    // A board no node of the config is on yet: built all the same, with one warning line.
+    let a = args(
+        "rpi3",
+        &["--no-secrets", "-o", s(&c.out_dir().join("g.img"))],
+    );
+    let out = c.imagegen(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w: Vec<String> = warnings(&out)
+        .into_iter()
+        .filter(|w| w.contains("rpi3"))
+        .collect();
+    assert_eq!(w.len(), 1, "{}", stderr(&out));
+    assert!(manifest(&c.out_dir().join("g.img"))["board"] == "rpi3");
 }

@@ -7,7 +7,8 @@ mod support {
 }
 
 use imagegen::fetch::{
-    FetchError, FetchOptions, Format, Source, Verification, copy_sparse, fetch_base, unpack,
+    Algorithm, FetchError, FetchOptions, Format, Source, Verification, copy_sparse, fetch_base,
+    unpack,
 };
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -98,7 +99,13 @@ fn cache_files(opts: &FetchOptions, sub: &str) -> Vec<PathBuf> {
 }
 
 fn assert_nothing_kept(opts: &FetchOptions) {
-    for sub in ["blobs/sha256", "raw/sha256", "partial", "tmp"] {
+    for sub in [
+        "blobs/sha256",
+        "blobs/sha512",
+        "raw/sha256",
+        "partial",
+        "tmp",
+    ] {
         assert_eq!(cache_files(opts, sub), Vec::<PathBuf>::new(), "{sub}");
     }
 }
@@ -166,6 +173,112 @@ fn verifies_against_each_vendor_checksum_format() {
         assert_eq!(sha256sum(&got.source_path), f.sha);
         assert_eq!(fs::read(&got.raw_path).unwrap(), f.body);
     }
+}
+
+/// `sha512sum`'s own lines for `files` (name, content), as Debian's SHA512SUMS is made.
+fn sha512sums(dir: &Path, files: &[(&str, &[u8])]) -> String {
+    let sums = dir.join("sums");
+    fs::create_dir_all(&sums).unwrap();
+    let mut args = Vec::new();
+    for (name, body) in files {
+        fs::write(sums.join(name), body).unwrap();
+        args.push(name.to_string());
+    }
+    let out = Command::new("sha512sum")
+        .args(&args)
+        .current_dir(&sums)
+        .output()
+        .expect("cannot run sha512sum: install the coreutils package");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn verifies_against_debians_sha512sums() {
+    let f = fixture();
+    let opts = options(f.dir.path());
+    let sums = sha512sums(
+        f.dir.path(),
+        &[("disk.img.json", b"{}"), ("disk.img.xz", &f.body)],
+    );
+    let sha512 = sums
+        .lines()
+        .find_map(|l| l.strip_suffix("  disk.img.xz"))
+        .unwrap()
+        .to_string();
+    f.server.put("/img/SHA512SUMS", sums.as_bytes(), None);
+    // A cut transfer: the resumed attempt re-hashes the prefix in both digests.
+    f.server.fault(IMG, Fault::CutAfter(1 << 20));
+    let src = Source::Url(f.server.url(IMG));
+    let got = fetch_base(&src, None, None, &opts).unwrap();
+    assert_eq!(
+        got.verification,
+        Verification::ChecksumFile(f.server.url("/img/SHA512SUMS"))
+    );
+    // Keyed by sha256 all the same, whatever vouched for it.
+    assert_eq!(got.source_sha256, f.sha);
+    assert_eq!(sha256sum(&got.source_path), f.sha);
+    assert_eq!(fs::read(&got.raw_path).unwrap(), f.body);
+    assert_eq!(f.server.requests_for(IMG).len(), 2);
+    // The sha256 files were looked for first, each once.
+    let asked: Vec<_> = f.server.log().into_iter().map(|l| l.path).collect();
+    assert_eq!(
+        asked[..4],
+        [
+            "/img/disk.img.xz.sha256",
+            "/img/disk.img.xz.sha",
+            "/img/SHA256SUMS",
+            "/img/SHA512SUMS"
+        ]
+    );
+    assert_eq!(cache_files(&opts, "partial"), Vec::<PathBuf>::new());
+
+    // The next build finds the blob by its sha512: only the checksum files are fetched.
+    f.server.clear_log();
+    let again = fetch_base(&src, None, None, &opts).unwrap();
+    assert_eq!(again.source_path, got.source_path);
+    assert!(f.server.requests_for(IMG).is_empty());
+
+    // A board's checksum_url may name a SHA512SUMS too, for a local file as for a URL.
+    let local = f.dir.path().join("sums/disk.img.xz");
+    let sums_url = f.server.url("/img/SHA512SUMS");
+    let got = fetch_base(&Source::File(local), None, Some(&sums_url), &opts).unwrap();
+    assert_eq!(got.source_sha256, f.sha);
+    assert_eq!(got.verification, Verification::ChecksumFile(sums_url));
+
+    // One digit changed in the vendor's entry: refused, nothing kept.
+    let fresh = FetchOptions {
+        cache_dir: f.dir.path().join("cache-bad"),
+        ..options(f.dir.path())
+    };
+    let flipped = format!(
+        "{}{}",
+        if sha512.starts_with('0') { '1' } else { '0' },
+        &sha512[1..]
+    );
+    f.server.put(
+        "/img/SHA512SUMS",
+        sums.replace(&sha512, &flipped).as_bytes(),
+        None,
+    );
+    let err = fetch_base(&src, None, None, &fresh).unwrap_err();
+    match &err {
+        FetchError::Mismatch {
+            algorithm,
+            expected,
+            actual,
+            ..
+        } => {
+            assert_eq!(*algorithm, Algorithm::Sha512);
+            assert_eq!(expected, &flipped);
+            assert_eq!(actual, &sha512);
+        }
+        e => panic!("expected a mismatch, got {e}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.starts_with("sha512 mismatch for "), "{msg}");
+    assert!(msg.contains(&f.server.url("/img/SHA512SUMS")), "{msg}");
+    assert_nothing_kept(&fresh);
 }
 
 #[test]
@@ -378,11 +491,12 @@ fn unverifiable_download_is_refused_unless_insecure() {
     let err = fetch_base(&src, None, None, &opts).unwrap_err();
     assert!(matches!(err, FetchError::Unverifiable { .. }), "{err}");
     assert!(err.to_string().contains("--insecure"), "{err}");
-    // All three places were asked, and the image itself never.
+    // All four places were asked, and the image itself never.
     for p in [
         "/img/disk.img.xz.sha256",
         "/img/disk.img.xz.sha",
         "/img/SHA256SUMS",
+        "/img/SHA512SUMS",
     ] {
         assert_eq!(f.server.requests_for(p).len(), 1, "{p}");
     }

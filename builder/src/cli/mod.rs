@@ -151,8 +151,11 @@ pub struct GrowArgs {
 #[command(group(clap::ArgGroup::new("what").required(true).args(["board", "node", "all"])))]
 #[command(after_help = crate::agent::SEARCH_ORDER)]
 pub struct BuildArgs {
-    /// Build one node with the embedded defaults of this board (see `imagegen boards`)
-    #[arg(long, conflicts_with_all = ["config", "node", "all"])]
+    /// Build one node with the embedded defaults of this board (see `imagegen boards`).
+    /// With --config and --no-secrets: the cluster's generic image for this board, of
+    /// no node; its per-node files are an agent's until `imagegen personalize`
+    /// [default output: CLUSTER-BOARD-generic.img.zst]
+    #[arg(long, conflicts_with_all = ["node", "all"])]
     pub board: Option<String>,
     /// Cluster description (see `imagegen init`)
     #[arg(long, short = 'c', value_name = "FILE")]

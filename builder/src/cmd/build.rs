@@ -14,7 +14,11 @@ use std::path::Path;
 
 pub fn build(a: BuildArgs) -> Result<()> {
     let config = match (a.board, a.config) {
-        (Some(b), _) => build::Config::Board(b),
+        (Some(b), None) => build::Config::Board(b),
+        (Some(b), Some(path)) => build::Config::File {
+            path,
+            nodes: build::Nodes::Generic(b),
+        },
         (None, Some(path)) => build::Config::File {
             path,
             nodes: match (a.node, a.all) {

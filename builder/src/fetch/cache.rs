@@ -5,13 +5,18 @@
 //! <cache>/lock                          held (exclusive) while a build fetches
 //! <cache>/partial/<sha256(url)>.part    an interrupted download, with .json sidecar
 //! <cache>/blobs/sha256/<hex>            verified downloads, named by their sha256
+//! <cache>/blobs/sha512/<hex>            symlink to ../sha256/<hex of sha256>: the blob a
+//!                                       vendor's sha512 vouched for (Debian publishes no
+//!                                       sha256), so the next build finds it without a download
 //! <cache>/raw/sha256/<hex>.img          the unpacked (sparse) image of blob <hex>
 //! <cache>/tmp/                          unpacking in progress; emptied under the lock
 //! ```
 //!
-//! Files only enter `blobs/` and `raw/` by rename once complete and verified.
+//! Files only enter `blobs/` and `raw/` by rename once complete and verified; a sha512 link
+//! is made only after the blob it points to was verified against that sha512.
 
 use super::FetchError;
+use super::checksum::{Algorithm, Expected, parse_sha256};
 use crate::io::hash::sha256_hex;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, TryLockError};
@@ -50,7 +55,13 @@ impl Cache {
     /// Creates the layout if needed and takes the lock, waiting for another build to finish
     /// with the cache.
     pub fn open(root: &Path) -> Result<Cache, FetchError> {
-        for sub in ["partial", "blobs/sha256", "raw/sha256", "tmp"] {
+        for sub in [
+            "partial",
+            "blobs/sha256",
+            "blobs/sha512",
+            "raw/sha256",
+            "tmp",
+        ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| FetchError::io(&dir, "cannot create", e))?;
         }
@@ -90,6 +101,36 @@ impl Cache {
 
     pub fn blob(&self, sha256: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(sha256)
+    }
+
+    /// The sha256 of the blob that `want` vouches for, if the cache has it.
+    pub fn find(&self, want: &Expected) -> Option<String> {
+        let sha256 = match want.algorithm {
+            Algorithm::Sha256 => want.hex.clone(),
+            // A dangling or foreign link is no hit: the blob is downloaded again.
+            other => {
+                let target = fs::read_link(self.alias(other, &want.hex)).ok()?;
+                parse_sha256(&target.file_name()?.to_string_lossy())?
+            }
+        };
+        self.blob(&sha256).exists().then_some(sha256)
+    }
+
+    /// Records that `want` vouched for blob `sha256`, so [`Cache::find`] finds it by `want`.
+    pub fn remember(&self, want: &Expected, sha256: &str) -> Result<(), FetchError> {
+        if want.algorithm == Algorithm::Sha256 {
+            return Ok(());
+        }
+        let link = self.alias(want.algorithm, &want.hex);
+        let stored = match fs::remove_file(&link) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::os::unix::fs::symlink(Path::new("../sha256").join(sha256), &link),
+        };
+        stored.map_err(|e| FetchError::io(&link, "cannot store", e))
+    }
+
+    fn alias(&self, algorithm: Algorithm, hex: &str) -> PathBuf {
+        self.root.join("blobs").join(algorithm.name()).join(hex)
     }
 
     pub fn raw(&self, sha256: &str) -> PathBuf {

@@ -4,7 +4,7 @@
 use super::cache::{Cache, PartialMeta};
 use super::{FetchError, FetchOptions};
 use crate::io::BUFFER_SIZE;
-use crate::io::hash::HashWriter;
+use crate::io::hash::{Algorithm, Digester, Digests, digest_file};
 use crate::io::progress::{ProgressWriter, bar};
 use crate::io::tee::Tee;
 use std::fs::{self, File, OpenOptions};
@@ -152,14 +152,25 @@ impl Client {
     }
 
     /// Downloads `url` into the cache's partial file, resuming what an earlier attempt or
-    /// run left there. Returns the sha256 and size of the complete file, which stays in
-    /// `partial/` until the caller has verified it.
-    pub fn download(&self, cache: &Cache, url: &str) -> Result<(String, u64), FetchError> {
+    /// run left there. Returns the digests (sha256 and those in `also`) and size of the
+    /// complete file, which stays in `partial/` until the caller has verified it.
+    pub fn download(
+        &self,
+        cache: &Cache,
+        url: &str,
+        also: &[Algorithm],
+    ) -> Result<(Digests, u64), FetchError> {
         let (part, meta_path) = cache.partial(url);
-        self.with_retries(|| self.attempt(url, &part, &meta_path))
+        self.with_retries(|| self.attempt(url, &part, &meta_path, also))
     }
 
-    fn attempt(&self, url: &str, part: &Path, meta_path: &Path) -> Result<(String, u64), Failure> {
+    fn attempt(
+        &self,
+        url: &str,
+        part: &Path,
+        meta_path: &Path,
+        also: &[Algorithm],
+    ) -> Result<(Digests, u64), Failure> {
         let meta = Cache::read_meta(meta_path).filter(|m| m.url == url);
         let have = match (&meta, fs::metadata(part)) {
             (Some(_), Ok(m)) => m.len(),
@@ -189,7 +200,7 @@ impl Client {
                         1,
                     )));
                 }
-                self.receive(url, resp, part, have, meta_path, None)
+                self.receive(url, resp, part, meta_path, Start::Resume(have), also)
             }
             200 => {
                 let meta = PartialMeta {
@@ -197,16 +208,16 @@ impl Client {
                     etag: header(&resp, "etag").filter(|e| !e.starts_with("W/")),
                     last_modified: header(&resp, "last-modified"),
                 };
-                self.receive(url, resp, part, 0, meta_path, Some(meta))
+                self.receive(url, resp, part, meta_path, Start::Fresh(meta), also)
             }
             416 if resuming => {
                 // We may already have everything: the caller's verification decides.
                 let total = header(&resp, "content-range")
                     .and_then(|v| v.strip_prefix("bytes */").and_then(|n| n.parse().ok()));
                 if total == Some(have) {
-                    let digest = crate::io::hash::sha256_file(part)
+                    let digests = digest_file(part, also)
                         .map_err(|e| Failure::Fatal(FetchError::io(part, "cannot read", e)))?;
-                    return Ok((digest, have));
+                    return Ok((digests, have));
                 }
                 discard(part, meta_path);
                 Err(Failure::Retry(FetchError::network(
@@ -223,31 +234,35 @@ impl Client {
         }
     }
 
-    /// Appends the body to `part` (from `offset`), hashing everything that ends up in the
-    /// file. `new_meta` is set when the transfer starts from zero.
+    /// Writes the body to `part` (appending when resuming), hashing everything that ends up
+    /// in the file: sha256 and the digests in `also`.
     fn receive(
         &self,
         url: &str,
         resp: Response<Body>,
         part: &Path,
-        offset: u64,
         meta_path: &Path,
-        new_meta: Option<PartialMeta>,
-    ) -> Result<(String, u64), Failure> {
+        start: Start,
+        also: &[Algorithm],
+    ) -> Result<(Digests, u64), Failure> {
         let io_fail = |e: io::Error| Failure::Fatal(FetchError::io(part, "cannot write", e));
         let length = header(&resp, "content-length").and_then(|v| v.parse::<u64>().ok());
-        let file = if let Some(meta) = &new_meta {
-            let f = File::create(part).map_err(io_fail)?;
-            Cache::write_meta(meta_path, meta).map_err(Failure::Fatal)?;
-            f
-        } else {
-            OpenOptions::new()
-                .append(true)
-                .open(part)
-                .map_err(io_fail)?
+        let (file, offset) = match &start {
+            Start::Fresh(meta) => {
+                let f = File::create(part).map_err(io_fail)?;
+                Cache::write_meta(meta_path, meta).map_err(Failure::Fatal)?;
+                (f, 0)
+            }
+            Start::Resume(offset) => {
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(part)
+                    .map_err(io_fail)?;
+                (f, *offset)
+            }
         };
-        // sha256 state cannot be saved, so re-hash what the earlier attempt left.
-        let mut hasher = HashWriter::new(io::sink());
+        // Digest state cannot be saved, so re-hash what the earlier attempt left.
+        let mut hasher = Digester::new(also);
         if offset > 0 {
             let mut old = File::open(part).map_err(io_fail)?.take(offset);
             io::copy(&mut old, &mut hasher).map_err(io_fail)?;
@@ -275,11 +290,17 @@ impl Client {
         // The hasher saw only what the file accepted: the digest describes the bytes on disk.
         let (file, hasher) = tee.into_inner();
         file.sync_all().map_err(io_fail)?;
-        let (_, digest) = hasher.finish();
         let size = fs::metadata(part).map_err(io_fail)?.len();
         progress.finish();
-        Ok((digest, size))
+        Ok((hasher.finish(), size))
     }
+}
+
+/// Where a transfer starts: from zero (with what the server said about the file, kept so a
+/// later run can resume), or after the bytes an earlier attempt left.
+enum Start {
+    Fresh(PartialMeta),
+    Resume(u64),
 }
 
 enum CopyError {

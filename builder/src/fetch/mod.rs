@@ -1,8 +1,9 @@
-//! Getting the vendor base image: download (resumable, retried), verify its sha256 against a
-//! pinned hash or the vendor's checksum file, keep it in a content-addressed cache, and
-//! unpack it once into a sparse raw image that later builds reuse.
+//! Getting the vendor base image: download (resumable, retried), verify it against a pinned
+//! sha256 or the vendor's checksum file (sha256, or sha512 where that is all the vendor
+//! publishes), keep it in a content-addressed cache keyed by sha256, and unpack it once into
+//! a sparse raw image that later builds reuse.
 //!
-//! Nothing is used, or stored under `blobs/` or `raw/`, before its sha256 has been checked;
+//! Nothing is used, or stored under `blobs/` or `raw/`, before its digest has been checked;
 //! an image that cannot be checked is refused unless the caller opts out (`insecure`).
 
 mod cache;
@@ -13,10 +14,11 @@ mod unpack;
 
 pub use crate::io::sparse_writer::SparseWriter;
 pub use cache::default_dir as default_cache_dir;
-pub use checksum::{find as find_checksum, parse_sha256};
+pub use checksum::{Algorithm, Expected, find as find_checksum, parse_sha256};
 pub use sparse::copy_sparse;
 pub use unpack::{Format, Step, decode, unpack, unpack_scratch};
 
+use crate::io::hash::Digests;
 use cache::Cache;
 use http::Client;
 use std::path::{Path, PathBuf};
@@ -85,7 +87,7 @@ impl Default for FetchOptions {
 pub enum Verification {
     /// The sha256 the caller pinned.
     Pinned,
-    /// The vendor's checksum file at this URL.
+    /// The vendor's checksum file at this URL (sha256 or sha512).
     ChecksumFile(String),
     /// A local file without a pinned hash: the user vouches for it.
     LocalFile,
@@ -102,7 +104,7 @@ pub struct Fetched {
     pub raw_size: u64,
     /// The verified download in the cache, or the local file as given.
     pub source_path: PathBuf,
-    /// sha256 of the source file (for the manifest).
+    /// sha256 of the source file (for the manifest), whatever digest verified it.
     pub source_sha256: String,
     pub format: Format,
     pub verification: Verification,
@@ -137,8 +139,9 @@ pub enum FetchError {
         limit: Duration,
         attempts: u32,
     },
-    #[error("sha256 mismatch for {what}: expected {expected}, got {actual}; {action}")]
+    #[error("{algorithm} mismatch for {what}: expected {expected}, got {actual}; {action}")]
     Mismatch {
+        algorithm: Algorithm,
         what: String,
         expected: String,
         actual: String,
@@ -200,8 +203,9 @@ impl FetchError {
 /// Gets the base image `source`, verified and unpacked, from the cache when it is there.
 ///
 /// Verification: `expected` (a pinned sha256) when given; else for a URL the checksum file
-/// at `checksum_url`, or the first of `URL.sha256`, `URL.sha` and `SHA256SUMS` beside it
-/// that exists. A local file is used as given unless `expected` or `checksum_url` is set.
+/// at `checksum_url`, or the first of `URL.sha256`, `URL.sha`, `SHA256SUMS` and
+/// `SHA512SUMS` beside it that lists it. A local file is used as given unless `expected` or
+/// `checksum_url` is set.
 pub fn fetch_base(
     source: &Source,
     expected: Option<&str>,
@@ -209,7 +213,13 @@ pub fn fetch_base(
     opts: &FetchOptions,
 ) -> Result<Fetched, FetchError> {
     let expected = expected
-        .map(|e| parse_sha256(e).ok_or_else(|| FetchError::BadSha256(e.to_string())))
+        .map(|e| match parse_sha256(e) {
+            Some(hex) => Ok(Expected {
+                algorithm: Algorithm::Sha256,
+                hex,
+            }),
+            None => Err(FetchError::BadSha256(e.to_string())),
+        })
         .transpose()?;
     let cache = Cache::open(&opts.cache_dir)?;
     let client = Client::new(opts);
@@ -224,12 +234,16 @@ pub fn fetch_base(
                     None => {
                         return Err(FetchError::Unverifiable {
                             url: url.clone(),
-                            tried: checksum::candidates(url).join(", "),
+                            tried: checksum::candidates(url)
+                                .into_iter()
+                                .map(|(c, _)| c)
+                                .collect::<Vec<_>>()
+                                .join(", "),
                         });
                     }
                 },
             };
-            let (path, sha) = download(&cache, &client, url, want.as_deref(), &verification)?;
+            let (path, sha) = download(&cache, &client, url, want.as_ref(), &verification)?;
             (path, sha, verification)
         }
     };
@@ -266,11 +280,9 @@ pub fn fetch_base(
 fn local(
     client: &Client,
     path: &Path,
-    expected: Option<String>,
+    expected: Option<Expected>,
     checksum_url: Option<&str>,
 ) -> Result<(PathBuf, String, Verification), FetchError> {
-    let sha =
-        crate::io::hash::sha256_file(path).map_err(|e| FetchError::io(path, "cannot read", e))?;
     let (want, verification) = match (expected, checksum_url) {
         (Some(e), _) => (Some(e), Verification::Pinned),
         (None, Some(c)) => {
@@ -278,52 +290,77 @@ fn local(
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let hash = checksum_from(client, c, &name)?;
-            (Some(hash), Verification::ChecksumFile(c.to_string()))
+            let want = checksum_from(client, c, &name)?;
+            (Some(want), Verification::ChecksumFile(c.to_string()))
         }
         (None, None) => (None, Verification::LocalFile),
     };
-    if let Some(want) = want.filter(|w| *w != sha) {
-        return Err(FetchError::Mismatch {
-            what: path.display().to_string(),
-            expected: want,
-            actual: sha,
-            action: "the file is not the image you meant, or it is damaged",
-        });
+    let also: Vec<Algorithm> = want.iter().map(|w| w.algorithm).collect();
+    let got = crate::io::hash::digest_file(path, &also)
+        .map_err(|e| FetchError::io(path, "cannot read", e))?;
+    if let Some(want) = &want {
+        verify(
+            want,
+            &got,
+            path.display().to_string(),
+            "the file is not the image you meant, or it is damaged",
+        )?;
     }
-    Ok((path.to_path_buf(), sha, verification))
+    Ok((path.to_path_buf(), got.sha256, verification))
 }
 
-/// The sha256 a checksum file gives for `name`.
-fn checksum_from(client: &Client, url: &str, name: &str) -> Result<String, FetchError> {
+/// The one place a digest is compared: `what` names the file (and where the expected digest
+/// came from), `action` says what was done and what to do.
+fn verify(
+    want: &Expected,
+    got: &Digests,
+    what: String,
+    action: &'static str,
+) -> Result<(), FetchError> {
+    // Not computed would be a bug here; it fails closed like a mismatch.
+    let actual = got.get(want.algorithm).unwrap_or("nothing (not computed)");
+    if actual == want.hex {
+        return Ok(());
+    }
+    Err(FetchError::Mismatch {
+        algorithm: want.algorithm,
+        what,
+        expected: want.hex.clone(),
+        actual: actual.to_string(),
+        action,
+    })
+}
+
+/// The digest a checksum file of unknown kind (given by URL) lists for `name`.
+fn checksum_from(client: &Client, url: &str, name: &str) -> Result<Expected, FetchError> {
     let text = client.get_text(url)?.ok_or_else(|| FetchError::NotFound {
         url: url.to_string(),
         status: 404,
     })?;
-    checksum::find(&text, name).ok_or_else(|| FetchError::NotListed {
+    checksum::find_any(&text, name).ok_or_else(|| FetchError::NotListed {
         checksum_url: url.to_string(),
         name: name.to_string(),
     })
 }
 
-/// The vendor's sha256 for `url` and where it came from, or `None` if there is none.
+/// The vendor's digest for `url` and where it came from, or `None` if there is none.
 fn vendor_checksum(
     client: &Client,
     url: &str,
     checksum_url: Option<&str>,
-) -> Result<Option<(String, String)>, FetchError> {
+) -> Result<Option<(Expected, String)>, FetchError> {
     let name = checksum::file_name(url);
     if let Some(c) = checksum_url {
         return checksum_from(client, c, name).map(|h| Some((h, c.to_string())));
     }
-    for candidate in checksum::candidates(url) {
+    for (candidate, algorithm) in checksum::candidates(url) {
         let text = match client.get_text(&candidate) {
             // Object stores (S3 and the like) answer 403 for a file that is not there.
             Err(FetchError::Http { status: 403, .. }) => None,
             other => other?,
         };
-        if let Some(hash) = text.and_then(|t| checksum::find(&t, name)) {
-            return Ok(Some((hash, candidate)));
+        if let Some(hex) = text.and_then(|t| checksum::find(&t, name, algorithm)) {
+            return Ok(Some((Expected { algorithm, hex }, candidate)));
         }
     }
     Ok(None)
@@ -334,19 +371,17 @@ fn download(
     cache: &Cache,
     client: &Client,
     url: &str,
-    want: Option<&str>,
+    want: Option<&Expected>,
     verification: &Verification,
 ) -> Result<(PathBuf, String), FetchError> {
-    if let Some(want) = want {
-        let blob = cache.blob(want);
-        if blob.exists() {
-            return Ok((blob, want.to_string()));
-        }
+    if let Some(sha) = want.and_then(|w| cache.find(w)) {
+        return Ok((cache.blob(&sha), sha));
     }
     let (part, _) = cache.partial(url);
-    let (sha, _) = client.download(cache, url)?;
-    if let Some(want) = want.filter(|w| *w != sha) {
-        http::discard_partial(cache, url);
+    // The cache's sha256 and the digest that vouches for the file, in one pass.
+    let also: Vec<Algorithm> = want.iter().map(|w| w.algorithm).collect();
+    let (got, _) = client.download(cache, url, &also)?;
+    if let Some(want) = want {
         // Nothing was pinned when the hash came from the vendor's checksum file: advising to
         // update a pin would send the user looking for one.
         let (what, action) = match verification {
@@ -361,16 +396,14 @@ fn download(
                  pinned sha256; otherwise try again",
             ),
         };
-        return Err(FetchError::Mismatch {
-            what,
-            expected: want.to_string(),
-            actual: sha,
-            action,
-        });
+        verify(want, &got, what, action).inspect_err(|_| http::discard_partial(cache, url))?;
     }
     // Content-addressed: even an unverified (insecure) download is named by what it is.
-    let blob = cache.blob(&sha);
+    let blob = cache.blob(&got.sha256);
     cache.commit(&part, &blob)?;
     http::discard_partial(cache, url);
-    Ok((blob, sha))
+    if let Some(want) = want {
+        cache.remember(want, &got.sha256)?;
+    }
+    Ok((blob, got.sha256))
 }

@@ -66,7 +66,7 @@ impl Source {
             .unwrap_or_default();
         let sha256 = read_sidecar(path, ".sha256")
             .map_err(io_err(path))?
-            .and_then(|t| crate::fetch::find_checksum(&t, &name));
+            .and_then(|t| crate::fetch::find_checksum(&t, &name, crate::fetch::Algorithm::Sha256));
         let file = File::open(path).map_err(io_err(path))?;
         let stated = match (&bmap, format) {
             (Some(b), _) => Some(b.image_size),

@@ -1050,39 +1050,72 @@ fn ssh_keygen_finds(file: &Path, name: &str) -> Result<bool, PlanError> {
     }
 }
 
+/// A backup target `ssh://[user@]host[:port]/path`, read by the `url` crate like every other
+/// URL here. `path` is percent-decoded (a space is `%20` in the URL, a space on the NAS).
+struct SshTarget {
+    user: String,
+    /// Without brackets around an IPv6 address.
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+impl SshTarget {
+    fn parse(target: &str) -> Result<SshTarget, PlanError> {
+        let bad = || {
+            PlanError::Invalid(format!(
+                "backup target {target:?} is not ssh://USER@HOST/PATH"
+            ))
+        };
+        let url = url::Url::parse(target).map_err(|_| bad())?;
+        if url.scheme() != "ssh" {
+            return Err(bad());
+        }
+        let host = match url.host().ok_or_else(bad)? {
+            url::Host::Ipv6(a) => a.to_string(),
+            h => h.to_string(),
+        };
+        let path = percent_encoding::percent_decode_str(url.path())
+            .decode_utf8()
+            .map_err(|_| bad())?
+            .into_owned();
+        if host.is_empty() || path.len() < 2 {
+            return Err(bad());
+        }
+        Ok(SshTarget {
+            user: url.username().to_owned(),
+            host,
+            port: url.port(),
+            path,
+        })
+    }
+
+    /// rsync's `user@host:/path` (an IPv6 host in brackets).
+    fn rsync(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.user.as_str() {
+            "" => format!("{host}:{}", self.path),
+            user => format!("{user}@{host}:{}", self.path),
+        }
+    }
+}
+
 /// The host of `ssh://user@host[:port]/path`, without brackets around an IPv6 address.
 pub(crate) fn ssh_url_host(url: &str) -> Result<String, PlanError> {
-    let userhost = ssh_url_to_rsync(url)?;
-    let userhost = userhost
-        .split_once(":/")
-        .map_or(userhost.as_str(), |(h, _)| h);
-    let host = userhost.rsplit_once('@').map_or(userhost, |(_, h)| h);
-    Ok(host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host)
-        .to_owned())
+    SshTarget::parse(url).map(|t| t.host)
 }
 
 /// `ssh://user@host[:port]/path` -> rsync's `user@host:/path`.
 fn ssh_url_to_rsync(url: &str) -> Result<String, PlanError> {
-    let bad = || PlanError::Invalid(format!("backup target {url:?} is not ssh://USER@HOST/PATH"));
-    let rest = url.strip_prefix("ssh://").ok_or_else(bad)?;
-    let (authority, path) = rest.split_once('/').ok_or_else(bad)?;
-    let (userhost, _) = match authority.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (h, Some(port)),
-        _ => (authority, None),
-    };
-    if userhost.is_empty() || path.is_empty() {
-        return Err(bad());
-    }
-    Ok(format!("{userhost}:/{path}"))
+    SshTarget::parse(url).map(|t| t.rsync())
 }
 
 fn ssh_url_port(url: &str) -> Option<u16> {
-    let rest = url.strip_prefix("ssh://")?;
-    let authority = rest.split('/').next()?;
-    authority.rsplit_once(':')?.1.parse().ok()
+    SshTarget::parse(url).ok()?.port
 }
 
 /// The sha256 recorded in the manifest for a change (None for secrets and non-files).
@@ -1207,6 +1240,17 @@ mod tests {
             ssh_url_host("ssh://backup@[fd00::1]:2222/srv/b").unwrap(),
             "fd00::1"
         );
+        assert_eq!(
+            ssh_url_to_rsync("ssh://backup@[fd00::1]:2222/srv/b").unwrap(),
+            "backup@[fd00::1]:/srv/b"
+        );
+        // The URL's escapes are the URL's: rsync gets the NAS's own path.
+        assert_eq!(
+            ssh_url_to_rsync("ssh://backup@nas.lan/volume1/my%20backups").unwrap(),
+            "backup@nas.lan:/volume1/my backups"
+        );
+        assert!(ssh_url_to_rsync("https://nas.lan/x").is_err());
+        assert!(ssh_url_to_rsync("ssh://backup@nas.lan/").is_err());
     }
 
     #[test]
