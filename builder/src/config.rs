@@ -32,8 +32,43 @@ pub struct ClusterConfig {
     /// Network settings of every node; a node's own `[nodes.network]` overrides them key by key.
     #[serde(default)]
     pub network: Option<Network>,
+    /// Files of the operator's own, on every node (`[[files]]`).
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    /// Scripts the agent runs once on each node, after its own steps.
+    #[serde(default)]
+    pub firstboot: Option<Firstboot>,
     #[serde(default)]
     pub nodes: Vec<Node>,
+}
+
+/// `[[files]]` / `[[nodes.files]]`: a file from the operator's machine, placed in the image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// On the operator's machine, relative to the config file.
+    pub source: Spanned<PathBuf>,
+    /// Absolute path on the node.
+    pub dest: Spanned<String>,
+    /// Octal permission bits ("0644", the default).
+    #[serde(default)]
+    pub mode: Option<Spanned<String>>,
+    /// "user:group" (or "user", then the user's primary group), names of the image's
+    /// /etc/passwd and /etc/group; root:root by default.
+    #[serde(default)]
+    pub owner: Option<Spanned<String>>,
+}
+
+/// `[firstboot]`: the operator's own first-boot scripts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firstboot {
+    /// Run in this order, once each, after the agent's own steps.
+    #[serde(default)]
+    pub scripts: Vec<Spanned<PathBuf>>,
+    /// Seconds each script may run before it is killed (default 600).
+    #[serde(default)]
+    pub timeout_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +230,9 @@ pub struct Node {
     pub endpoint: Option<Spanned<String>>,
     #[serde(default)]
     pub network: Option<Network>,
+    /// This node's own files (`[[nodes.files]]`), besides the cluster's `[[files]]`.
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
 }
 
 /// `[network]` / `[nodes.network]`: a static address instead of DHCP, and Wi-Fi.
@@ -513,6 +551,17 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
     }
     for e in net_errs {
         add(Err(e));
+    }
+    let node_files = c.nodes.iter().flat_map(|n| &n.files);
+    for f in c.files.iter().chain(node_files) {
+        for e in crate::check::files::problems(f) {
+            add(Err(e));
+        }
+    }
+    if let Some(fb) = &c.firstboot {
+        for e in crate::check::files::script_problems(fb) {
+            add(Err(e));
+        }
     }
     if let Some(u) = &c.ups {
         match (&u.server, &u.host) {

@@ -198,7 +198,8 @@ fn split(image: &mut Image, boot: usize, changes: Vec<plan::Change>) -> Result<P
             }
             _ => bail!(
                 "{path} makes the image this node, but a seed can only place root-owned files \
-                 given by content: build a full image for this node instead"
+                 given by content (a [[nodes.files]] entry with another owner is not one): \
+                 build a full image for this node instead"
             ),
         }
     }

@@ -972,3 +972,125 @@ fn an_interrupted_read_of_a_compressed_image_leaves_no_scratch_copy() {
     assert!(!status.success(), "{status}");
     assert_eq!(names_in(dir.path()), ["big.img.zst"]);
 }
+
+/// `[[files]]` and `[firstboot]` from the example pass `check` once their sources exist; a
+/// missing source, a bad dest, mode or owner, and a bad script name are refused at their line.
+#[test]
+fn check_validates_own_files_and_scripts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let config = config.to_str().unwrap();
+    init_with_key(config);
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for f in ["k3s-token", "nut-password"] {
+        let p = dir.path().join("secrets").join(f);
+        std::fs::write(&p, "x\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    for f in [
+        "files/motd",
+        "files/bpi-a.conf",
+        "scripts/setup.sh",
+        "scripts/set up.sh",
+    ] {
+        let p = dir.path().join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "x\n").unwrap();
+    }
+    let example = std::fs::read_to_string(config).unwrap();
+    let mut all = String::new();
+    let mut on = false;
+    for line in example.lines() {
+        if line.starts_with("# [[files]]") || line.starts_with("# [firstboot]") {
+            on = true;
+        }
+        if on && line.starts_with("# and one node") {
+            all.push_str(line);
+            all.push('\n');
+            continue;
+        }
+        if on && line.starts_with("# ") && !line.starts_with("# Scripts") {
+            all.push_str(&line[2..]);
+        } else {
+            on = on && line.starts_with("# ");
+            all.push_str(line);
+        }
+        all.push('\n');
+    }
+    assert!(
+        all.contains("\n[[nodes.files]]\n") && all.contains("\n[firstboot]\n"),
+        "{all}"
+    );
+    std::fs::write(config, &all).unwrap();
+    let out = imagegen(&["check", "--config", config]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for (from, to, key, says) in [
+        (
+            "source = \"files/motd\"",
+            "source = \"files/nope\"",
+            "source = ",
+            "files/nope",
+        ),
+        (
+            "dest = \"/etc/motd\"",
+            "dest = \"etc/motd\"",
+            "dest = \"etc",
+            "absolute",
+        ),
+        (
+            "dest = \"/etc/motd\"",
+            "dest = \"/etc/../shadow\"",
+            "dest = \"/etc/..",
+            "\"..\"",
+        ),
+        (
+            "dest = \"/etc/motd\"",
+            "dest = \"/proc/motd\"",
+            "dest = \"/proc",
+            "/proc",
+        ),
+        (
+            "mode = \"0644\"",
+            "mode = \"rw-r--r--\"",
+            "mode = ",
+            "octal",
+        ),
+        (
+            "owner = \"root:root\"",
+            "owner = \"Root:\"",
+            "owner = ",
+            "USER:GROUP",
+        ),
+        (
+            "scripts = [\"scripts/setup.sh\"]",
+            "scripts = [\"scripts/set up.sh\"]",
+            "scripts = ",
+            "file name",
+        ),
+        (
+            "scripts = [\"scripts/setup.sh\"]",
+            "scripts = [\"scripts/gone.sh\"]",
+            "scripts = ",
+            "gone.sh",
+        ),
+        (
+            "timeout_secs = 120",
+            "timeout_secs = 9000",
+            "timeout_secs = ",
+            "240",
+        ),
+    ] {
+        let text = all.replacen(from, to, 1);
+        assert_ne!(text, all, "{from}");
+        std::fs::write(config, &text).unwrap();
+        let err = fails(&["check", "--config", config], says);
+        let want = format!("{config}:{}:", line_of(&text, key));
+        assert!(err.contains(&want), "{to}: {want} in {err}");
+    }
+}

@@ -2160,3 +2160,180 @@ fn network_settings_in_every_family() {
     }
     assert!(fails.is_empty(), "{}", fails.join("\n"));
 }
+
+/// `[[files]]` on every node and `[[nodes.files]]` on one, with their modes and owners (names
+/// resolved in the image, the admin's own among them), missing parents made root 0755, and
+/// `[firstboot] scripts` staged 0755 and listed in node.toml: read back with debugfs, fsck clean.
+#[test]
+fn own_files_and_firstboot_scripts() {
+    let fam = family("debian-genericcloud");
+    let cluster = Cluster::new("");
+    let config = cluster.path("cluster.toml");
+    fs::write(cluster.path("motd"), "hello from the operator\n").unwrap();
+    fs::write(cluster.path("node.conf"), "only x86-b\n").unwrap();
+    fs::write(cluster.path("setup.sh"), "#!/bin/sh\necho setup\n").unwrap();
+    fs::write(cluster.path("later.sh"), "#!/bin/sh\necho later\n").unwrap();
+    let text = fs::read_to_string(&config)
+        .unwrap()
+        .replacen(
+            "[[nodes]]\n",
+            &format!(
+                "[[files]]\nsource = \"motd\"\ndest = \"/etc/motd\"\nmode = \"0640\"\nowner = \"root:adm\"\n\
+                 [[files]]\nsource = \"motd\"\ndest = \"/home/{ADMIN}/notes/motd\"\nowner = \"{ADMIN}\"\n\
+                 [firstboot]\nscripts = [\"setup.sh\", \"later.sh\"]\ntimeout_secs = 60\n[[nodes]]\n"
+            ),
+            1,
+        )
+        .replacen(
+            "name = \"x86-b\"\nboard = \"x86-64\"\nrole = \"agent\"\n",
+            "name = \"x86-b\"\nboard = \"x86-64\"\nrole = \"agent\"\n[[nodes.files]]\n\
+             source = \"node.conf\"\ndest = \"/opt/imagegen-test/deep/node.conf\"\nmode = \"0600\"\n",
+            1,
+        );
+    fs::write(&config, text).unwrap();
+    let base_img = base(fam);
+    let b = cluster.build(fam, &base_img, "x86-b", "node.img", &[]);
+    let root = oracle::partition(&b.img, fam.root).start;
+    let passwd = String::from_utf8(ext4_bytes(&b.img, root, "/etc/passwd")).unwrap();
+    let group = String::from_utf8(ext4_bytes(&b.img, root, "/etc/group")).unwrap();
+    let id = |db: &str, name: &str, field: usize| -> u32 {
+        db.lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f[0] == name)
+            .unwrap_or_else(|| panic!("{name} not in the image"))[field]
+            .parse()
+            .unwrap()
+    };
+    let (adm, ops_uid, ops_gid) = (
+        id(&group, "adm", 2),
+        id(&passwd, ADMIN, 2),
+        id(&passwd, ADMIN, 3),
+    );
+    let file = |mode, uid, gid| {
+        Some(Inode {
+            mode,
+            uid,
+            gid,
+            kind: "regular".into(),
+        })
+    };
+    let dir = |mode, uid, gid| {
+        Some(Inode {
+            mode,
+            uid,
+            gid,
+            kind: "directory".into(),
+        })
+    };
+    let mut fails = Vec::new();
+    for (path, want, content) in [
+        (
+            "/etc/motd",
+            file(0o640, 0, adm),
+            Some("hello from the operator\n"),
+        ),
+        (
+            &*format!("/home/{ADMIN}/notes/motd"),
+            file(0o644, ops_uid, ops_gid),
+            Some("hello from the operator\n"),
+        ),
+        // The admin's home keeps its own owner and mode; the missing notes/ is made root 0755.
+        (
+            &*format!("/home/{ADMIN}"),
+            dir(0o750, ops_uid, ops_gid),
+            None,
+        ),
+        (&*format!("/home/{ADMIN}/notes"), dir(0o755, 0, 0), None),
+        (
+            "/opt/imagegen-test/deep/node.conf",
+            file(0o600, 0, 0),
+            Some("only x86-b\n"),
+        ),
+        ("/opt/imagegen-test", dir(0o755, 0, 0), None),
+        (
+            "/usr/local/lib/imagegen/scripts/01-setup.sh",
+            file(0o755, 0, 0),
+            Some("#!/bin/sh\necho setup\n"),
+        ),
+        (
+            "/usr/local/lib/imagegen/scripts/02-later.sh",
+            file(0o755, 0, 0),
+            Some("#!/bin/sh\necho later\n"),
+        ),
+    ] {
+        let got = stat(&b.img, root, path);
+        require(
+            got == want,
+            &format!("{path}: {got:?}, want {want:?}"),
+            &mut fails,
+        );
+        if let Some(c) = content {
+            let bytes = ext4_bytes(&b.img, root, path);
+            require(
+                bytes == c.as_bytes(),
+                &format!("{path}: {bytes:?}"),
+                &mut fails,
+            );
+        }
+    }
+    let node_toml = String::from_utf8(ext4_bytes(&b.img, root, "/etc/imagegen/node.toml")).unwrap();
+    let n = imagegen_firstboot::config::NodeConfig::from_toml_str(&node_toml).unwrap();
+    require(
+        n.firstboot.scripts
+            == [
+                PathBuf::from("/usr/local/lib/imagegen/scripts/01-setup.sh"),
+                PathBuf::from("/usr/local/lib/imagegen/scripts/02-later.sh"),
+            ]
+            && n.firstboot.timeout_secs == 60,
+        &format!("node.toml [firstboot]: {:?}", n.firstboot),
+        &mut fails,
+    );
+    oracle::assert_e2fsck_clean(&b.img, root);
+    // Another node has the cluster's files, not x86-b's own.
+    let other = cluster.build(fam, &base_img, "x86-c", "other.img", &[]);
+    require(
+        stat(&other.img, root, "/etc/motd").is_some()
+            && stat(&other.img, root, "/opt/imagegen-test/deep/node.conf").is_none(),
+        "x86-c: has x86-b's file or lacks the cluster's",
+        &mut fails,
+    );
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+/// An owner the image does not have is a build error naming it; no image is left behind.
+#[test]
+fn build_refuses_an_owner_the_image_lacks() {
+    let fam = family("debian-genericcloud");
+    let cluster = Cluster::new("");
+    let config = cluster.path("cluster.toml");
+    fs::write(cluster.path("motd"), "x\n").unwrap();
+    let text = fs::read_to_string(&config).unwrap().replacen(
+        "[[nodes]]\n",
+        "[[files]]\nsource = \"motd\"\ndest = \"/etc/motd\"\nowner = \"nginx:root\"\n[[nodes]]\n",
+        1,
+    );
+    fs::write(&config, text).unwrap();
+    let base_img = base(fam);
+    let b = imagegen_output(&[
+        "build",
+        "-c",
+        s(&config),
+        "--node",
+        "x86-b",
+        "--base",
+        s(&base_img),
+        "--agent",
+        s(&cluster.path("agent-x86_64")),
+        "--state-dir",
+        s(&cluster.state()),
+        "-o",
+        s(&cluster.path("node.img")),
+    ]);
+    assert!(!b.status.success());
+    let err = String::from_utf8_lossy(&b.stderr);
+    assert!(
+        err.contains("\"nginx\"") && err.contains("/etc/passwd"),
+        "{err}"
+    );
+    assert!(!cluster.path("node.img").exists());
+}

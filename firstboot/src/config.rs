@@ -45,6 +45,47 @@ pub struct NodeConfig {
     pub commands: CommandsSection,
     #[serde(default)]
     pub agent: AgentSection,
+    /// The operator's own scripts; absent in node.toml files written before it existed.
+    #[serde(default, skip_serializing_if = "FirstbootSection::is_empty")]
+    pub firstboot: FirstbootSection,
+}
+
+/// `[firstboot]`: the operator's scripts, run once each, in order, after the agent's own steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstbootSection {
+    /// Absolute paths on the node, staged by the builder.
+    #[serde(default)]
+    pub scripts: Vec<PathBuf>,
+    /// Seconds each script may run before it and what it started are killed.
+    #[serde(default = "default_script_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for FirstbootSection {
+    fn default() -> Self {
+        FirstbootSection {
+            scripts: Vec::new(),
+            timeout_secs: default_script_timeout(),
+        }
+    }
+}
+
+impl FirstbootSection {
+    fn is_empty(&self) -> bool {
+        self.scripts.is_empty()
+    }
+}
+
+/// Where the builder stages `[firstboot] scripts`, as `NN-name`.
+pub const SCRIPTS_DIR: &str = "/usr/local/lib/imagegen/scripts";
+pub const DEFAULT_SCRIPT_TIMEOUT_SECS: u64 = 120;
+/// A script runs inside `run`, which systemd ends after `TimeoutStartSec=300`: a longer limit
+/// could never be honoured.
+pub const MAX_SCRIPT_TIMEOUT_SECS: u64 = 240;
+
+fn default_script_timeout() -> u64 {
+    DEFAULT_SCRIPT_TIMEOUT_SECS
 }
 
 /// `[node]`: who this node is.
@@ -367,6 +408,20 @@ impl NodeConfig {
                 "[node] name {name:?} is not a valid node name: {}",
                 crate::names::NODE_NAME_RULE
             ));
+        }
+        let fb = &self.firstboot;
+        if !(1..=MAX_SCRIPT_TIMEOUT_SECS).contains(&fb.timeout_secs) {
+            return bad(format!(
+                "[firstboot] timeout_secs must be 1 to {MAX_SCRIPT_TIMEOUT_SECS}"
+            ));
+        }
+        for s in &fb.scripts {
+            if !s.is_absolute() || s.file_name().is_none() {
+                return bad(format!(
+                    "[firstboot] script {} must be an absolute path to a file",
+                    s.display()
+                ));
+            }
         }
         if self.node.cluster_init && self.node.role != Role::Server {
             return bad("[node] cluster_init = true needs role = \"server\"".into());

@@ -17,6 +17,7 @@ pub mod names;
 pub mod nut;
 pub mod root;
 pub mod run;
+pub mod scripts;
 pub mod seed;
 pub mod status;
 pub mod units;

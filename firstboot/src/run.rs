@@ -21,7 +21,12 @@ use crate::config::{
 use crate::root::Root;
 use crate::status::{self, State, Status, Update};
 use crate::zerotier::Joined;
-use crate::{backup, k3s, seed, ups, zerotier};
+use crate::{backup, k3s, scripts, seed, ups, zerotier};
+
+/// How long one `run` may take: below the unit's `TimeoutStartSec=300`
+/// (units/imagegen-firstboot.service), so systemd never kills a script midway; a script whose
+/// time limit no longer fits waits for the next run.
+pub const RUN_LIMIT_SECS: u64 = 290;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -207,13 +212,23 @@ impl Recorder<'_> {
             (config.zerotier.is_some(), "zerotier", "starting"),
             (config.k3s.is_some(), "k3s", k3s_reason),
         ];
-        for (_, name, reason) in implied.into_iter().filter(|i| i.0) {
-            if known.step(name).is_none() {
+        let scripts = config
+            .firstboot
+            .scripts
+            .iter()
+            .map(|s| (scripts::step_name(s), "runs after the agent's own steps"));
+        let implied = implied
+            .into_iter()
+            .filter(|i| i.0)
+            .map(|(_, name, reason)| (name.to_owned(), reason))
+            .chain(scripts);
+        for (name, reason) in implied {
+            if known.step(&name).is_none() {
                 status::set(
                     self.root,
                     self.boot,
                     self.node,
-                    name,
+                    &name,
                     Update::pending(reason),
                 )?;
             }
@@ -230,6 +245,7 @@ impl Recorder<'_> {
 
 /// Runs every step `config` implies, in the order the module comment gives.
 pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
+    let run_end = Instant::now() + Duration::from_secs(RUN_LIMIT_SECS);
     let deadline = deadline(config)?;
     let rec = Recorder {
         root,
@@ -262,7 +278,57 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
     }
 
     network_steps(&rec, config, joined, deadline, &mut summary)?;
+    script_steps(&rec, config, run_end, &mut summary)?;
     Ok(summary)
+}
+
+/// The operator's scripts, in order (see `scripts`): done ones are skipped, the first that
+/// fails stops the rest for this run, and one whose time limit no longer fits in this run waits
+/// for the next.
+fn script_steps(
+    rec: &Recorder,
+    config: &NodeConfig,
+    run_end: Instant,
+    summary: &mut Summary,
+) -> Result<(), RunError> {
+    let limit = Duration::from_secs(config.firstboot.timeout_secs);
+    let mut blocked: Option<String> = None;
+    for path in &config.firstboot.scripts {
+        let name = scripts::step_name(path);
+        if rec.current(&name)?.is_none() {
+            summary.set(&name, State::Done);
+            continue;
+        }
+        let left = run_end.saturating_duration_since(Instant::now());
+        let o = if let Some(before) = &blocked {
+            Outcome::Pending {
+                reason: format!("waits for {before}"),
+                attempts: 0,
+            }
+        } else if left < limit {
+            blocked = Some(name.clone());
+            Outcome::Pending {
+                reason: format!(
+                    "this run had {} s left, less than the script's {} s limit: the next run \
+                     starts it",
+                    left.as_secs(),
+                    limit.as_secs()
+                ),
+                attempts: 0,
+            }
+        } else {
+            eprintln!("{name}: running");
+            match scripts::run(rec.root, path, limit) {
+                Ok(d) => Outcome::Done(d),
+                Err(e) => {
+                    blocked = Some(name.clone());
+                    failed(e)
+                }
+            }
+        };
+        summary.set(&name, rec.record(&name, o)?);
+    }
+    Ok(())
 }
 
 /// The end of the one time budget all network waits share.

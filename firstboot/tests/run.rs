@@ -638,3 +638,92 @@ time_budget_secs = 60
         attempts(&status_cmd(&n), "k3s").is_some_and(|a| a > first)
     });
 }
+
+/// `[firstboot] scripts` run in order after the agent's steps, each recorded with its exit
+/// status; the first failure stops the ones after it; a second run re-runs only what did not
+/// succeed; a script over its time limit is killed and failed.
+#[test]
+fn firstboot_scripts_run_once_in_order() {
+    let dir = "usr/local/lib/imagegen/scripts";
+    let n = Node::new(&format!(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [firstboot]\ntimeout_secs = 2\nscripts = [\"/{dir}/01-a.sh\", \"/{dir}/02-fails.sh\", \
+         \"/{dir}/03-c.sh\"]\n"
+    ));
+    // Each appends its name to a log in the root (the scripts' working directory).
+    for (name, body) in [
+        ("01-a.sh", "echo a >> order.log\necho out-of-a\n"),
+        (
+            "02-fails.sh",
+            "echo fails >> order.log\n[ -e fixed ] || exit 3\n",
+        ),
+        ("03-c.sh", "echo c >> order.log\n"),
+    ] {
+        write_script(&n.root().join(dir).join(name), body);
+    }
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("script:01-a.sh: out-of-a"), "{log}");
+    assert_eq!(n.read("order.log"), "a\nfails\n");
+    let st = n.status_json();
+    assert_eq!(st["steps"]["script:01-a.sh"]["state"], "done");
+    assert_eq!(st["steps"]["script:01-a.sh"]["details"]["exit"], "0");
+    assert_eq!(st["steps"]["script:02-fails.sh"]["state"], "failed");
+    assert!(
+        st["steps"]["script:02-fails.sh"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("status 3"),
+        "{st}"
+    );
+    assert_eq!(st["steps"]["script:03-c.sh"]["state"], "pending");
+
+    // The retry: 01 is not run again, 02 now succeeds and 03 follows.
+    n.write("fixed", "");
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(n.read("order.log"), "a\nfails\nfails\nc\n");
+    let s = states(&n);
+    for step in ["script:01-a.sh", "script:02-fails.sh", "script:03-c.sh"] {
+        assert_eq!(s[step], "done", "{s:?}");
+    }
+    // Done is done: a third run runs nothing.
+    assert!(n.command(&["run"]).output().unwrap().status.success());
+    assert_eq!(n.read("order.log"), "a\nfails\nfails\nc\n");
+
+    // Over its limit: killed, failed, and the run ends.
+    let slow = Node::new(&format!(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [firstboot]\ntimeout_secs = 1\nscripts = [\"/{dir}/01-slow.sh\"]\n"
+    ));
+    write_script(&slow.root().join(dir).join("01-slow.sh"), "sleep 30\n");
+    let started = Instant::now();
+    let out = slow.command(&["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let st = slow.status_json();
+    assert_eq!(st["steps"]["script:01-slow.sh"]["state"], "failed");
+    assert!(
+        st["steps"]["script:01-slow.sh"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("killed"),
+        "{st}"
+    );
+}
+
+/// A node.toml written before `[firstboot]` existed still parses, and lists no scripts.
+#[test]
+fn node_toml_without_firstboot_parses() {
+    let c = imagegen_firstboot::config::NodeConfig::from_toml_str(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n",
+    )
+    .unwrap();
+    assert!(c.firstboot.scripts.is_empty());
+    assert!(!c.to_toml_string().unwrap().contains("firstboot"));
+}

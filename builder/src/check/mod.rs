@@ -4,6 +4,7 @@
 //! a warning.
 
 pub mod calendar;
+pub mod files;
 pub mod locale;
 pub mod network;
 
@@ -43,6 +44,7 @@ pub fn run(path: &Path) -> Result<Report, ConfigError> {
         config: c,
     };
     secret_files(&loaded, &text, &mut r);
+    own_files(&loaded, &text, &mut r);
     for (span, message) in crate::addons::problems(&loaded.config, &loaded.dir) {
         r.errors.push(match span {
             Some(s) => config::at(&text, path, s, message).to_string(),
@@ -114,6 +116,36 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
                 m.permissions().mode() & 0o777,
                 p.display()
             ));
+        }
+    }
+}
+
+/// The sources of `[[files]]`, `[[nodes.files]]` and `[firstboot] scripts` must be regular
+/// files that can be read now, not halfway through a build.
+fn own_files(l: &Loaded, text: &str, r: &mut Report) {
+    let c = &l.config;
+    let files = c.files.iter().chain(c.nodes.iter().flat_map(|n| &n.files));
+    let scripts = c.firstboot.iter().flat_map(|f| &f.scripts);
+    let sources = files
+        .map(|f| ("files source", &f.source))
+        .chain(scripts.map(|s| ("firstboot script", s)));
+    for (what, source) in sources {
+        let path = l.resolve(source.get_ref());
+        let problem = match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some("is not a regular file".to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = problem {
+            r.errors.push(
+                config::at(
+                    text,
+                    &l.path,
+                    source.span(),
+                    format!("{what} {}: {why}", path.display()),
+                )
+                .to_string(),
+            );
         }
     }
 }

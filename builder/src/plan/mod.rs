@@ -2,6 +2,7 @@
 //! goes into a node image; the image layer only carries it out.
 
 pub mod changes;
+pub mod files;
 pub mod hardening;
 pub mod locale;
 pub mod network;
@@ -88,7 +89,7 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     if !spec.generic {
         hostname(image, spec, &mut p)?;
     }
-    admin(image, spec, &mut p)?;
+    let accounts = admin(image, spec, &mut p)?;
     harden(image, spec, &mut p)?;
     locale::plan(image, &spec.config.cluster, &mut p)?;
     network::plan(image, spec, &mut p)?;
@@ -126,6 +127,26 @@ pub fn plan(image: &mut Image, spec: &NodeSpec) -> Result<Vec<Change>, PlanError
     }
     backup_pins(spec, &mut p)?;
     staged_software(spec, &mut p)?;
+    let node_files = if spec.generic {
+        None
+    } else {
+        Some(
+            spec.config
+                .nodes
+                .iter()
+                .find(|n| n.name.get_ref() == spec.name),
+        )
+        .flatten()
+        .map(|n| n.files.as_slice())
+    };
+    files::plan(
+        &spec.config.files,
+        node_files,
+        spec.config_dir,
+        &accounts,
+        &mut p,
+    )?;
+    files::scripts(&firstboot_scripts(spec), spec.config_dir, &mut p)?;
     Ok(p.into_changes())
 }
 
@@ -694,7 +715,8 @@ fn read_text(image: &mut Image, path: &str) -> Result<String, PlanError> {
 
 /// The admin account: passwd/shadow/group/gshadow, home with the skeleton files, SSH keys,
 /// password-less sudo. Vendor default passwords are locked.
-fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
+/// Returns the account databases as the plan leaves them, for `[[files]] owner`.
+fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<Accounts, PlanError> {
     let name = spec.config.admin.user.get_ref().as_str();
     let mut acc = Accounts {
         passwd: read_text(image, "/etc/passwd")?,
@@ -704,13 +726,21 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
     };
     let a = acc.add_admin(name, &["sudo", "adm", "systemd-journal"])?;
     acc.lock_passwords_except(name);
-    p.file("/etc/passwd", acc.passwd.into_bytes(), 0o644);
+    p.file("/etc/passwd", acc.passwd.clone().into_bytes(), 0o644);
     let shadow_gid = group_id(&acc.group, "shadow").unwrap_or(0);
-    p.file("/etc/group", acc.group.into_bytes(), 0o644);
-    p.file("/etc/shadow", acc.shadow.into_bytes(), 0o640)
-        .owner(0, shadow_gid);
-    p.file("/etc/gshadow", acc.gshadow.into_bytes(), 0o640)
-        .owner(0, shadow_gid);
+    p.file("/etc/group", acc.group.clone().into_bytes(), 0o644);
+    p.file(
+        "/etc/shadow",
+        std::mem::take(&mut acc.shadow).into_bytes(),
+        0o640,
+    )
+    .owner(0, shadow_gid);
+    p.file(
+        "/etc/gshadow",
+        std::mem::take(&mut acc.gshadow).into_bytes(),
+        0o640,
+    )
+    .owner(0, shadow_gid);
 
     let home = a.home.clone();
     p.dir(&home, 0o750).owner(a.uid, a.gid);
@@ -744,7 +774,17 @@ fn admin(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanErr
         sudoers.into_bytes(),
         0o440,
     );
-    Ok(())
+    Ok(acc)
+}
+
+/// `[firstboot] scripts` as the config gives them, relative to the config file.
+fn firstboot_scripts(spec: &NodeSpec) -> Vec<PathBuf> {
+    spec.config
+        .firstboot
+        .iter()
+        .flat_map(|f| &f.scripts)
+        .map(|s| s.get_ref().clone())
+        .collect()
 }
 
 fn group_id(group: &str, name: &str) -> Option<u32> {
@@ -873,6 +913,30 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         },
         commands: Default::default(),
         agent: Default::default(),
+        firstboot: node::FirstbootSection {
+            // The same names `files::scripts` stages them under.
+            scripts: firstboot_scripts(spec)
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    crate::check::files::staged_name(i, s)
+                        .map(|n| Path::new(node::SCRIPTS_DIR).join(n))
+                        .ok_or_else(|| {
+                            PlanError::Invalid(format!(
+                                "firstboot script {}: its file name must be letters, digits, \
+                                 '.', '_' and '-'",
+                                s.display()
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            timeout_secs: spec
+                .config
+                .firstboot
+                .as_ref()
+                .and_then(|f| f.timeout_secs.as_ref())
+                .map_or(node::DEFAULT_SCRIPT_TIMEOUT_SECS, |t| *t.get_ref()),
+        },
     };
     n.validate()
         .map_err(|e| PlanError::Invalid(e.to_string()))?;
