@@ -208,7 +208,7 @@ fn stderr(out: &Output) -> String {
 
 /// Exactly one line on stderr, starting with "error:" and mentioning `needle`; exit status 1.
 fn fails(out: Output, needle: &str) -> String {
-    let err = stderr(&out);
+    let err = common::without_stage_lines(&stderr(&out));
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(err.lines().count(), 1, "expected one error line: {err}");

@@ -31,7 +31,7 @@ fn ok(args: &[&str]) -> String {
 /// Fails with exactly one line on stderr that starts with "error:" and mentions `needle`.
 fn fails(args: &[&str], needle: &str) -> String {
     let out = imagegen(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let err = common::without_stage_lines(&String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "imagegen {args:?} succeeded");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");

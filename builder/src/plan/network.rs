@@ -122,7 +122,7 @@ pub fn plan(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Plan
     match defaults.stack {
         NetworkStack::NetworkManager => network_manager(image, &s, spec.name, p),
         NetworkStack::Netplan => {
-            netplan(&s, p);
+            netplan(&s, defaults.ethernet, p);
             cloud_init_off(image, p)
         }
         NetworkStack::Networkd => {
@@ -421,7 +421,7 @@ fn yq(v: &str) -> String {
     serde_json::to_string(v).expect("a string serializes")
 }
 
-fn netplan(s: &Settings, p: &mut Plan) {
+fn netplan(s: &Settings, ethernet: &str, p: &mut Plan) {
     let mut y = String::from(
         "# Written by imagegen from cluster.toml [network]; see netplan(5).\n\
          network:\n  version: 2\n",
@@ -445,6 +445,21 @@ fn netplan(s: &Settings, p: &mut Plan) {
             // A node on Wi-Fi boots without waiting for an unplugged port.
             y.push_str("      optional: true\n");
         }
+    }
+    // The family's other Ethernet ports keep DHCP, as in `networkd` below: with cloud-init's
+    // network off nothing else configures them. netplan writes one networkd file per ID,
+    // `10-netplan-ID.network`, and networkd takes the first by name that matches a link
+    // (systemd.network(5)): the `zz-` ID sorts after any interface name, so the port named
+    // above keeps its settings.
+    if s.on_wifi || s.interface != ethernet {
+        if s.on_wifi {
+            y.push_str("  ethernets:\n");
+        }
+        y.push_str(&format!(
+            "    \"zz-imagegen-other-ethernet\":\n      match:\n        name: {}\n      \
+             dhcp4: true\n      optional: true\n",
+            yq(ethernet)
+        ));
     }
     if let Some(w) = &s.wifi {
         if is_glob(&w.interface) {
