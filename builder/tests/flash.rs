@@ -93,25 +93,9 @@ impl Images {
         }
     }
 
-    /// Mapped byte ranges of the bmap, read with a plain text scan of bmaptool's output.
+    /// Mapped byte ranges of the bmap.
     fn mapped(&self) -> Vec<(u64, u64)> {
-        let text = fs::read_to_string(self.path("a.bmap")).unwrap();
-        text.lines()
-            .filter(|l| l.contains("<Range"))
-            .map(|l| {
-                let body = l
-                    .split('>')
-                    .nth(1)
-                    .unwrap()
-                    .split('<')
-                    .next()
-                    .unwrap()
-                    .trim();
-                let (a, b) = body.split_once('-').unwrap_or((body, body));
-                let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
-                (a * 4096, ((b + 1) * 4096).min(self.size()))
-            })
-            .collect()
+        oracle::bmap_ranges(&self.path("a.bmap")).0
     }
 }
 

@@ -3,9 +3,7 @@
 use crate::cli::KubeconfigArgs;
 use crate::cluster::{self, Bootstrap, Trust};
 use crate::config;
-use crate::emit::atomic::PendingFile;
 use anyhow::{Context, Result, bail};
-use std::io::Write;
 use std::path::PathBuf;
 
 pub fn kubeconfig(a: KubeconfigArgs) -> Result<()> {
@@ -34,12 +32,7 @@ pub fn kubeconfig(a: KubeconfigArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{name}.kubeconfig")));
     // It holds cluster-admin's private key: the operator's alone, appearing whole or not at all.
-    let f = PendingFile::create_with_mode(&out, 0o600)
-        .with_context(|| format!("creating {}", out.display()))?;
-    f.file()
-        .write_all(text.as_bytes())
-        .and_then(|()| f.sync())
-        .and_then(|()| f.commit())
+    crate::emit::atomic::write_private(&out, text.as_bytes(), 0o600)
         .with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
         "wrote {} (cluster-admin of {name} at {server_url}): KUBECONFIG={} kubectl get nodes",

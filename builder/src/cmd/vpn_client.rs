@@ -2,10 +2,8 @@
 
 use crate::cli::VpnClientArgs;
 use crate::config;
-use crate::emit::atomic::PendingFile;
 use crate::vpn::wireguard::{self, Mesh};
 use anyhow::{Context, Result, bail};
-use std::io::Write;
 use std::path::PathBuf;
 
 pub fn vpn_client(a: VpnClientArgs) -> Result<()> {
@@ -35,12 +33,7 @@ pub fn vpn_client(a: VpnClientArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}-{}.conf", c.cluster.name.get_ref(), a.name)));
     // It holds the client's private key: the operator's alone, appearing whole or not at all.
-    let f = PendingFile::create_with_mode(&out, 0o600)
-        .with_context(|| format!("creating {}", out.display()))?;
-    f.file()
-        .write_all(text.as_bytes())
-        .and_then(|()| f.sync())
-        .and_then(|()| f.commit())
+    crate::emit::atomic::write_private(&out, text.as_bytes(), 0o600)
         .with_context(|| format!("writing {}", out.display()))?;
     if a.qr {
         println!("{}", wireguard::qr_text(&text)?);

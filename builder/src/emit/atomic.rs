@@ -70,6 +70,16 @@ pub fn pending_with(dest: &Path, contents: &[u8]) -> io::Result<PendingFile> {
     Ok(pending)
 }
 
+/// Writes `contents` to `dest` with `mode`, whole or not at all: for a file that holds a
+/// private key (a kubeconfig, a WireGuard client config), which must never be seen half-written
+/// or with wider permissions, not even for a moment.
+pub fn write_private(dest: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let pending = PendingFile::create_with_mode(dest, mode)?;
+    io::Write::write_all(&mut pending.file(), contents)?;
+    pending.sync()?;
+    pending.commit()
+}
+
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
