@@ -491,3 +491,71 @@ fn rendered_k3s_config_per_role() {
         )
     );
 }
+
+/// `imagegen kubeconfig` end to end: refused (nothing written) before any build made the
+/// cluster's state; after it, a 0600 kubeconfig whose server is the registration address and
+/// whose CA is the state's server CA, and whose client key matches its certificate (openssl).
+#[test]
+fn kubeconfig_command_writes_a_private_file_from_the_cluster_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n[k3s]\n{THREE}"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let out = dir.path().join("lab.kubeconfig");
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_imagegen"))
+            .arg("kubeconfig")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let refused = run();
+    assert!(!refused.status.success());
+    assert!(!out.exists(), "a refused kubeconfig left {}", out.display());
+
+    let trust = Trust::load_or_create(&state).unwrap();
+    let done = run();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("server: \"https://10.0.0.1:6443\""), "{text}");
+    let field = |name: &str| -> Vec<u8> {
+        use base64::Engine as _;
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .unwrap()
+    };
+    assert_eq!(
+        field("certificate-authority-data"),
+        trust.file("server-ca.crt")
+    );
+    let (crt, key) = (dir.path().join("a.crt"), dir.path().join("a.key"));
+    std::fs::write(&crt, field("client-certificate-data")).unwrap();
+    std::fs::write(&key, field("client-key-data")).unwrap();
+    let (ok, crt_pub) = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-pubkey"]);
+    assert!(ok, "{crt_pub}");
+    let (ok, key_pub) = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
+    assert!(ok, "{key_pub}");
+    assert_eq!(crt_pub, key_pub, "the client key is not the certificate's");
+}
