@@ -268,7 +268,10 @@ fn a_bundle_without_a_valid_chain_hashes_as_its_bytes() {
     );
 }
 
-/// `openssl s_server -WWW` in `dir`: it answers `GET /cacerts` with the file `dir/cacerts`.
+/// `openssl s_server -HTTP` in `dir`: it answers `GET /cacerts` with the file `dir/cacerts`,
+/// which holds the whole reply. Framed with a Content-Length as k3s (Go's net/http) sends it:
+/// `-WWW` would end the body by closing the connection, which the agent refuses over TLS
+/// because a cut reply looks the same.
 struct TlsServer(Child, u16);
 
 impl Drop for TlsServer {
@@ -284,7 +287,13 @@ fn serve(pki: &Pki, bundle: &[u8]) -> TlsServer {
     let d = pki.0.path();
     let www = d.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("cacerts"), bundle).unwrap();
+    let mut reply = format!(
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        bundle.len()
+    )
+    .into_bytes();
+    reply.extend_from_slice(bundle);
+    std::fs::write(www.join("cacerts"), reply).unwrap();
     pki.cert(
         "serving",
         Some("server-ca"),
@@ -293,7 +302,7 @@ fn serve(pki: &Pki, bundle: &[u8]) -> TlsServer {
     let port = common::free_port();
     let child = Command::new(common::require("/usr/bin/openssl", "openssl"))
         .current_dir(&www)
-        .args(["s_server", "-quiet", "-WWW", "-accept"])
+        .args(["s_server", "-quiet", "-HTTP", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("-cert")
         .arg(d.join("serving.pem"))
