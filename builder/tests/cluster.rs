@@ -282,6 +282,18 @@ fn the_agent_accepts_the_minted_token_against_the_served_ca() {
     assert!(e.is_refusal(), "{e}");
 }
 
+/// A base64 `name: value` field of a kubeconfig, decoded.
+fn kubeconfig_field(text: &str, name: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    base64::engine::general_purpose::STANDARD
+        .decode(line)
+        .unwrap()
+}
+
 #[test]
 fn kubeconfig_cert_is_cluster_admin_from_the_client_ca() {
     let (dir, trust) = state();
@@ -291,16 +303,7 @@ fn kubeconfig_cert_is_cluster_admin_from_the_client_ca() {
         .unwrap()
         .as_secs() as i64;
     let text = kubeconfig::render(&trust, "lab", "https://10.0.0.1:6443", now).unwrap();
-    let field = |name: &str| -> Vec<u8> {
-        use base64::Engine as _;
-        let line = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
-        base64::engine::general_purpose::STANDARD
-            .decode(line)
-            .unwrap()
-    };
+    let field = |name: &str| kubeconfig_field(&text, name);
     assert!(text.contains("server: \"https://10.0.0.1:6443\""), "{text}");
     assert_eq!(
         field("certificate-authority-data"),
@@ -536,16 +539,7 @@ fn kubeconfig_command_writes_a_private_file_from_the_cluster_state() {
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("server: \"https://10.0.0.1:6443\""), "{text}");
-    let field = |name: &str| -> Vec<u8> {
-        use base64::Engine as _;
-        let line = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"));
-        base64::engine::general_purpose::STANDARD
-            .decode(line)
-            .unwrap()
-    };
+    let field = |name: &str| kubeconfig_field(&text, name);
     assert_eq!(
         field("certificate-authority-data"),
         trust.file("server-ca.crt")
