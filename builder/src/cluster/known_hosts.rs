@@ -9,8 +9,9 @@ use imagegen_firstboot::known_hosts::{PublicKey, host_name};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-/// The names `node` is known by: its name (its hostname), its `address`, and the host of the
-/// registration address when it is the server the cluster starts on.
+/// The names `node` is known by: its name (its hostname), its `address`, the host of the
+/// registration address when it is the server the cluster starts on, and its `[wireguard]`
+/// address, where the operator's own machines (`clients`) reach it over the mesh.
 pub fn names(cfg: &ClusterConfig, node: &str) -> Vec<String> {
     let mut names = vec![node.to_string()];
     if let Some(a) = cfg
@@ -26,6 +27,11 @@ pub fn names(cfg: &ClusterConfig, node: &str) -> Vec<String> {
         && let Some(h) = super::url_host(b.server_url())
     {
         names.push(h);
+    }
+    if let Ok(Some(mesh)) = crate::vpn::wireguard::Mesh::of(cfg)
+        && let Some(m) = mesh.member(node)
+    {
+        names.push(m.address.to_string());
     }
     let mut out: Vec<String> = Vec::new();
     for n in names.iter().filter_map(|n| host_name(n, None)) {
@@ -85,4 +91,44 @@ pub fn write_beside(
         path.display(),
         path.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ssh-keygen -t ed25519`.
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBIK8P55P+/ZVf44Hspc1HpLTmeNKtVROxzoAauOWZPf me";
+
+    fn config(wireguard: bool) -> ClusterConfig {
+        let (mesh, endpoint) = if wireguard {
+            (
+                "[wireguard]\nnetwork = \"10.100.0.0/24\"\n",
+                "endpoint = \"10.99.0.1:51820\"\n",
+            )
+        } else {
+            ("", "")
+        };
+        let text = format!(
+            "[cluster]\nname = \"c\"\n[admin]\nuser = \"ops\"\n\
+             ssh_authorized_keys = [\"{KEY}\"]\n\
+             [k3s]\nserver_url = \"https://10.100.0.1:6443\"\n{mesh}\
+             [[nodes]]\nname = \"m\"\nboard = \"x86-64\"\nrole = \"server\"\n\
+             address = \"10.99.0.1\"\n{endpoint}\
+             [[nodes]]\nname = \"w\"\nboard = \"x86-64\"\nrole = \"agent\"\n"
+        );
+        crate::config::parse(&text, Path::new("cluster.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_mesh_address_is_a_name() {
+        let c = config(false);
+        assert_eq!(names(&c, "m"), ["m", "10.99.0.1", "10.100.0.1"]);
+        assert_eq!(names(&c, "w"), ["w"]);
+        let c = config(true);
+        // The registration host is the server's mesh address here: named once.
+        assert_eq!(names(&c, "m"), ["m", "10.99.0.1", "10.100.0.1"]);
+        assert_eq!(names(&c, "w"), ["w", "10.100.0.2"]);
+    }
 }
