@@ -16,13 +16,14 @@ SUITE=bookworm
 MIRROR=http://deb.debian.org/debian
 SECURITY=http://deb.debian.org/debian-security
 # debian-cloud-images installs these with --no-install-recommends (classes CLOUD, AMD64 with
-# LINUX_IMAGE_CLOUD, plus what imagegen nodes need: rsync, nftables, nut-client).
+# LINUX_IMAGE_CLOUD, plus what imagegen nodes need: rsync, nftables, nut-client, and
+# wireguard-tools for a [wireguard] mesh, whose wg-quick the plan requires).
 PACKAGES="systemd systemd-sysv udev dbus libpam-systemd
 linux-image-cloud-amd64 initramfs-tools e2fsprogs
 openssh-server sudo ca-certificates
 ifupdown isc-dhcp-client netbase iproute2 iputils-ping
 cloud-init cloud-initramfs-growroot
-rsync nftables nut-client
+rsync nftables nut-client wireguard-tools
 less procps kmod"
 
 # Geometry of the real image (debian-cloud-images, hook partition.GRUB_CLOUD_AMD64), in sectors.
@@ -73,6 +74,13 @@ EOF
 			exit 1
 		fi
 	done
+	# WireGuard is a module loaded from the root once it is mounted (wg-quick's `ip link add
+	# type wireguard`), not from the initramfs: it must be among the root's modules.
+	if ! grep -q "/wireguard\.ko" "$root/lib/modules/$version/modules.dep" &&
+		! grep -q "/wireguard\.ko\$" "$root/lib/modules/$version/modules.builtin"; then
+		echo "mkbase: wireguard is neither a module nor built into $version" >&2
+		exit 1
+	fi
 	cp "$kernel" "$work/vmlinuz"
 	cp "$initrd" "$work/initrd"
 
