@@ -1906,6 +1906,20 @@ fn wireguard_mesh_keys_are_kept_and_agree() {
             enabled.contains("/lib/systemd/system/wg-quick@.service"),
             "{enabled}"
         );
+        // k3s ordered after the tunnel (its flannel-iface); systemd's reading of it is
+        // checked on a booted node in cluster_boot.rs.
+        for unit in ["k3s.service", "k3s-agent.service"] {
+            let dropin = oracle::ext4_cat(
+                &out,
+                root,
+                &format!("/etc/systemd/system/{unit}.d/10-imagegen-wireguard.conf"),
+            );
+            assert!(
+                dropin.contains("\nAfter=wg-quick@wg0.service\n")
+                    && dropin.contains("\nWants=wg-quick@wg0.service\n"),
+                "{unit}: {dropin}"
+            );
+        }
         confs.push((node.into(), text));
     }
     assert_eq!(confs[0].1, confs[2].1, "a rebuild changed pi4-a's wg0.conf");

@@ -424,8 +424,22 @@ fn check_mesh(server: &Vm, agent: &Vm, key: &Path, state: &Path) {
     }
 }
 
-/// The k3s config the node's unit started k3s with runs it over wg0.
-fn assert_k3s_on_wg0(config: &str, node: &str, wg: &str) {
+/// The k3s config the node's unit started k3s with runs it over wg0, and systemd orders that
+/// unit after the tunnel (imagegen's drop-in, as systemd itself reads it).
+fn assert_k3s_on_wg0(guest: &Vm, key: &Path, unit: &str, config: &str, node: &str, wg: &str) {
+    let deps = guest.ssh_ok(
+        ADMIN,
+        key,
+        &format!("systemctl show -p After -p Wants --no-pager {unit}"),
+    );
+    for prop in ["After", "Wants"] {
+        assert!(
+            deps.lines().any(|l| l
+                .strip_prefix(&format!("{prop}="))
+                .is_some_and(|v| v.split_whitespace().any(|u| u == "wg-quick@wg0.service"))),
+            "{node}: {unit} is not {prop} wg-quick@wg0.service:\n{deps}"
+        );
+    }
     assert_lines(
         &format!("{node}'s k3s config"),
         config,
@@ -558,7 +572,7 @@ fn first_server_and_agent_from_one_cluster_toml_join_over_wireguard() {
             "token-file: \"/etc/rancher/k3s/token\"".to_owned(),
         ],
     );
-    assert_k3s_on_wg0(&config, AGENT, AGENT_WG);
+    assert_k3s_on_wg0(&agent, &key, "k3s-agent.service", &config, AGENT, AGENT_WG);
     assert!(!config.contains("cluster-init"), "{config}");
     assert_eq!(
         agent
@@ -584,7 +598,7 @@ fn first_server_and_agent_from_one_cluster_toml_join_over_wireguard() {
             format!("  - \"{SERVER_WG}\""),
         ],
     );
-    assert_k3s_on_wg0(&config, SERVER, SERVER_WG);
+    assert_k3s_on_wg0(&server, &key, "k3s.service", &config, SERVER, SERVER_WG);
     assert!(
         !config.lines().any(|l| l.starts_with("server:")),
         "the first server must not register anywhere:\n{config}"

@@ -169,6 +169,27 @@ fn wireguard(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Pla
     let wants = "/etc/systemd/system/multi-user.target.wants";
     p.dir(wants, 0o755);
     p.symlink(&format!("{wants}/{}", wg::UNIT), wg::UNIT_TEMPLATE);
+    // k3s runs with flannel-iface wg0 and node-ip on it: started before wg-quick made wg0
+    // (both are only After=network-online.target), k3s fails on the missing interface and
+    // comes back only through Restart=always. Ordering it after the tunnel avoids that race;
+    // Wants, not Requires, so a broken tunnel does not also stop k3s from logging why.
+    if spec.config.k3s.is_some() {
+        for unit in ["k3s.service", "k3s-agent.service"] {
+            let dir = format!("/etc/systemd/system/{unit}.d");
+            p.dir(&dir, 0o755);
+            p.file(
+                &format!("{dir}/{}", wg::K3S_DROPIN),
+                format!(
+                    "# Written by imagegen: k3s runs over {iface} (node-ip, flannel-iface).\n\
+                     [Unit]\nWants={u}\nAfter={u}\n",
+                    iface = wg::INTERFACE,
+                    u = wg::UNIT
+                )
+                .into_bytes(),
+                0o644,
+            );
+        }
+    }
     if let Some(id) = spec.identity {
         let keys = wg::keys(&id.state_dir, &mesh).map_err(bad)?;
         let f = wg::image_file(&mesh, &keys, spec.name).map_err(bad)?;

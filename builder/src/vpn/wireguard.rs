@@ -28,6 +28,8 @@ pub const CONF: &str = "/etc/wireguard/wg0.conf";
 /// `wg-quick@.service` as wireguard-tools installs it (Debian, Ubuntu: /lib is /usr/lib).
 pub const UNIT_TEMPLATE: &str = "/lib/systemd/system/wg-quick@.service";
 pub const UNIT: &str = "wg-quick@wg0.service";
+/// The drop-in (in `k3s.service.d/` and `k3s-agent.service.d/`) ordering k3s after the tunnel.
+pub const K3S_DROPIN: &str = "10-imagegen-wireguard.conf";
 /// What wg-quick needs, in the image.
 pub const WG_QUICK: &str = "/usr/bin/wg-quick";
 pub const DEFAULT_PORT: u16 = 51820;
