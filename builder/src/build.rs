@@ -38,6 +38,8 @@ pub struct Request {
     pub generic: bool,
     /// Where node identities live; else beside the config (see [`crate::identity`]).
     pub state_dir: Option<PathBuf>,
+    /// How to download; with `offline` (`--offline`) the network is not touched at all:
+    /// bases come from the cache and ZeroTier members are left for a person to approve.
     pub fetch: FetchOptions,
 }
 
@@ -130,6 +132,16 @@ pub fn run(req: &Request) -> Result<Outcome> {
             ..
         }
     );
+    if !req.generic {
+        let nodes: Vec<&str> = targets.iter().filter_map(|t| t.node.as_deref()).collect();
+        crate::vpn::zerotier::central::preauthorize(
+            &config,
+            &config_dir,
+            &state_dir,
+            &nodes,
+            &req.fetch,
+        )?;
+    }
     let mut images = Vec::new();
     for target in targets {
         let out = output_path(

@@ -203,6 +203,11 @@ pub struct BuildArgs {
     /// Use a downloaded base image even when no checksum vouches for it
     #[arg(long)]
     pub insecure: bool,
+    /// Never touch the network: base images, agents and k3s come from the cache as
+    /// verified when downloaded, and ZeroTier members are not pre-authorized (approve
+    /// them by hand in ZeroTier Central)
+    #[arg(long)]
+    pub offline: bool,
     /// Seconds a download may go without receiving data before the attempt fails
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,

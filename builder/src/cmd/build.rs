@@ -37,6 +37,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         fetch.cache_dir = d;
     }
     fetch.insecure = a.insecure;
+    fetch.offline = a.offline;
     fetch.timeout = std::time::Duration::from_secs(a.timeout);
     fetch.retries = a.retries;
     let req = build::Request {
