@@ -740,6 +740,7 @@ fn server_that_stops_answering_fails_and_the_download_resumes_later() {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(1),
         insecure: false,
+        offline: false,
     };
     let out = c.out_dir().join("pi4-a.img");
     let state = c.path("state");
