@@ -132,9 +132,12 @@ pub fn run(req: &Request) -> Result<Outcome> {
             ..
         }
     );
+    // Before the first download, for every node: `crate::vpn::zerotier::central` says why
+    // before the images rather than after them.
+    let mut by_hand = None;
     if !req.generic {
         let nodes: Vec<&str> = targets.iter().filter_map(|t| t.node.as_deref()).collect();
-        crate::vpn::zerotier::central::preauthorize(
+        by_hand = crate::vpn::zerotier::central::preauthorize(
             &config,
             &config_dir,
             &state_dir,
@@ -184,6 +187,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
     }
     // After the builds, so a failed build still says one thing only, and once for --all.
     warnings.extend(plan::backup_pin_warning(&config));
+    warnings.extend(by_hand);
     Ok(Outcome { images, warnings })
 }
 

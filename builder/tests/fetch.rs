@@ -814,7 +814,10 @@ fn offline_serves_only_what_the_cache_verified() {
     let again = fetch_base(&src, None, None, &offline).unwrap();
     assert_eq!(again.raw_path, first.raw_path);
     assert_eq!(again.source_sha256, f.sha);
-    assert_eq!(again.verification, Verification::ChecksumFile(f.server.url(sums)));
+    assert_eq!(
+        again.verification,
+        Verification::ChecksumFile(f.server.url(sums))
+    );
     let pinned = fetch_base(&src, Some(&f.sha), None, &offline).unwrap();
     assert_eq!(pinned.raw_path, first.raw_path);
     missing(fetch_base(&src, Some(&"ab".repeat(32)), None, &offline).unwrap_err());

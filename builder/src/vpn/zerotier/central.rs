@@ -86,7 +86,10 @@ pub fn problems(c: &ClusterConfig) -> Vec<Invalid> {
     if let Some(u) = &z.api_url
         && let Some(why) = api_url_problem(u.get_ref())
     {
-        errs.push((u.span(), format!("zerotier api_url {:?}: {why}", u.get_ref())));
+        errs.push((
+            u.span(),
+            format!("zerotier api_url {:?}: {why}", u.get_ref()),
+        ));
     }
     if c.wireguard.is_some() {
         return errs;
@@ -186,20 +189,21 @@ pub fn members(
 }
 
 /// Authorizes the members of `nodes` when `[zerotier]` has an `api_token_file` and the build
-/// may use the network; otherwise says in one line that they wait for a person. Nothing to do
-/// without `[zerotier]`.
+/// may use the network; otherwise returns the one line to say once the images are written:
+/// that the members wait for a person, and which they are. Nothing to do without
+/// `[zerotier]`.
 pub fn preauthorize(
     c: &ClusterConfig,
     config_dir: &Path,
     state_dir: &Path,
     nodes: &[&str],
     fetch: &FetchOptions,
-) -> Result<(), CentralError> {
+) -> Result<Option<String>, CentralError> {
     let Some(z) = &c.zerotier else {
-        return Ok(());
+        return Ok(None);
     };
     if nodes.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let network = z.network_id.get_ref().to_ascii_lowercase();
     let members = members(c, state_dir, nodes)?;
@@ -216,12 +220,11 @@ pub fn preauthorize(
                 .iter()
                 .map(|m| format!("{} ({})", m.address, m.node))
                 .collect();
-            eprintln!(
+            return Ok(Some(format!(
                 "ZeroTier: not pre-authorized ({why}): approve member {} by hand in ZeroTier \
                  Central, network {network}",
                 list.join(", ")
-            );
-            return Ok(());
+            )));
         }
     };
     let token = read_token(&token_file)?;
@@ -243,7 +246,7 @@ pub fn preauthorize(
                 .unwrap_or_default()
         );
     }
-    Ok(())
+    Ok(None)
 }
 
 fn read_token(path: &Path) -> Result<String, CentralError> {
@@ -292,9 +295,9 @@ fn authorize(
                 phase,
                 limit,
                 attempts,
-            } => format!(
-                "{url}: no answer within {limit:?} ({phase}), after {attempts} attempt(s)"
-            ),
+            } => {
+                format!("{url}: no answer within {limit:?} ({phase}), after {attempts} attempt(s)")
+            }
             other => other.to_string(),
         })
     })?;
@@ -304,7 +307,10 @@ fn authorize(
             // A controller that answers with the member says whether it took; one that
             // answers otherwise is believed.
             let member: Option<serde_json::Value> = serde_json::from_str(&answer.body).ok();
-            match member.as_ref().and_then(|v| v["config"]["authorized"].as_bool()) {
+            match member
+                .as_ref()
+                .and_then(|v| v["config"]["authorized"].as_bool())
+            {
                 Some(false) => Err(CentralError::NotAuthorized {
                     url,
                     member: m.address.clone(),
