@@ -2382,6 +2382,52 @@ fn zerotier_members_are_preauthorized_and_the_token_stays_home() {
             lines[0]
         );
     }
+    // A generic image (no node, no member) posts nothing; personalizing it into pi-1 at flash
+    // time posts what build posted, and with --offline nothing.
+    central.clear_log();
+    let generic = c.out_dir().join("generic.img");
+    let args = zerotier_build_args(&c, &img, &["--board", "rpi4"], &generic, &["--no-secrets"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.imagegen(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(central.log().is_empty(), "{:?}", central.log());
+    let personalize = |extra: &[&str]| {
+        let mut a = vec![
+            "personalize",
+            s(&generic),
+            "-c",
+            s(&c.config()),
+            "--node",
+            "pi-1",
+            "--state-dir",
+            s(&c.path("state")),
+        ];
+        a.extend(extra);
+        let out = c.imagegen(&a);
+        assert!(out.status.success(), "personalize: {}", stderr(&out));
+        assert!(!stderr(&out).contains(ZT_TOKEN));
+        out
+    };
+    personalize(&[]);
+    let plog = central.log();
+    assert_eq!(plog.len(), 1, "{plog:?}");
+    assert_eq!(
+        (&plog[0].path, plog[0].json()),
+        (&log[0].path, log[0].json())
+    );
+    central.clear_log();
+    let out = personalize(&["--offline"]);
+    assert!(central.log().is_empty(), "{:?}", central.log());
+    assert!(
+        stderr(&out).contains("not pre-authorized (--offline)"),
+        "{}",
+        stderr(&out)
+    );
+    fs::remove_file(&generic).unwrap();
+    for f in entries(&c.out_dir()) {
+        fs::remove_file(c.out_dir().join(f)).unwrap();
+    }
+
     // --offline never downloads: a base the cache does not have is an error naming the flag.
     let mut args = zerotier_build_args(
         &c,

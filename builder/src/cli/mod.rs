@@ -237,6 +237,10 @@ pub struct PersonalizeArgs {
     /// Vendor family of the image, when detection is not wanted
     #[arg(long, value_name = "ID")]
     pub vendor: Option<String>,
+    /// Do not pre-authorize the node's ZeroTier member (approve it by hand in ZeroTier
+    /// Central)
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]

@@ -168,6 +168,7 @@ pub fn personalize(a: PersonalizeArgs) -> Result<()> {
         node: a.node,
         state_dir: a.state_dir,
         vendor: a.vendor.as_deref().map(Vendor::from_id).transpose()?,
+        offline: a.offline,
     };
     let done = personalize::run(&req)?;
     eprintln!(
