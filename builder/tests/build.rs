@@ -2391,16 +2391,17 @@ fn zerotier_members_are_preauthorized_and_the_token_stays_home() {
     let out = c.imagegen(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(central.log().is_empty(), "{:?}", central.log());
+    let (config, state) = (c.config(), c.path("state"));
     let personalize = |extra: &[&str]| {
         let mut a = vec![
             "personalize",
             s(&generic),
             "-c",
-            s(&c.config()),
+            s(&config),
             "--node",
             "pi-1",
             "--state-dir",
-            s(&c.path("state")),
+            s(&state),
         ];
         a.extend(extra);
         let out = c.imagegen(&a);

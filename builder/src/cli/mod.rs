@@ -280,6 +280,9 @@ pub struct FlashArgs {
     /// Vendor family of the image, when detection is not wanted
     #[arg(long, value_name = "ID", requires = "config")]
     pub vendor: Option<String>,
+    /// Personalize while flashing: do not pre-authorize the node's ZeroTier member
+    #[arg(long, requires = "config")]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]
