@@ -175,4 +175,11 @@ fn cluster_warnings(c: &ClusterConfig, r: &mut Report) {
     if let Some(w) = crate::cluster::servers::etcd_open_warning(c) {
         r.warnings.push(w);
     }
+    if let Some(w) = c
+        .zerotier
+        .as_ref()
+        .and_then(crate::vpn::zerotier::central::plain_http_warning)
+    {
+        r.warnings.push(w);
+    }
 }

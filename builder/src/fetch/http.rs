@@ -153,7 +153,9 @@ impl Client {
 
     /// POSTs a JSON `body` with an `Authorization` header to an API and returns its answer,
     /// whatever the status: what a status means is the API's business. Network errors, 429
-    /// and 5xx are retried like downloads; only idempotent requests may come here.
+    /// and 5xx are retried like downloads; only idempotent requests may come here. The
+    /// header does not follow a redirect (ureq's default `RedirectAuthHeaders::Never`), so a
+    /// secret in it reaches the host it was meant for only.
     pub fn post_json(
         &self,
         url: &str,

@@ -115,6 +115,25 @@ pub fn problems(c: &ClusterConfig) -> Vec<Invalid> {
     errs
 }
 
+/// The API token would cross the network in the clear: `api_url` is http:// to another host
+/// than this one.
+pub fn plain_http_warning(z: &crate::config::ZeroTier) -> Option<String> {
+    let u = z.api_url.as_ref()?;
+    let url = url::Url::parse(u.get_ref()).ok()?;
+    let local = match url.host()? {
+        url::Host::Domain(d) => d == "localhost",
+        url::Host::Ipv4(a) => a.is_loopback(),
+        url::Host::Ipv6(a) => a.is_loopback(),
+    };
+    (url.scheme() == "http" && z.api_token_file.is_some() && !local).then(|| {
+        format!(
+            "zerotier api_url {} is plain http: the API token would cross the network \
+             unencrypted; use https",
+            u.get_ref()
+        )
+    })
+}
+
 fn api_url_problem(u: &str) -> Option<String> {
     let url = match url::Url::parse(u) {
         Ok(url) => url,
@@ -376,6 +395,21 @@ mod tests {
         ] {
             assert!(api_url_problem(bad).is_some(), "{bad}");
         }
+    }
+
+    #[test]
+    fn plain_http_is_warned_of_unless_local() {
+        let warned = |url: &str| {
+            let text = format!(
+                "network_id = \"8056c2e21c000001\"\napi_token_file = \"t\"\napi_url = \"{url}\""
+            );
+            let z: crate::config::ZeroTier = toml::from_str(&text).unwrap();
+            plain_http_warning(&z).is_some()
+        };
+        assert!(warned("http://ztnet.lan:3000"));
+        assert!(!warned("https://ztnet.lan"));
+        assert!(!warned("http://127.0.0.1:3000"));
+        assert!(!warned("http://localhost:3000"));
     }
 
     #[test]
