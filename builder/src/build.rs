@@ -132,8 +132,8 @@ pub fn run(req: &Request) -> Result<Outcome> {
             ..
         }
     );
-    // Before the first download, for every node: `crate::vpn::zerotier::central` says why
-    // before the images rather than after them.
+    // Every node's member is authorized before the first download; `crate::vpn::zerotier::
+    // central` gives the reasons for before rather than after the images.
     let mut by_hand = None;
     if !req.generic {
         let nodes: Vec<&str> = targets.iter().filter_map(|t| t.node.as_deref()).collect();
