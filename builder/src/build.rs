@@ -38,6 +38,8 @@ pub struct Request {
     pub generic: bool,
     /// Where node identities live; else beside the config (see [`crate::identity`]).
     pub state_dir: Option<PathBuf>,
+    /// How to download; with `offline` (`--offline`) the network is not touched at all:
+    /// bases come from the cache and ZeroTier members are left for a person to approve.
     pub fetch: FetchOptions,
 }
 
@@ -130,6 +132,19 @@ pub fn run(req: &Request) -> Result<Outcome> {
             ..
         }
     );
+    // Every node's member is authorized before the first download; `crate::vpn::zerotier::
+    // central` gives the reasons for before rather than after the images.
+    let mut by_hand = None;
+    if !req.generic {
+        let nodes: Vec<&str> = targets.iter().filter_map(|t| t.node.as_deref()).collect();
+        by_hand = crate::vpn::zerotier::central::preauthorize(
+            &config,
+            &config_dir,
+            &state_dir,
+            &nodes,
+            &req.fetch,
+        )?;
+    }
     let mut images = Vec::new();
     for target in targets {
         let out = output_path(
@@ -172,6 +187,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
     }
     // After the builds, so a failed build still says one thing only, and once for --all.
     warnings.extend(plan::backup_pin_warning(&config));
+    warnings.extend(by_hand);
     Ok(Outcome { images, warnings })
 }
 

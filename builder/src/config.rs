@@ -119,6 +119,14 @@ pub struct ZeroTier {
     /// installs it without the network (else the agent expects zerotier-one to be present).
     #[serde(default)]
     pub package: Option<PathBuf>,
+    /// A ZeroTier Central API token (a file readable only by the operator): with it, `build`
+    /// authorizes each node's member ahead of its first boot (`crate::vpn::zerotier::central`).
+    #[serde(default)]
+    pub api_token_file: Option<Spanned<PathBuf>>,
+    /// The member API's base, ZeroTier Central's by default; a self-hosted controller behind
+    /// the same API (ztnet and the like) is given here.
+    #[serde(default)]
+    pub api_url: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -502,6 +510,9 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
                 z.network_id.span(),
                 format!("zerotier network_id {id:?} must be 16 hex digits"),
             )));
+        }
+        for e in crate::vpn::zerotier::central::problems(c) {
+            add(Err(e));
         }
     }
     for e in crate::vpn::wireguard::problems(c) {

@@ -29,6 +29,8 @@ pub struct Request {
     pub state_dir: Option<PathBuf>,
     /// Else detected.
     pub vendor: Option<Vendor>,
+    /// `--offline`: leave the node's ZeroTier member for a person to approve.
+    pub offline: bool,
 }
 
 #[derive(Debug)]
@@ -49,6 +51,19 @@ pub fn run(req: &Request) -> Result<Outcome> {
         .unwrap_or_else(|| crate::identity::default_dir(&loaded.dir));
     let identity = crate::identity::load_or_create(&state_dir, &req.node)
         .context("loading the node's identity")?;
+    // As `build` does, before the image is touched: a card personalized at flash time joins
+    // its network as soon as it boots.
+    let fetch = crate::fetch::FetchOptions {
+        offline: req.offline,
+        ..Default::default()
+    };
+    let by_hand = crate::vpn::zerotier::central::preauthorize(
+        &loaded.config,
+        &loaded.dir,
+        &state_dir,
+        &[req.node.as_str()],
+        &fetch,
+    )?;
     let seed = write_seed(&Job {
         image: &req.image,
         config: &loaded,
@@ -59,6 +74,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
     })?;
     let warnings = plan::backup_pin_warning(&loaded.config)
         .into_iter()
+        .chain(by_hand)
         .collect();
     Ok(Outcome { seed, warnings })
 }

@@ -5,6 +5,7 @@
 
 mod common;
 mod support {
+    pub mod central;
     pub mod http_server;
 }
 
@@ -14,6 +15,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::central::Central;
 use support::http_server::{Fault, Server};
 use tempfile::TempDir;
 
@@ -740,6 +742,7 @@ fn server_that_stops_answering_fails_and_the_download_resumes_later() {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(1),
         insecure: false,
+        offline: false,
     };
     let out = c.out_dir().join("pi4-a.img");
     let state = c.path("state");
@@ -2177,4 +2180,358 @@ fn board_generic_image_is_personalized_into_a_node_of_that_board() {
         .collect();
     assert_eq!(w.len(), 1, "{}", stderr(&out));
     assert!(manifest(&c.out_dir().join("g.img"))["board"] == "rpi3");
+}
+
+/// A ZeroTier Central API token, to be found nowhere but in its file and the requests.
+const ZT_TOKEN: &str = "zt0Central4pi7Token9xYq";
+const ZT_NETWORK: &str = "8056c2e21c000001";
+
+/// The example cluster reduced to two Raspberry Pi agents (`pi-1` with a `vpn_address`,
+/// `pi-2` without), its `[zerotier]` pointed at `api_url` with the token file
+/// `secrets/zt-token` (0600).
+fn zerotier_cluster(api_url: &str) -> Cluster {
+    let c = Cluster::new();
+    let text = fs::read_to_string(c.config()).unwrap();
+    let head = &text[..text.find("[[nodes]]").unwrap()];
+    let zt = format!("network_id = \"{ZT_NETWORK}\"\n");
+    assert!(head.contains(&zt), "the example's ZeroTier network changed");
+    let head = head
+        .replace("server = \"master\"", "host = \"10.0.0.5\"")
+        .replace(
+            &zt,
+            &format!("{zt}api_token_file = \"secrets/zt-token\"\napi_url = \"{api_url}\"\n"),
+        );
+    fs::write(
+        c.config(),
+        format!(
+            "{head}[[nodes]]\nname = \"pi-1\"\nboard = \"rpi4\"\nrole = \"agent\"\n\
+             vpn_address = \"10.147.17.21\"\n\n\
+             [[nodes]]\nname = \"pi-2\"\nboard = \"rpi3\"\nrole = \"agent\"\n"
+        ),
+    )
+    .unwrap();
+    fs::write(c.path("secrets/zt-token"), format!("{ZT_TOKEN}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        c.path("secrets/zt-token"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    c
+}
+
+/// `build` of the zerotier cluster (`--all` or `--node`), into `dir` (made if missing).
+fn zerotier_build_args(
+    c: &Cluster,
+    img: &Path,
+    which: &[&str],
+    dir: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    ["build", "-c", s(&c.config())]
+        .iter()
+        .chain(which)
+        .chain(&[
+            "--base",
+            s(img),
+            "--agent",
+            "agent-arm64",
+            "--cache-dir",
+            s(&c.cache()),
+            "--state-dir",
+            s(&c.path("state")),
+            "-o",
+            s(dir),
+        ])
+        .chain(extra)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// `grep -rF` as the oracle: whether `needle` is in any file under `dir` (images included).
+fn grep_tree(dir: &Path, needle: &str) -> bool {
+    let out = Command::new("grep")
+        .args(["-rqaF", needle])
+        .arg(dir)
+        .status()
+        .unwrap();
+    match out.code() {
+        Some(0) => true,
+        Some(1) => false,
+        c => panic!("grep -r {}: exit {c:?}", dir.display()),
+    }
+}
+
+/// Pre-authorization against a stand-in for ZeroTier Central's member API (see
+/// `support/central.rs`; the real Central cannot be reached from the tests): `build --all`
+/// posts once per node to `/api/v1/network/{nwid}/member/{member}` with the member address
+/// the image and manifest carry, `Authorization: token <token>`, the node's name, authorized,
+/// and its `vpn_address` as its only address; a rebuild posts the same; `--offline` asks
+/// nothing and says who to approve by hand. The token is in none of the images (grep on the
+/// decompressed raw images), manifests, state files, stdout or stderr.
+#[test]
+fn zerotier_members_are_preauthorized_and_the_token_stays_home() {
+    let central = Central::start(ZT_TOKEN, &[ZT_NETWORK]);
+    let c = zerotier_cluster(&central.url());
+    let img = common::fixture("rpios-trixie");
+    let check = c.imagegen(&["check", "--config", s(&c.config())]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        !warnings(&check).iter().any(|w| w.contains("zerotier")),
+        "{}",
+        stderr(&check)
+    );
+
+    let dir = c.path("all");
+    let args = zerotier_build_args(&c, &img, &["--all"], &dir, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.imagegen(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("not pre-authorized"), "{err}");
+    let log = central.log();
+    assert_eq!(log.len(), 2, "one request per node: {log:?}");
+    let mut addresses = Vec::new();
+    for (node, request) in ["pi-1", "pi-2"].iter().zip(&log) {
+        let image = dir.join(format!("{node}.img.zst"));
+        let address = manifest(&image)["zerotier_address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(request.method, "POST");
+        assert_eq!(
+            request.path,
+            format!("/api/v1/network/{ZT_NETWORK}/member/{address}")
+        );
+        assert_eq!(
+            request.headers.get("authorization").map(String::as_str),
+            Some(format!("token {ZT_TOKEN}").as_str())
+        );
+        let body = request.json();
+        assert_eq!(body["name"], *node);
+        assert_eq!(body["config"]["authorized"], true);
+        if *node == "pi-1" {
+            assert_eq!(
+                body["config"]["ipAssignments"],
+                serde_json::json!(["10.147.17.21"])
+            );
+            assert_eq!(body["config"]["noAutoAssignIps"], true);
+            assert!(
+                err.contains(&format!(
+                    "node pi-1: ZeroTier member {address} authorized in network {ZT_NETWORK} \
+                     at 10.147.17.21"
+                )),
+                "{err}"
+            );
+        } else {
+            // No vpn_address: the controller assigns one from its pool.
+            assert_eq!(body["config"].get("ipAssignments"), None, "{body}");
+        }
+        // The member is the identity in the image.
+        // Decompressed beside the image, so the grep below reads the raw bytes too.
+        let raw = raw_of(&image, &dir);
+        let root = oracle::partition(&raw, 2).start;
+        let public = oracle::ext4_cat(&raw, root, "/var/lib/zerotier-one/identity.public");
+        assert!(public.starts_with(&format!("{address}:")), "{public}");
+        addresses.push(address);
+    }
+    for text in [&err, &String::from_utf8_lossy(&out.stdout).into_owned()] {
+        assert!(
+            !text.contains(ZT_TOKEN),
+            "the token is in the output: {text}"
+        );
+    }
+    // Images (raw and compressed), manifests, known_hosts, and the state directory.
+    for tree in [dir.clone(), c.path("state")] {
+        assert!(
+            !grep_tree(&tree, ZT_TOKEN),
+            "the token is under {}",
+            tree.display()
+        );
+    }
+    assert!(
+        grep_tree(&c.path("secrets"), ZT_TOKEN),
+        "grep finds the token where it is"
+    );
+    for node in ["pi-1", "pi-2"] {
+        let raw = dir.join(format!("{node}.img.zst.raw"));
+        assert!(raw.exists(), "{}", raw.display());
+        fs::remove_file(raw).unwrap();
+    }
+
+    // A rebuild is the same member and posts the same thing.
+    central.clear_log();
+    let args = zerotier_build_args(&c, &img, &["--node", "pi-1"], &dir.join("pi-1.img"), &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = c.imagegen(&args);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let relog = central.log();
+    assert_eq!(relog.len(), 1, "{relog:?}");
+    assert_eq!(relog[0].path, log[0].path);
+    assert_eq!(relog[0].json(), log[0].json());
+    assert!(!stderr(&again).contains(ZT_TOKEN));
+
+    // --offline: no request, one line naming the members to approve by hand.
+    central.clear_log();
+    let args = zerotier_build_args(&c, &img, &["--all"], &c.path("offline"), &["--offline"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let offline = c.imagegen(&args);
+    assert!(offline.status.success(), "{}", stderr(&offline));
+    assert!(central.log().is_empty(), "{:?}", central.log());
+    let offline_err = stderr(&offline);
+    let lines: Vec<&str> = offline_err
+        .lines()
+        .filter(|l| l.contains("not pre-authorized"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", stderr(&offline));
+    assert!(
+        lines[0].contains("--offline") && lines[0].contains("by hand"),
+        "{}",
+        lines[0]
+    );
+    for (node, address) in ["pi-1", "pi-2"].iter().zip(&addresses) {
+        assert!(
+            lines[0].contains(&format!("{address} ({node})")),
+            "{}",
+            lines[0]
+        );
+    }
+    // A generic image (no node, no member) posts nothing; personalizing it into pi-1 at flash
+    // time posts what build posted, and with --offline nothing.
+    central.clear_log();
+    let generic = c.out_dir().join("generic.img");
+    let args = zerotier_build_args(&c, &img, &["--board", "rpi4"], &generic, &["--no-secrets"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.imagegen(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(central.log().is_empty(), "{:?}", central.log());
+    let (config, state) = (c.config(), c.path("state"));
+    let personalize = |extra: &[&str]| {
+        let mut a = vec![
+            "personalize",
+            s(&generic),
+            "-c",
+            s(&config),
+            "--node",
+            "pi-1",
+            "--state-dir",
+            s(&state),
+        ];
+        a.extend(extra);
+        let out = c.imagegen(&a);
+        assert!(out.status.success(), "personalize: {}", stderr(&out));
+        assert!(!stderr(&out).contains(ZT_TOKEN));
+        out
+    };
+    personalize(&[]);
+    let plog = central.log();
+    assert_eq!(plog.len(), 1, "{plog:?}");
+    assert_eq!(
+        (&plog[0].path, plog[0].json()),
+        (&log[0].path, log[0].json())
+    );
+    central.clear_log();
+    let out = personalize(&["--offline"]);
+    assert!(central.log().is_empty(), "{:?}", central.log());
+    assert!(
+        stderr(&out).contains("not pre-authorized (--offline)"),
+        "{}",
+        stderr(&out)
+    );
+    fs::remove_file(&generic).unwrap();
+    for f in entries(&c.out_dir()) {
+        fs::remove_file(c.out_dir().join(f)).unwrap();
+    }
+
+    // --offline never downloads: a base the cache does not have is an error naming the flag.
+    let mut args = zerotier_build_args(
+        &c,
+        &img,
+        &["--node", "pi-1"],
+        &c.out_dir().join("x.img"),
+        &["--offline"],
+    );
+    let base = args.iter().position(|a| a == "--base").unwrap() + 1;
+    args[base] = "http://127.0.0.1:9/rpios.img.xz".into();
+    let e = c.build_fails_with(&args, "--offline");
+    assert!(e.contains("not in the cache"), "{e}");
+}
+
+/// The API's refusals, through the real CLI: a wrong token (401) names the token file and what
+/// to do, an unknown network (404) names network_id; each is one error line without the token,
+/// exit 1, and no image (the members are authorized before anything is built). `check` wants
+/// the token file non-empty and private, and api_url a URL.
+#[test]
+fn zerotier_api_refusals_are_clear_and_leave_no_image() {
+    let central = Central::start("the-right-token", &["8056c2e21c0000ff"]);
+    let c = zerotier_cluster(&central.url());
+    let img = common::fixture("rpios-trixie");
+    let args = zerotier_build_args(
+        &c,
+        &img,
+        &["--node", "pi-1"],
+        &c.out_dir().join("pi-1.img"),
+        &[],
+    );
+    let e = c.build_fails_with(&args, "HTTP 401");
+    assert!(
+        e.contains("secrets/zt-token") && e.contains("API token"),
+        "{e}"
+    );
+    assert!(e.contains("Unauthorized"), "the API's own words: {e}");
+    assert!(!e.contains(ZT_TOKEN), "{e}");
+    assert_eq!(central.log().len(), 1);
+
+    fs::write(c.path("secrets/zt-token"), "the-right-token\n").unwrap();
+    let e = c.build_fails_with(&args, "HTTP 404");
+    assert!(e.contains("network_id") && e.contains(ZT_NETWORK), "{e}");
+    assert!(e.contains("Network not found"), "{e}");
+
+    // check: the token file's permissions, its content, and api_url.
+    let check = |c: &Cluster| c.imagegen(&["check", "--config", s(&c.config())]);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        c.path("secrets/zt-token"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = check(&c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w: Vec<String> = warnings(&out)
+        .into_iter()
+        .filter(|w| w.contains("zerotier"))
+        .collect();
+    assert!(
+        w.len() == 1 && w[0].contains("zerotier api_token_file") && w[0].contains("chmod 600"),
+        "{}",
+        stderr(&out)
+    );
+    fs::set_permissions(
+        c.path("secrets/zt-token"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    fs::write(c.path("secrets/zt-token"), "\n").unwrap();
+    let e = fails(check(&c), "zerotier api_token_file");
+    assert!(e.contains("is empty"), "{e}");
+    fs::remove_file(c.path("secrets/zt-token")).unwrap();
+    fails(check(&c), "zerotier api_token_file");
+    let text = fs::read_to_string(c.config()).unwrap();
+    fs::write(
+        c.config(),
+        text.replace(&central.url(), "api.zerotier.com").replace(
+            "vpn_address = \"10.147.17.21\"",
+            "vpn_address = \"10.147.17\"",
+        ),
+    )
+    .unwrap();
+    fs::write(c.path("secrets/zt-token"), "x\n").unwrap();
+    let out = check(&c);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("api_url \"api.zerotier.com\""), "{err}");
+    assert!(
+        err.contains("vpn_address \"10.147.17\" is not an IP address"),
+        "{err}"
+    );
 }

@@ -87,6 +87,7 @@ fn options(dir: &Path) -> FetchOptions {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_millis(400),
         insecure: false,
+        offline: false,
     }
 }
 
@@ -770,4 +771,65 @@ fn complete_partial_left_by_a_crash_is_checked_not_downloaded_again() {
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].headers["range"], format!("bytes={}-", f.body.len()));
     assert!(cache_files(&opts, "partial").is_empty());
+}
+
+/// `--offline`: nothing is asked of any server; a URL is served from the cache as it was
+/// verified when downloaded (pinned, or by its checksum file, which is not fetched again),
+/// and what the cache does not have is a clear error naming the flag.
+#[test]
+fn offline_serves_only_what_the_cache_verified() {
+    let f = fixture();
+    let online = options(f.dir.path());
+    let offline = FetchOptions {
+        offline: true,
+        ..options(f.dir.path())
+    };
+    let src = Source::Url(f.server.url(IMG));
+    let missing = |e: FetchError| {
+        assert!(matches!(e, FetchError::Offline { .. }), "{e}");
+        assert!(e.to_string().contains("--offline"), "{e}");
+    };
+    missing(fetch_base(&src, None, None, &offline).unwrap_err());
+    missing(fetch_base(&src, Some(&f.sha), None, &offline).unwrap_err());
+    // A local file vouched for by a checksum URL needs that URL.
+    let local = f.dir.path().join("body");
+    missing(
+        fetch_base(
+            &Source::File(local.clone()),
+            None,
+            Some(&f.server.url("/img/SHA256SUMS")),
+            &offline,
+        )
+        .unwrap_err(),
+    );
+    assert!(f.server.log().is_empty(), "{:?}", f.server.log());
+    // A local file as given needs nothing.
+    fetch_base(&Source::File(local), None, None, &offline).unwrap();
+
+    let sums = "/img/disk.img.xz.sha256";
+    f.server
+        .put(sums, format!("{}  disk.img.xz\n", f.sha).as_bytes(), None);
+    let first = fetch_base(&src, None, None, &online).unwrap();
+    f.server.clear_log();
+    let again = fetch_base(&src, None, None, &offline).unwrap();
+    assert_eq!(again.raw_path, first.raw_path);
+    assert_eq!(again.source_sha256, f.sha);
+    assert_eq!(
+        again.verification,
+        Verification::ChecksumFile(f.server.url(sums))
+    );
+    let pinned = fetch_base(&src, Some(&f.sha), None, &offline).unwrap();
+    assert_eq!(pinned.raw_path, first.raw_path);
+    missing(fetch_base(&src, Some(&"ab".repeat(32)), None, &offline).unwrap_err());
+    assert!(f.server.log().is_empty(), "{:?}", f.server.log());
+
+    // An unverified (--insecure) download vouches for nothing offline.
+    let other = "/img/other.img";
+    f.server.put(other, b"not verified", None);
+    let insecure = FetchOptions {
+        insecure: true,
+        ..options(f.dir.path())
+    };
+    fetch_base(&Source::Url(f.server.url(other)), None, None, &insecure).unwrap();
+    missing(fetch_base(&Source::Url(f.server.url(other)), None, None, &offline).unwrap_err());
 }

@@ -64,6 +64,13 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
     if let Some(t) = c.k3s.as_ref().and_then(|k| k.token_file.as_ref()) {
         files.push(("k3s token_file", l.resolve(t.get_ref()), Some(t.span())));
     }
+    if let Some(t) = c.zerotier.as_ref().and_then(|z| z.api_token_file.as_ref()) {
+        files.push((
+            "zerotier api_token_file",
+            l.resolve(t.get_ref()),
+            Some(t.span()),
+        ));
+    }
     if let Some(u) = &c.ups {
         files.push(("ups password_file", l.resolve(&u.password_file), None));
     }
@@ -100,6 +107,12 @@ fn secret_files(l: &Loaded, text: &str, r: &mut Report) {
                 "{what} {} is not a k3s token: {why}",
                 p.display()
             )));
+        }
+        if what == "zerotier api_token_file"
+            && let Some(why) = crate::vpn::zerotier::central::token_problem(&bytes)
+        {
+            r.errors
+                .push(place(format!("{what} {} {why}", p.display())));
         }
         if what == "wifi psk_file"
             && let Some(why) = network::psk_problem(bytes.trim_ascii_end())
@@ -160,6 +173,13 @@ fn cluster_warnings(c: &ClusterConfig, r: &mut Report) {
         );
     }
     if let Some(w) = crate::cluster::servers::etcd_open_warning(c) {
+        r.warnings.push(w);
+    }
+    if let Some(w) = c
+        .zerotier
+        .as_ref()
+        .and_then(crate::vpn::zerotier::central::plain_http_warning)
+    {
         r.warnings.push(w);
     }
 }

@@ -203,6 +203,11 @@ pub struct BuildArgs {
     /// Use a downloaded base image even when no checksum vouches for it
     #[arg(long)]
     pub insecure: bool,
+    /// Never touch the network: base images, agents and k3s come from the cache as
+    /// verified when downloaded, and ZeroTier members are not pre-authorized (approve
+    /// them by hand in ZeroTier Central)
+    #[arg(long)]
+    pub offline: bool,
     /// Seconds a download may go without receiving data before the attempt fails
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
@@ -232,6 +237,10 @@ pub struct PersonalizeArgs {
     /// Vendor family of the image, when detection is not wanted
     #[arg(long, value_name = "ID")]
     pub vendor: Option<String>,
+    /// Do not pre-authorize the node's ZeroTier member (approve it by hand in ZeroTier
+    /// Central)
+    #[arg(long)]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +280,9 @@ pub struct FlashArgs {
     /// Vendor family of the image, when detection is not wanted
     #[arg(long, value_name = "ID", requires = "config")]
     pub vendor: Option<String>,
+    /// Personalize while flashing: do not pre-authorize the node's ZeroTier member
+    #[arg(long, requires = "config")]
+    pub offline: bool,
 }
 
 #[derive(Debug, Args)]

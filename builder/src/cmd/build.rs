@@ -37,6 +37,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         fetch.cache_dir = d;
     }
     fetch.insecure = a.insecure;
+    fetch.offline = a.offline;
     fetch.timeout = std::time::Duration::from_secs(a.timeout);
     fetch.retries = a.retries;
     let req = build::Request {
@@ -167,6 +168,7 @@ pub fn personalize(a: PersonalizeArgs) -> Result<()> {
         node: a.node,
         state_dir: a.state_dir,
         vendor: a.vendor.as_deref().map(Vendor::from_id).transpose()?,
+        offline: a.offline,
     };
     let done = personalize::run(&req)?;
     eprintln!(

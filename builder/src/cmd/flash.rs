@@ -71,6 +71,7 @@ pub fn flash(a: FlashArgs) -> Result<()> {
             node: node_name,
             state_dir: a.state_dir,
             vendor: a.vendor,
+            offline: a.offline,
         })
         .with_context(|| {
             format!(

@@ -10,6 +10,8 @@
 //!                                       sha256), so the next build finds it without a download
 //! <cache>/raw/sha256/<hex>.img          the unpacked (sparse) image of blob <hex>
 //! <cache>/tmp/                          unpacking in progress; emptied under the lock
+//! <cache>/urls/<sha256(url)>.json         the blob last verified for a URL, and what vouched
+//!                                       for it: what `--offline` builds use
 //! ```
 //!
 //! Files only enter `blobs/` and `raw/` by rename once complete and verified; a sha512 link
@@ -34,6 +36,15 @@ pub fn default_dir() -> Option<PathBuf> {
             .map(|home| home.join(".cache"))
     })?;
     Some(base.join("imagegen"))
+}
+
+/// `urls/<sha256(url)>.json`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct UrlEntry {
+    pub url: String,
+    pub sha256: String,
+    /// The checksum file that vouched for it; none when a pinned sha256 did.
+    pub checksum_url: Option<String>,
 }
 
 /// An open, locked cache. The lock is released on drop.
@@ -61,6 +72,7 @@ impl Cache {
             "blobs/sha512",
             "raw/sha256",
             "tmp",
+            "urls",
         ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| FetchError::io(&dir, "cannot create", e))?;
@@ -139,6 +151,41 @@ impl Cache {
 
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// Records that `url` last gave blob `sha256`, verified by `checksum_url` (else by a
+    /// pinned sha256), for [`Cache::known`].
+    pub fn remember_url(
+        &self,
+        url: &str,
+        sha256: &str,
+        checksum_url: Option<&str>,
+    ) -> Result<(), FetchError> {
+        let entry = UrlEntry {
+            url: url.to_string(),
+            sha256: sha256.to_string(),
+            checksum_url: checksum_url.map(str::to_string),
+        };
+        let path = self.url_entry(url);
+        let tmp = self.tmp_dir().join(format!("url-{sha256}.json"));
+        let text = serde_json::to_vec_pretty(&entry).map_err(std::io::Error::other);
+        text.and_then(|t| fs::write(&tmp, t))
+            .map_err(|e| FetchError::io(&tmp, "cannot write", e))?;
+        self.commit(&tmp, &path)
+    }
+
+    /// The verified blob `url` last gave, if the cache still has it.
+    pub fn known(&self, url: &str) -> Option<UrlEntry> {
+        let text = fs::read(self.url_entry(url)).ok()?;
+        let entry: UrlEntry = serde_json::from_slice(&text).ok()?;
+        // A key collision or a hand-edited file is no hit.
+        let sha = parse_sha256(&entry.sha256)?;
+        (entry.url == url && self.blob(&sha).exists()).then_some(entry)
+    }
+
+    fn url_entry(&self, url: &str) -> PathBuf {
+        let key = sha256_hex(url.as_bytes());
+        self.root.join("urls").join(format!("{key}.json"))
     }
 
     /// The partial download of `url` and its sidecar.

@@ -151,6 +151,44 @@ impl Client {
         })
     }
 
+    /// POSTs a JSON `body` with an `Authorization` header to an API and returns its answer,
+    /// whatever the status: what a status means is the API's business. Network errors, 429
+    /// and 5xx are retried like downloads; only idempotent requests may come here. The
+    /// header does not follow a redirect (ureq's default `RedirectAuthHeaders::Never`), so a
+    /// secret in it reaches the host it was meant for only.
+    pub fn post_json(
+        &self,
+        url: &str,
+        authorization: &str,
+        body: &[u8],
+    ) -> Result<Answer, FetchError> {
+        self.with_retries(|| {
+            let mut resp = self
+                .agent
+                .post(url)
+                .header("Authorization", authorization)
+                .header("Content-Type", "application/json")
+                .header("Accept", "application/json")
+                .send(body)
+                .map_err(|e| self.classify(url, e))?;
+            let status = resp.status();
+            if transient(status.as_u16()) {
+                return Err(self.status_failure(url, status));
+            }
+            // An API's answer is small; a bigger one is not the API's.
+            let body = resp
+                .body_mut()
+                .with_config()
+                .limit(1 << 20)
+                .read_to_vec()
+                .map_err(|e| self.classify(url, e))?;
+            Ok(Answer {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        })
+    }
+
     /// Downloads `url` into the cache's partial file, resuming what an earlier attempt or
     /// run left there. Returns the digests (sha256 and those in `also`) and size of the
     /// complete file, which stays in `partial/` until the caller has verified it.
@@ -294,6 +332,13 @@ impl Client {
         progress.finish();
         Ok((hasher.finish(), size))
     }
+}
+
+/// What an API answered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
 }
 
 /// Where a transfer starts: from zero (with what the server said about the file, kept so a

@@ -20,6 +20,7 @@ pub use unpack::{Format, Step, decode, unpack, unpack_scratch};
 
 use crate::io::hash::Digests;
 use cache::Cache;
+pub use http::Answer;
 use http::Client;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,6 +66,9 @@ pub struct FetchOptions {
     pub timeout: Duration,
     /// Use an image that no sha256 vouches for.
     pub insecure: bool,
+    /// Never touch the network (`--offline`): URLs are served from the cache only, as
+    /// verified when they were downloaded.
+    pub offline: bool,
 }
 
 impl Default for FetchOptions {
@@ -78,6 +82,7 @@ impl Default for FetchOptions {
             connect_timeout: Duration::from_secs(30),
             timeout: Duration::from_secs(60),
             insecure: false,
+            offline: false,
         }
     }
 }
@@ -154,6 +159,13 @@ pub enum FetchError {
     Unverifiable { url: String, tried: String },
     #[error("{checksum_url} does not list {name}; is it the checksum file for this image?")]
     NotListed { checksum_url: String, name: String },
+    #[error(
+        "--offline: {what} is not in the cache {cache}; build once without --offline to \
+         download it"
+    )]
+    Offline { what: String, cache: PathBuf },
+    #[error("--offline: {url} is not asked")]
+    OfflineRequest { url: String },
     #[error("'{0}' is not a sha256 (64 hex digits)")]
     BadSha256(String),
     #[error("{path}: not a valid {format:?} image: {reason}")]
@@ -200,6 +212,22 @@ impl FetchError {
     }
 }
 
+/// POSTs JSON to an API with the download client (same time-outs, retries, TLS roots), and
+/// returns the answer whatever its status. Refused with `--offline`.
+pub fn post_json(
+    opts: &FetchOptions,
+    url: &str,
+    authorization: &str,
+    body: &[u8],
+) -> Result<Answer, FetchError> {
+    if opts.offline {
+        return Err(FetchError::OfflineRequest {
+            url: url.to_string(),
+        });
+    }
+    Client::new(opts).post_json(url, authorization, body)
+}
+
 /// Gets the base image `source`, verified and unpacked, from the cache when it is there.
 ///
 /// Verification: `expected` (a pinned sha256) when given; else for a URL the checksum file
@@ -223,8 +251,31 @@ pub fn fetch_base(
         .transpose()?;
     let cache = Cache::open(&opts.cache_dir)?;
     let client = Client::new(opts);
+    let offline = |what: &str| FetchError::Offline {
+        what: what.to_string(),
+        cache: opts.cache_dir.clone(),
+    };
     let (source_path, source_sha256, verification) = match source {
+        Source::File(_) if opts.offline && expected.is_none() && checksum_url.is_some() => {
+            return Err(offline(&format!(
+                "the checksum file {}",
+                checksum_url.unwrap_or_default()
+            )));
+        }
         Source::File(path) => local(&client, path, expected, checksum_url)?,
+        Source::Url(url) if opts.offline => {
+            let cached = match &expected {
+                Some(e) => cache.find(e).map(|sha| (sha, Verification::Pinned)),
+                None => cache.known(url).map(|k| {
+                    let v = k
+                        .checksum_url
+                        .map_or(Verification::Pinned, Verification::ChecksumFile);
+                    (k.sha256, v)
+                }),
+            };
+            let (sha, verification) = cached.ok_or_else(|| offline(url))?;
+            (cache.blob(&sha), sha, verification)
+        }
         Source::Url(url) => {
             let (want, verification) = match expected {
                 Some(e) => (Some(e), Verification::Pinned),
@@ -374,7 +425,12 @@ fn download(
     want: Option<&Expected>,
     verification: &Verification,
 ) -> Result<(PathBuf, String), FetchError> {
+    let vouched_by = match verification {
+        Verification::ChecksumFile(c) => Some(c.as_str()),
+        _ => None,
+    };
     if let Some(sha) = want.and_then(|w| cache.find(w)) {
+        cache.remember_url(url, &sha, vouched_by)?;
         return Ok((cache.blob(&sha), sha));
     }
     let (part, _) = cache.partial(url);
@@ -404,6 +460,7 @@ fn download(
     http::discard_partial(cache, url);
     if let Some(want) = want {
         cache.remember(want, &got.sha256)?;
+        cache.remember_url(url, &got.sha256, vouched_by)?;
     }
     Ok((blob, got.sha256))
 }

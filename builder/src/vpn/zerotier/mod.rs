@@ -1,6 +1,7 @@
 //! ZeroTier: each node's identity, made once and kept in the identity state so a reflashed node
 //! is the same member with the same address.
 
+pub mod central;
 pub mod identity;
 
 use std::fs;
