@@ -109,6 +109,10 @@ pub struct K3s {
     /// A k3s binary to stage instead of downloading one.
     #[serde(default)]
     pub binary: Option<PathBuf>,
+    /// The server that starts a new cluster (`cluster-init`); default the first server node.
+    /// Naming another one is how the first is replaced once the cluster runs.
+    #[serde(default)]
+    pub init_server: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -495,9 +499,10 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
         }
         if let Err(why) = crate::cluster::Bootstrap::of(c) {
             let span = k
-                .token_file
+                .init_server
                 .as_ref()
                 .map(Spanned::span)
+                .or(k.token_file.as_ref().map(Spanned::span))
                 .or(k.server_url.as_ref().map(Spanned::span))
                 .unwrap_or(0..0);
             add(Err((span, why)));

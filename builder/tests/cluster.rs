@@ -553,3 +553,69 @@ fn kubeconfig_command_writes_a_private_file_from_the_cluster_state() {
     assert!(ok, "{key_pub}");
     assert_eq!(crt_pub, key_pub, "the client key is not the certificate's");
 }
+
+/// `[k3s] init_server`: how the first server of a running HA cluster is replaced. The named
+/// server starts the cluster; the first one listed then registers at it like the others,
+/// instead of starting a second cluster on its empty disk. Wrong uses are refused at their line.
+#[test]
+fn init_server_moves_cluster_init_off_the_first_server() {
+    let three = THREE.replace(
+        "name = \"m2\"\nboard = \"x86-64\"\nrole = \"server\"\n",
+        "name = \"m2\"\nboard = \"x86-64\"\nrole = \"server\"\naddress = \"10.0.0.2\"\n",
+    );
+    let c = cfg("[k3s]\ninit_server = \"m2\"\n", &three);
+    assert_eq!(
+        Bootstrap::of(&c).unwrap().unwrap(),
+        Bootstrap::New {
+            first: "m2".into(),
+            server_url: "https://10.0.0.2:6443".into()
+        }
+    );
+    let node = |name: &str| {
+        let n = c.nodes.iter().find(|n| n.name.get_ref() == name).unwrap();
+        let board = imagegen::board::get(n.board.get_ref()).unwrap();
+        imagegen::plan::node_config(&imagegen::plan::NodeSpec {
+            name,
+            role: n.role,
+            board: &board,
+            vendor: imagegen::distro::Vendor::DebianCloud,
+            config: &c,
+            config_dir: Path::new("."),
+            agent: None,
+            k3s_binary: None,
+            generic: false,
+            identity: None,
+            epoch: 0,
+        })
+        .unwrap()
+    };
+    let (m1, m2) = (node("m1"), node("m2"));
+    assert!(!m1.node.cluster_init && m2.node.cluster_init);
+    assert_eq!(
+        m1.k3s.unwrap().server_url.as_deref(),
+        Some("https://10.0.0.2:6443")
+    );
+    assert_eq!(m2.k3s.unwrap().server_url, None);
+
+    for (k3s, why, line) in [
+        ("init_server = \"pi\"\n", "is not a server", 9),
+        ("init_server = \"m9\"\n", "is no node of this config", 9),
+        (
+            "server_url = \"https://k.lan:6443\"\ntoken_file = \"t\"\ninit_server = \"m2\"\n",
+            "remove one of the two",
+            11,
+        ),
+    ] {
+        let text = format!(
+            "[cluster]\nname = \"lab\"\n[admin]\nuser = \"ops\"\nssh_authorized_keys = [\"{KEY}\"]\n\
+             \n\n[k3s]\n{k3s}{three}"
+        );
+        let e = config::parse(&text, Path::new("cluster.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(why) && e.contains(&format!("cluster.toml:{line}")),
+            "{k3s}: {e}"
+        );
+    }
+}

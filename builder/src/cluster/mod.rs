@@ -73,6 +73,12 @@ impl Bootstrap {
         };
         let url = k.server_url.as_ref().map(|u| u.get_ref().clone());
         if k.token_file.is_some() {
+            if k.init_server.is_some() {
+                return Err("[k3s] init_server names the server that starts a new cluster; \
+                            with token_file the cluster exists and every node joins it: \
+                            remove one of the two"
+                    .into());
+            }
             return match url {
                 Some(server_url) => Ok(Some(Bootstrap::Join { server_url })),
                 None => Err(
@@ -80,6 +86,20 @@ impl Bootstrap {
                              too (https://SERVER:6443)"
                         .into(),
                 ),
+            };
+        }
+        // `init_server` moves cluster-init off the first server: how that server is replaced
+        // in a running HA cluster. Rebuilt with cluster-init, its empty disk would start a
+        // second cluster with the same CA and token (k3s-io/k3s#13623 shows k3s does exactly
+        // that for an init node without a server address), which the agents would trust.
+        if let Some(name) = &k.init_server {
+            let name = name.get_ref();
+            return match cfg.nodes.iter().find(|n| n.name.get_ref() == name) {
+                Some(n) if n.role == Role::Server => Self::new_at(cfg, n, url),
+                Some(_) => Err(format!(
+                    "[k3s] init_server {name:?} is not a server (role = \"server\")"
+                )),
+                None => Err(format!("[k3s] init_server {name:?} is no node of this config")),
             };
         }
         let Some(first) = cfg.nodes.iter().find(|n| n.role == Role::Server) else {
@@ -91,6 +111,15 @@ impl Bootstrap {
                     .into(),
             );
         };
+        Self::new_at(cfg, first, url)
+    }
+
+    /// A new cluster started by `first`, registered at `url` or else at `first`'s address.
+    fn new_at(
+        cfg: &ClusterConfig,
+        first: &crate::config::Node,
+        url: Option<String>,
+    ) -> Result<Option<Bootstrap>, String> {
         let server_url = match (url, &first.address) {
             (Some(u), _) => u,
             (None, Some(a)) => url_for_host(a.get_ref()),
@@ -99,9 +128,9 @@ impl Bootstrap {
             (None, None) if cfg.nodes.len() == 1 => url_for_host(first.name.get_ref()),
             (None, None) => {
                 return Err(format!(
-                    "[k3s] server_url is not given and the first server {:?} has no address: \
-                     give server_url, or address = \"IP or DNS name\" on that node, so the \
-                     other nodes know where to register",
+                    "[k3s] server_url is not given and the server that starts the cluster, \
+                     {:?}, has no address: give server_url, or address = \"IP or DNS name\" \
+                     on that node, so the other nodes know where to register",
                     first.name.get_ref()
                 ));
             }

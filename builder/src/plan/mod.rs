@@ -1011,11 +1011,16 @@ fn default_zerotier() -> node::ZeroTierSection {
 fn ups_server_address(cfg: &ClusterConfig, ups_node: &str) -> Result<String, PlanError> {
     if let Ok(Some(b)) = crate::cluster::Bootstrap::of(cfg) {
         let url = b.server_url();
-        let is_first_server = cfg
-            .nodes
-            .iter()
-            .find(|n| n.role == Role::Server)
-            .is_some_and(|n| n.name.get_ref() == ups_node);
+        // The server the URL names: the one that starts a new cluster (`init_server` moves
+        // it), else the first server listed.
+        let is_first_server = match &b {
+            crate::cluster::Bootstrap::New { .. } => b.is_first(ups_node),
+            crate::cluster::Bootstrap::Join { .. } => cfg
+                .nodes
+                .iter()
+                .find(|n| n.role == Role::Server)
+                .is_some_and(|n| n.name.get_ref() == ups_node),
+        };
         if is_first_server && let Some(host) = url_host(url) {
             return Ok(host);
         }
