@@ -119,6 +119,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
     }
     let agents = agents(&req.agents, &req.fetch)?;
     check_agents(&agents, &targets)?;
+    check_packages(&config, &config_dir, &targets)?;
     let state_dir = req
         .state_dir
         .clone()
@@ -301,6 +302,21 @@ fn check_agents(agents: &AgentSet, targets: &[Target]) -> Result<()> {
 }
 
 /// The admin for `--board` builds: the operator's user name and ~/.ssh/*.pub keys.
+/// Every staged `.deb` must suit every board being built: checked before the first download.
+fn check_packages(config: &ClusterConfig, dir: &Path, targets: &[Target]) -> Result<()> {
+    for target in targets {
+        let Ok(board) = board::get(&target.board) else {
+            continue;
+        };
+        for (what, path, _) in crate::check::packages::staged(config) {
+            crate::check::packages::deb_for(what, &dir.join(path), &[board.arch])
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("building {}", describe(target)))?;
+        }
+    }
+    Ok(())
+}
+
 fn operator_defaults() -> Result<(String, Vec<String>)> {
     let user = std::env::var("USER")
         .ok()

@@ -38,6 +38,9 @@ pub struct ClusterConfig {
     /// Scripts the agent runs once on each node, after its own steps.
     #[serde(default)]
     pub firstboot: Option<Firstboot>,
+    /// Packages the agent installs on every node: staged `.deb`s, and names from the archive.
+    #[serde(default)]
+    pub packages: Option<Packages>,
     #[serde(default)]
     pub nodes: Vec<Node>,
 }
@@ -69,6 +72,19 @@ pub struct Firstboot {
     /// Seconds each script may run before it is killed (default 600).
     #[serde(default)]
     pub timeout_secs: Option<Spanned<u64>>,
+}
+
+/// `[packages]`: software the operator adds to every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    /// `.deb` files (relative to the config file) staged in the image and installed offline at
+    /// first boot, in this order; each of the board's architecture or "all".
+    #[serde(default)]
+    pub debs: Vec<Spanned<PathBuf>>,
+    /// Names from the image's own APT sources, installed once the node reaches them.
+    #[serde(default)]
+    pub apt: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -560,6 +576,11 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
     }
     if let Some(fb) = &c.firstboot {
         for e in crate::check::files::script_problems(fb) {
+            add(Err(e));
+        }
+    }
+    if let Some(pk) = &c.packages {
+        for e in crate::check::packages::problems(pk) {
             add(Err(e));
         }
     }

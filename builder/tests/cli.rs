@@ -630,16 +630,6 @@ fn init_with_key(config: &str) {
     common::set_operator_key(Path::new(config));
 }
 
-/// `err` has an `error: CONFIG:LINE:` line that mentions `needle`.
-fn error_at(err: &str, config: &str, line: usize, needle: &str) {
-    let want = format!("error: {config}:{line}:");
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with(&want) && l.contains(needle)),
-        "{want} ... {needle} in\n{err}"
-    );
-}
-
 /// Every lock-out problem at once, each with the file and line, and a non-zero exit.
 #[test]
 fn check_reports_every_lock_out_at_once() {
@@ -678,7 +668,7 @@ fn check_reports_every_lock_out_at_once() {
         (11, "backup schedule \"dialy\""),
         (7, "is not a k3s token: it has no K10<ca-hash>:: prefix"),
     ] {
-        error_at(&err, config, line, needle);
+        common::error_at(&err, config, line, needle);
     }
     assert!(
         err.contains(&format!("chmod 600 {}", token.display())),
@@ -784,7 +774,7 @@ fn check_refuses_bad_addons() {
         (9, "addons.monitoring values"),
         (11, "addons.dashboard chart"),
     ] {
-        error_at(&err, config, line, needle);
+        common::error_at(&err, config, line, needle);
     }
     assert!(err.contains("is not a gzip file"), "{err}");
 
@@ -843,7 +833,7 @@ fn check_refuses_bad_network_settings() {
         ("wifi = ", "two uppercase letters"),
         ("wifi = ", "8 to 63 characters"),
     ] {
-        error_at(&err, config, line(at), says);
+        common::error_at(&err, config, line(at), says);
     }
 }
 

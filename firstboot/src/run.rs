@@ -7,7 +7,9 @@
 //! whose k3s server or VPN is not there yet is still shut down cleanly when the power goes. And a
 //! waiting step never delays another that does not need its result: k3s that does not take its
 //! address from ZeroTier runs beside the ZeroTier wait, and the UPS server's upsd starts listening
-//! on the VPN address as soon as ZeroTier has one, not after k3s.
+//! on the VPN address as soon as ZeroTier has one, not after k3s. The operator's staged
+//! `.deb`s are installed after the protection (offline, nothing to wait for); `[packages] apt`
+//! waits for the APT sources beside the other network waits; the operator's scripts come last.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use crate::config::{
 use crate::root::Root;
 use crate::status::{self, State, Status, Update};
 use crate::zerotier::Joined;
-use crate::{backup, k3s, scripts, seed, ups, zerotier};
+use crate::{backup, k3s, packages, scripts, seed, ups, zerotier};
 
 /// How long one `run` may take: below the unit's `TimeoutStartSec=300`
 /// (units/imagegen-firstboot.service), so systemd never kills a script midway; a script whose
@@ -217,8 +219,18 @@ impl Recorder<'_> {
             .scripts
             .iter()
             .map(|s| (scripts::step_name(s), "runs after the agent's own steps"));
+        let pk = &config.packages;
+        let packages = [
+            (!pk.debs.is_empty(), "debs", "starting"),
+            (
+                !pk.apt.is_empty(),
+                "apt",
+                "waits for the network (the image's APT sources)",
+            ),
+        ];
         let implied = implied
             .into_iter()
+            .chain(packages)
             .filter(|i| i.0)
             .map(|(_, name, reason)| (name.to_owned(), reason))
             .chain(scripts);
@@ -277,7 +289,11 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
         summary.set("ups", ups_step(&rec, config, joined.as_ref())?);
     }
 
-    network_steps(&rec, config, joined, deadline, &mut summary)?;
+    if !config.packages.debs.is_empty() {
+        summary.set("debs", debs_step(&rec, config)?);
+    }
+
+    network_steps(&rec, config, joined, deadline, run_end, &mut summary)?;
     script_steps(&rec, config, run_end, &mut summary)?;
     Ok(summary)
 }
@@ -423,6 +439,7 @@ fn network_steps(
     config: &NodeConfig,
     mut joined: Option<Joined>,
     deadline: Instant,
+    run_end: Instant,
     summary: &mut Summary,
 ) -> Result<(), RunError> {
     let k3s_needs_zerotier = config
@@ -432,6 +449,9 @@ fn network_steps(
     thread::scope(|scope| -> Result<(), RunError> {
         let beside = (config.k3s.is_some() && !k3s_needs_zerotier)
             .then(|| scope.spawn(|| k3s_step(rec, config, None, deadline)));
+        // Needs only the APT sources: waits beside the others, never before them.
+        let apt = (!config.packages.apt.is_empty())
+            .then(|| scope.spawn(|| apt_step(rec, config, deadline, run_end)));
 
         if let Some(zt) = &config.zerotier
             && joined.is_none()
@@ -454,6 +474,12 @@ fn network_steps(
         };
         if let Some(state) = k3s {
             summary.set("k3s", state);
+        }
+        if let Some(h) = apt {
+            let state = h
+                .join()
+                .unwrap_or_else(|_| rec.record("apt", failed("the apt step panicked")))?;
+            summary.set("apt", state);
         }
         Ok(())
     })
@@ -490,6 +516,63 @@ fn zerotier_step(
         Err(e) => (failed(e), None),
     };
     Ok((rec.record("zerotier", o)?, joined))
+}
+
+/// The staged `.deb`s, installed offline: nothing to wait for.
+fn debs_step(rec: &Recorder, config: &NodeConfig) -> Result<State, RunError> {
+    if rec.current("debs")?.is_none() {
+        return Ok(State::Done);
+    }
+    let debs = &config.packages.debs;
+    eprintln!("debs: installing {} staged package(s)", debs.len());
+    let o = match packages::install_debs(rec.root, &config.commands.dpkg, debs) {
+        Ok(()) => Outcome::Done(BTreeMap::from([(
+            "installed".to_owned(),
+            debs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )])),
+        Err(e) => failed(e),
+    };
+    rec.record("debs", o)
+}
+
+/// `[packages] apt`, once the APT sources answer.
+fn apt_step(
+    rec: &Recorder,
+    config: &NodeConfig,
+    deadline: Instant,
+    run_end: Instant,
+) -> Result<State, RunError> {
+    if rec.current("apt")?.is_none() {
+        return Ok(State::Done);
+    }
+    let report = |n: u32, why: &str| {
+        rec.attempt(
+            "apt",
+            packages::PackagesError::Waiting(why.to_owned()).to_string(),
+            n,
+        );
+    };
+    let mut attempts = Attempts::new("apt", &report);
+    let names = &config.packages.apt;
+    let o = match packages::install_apt(
+        rec.root,
+        &config.commands,
+        names,
+        deadline,
+        run_end,
+        &mut attempts,
+    ) {
+        Ok(d) => Outcome::Done(d),
+        Err(e) if e.is_waiting() => Outcome::Pending {
+            reason: e.to_string(),
+            attempts: attempts.count(),
+        },
+        Err(e) => failed(e),
+    };
+    rec.record("apt", o)
 }
 
 fn ups_step(

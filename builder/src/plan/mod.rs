@@ -282,21 +282,14 @@ fn backup_pins(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
 /// enables them. Not secret and the same for every node of a board: a generic image carries
 /// it too, or a personalized node would lack what a full build of it has.
 fn staged_software(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
-    if let Some(pkg) = spec
-        .config
-        .zerotier
-        .as_ref()
-        .and_then(|z| z.package.as_ref())
-    {
-        let pkg = spec.resolve(pkg);
-        if !pkg.is_file() {
-            return Err(PlanError::Invalid(format!(
-                "zerotier package {} does not exist",
-                pkg.display()
-            )));
+    for (dest, what, source) in staged_debs(spec)? {
+        let source = spec.resolve(source);
+        crate::check::packages::deb_for(what, &source, &[spec.board.arch])
+            .map_err(PlanError::Invalid)?;
+        if let Some(dir) = Path::new(&dest).parent().and_then(Path::to_str) {
+            p.dir(dir, 0o755);
         }
-        p.dir("/var/cache/imagegen", 0o755);
-        p.host_file(ZEROTIER_PACKAGE, pkg, 0o644);
+        p.host_file(&dest, source, 0o644);
     }
     let mut enabled_by_agent: Vec<&str> = Vec::new();
     if let Some(bin) = spec.k3s_binary {
@@ -317,6 +310,29 @@ fn staged_software(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
         p.file(PRESET, preset_file(&enabled_by_agent).into_bytes(), 0o644);
     }
     Ok(())
+}
+
+/// Every `.deb` the config stages, as (path on the node, what errors call it, source): the
+/// zerotier-one package and `[packages] debs`, one way for both. A deb is staged as
+/// `NN-PACKAGE.deb` (its position, from 01, and its control data's name), a file name that
+/// sorts in install order whatever the operator's file was called.
+fn staged_debs<'a>(
+    spec: &NodeSpec<'a>,
+) -> Result<Vec<(String, &'static str, &'a Path)>, PlanError> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    for (what, source, _) in crate::check::packages::staged(spec.config) {
+        let dest = if what == crate::check::packages::ZEROTIER {
+            ZEROTIER_PACKAGE.to_owned()
+        } else {
+            n += 1;
+            let control = crate::check::packages::deb_for(what, &spec.resolve(source), &[])
+                .map_err(PlanError::Invalid)?;
+            format!("{}/{n:02}-{}.deb", node::DEBS_DIR, control.package)
+        };
+        out.push((dest, what, source));
+    }
+    Ok(out)
 }
 
 /// The agent binary, its units, and the ones the builder enables.
@@ -913,6 +929,20 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         },
         commands: Default::default(),
         agent: Default::default(),
+        packages: node::PackagesSection {
+            debs: staged_debs(spec)?
+                .into_iter()
+                .filter(|(dest, ..)| dest != ZEROTIER_PACKAGE)
+                .map(|(dest, ..)| PathBuf::from(dest))
+                .collect(),
+            apt: spec
+                .config
+                .packages
+                .iter()
+                .flat_map(|pk| &pk.apt)
+                .map(|n| n.get_ref().clone())
+                .collect(),
+        },
         firstboot: node::FirstbootSection {
             // The same names `files::scripts` stages them under.
             scripts: firstboot_scripts(spec)
