@@ -352,6 +352,8 @@ pub struct CommandsSection {
     pub ssh: String,
     #[serde(default = "cmd_apt_get")]
     pub apt_get: String,
+    #[serde(default = "cmd_netplan")]
+    pub netplan: String,
 }
 
 impl Default for CommandsSection {
@@ -362,6 +364,7 @@ impl Default for CommandsSection {
             rsync: cmd_rsync(),
             ssh: cmd_ssh(),
             apt_get: cmd_apt_get(),
+            netplan: cmd_netplan(),
         }
     }
 }
@@ -380,6 +383,9 @@ fn cmd_ssh() -> String {
 }
 fn cmd_apt_get() -> String {
     "apt-get".into()
+}
+fn cmd_netplan() -> String {
+    "netplan".into()
 }
 
 /// `[agent]`: how long `run` may wait for the network.

@@ -87,10 +87,46 @@ pub fn load_config(root: &Root) -> Result<NodeConfig, RunError> {
     result
 }
 
-/// Makes seeded identity files take effect on the running system: the hostname now, sshd
-/// restarted so it serves the node's own host keys, the node's firewall loaded. Best effort:
-/// the files are in place, and the next boot uses them anyway.
-fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
+/// The seed step of imagegen-seed.service, early in boot: nothing that reads the seeded files
+/// has started yet (the unit is ordered before them), so only what was set before it ran is
+/// brought up to date: the hostname, which systemd set from /etc/hostname when it started, and
+/// netplan's output, which its systemd generator wrote before any unit ran. No service is
+/// restarted from here: a `systemctl` call from a unit that others wait for could wait on them.
+pub fn early_seed(root: &Root, config: &NodeConfig) -> Result<State, RunError> {
+    let rec = Recorder {
+        root,
+        boot: &config.paths.boot,
+        node: &config.node.name,
+    };
+    let mut summary = Summary::default();
+    let mut placed = Vec::new();
+    seed_step(&rec, &mut summary, &mut placed)?;
+    set_live_hostname(root, &placed);
+    if placed.iter().any(|p| p.starts_with("/etc/netplan/")) {
+        regenerate_netplan(root, &config.commands);
+    }
+    Ok(if summary.failed.is_empty() {
+        State::Done
+    } else {
+        State::Failed
+    })
+}
+
+/// netplan renders /etc/netplan into networkd and NetworkManager files under /run from a
+/// systemd generator, before any unit runs (netplan docs, "Netplan Generator"); a netplan file
+/// the seed placed after that is rendered by `netplan generate`, the same program
+/// (netplan-generate(8)), before networkd or NetworkManager start. Best effort: the next boot's
+/// generator reads the file anyway.
+fn regenerate_netplan(root: &Root, commands: &crate::config::CommandsSection) {
+    match crate::command::run(root, &commands.netplan, &["generate"]) {
+        Ok(_) => eprintln!("seed: netplan generate: rendered the seeded network settings"),
+        Err(crate::command::CommandError::NotFound { .. }) => {}
+        Err(e) => eprintln!("seed: {e}"),
+    }
+}
+
+/// The seeded hostname, now. Best effort: the next boot uses the file anyway.
+fn set_live_hostname(root: &Root, placed: &[String]) {
     if placed.iter().any(|p| p == "/etc/hostname")
         && let Ok(name) = std::fs::read_to_string(root.path("/etc/hostname"))
     {
@@ -101,6 +137,14 @@ fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
             eprintln!("seed: cannot set the hostname now: {e}");
         }
     }
+}
+
+/// Makes seeded identity files take effect on a running system, for a seed `run` takes in
+/// after boot (imagegen-seed.service normally places it before any of this starts): the
+/// hostname now, sshd restarted so it serves the node's own host keys, the node's firewall
+/// loaded. Best effort: the files are in place, and the next boot uses them anyway.
+fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
+    set_live_hostname(root, placed);
     if placed.iter().any(|p| p.starts_with("/etc/ssh/ssh_host_")) {
         let restarted = crate::command::run(
             root,
@@ -266,7 +310,10 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
     };
     let mut summary = Summary::default();
 
-    if seed_step(&rec, config, &mut summary)? == Seeded::NewConfig {
+    let mut placed = Vec::new();
+    let seeded = seed_step(&rec, &mut summary, &mut placed)?;
+    apply_seeded_identity(root, config, &placed);
+    if seeded == Seeded::NewConfig {
         // A personalized generic image: the seed brought this node's own node.toml, so the
         // rest of the run is this node's, not the generic image's.
         eprintln!("seed: brought a new node.toml; continuing with it");
@@ -367,8 +414,8 @@ enum Seeded {
 /// The seed step. It runs every time: a user may personalize the card again later.
 fn seed_step(
     rec: &Recorder,
-    config: &NodeConfig,
     summary: &mut Summary,
+    placed: &mut Vec<String>,
 ) -> Result<Seeded, RunError> {
     let before = status::load(rec.root)?;
     let mut seeded = Seeded::SameConfig;
@@ -378,11 +425,9 @@ fn seed_step(
             if paths.iter().any(|p| p == NODE_CONFIG_PATH) {
                 seeded = Seeded::NewConfig;
             }
-            apply_seeded_identity(rec.root, config, &paths);
-            Some(Outcome::Done(BTreeMap::from([(
-                "placed".to_owned(),
-                paths.join(" "),
-            )])))
+            let done = Outcome::Done(BTreeMap::from([("placed".to_owned(), paths.join(" "))]));
+            placed.extend(paths);
+            Some(done)
         }
         // No seed now: whatever the last one came to stands (a rejected seed stays failed until
         // a new one arrives).

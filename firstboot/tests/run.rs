@@ -854,3 +854,106 @@ fn a_missing_staged_deb_fails_the_step() {
     );
     assert!(n.calls("dpkg").is_empty());
 }
+
+/// `seed`, as imagegen-seed.service runs it early in boot: the seed's files are placed (a new
+/// node.toml, a NetworkManager keyfile, a netplan file, host keys) and wiped from the boot
+/// partition; netplan re-renders the seeded file; no service is touched (everything that reads
+/// these files starts after the unit); the step is in the status under the node's name once
+/// `run` follows, which finds no seed and leaves the step as it was.
+#[test]
+fn seed_subcommand_places_the_seed_before_the_network_without_touching_services() {
+    let n = Node::new("[node]\nname = \"generic\"\nrole = \"agent\"\ncluster = \"test\"\n");
+    n.standin("netplan");
+    let keyfile = "/etc/NetworkManager/system-connections/imagegen-wifi.nmconnection";
+    let seed = Seed {
+        files: vec![
+            SeedFile::new(
+                "/etc/imagegen/node.toml",
+                0o600,
+                b"[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n",
+            ),
+            SeedFile::new(keyfile, 0o600, b"[connection]\nid=imagegen-wifi\n"),
+            SeedFile::new(
+                "/etc/netplan/90-imagegen.yaml",
+                0o600,
+                b"network: {version: 2}\n",
+            ),
+            SeedFile::new("/etc/ssh/ssh_host_ed25519_key", 0o600, b"key\n"),
+            SeedFile::new("/etc/hostname", 0o644, b"pi4-a\n"),
+        ],
+    };
+    n.write(
+        &format!("boot/firmware/{SEED_FILE_NAME}"),
+        &seed.to_toml_string().unwrap(),
+    );
+    let out = n.command(&["seed"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!n.root().join("boot/firmware").join(SEED_FILE_NAME).exists());
+    let mode = |rel: &str| {
+        fs::metadata(n.root().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&keyfile[1..]), 0o600);
+    assert_eq!(n.read("etc/hostname"), "pi4-a\n");
+    assert_eq!(n.calls("netplan"), ["generate"]);
+    assert!(
+        n.calls("systemctl").is_empty(),
+        "{:?}",
+        n.calls("systemctl")
+    );
+    let st = n.status_json();
+    assert_eq!(st["steps"]["seed"]["state"], "done", "{st}");
+    assert!(
+        st["steps"]["seed"]["details"]["placed"]
+            .as_str()
+            .is_some_and(|p| p.contains(keyfile)),
+        "{st}"
+    );
+
+    // `run` after it: the node's own config, no seed left, the step as the early unit left it.
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = n.status_json();
+    assert_eq!(after["node"], "pi4-a", "{after}");
+    assert_eq!(after["steps"]["seed"], st["steps"]["seed"]);
+    // Only `run` restarts what serves the seeded files, and only for a seed it placed itself.
+    assert!(
+        n.calls("systemctl").is_empty(),
+        "{:?}",
+        n.calls("systemctl")
+    );
+}
+
+/// Without a netplan file in the seed, or without netplan on the node, nothing is generated;
+/// a seed that cannot be used fails the unit (the status says why) and is wiped all the same.
+#[test]
+fn seed_subcommand_without_netplan_and_with_a_bad_seed() {
+    let n = Node::new("[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n");
+    n.standin("netplan");
+    let seed = Seed {
+        files: vec![SeedFile::new("/etc/hostname", 0o644, b"pi4-a\n")],
+    };
+    n.write(
+        &format!("boot/firmware/{SEED_FILE_NAME}"),
+        &seed.to_toml_string().unwrap(),
+    );
+    assert!(n.command(&["seed"]).output().unwrap().status.success());
+    assert!(n.calls("netplan").is_empty());
+
+    n.write(
+        &format!("boot/firmware/{SEED_FILE_NAME}"),
+        "[[file]\nbroken",
+    );
+    let out = n.command(&["seed"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!n.root().join("boot/firmware").join(SEED_FILE_NAME).exists());
+    assert_eq!(n.status_json()["steps"]["seed"]["state"], "failed");
+}
