@@ -2163,18 +2163,41 @@ fn network_settings_in_every_family() {
 
 /// `[[files]]` on every node and `[[nodes.files]]` on one, with their modes and owners (names
 /// resolved in the image, the admin's own among them), missing parents made root 0755, and
-/// `[firstboot] scripts` staged 0755 and listed in node.toml: read back with debugfs, fsck clean.
+/// `[firstboot] scripts` staged 0755 and listed in node.toml, in every family: read back with
+/// debugfs, fsck clean; another node of the board has the cluster's files, not that node's.
 #[test]
 fn own_files_and_firstboot_scripts() {
-    let fam = family("debian-genericcloud");
+    let mut fails = Vec::new();
+    for fam in FAMILIES {
+        own_files_in(fam, &mut fails);
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+/// Another node of the same board as `node_for(fam)`, when the test cluster has one.
+fn other_node_for(fam: &Family) -> Option<&'static str> {
+    match fam.board {
+        "rpi4" => Some("pi4-b"),
+        "x86-64" => Some("x86-c"),
+        _ => None,
+    }
+}
+
+fn own_files_in(fam: &Family, fails: &mut Vec<String>) {
+    let node = node_for(fam);
     let cluster = Cluster::new("");
     let config = cluster.path("cluster.toml");
     fs::write(cluster.path("motd"), "hello from the operator\n").unwrap();
-    fs::write(cluster.path("node.conf"), "only x86-b\n").unwrap();
+    fs::write(cluster.path("node.conf"), format!("only {node}\n")).unwrap();
     fs::write(cluster.path("setup.sh"), "#!/bin/sh\necho setup\n").unwrap();
     fs::write(cluster.path("later.sh"), "#!/bin/sh\necho later\n").unwrap();
-    let text = fs::read_to_string(&config)
-        .unwrap()
+    let entry = format!(
+        "name = \"{node}\"\nboard = \"{}\"\nrole = \"agent\"\n",
+        fam.board
+    );
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&entry), "{entry}");
+    let text = text
         .replacen(
             "[[nodes]]\n",
             &format!(
@@ -2185,14 +2208,16 @@ fn own_files_and_firstboot_scripts() {
             1,
         )
         .replacen(
-            "name = \"x86-b\"\nboard = \"x86-64\"\nrole = \"agent\"\n",
-            "name = \"x86-b\"\nboard = \"x86-64\"\nrole = \"agent\"\n[[nodes.files]]\n\
-             source = \"node.conf\"\ndest = \"/opt/imagegen-test/deep/node.conf\"\nmode = \"0600\"\n",
+            &entry,
+            &format!(
+                "{entry}[[nodes.files]]\n\
+                 source = \"node.conf\"\ndest = \"/opt/imagegen-test/deep/node.conf\"\nmode = \"0600\"\n"
+            ),
             1,
         );
     fs::write(&config, text).unwrap();
     let base_img = base(fam);
-    let b = cluster.build(fam, &base_img, "x86-b", "node.img", &[]);
+    let b = cluster.build(fam, &base_img, node, "node.img", &[]);
     let root = oracle::partition(&b.img, fam.root).start;
     let passwd = String::from_utf8(ext4_bytes(&b.img, root, "/etc/passwd")).unwrap();
     let group = String::from_utf8(ext4_bytes(&b.img, root, "/etc/group")).unwrap();
@@ -2200,7 +2225,7 @@ fn own_files_and_firstboot_scripts() {
         db.lines()
             .map(|l| l.split(':').collect::<Vec<_>>())
             .find(|f| f[0] == name)
-            .unwrap_or_else(|| panic!("{name} not in the image"))[field]
+            .unwrap_or_else(|| panic!("{}: {name} not in the image", fam.layout))[field]
             .parse()
             .unwrap()
     };
@@ -2225,7 +2250,7 @@ fn own_files_and_firstboot_scripts() {
             kind: "directory".into(),
         })
     };
-    let mut fails = Vec::new();
+    let only = format!("only {node}\n");
     for (path, want, content) in [
         (
             "/etc/motd",
@@ -2247,7 +2272,7 @@ fn own_files_and_firstboot_scripts() {
         (
             "/opt/imagegen-test/deep/node.conf",
             file(0o600, 0, 0),
-            Some("only x86-b\n"),
+            Some(only.as_str()),
         ),
         ("/opt/imagegen-test", dir(0o755, 0, 0), None),
         (
@@ -2264,15 +2289,15 @@ fn own_files_and_firstboot_scripts() {
         let got = stat(&b.img, root, path);
         require(
             got == want,
-            &format!("{path}: {got:?}, want {want:?}"),
-            &mut fails,
+            &format!("{}: {path}: {got:?}, want {want:?}", fam.layout),
+            fails,
         );
         if let Some(c) = content {
             let bytes = ext4_bytes(&b.img, root, path);
             require(
                 bytes == c.as_bytes(),
-                &format!("{path}: {bytes:?}"),
-                &mut fails,
+                &format!("{}: {path}: {bytes:?}", fam.layout),
+                fails,
             );
         }
     }
@@ -2285,19 +2310,22 @@ fn own_files_and_firstboot_scripts() {
                 PathBuf::from("/usr/local/lib/imagegen/scripts/02-later.sh"),
             ]
             && n.firstboot.timeout_secs == 60,
-        &format!("node.toml [firstboot]: {:?}", n.firstboot),
-        &mut fails,
+        &format!("{}: node.toml [firstboot]: {:?}", fam.layout, n.firstboot),
+        fails,
     );
     oracle::assert_e2fsck_clean(&b.img, root);
-    // Another node has the cluster's files, not x86-b's own.
-    let other = cluster.build(fam, &base_img, "x86-c", "other.img", &[]);
-    require(
-        stat(&other.img, root, "/etc/motd").is_some()
-            && stat(&other.img, root, "/opt/imagegen-test/deep/node.conf").is_none(),
-        "x86-c: has x86-b's file or lacks the cluster's",
-        &mut fails,
-    );
-    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    if let Some(other) = other_node_for(fam) {
+        let o = cluster.build(fam, &base_img, other, "other.img", &[]);
+        require(
+            stat(&o.img, root, "/etc/motd").is_some()
+                && stat(&o.img, root, "/opt/imagegen-test/deep/node.conf").is_none(),
+            &format!(
+                "{}: {other} has {node}'s file or lacks the cluster's",
+                fam.layout
+            ),
+            fails,
+        );
+    }
 }
 
 /// An owner the image does not have is a build error naming it; no image is left behind.
