@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::attempts::Attempts;
@@ -43,6 +44,17 @@ impl PackagesError {
     }
 }
 
+/// Held while this process runs dpkg or `apt-get install`: the zerotier-one install and the
+/// apt step run in parallel threads, and a `dpkg -i` that finds dpkg's lock taken fails at once
+/// (apt waits for it, dpkg does not).
+static DPKG: Mutex<()> = Mutex::new(());
+
+fn dpkg_lock() -> std::sync::MutexGuard<'static, ()> {
+    // A panic elsewhere while holding it leaves nothing half-done that the lock protects.
+    DPKG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Installs the staged packages at `debs` (node paths) with one `dpkg -i`, so packages that
 /// depend on each other are unpacked before any is configured (dpkg(1) `--install`).
 pub fn install_debs(root: &Root, dpkg: &str, debs: &[PathBuf]) -> Result<(), PackagesError> {
@@ -51,6 +63,7 @@ pub fn install_debs(root: &Root, dpkg: &str, debs: &[PathBuf]) -> Result<(), Pac
     }
     let mut args = vec![OsString::from("-i")];
     args.extend(debs.iter().map(|d| root.path(d).into_os_string()));
+    let _dpkg = dpkg_lock();
     command::run(root, dpkg, &args)?;
     Ok(())
 }
@@ -113,6 +126,7 @@ pub fn install_apt(
     if left < MIN_INSTALL {
         return Err(PackagesError::NoTime(MIN_INSTALL.as_secs()));
     }
+    let _dpkg = dpkg_lock();
     command::run(root, &commands.dpkg, &["--configure", "-a"])?;
     let mut args = vec!["install", "-y"];
     args.extend(names.iter().map(String::as_str));
