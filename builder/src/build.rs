@@ -301,7 +301,6 @@ fn check_agents(agents: &AgentSet, targets: &[Target]) -> Result<()> {
     Ok(())
 }
 
-/// The admin for `--board` builds: the operator's user name and ~/.ssh/*.pub keys.
 /// Every staged `.deb` must suit every board being built: checked before the first download.
 fn check_packages(config: &ClusterConfig, dir: &Path, targets: &[Target]) -> Result<()> {
     for target in targets {
@@ -317,6 +316,7 @@ fn check_packages(config: &ClusterConfig, dir: &Path, targets: &[Target]) -> Res
     Ok(())
 }
 
+/// The admin for `--board` builds: the operator's user name and ~/.ssh/*.pub keys.
 fn operator_defaults() -> Result<(String, Vec<String>)> {
     let user = std::env::var("USER")
         .ok()

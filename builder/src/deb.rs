@@ -85,6 +85,7 @@ pub fn control<R: Read + Seek>(r: &mut R) -> Result<Control, DebError> {
             if size > CONTROL_LIMIT {
                 return Err(not_deb(format!("control member of {size} bytes")));
             }
+            let start = r.stream_position()?;
             let raw = r.by_ref().take(size);
             let mut tar: Box<dyn Read + '_> = match compression {
                 "" => Box::new(raw),
@@ -97,10 +98,36 @@ pub fn control<R: Read + Seek>(r: &mut R) -> Result<Control, DebError> {
             };
             let text = tar_member(&mut tar, "control")?
                 .ok_or_else(|| not_deb("control.tar has no control file"))?;
-            return parse_control(&String::from_utf8_lossy(&text));
+            drop(tar);
+            let control = parse_control(&String::from_utf8_lossy(&text))?;
+            r.seek(SeekFrom::Start(start + size + size % 2))?;
+            data_member_fits(r)?;
+            return Ok(control);
         }
         skip(r, size + size % 2)?;
     }
+}
+
+/// The `data.tar` member after the control member is all there: a download cut short has a
+/// header that promises more bytes than the file holds, which dpkg finds only on the node.
+fn data_member_fits<R: Read + Seek>(r: &mut R) -> Result<(), DebError> {
+    let Some((name, size)) = member(r)? else {
+        return Err(not_deb("no data.tar member"));
+    };
+    if !name.starts_with("data.tar") {
+        return Err(not_deb(format!(
+            "member after control.tar is {name:?}, not data.tar"
+        )));
+    }
+    let at = r.stream_position()?;
+    let len = r.seek(SeekFrom::End(0))?;
+    if at.saturating_add(size) > len {
+        return Err(not_deb(format!(
+            "truncated: data.tar needs {size} bytes, the file has {} after its header",
+            len - at
+        )));
+    }
+    Ok(())
 }
 
 fn read_exact_or<R: Read>(r: &mut R, buf: &mut [u8], why: &str) -> Result<(), DebError> {

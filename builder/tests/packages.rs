@@ -70,6 +70,9 @@ fn check_refuses_what_cannot_be_installed() {
     let amd64 = oracle::dpkg_deb_build(d, "agent", "2.0", "amd64", "zstd");
     std::fs::copy(&amd64, d.join("agent-amd64.deb")).unwrap();
     std::fs::write(d.join("script.deb"), "#!/bin/sh\necho not a package\n").unwrap();
+    // A download cut short: control intact, data missing its end.
+    let whole = std::fs::read(&all).unwrap();
+    std::fs::write(d.join("cut.deb"), &whole[..whole.len() - 10]).unwrap();
 
     // An "all" package and good names: clean.
     let c = config(
@@ -86,7 +89,8 @@ fn check_refuses_what_cannot_be_installed() {
     // Line 7 is `debs`, 8 is `apt` (the table starts on line 6).
     let c = config(
         d,
-        "[packages]\ndebs = [\"tools.deb\", \"agent-amd64.deb\", \"script.deb\", \"gone.deb\"]\n\
+        "[packages]\ndebs = [\"tools.deb\", \"agent-amd64.deb\", \"script.deb\", \"gone.deb\", \
+         \"cut.deb\"]\n\
          apt = [\"htop=3.2\"]\n",
     );
     let out = imagegen(&["check", "--config", &c]);
@@ -101,6 +105,12 @@ fn check_refuses_what_cannot_be_installed() {
     );
     common::error_at(&err, &c, 7, "script.deb: is not a Debian package");
     common::error_at(&err, &c, 7, "gone.deb: No such file");
+    common::error_at(
+        &err,
+        &c,
+        7,
+        "cut.deb: is not a Debian package (.deb): truncated",
+    );
     common::error_at(&err, &c, 8, "\"htop=3.2\" is not a Debian package name");
     assert!(!err.contains("tools.deb"), "{err}");
 }

@@ -1,5 +1,6 @@
-//! `[packages]`: the names `apt` installs must be package names, and each `.deb` must be a
-//! package for every board that stages it (`check_debs`, where the files are read).
+//! `[packages]`: the names `apt` installs must be package names, and each `.deb` (and the
+//! `[zerotier] package`) must be a package for every board that stages it ([`deb_for`], which
+//! reads the file: `check::staged_packages`, `build` before downloading, and the plan).
 
 use crate::arch::Arch;
 use crate::config::{Invalid, Packages};
