@@ -26,6 +26,15 @@ impl Arch {
         }
     }
 
+    /// dpkg's name for it (dpkg-architecture(1)); 32-bit ARM boards run armhf userlands.
+    pub fn dpkg(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+            Arch::Arm => "armhf",
+        }
+    }
+
     fn from_elf_machine(m: u16) -> Option<Arch> {
         match m {
             62 => Some(Arch::X86_64),

@@ -121,6 +121,7 @@ pub fn run(req: &Request) -> Result<Outcome> {
     }
     let agents = agents(&req.agents, &req.fetch)?;
     check_agents(&agents, &targets)?;
+    check_packages(&config, &config_dir, &targets)?;
     let state_dir = req
         .state_dir
         .clone()
@@ -311,6 +312,22 @@ fn check_agents(agents: &AgentSet, targets: &[Target]) -> Result<()> {
         };
         agents
             .for_board(&board)
+            .with_context(|| format!("building {}", describe(target)))?;
+    }
+    Ok(())
+}
+
+/// Every board being built must have its staged `.deb`s: checked before the first download.
+fn check_packages(config: &ClusterConfig, dir: &Path, targets: &[Target]) -> Result<()> {
+    for target in targets {
+        let Ok(board) = board::get(&target.board) else {
+            continue;
+        };
+        crate::check::packages::for_arch(config, |p| dir.join(p), board.arch)
+            .map_err(|e| {
+                let why: Vec<String> = e.into_iter().map(|(_, why)| why).collect();
+                anyhow::Error::msg(why.join("\n"))
+            })
             .with_context(|| format!("building {}", describe(target)))?;
     }
     Ok(())

@@ -38,6 +38,9 @@ pub struct ClusterConfig {
     /// Scripts the agent runs once on each node, after its own steps.
     #[serde(default)]
     pub firstboot: Option<Firstboot>,
+    /// Packages the agent installs on every node: staged `.deb`s, and names from the archive.
+    #[serde(default)]
+    pub packages: Option<Packages>,
     #[serde(default)]
     pub nodes: Vec<Node>,
 }
@@ -69,6 +72,19 @@ pub struct Firstboot {
     /// Seconds each script may run before it is killed (default 600).
     #[serde(default)]
     pub timeout_secs: Option<Spanned<u64>>,
+}
+
+/// `[packages]`: software the operator adds to every node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    /// `.deb` files (relative to the config file) staged in the image and installed offline at
+    /// first boot, in this order; each of the board's architecture or "all".
+    #[serde(default)]
+    pub debs: Vec<Spanned<PathBuf>>,
+    /// Names from the image's own APT sources, installed once the node reaches them.
+    #[serde(default)]
+    pub apt: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,14 +131,46 @@ pub struct K3s {
     pub init_server: Option<Spanned<String>>,
 }
 
+/// A path, or a list of paths: `package = "a.deb"` reads as `package = ["a.deb"]`. (serde's
+/// untagged enums buffer the value and lose toml's spans, hence a visitor.)
+#[derive(Debug, Clone, Default)]
+pub struct Paths(pub Vec<PathBuf>);
+
+impl<'de> Deserialize<'de> for Paths {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Paths;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a path or a list of paths")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Paths, E> {
+                Ok(Paths(vec![PathBuf::from(s)]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Paths, A::Error> {
+                let mut v = Vec::new();
+                while let Some(p) = seq.next_element::<PathBuf>()? {
+                    v.push(p);
+                }
+                Ok(Paths(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ZeroTier {
     pub network_id: Spanned<String>,
-    /// A zerotier-one .deb for the board's architecture, staged in the image so first boot
-    /// installs it without the network (else the agent expects zerotier-one to be present).
+    /// zerotier-one .debs, one per architecture of the cluster's boards (a path, or a list of
+    /// them for a mixed cluster), staged so first boot installs it without the network (else
+    /// the agent expects zerotier-one to be present). Each node gets the one for its board.
     #[serde(default)]
-    pub package: Option<PathBuf>,
+    pub package: Option<Spanned<Paths>>,
     /// A ZeroTier Central API token (a file readable only by the operator): with it, `build`
     /// authorizes each node's member ahead of its first boot (`crate::vpn::zerotier::central`).
     #[serde(default)]
@@ -576,6 +624,11 @@ pub fn validate(c: &ClusterConfig) -> Vec<Invalid> {
     }
     if let Some(fb) = &c.firstboot {
         for e in crate::check::files::script_problems(fb) {
+            add(Err(e));
+        }
+    }
+    if let Some(pk) = &c.packages {
+        for e in crate::check::packages::problems(pk) {
             add(Err(e));
         }
     }

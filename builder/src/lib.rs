@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cluster;
 pub mod cmd;
 pub mod config;
+pub mod deb;
 pub mod disk;
 pub mod distro;
 pub mod emit;

@@ -1353,7 +1353,9 @@ fn a_given_zerotier_package_is_staged_for_the_agent() {
         1,
     );
     fs::write(c.config(), text).unwrap();
-    let deb = b"!<arch>\ndebian-binary   stand-in for a zerotier-one package\n".to_vec();
+    // A real package of the board's architecture: the builder reads its control data.
+    let built = oracle::dpkg_deb_build(&c.path(""), "zerotier-one", "1.14.2", "arm64", "xz");
+    let deb = fs::read(&built).unwrap();
     fs::write(c.path("zerotier-one_arm64.deb"), &deb).unwrap();
     let base = common::fixture("rpios-trixie");
     let out = c.build("pi4-a", s(&base), "pi4-a.img");

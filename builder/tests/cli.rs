@@ -630,16 +630,6 @@ fn init_with_key(config: &str) {
     common::set_operator_key(Path::new(config));
 }
 
-/// `err` has an `error: CONFIG:LINE:` line that mentions `needle`.
-fn error_at(err: &str, config: &str, line: usize, needle: &str) {
-    let want = format!("error: {config}:{line}:");
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with(&want) && l.contains(needle)),
-        "{want} ... {needle} in\n{err}"
-    );
-}
-
 /// Every lock-out problem at once, each with the file and line, and a non-zero exit.
 #[test]
 fn check_reports_every_lock_out_at_once() {
@@ -678,7 +668,7 @@ fn check_reports_every_lock_out_at_once() {
         (11, "backup schedule \"dialy\""),
         (7, "is not a k3s token: it has no K10<ca-hash>:: prefix"),
     ] {
-        error_at(&err, config, line, needle);
+        common::error_at(&err, config, line, needle);
     }
     assert!(
         err.contains(&format!("chmod 600 {}", token.display())),
@@ -784,7 +774,7 @@ fn check_refuses_bad_addons() {
         (9, "addons.monitoring values"),
         (11, "addons.dashboard chart"),
     ] {
-        error_at(&err, config, line, needle);
+        common::error_at(&err, config, line, needle);
     }
     assert!(err.contains("is not a gzip file"), "{err}");
 
@@ -843,7 +833,7 @@ fn check_refuses_bad_network_settings() {
         ("wifi = ", "two uppercase letters"),
         ("wifi = ", "8 to 63 characters"),
     ] {
-        error_at(&err, config, line(at), says);
+        common::error_at(&err, config, line(at), says);
     }
 }
 
@@ -969,8 +959,9 @@ fn an_interrupted_read_of_a_compressed_image_leaves_no_scratch_copy() {
     assert_eq!(names_in(dir.path()), ["big.img.zst"]);
 }
 
-/// `[[files]]` and `[firstboot]` from the example pass `check` once their sources exist; a
-/// missing source, a bad dest, mode or owner, and a bad script name are refused at their line.
+/// `[[files]]`, `[firstboot]` and `[packages]` from the example pass `check` once their sources
+/// exist; a missing source, a bad dest, mode or owner, a bad script name, a file that is not a
+/// package and a bad package name are refused at their line.
 #[test]
 fn check_validates_own_files_and_scripts() {
     let dir = tempfile::tempdir().unwrap();
@@ -997,7 +988,10 @@ fn check_validates_own_files_and_scripts() {
     let mut all = String::new();
     let mut on = false;
     for line in example.lines() {
-        if line.starts_with("# [[files]]") || line.starts_with("# [firstboot]") {
+        if line.starts_with("# [[files]]")
+            || line.starts_with("# [firstboot]")
+            || line.starts_with("# [packages]")
+        {
             on = true;
         }
         if on && line.starts_with("# and one node") {
@@ -1014,9 +1008,16 @@ fn check_validates_own_files_and_scripts() {
         all.push('\n');
     }
     assert!(
-        all.contains("\n[[nodes.files]]\n") && all.contains("\n[firstboot]\n"),
+        all.contains("\n[[nodes.files]]\n")
+            && all.contains("\n[firstboot]\n")
+            && all.contains("\n[packages]\n"),
         "{all}"
     );
+    // The example's package, made real: an "all" package suits every board.
+    let deb = oracle::dpkg_deb_build(dir.path(), "mytool", "1.0", "all", "xz");
+    std::fs::create_dir(dir.path().join("packages")).unwrap();
+    std::fs::rename(&deb, dir.path().join("packages/mytool_1.0_all.deb")).unwrap();
+    std::fs::write(dir.path().join("packages/notes.deb"), "not a package\n").unwrap();
     std::fs::write(config, &all).unwrap();
     let out = imagegen(&["check", "--config", config]);
     assert!(
@@ -1080,6 +1081,18 @@ fn check_validates_own_files_and_scripts() {
             "timeout_secs = 9000",
             "timeout_secs = ",
             "240",
+        ),
+        (
+            "debs = [\"packages/mytool_1.0_all.deb\"]",
+            "debs = [\"packages/notes.deb\"]",
+            "debs = ",
+            "is not a Debian package",
+        ),
+        (
+            "apt = [\"htop\",",
+            "apt = [\"htop/bookworm\",",
+            "apt = ",
+            "is not a Debian package name",
         ),
     ] {
         let text = all.replacen(from, to, 1);

@@ -2163,18 +2163,41 @@ fn network_settings_in_every_family() {
 
 /// `[[files]]` on every node and `[[nodes.files]]` on one, with their modes and owners (names
 /// resolved in the image, the admin's own among them), missing parents made root 0755, and
-/// `[firstboot] scripts` staged 0755 and listed in node.toml: read back with debugfs, fsck clean.
+/// `[firstboot] scripts` staged 0755 and listed in node.toml, in every family: read back with
+/// debugfs, fsck clean; another node of the board has the cluster's files, not that node's.
 #[test]
 fn own_files_and_firstboot_scripts() {
-    let fam = family("debian-genericcloud");
+    let mut fails = Vec::new();
+    for fam in FAMILIES {
+        own_files_in(fam, &mut fails);
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
+}
+
+/// Another node of the same board as `node_for(fam)`, when the test cluster has one.
+fn other_node_for(fam: &Family) -> Option<&'static str> {
+    match fam.board {
+        "rpi4" => Some("pi4-b"),
+        "x86-64" => Some("x86-c"),
+        _ => None,
+    }
+}
+
+fn own_files_in(fam: &Family, fails: &mut Vec<String>) {
+    let node = node_for(fam);
     let cluster = Cluster::new("");
     let config = cluster.path("cluster.toml");
     fs::write(cluster.path("motd"), "hello from the operator\n").unwrap();
-    fs::write(cluster.path("node.conf"), "only x86-b\n").unwrap();
+    fs::write(cluster.path("node.conf"), format!("only {node}\n")).unwrap();
     fs::write(cluster.path("setup.sh"), "#!/bin/sh\necho setup\n").unwrap();
     fs::write(cluster.path("later.sh"), "#!/bin/sh\necho later\n").unwrap();
-    let text = fs::read_to_string(&config)
-        .unwrap()
+    let entry = format!(
+        "name = \"{node}\"\nboard = \"{}\"\nrole = \"agent\"\n",
+        fam.board
+    );
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&entry), "{entry}");
+    let text = text
         .replacen(
             "[[nodes]]\n",
             &format!(
@@ -2185,14 +2208,16 @@ fn own_files_and_firstboot_scripts() {
             1,
         )
         .replacen(
-            "name = \"x86-b\"\nboard = \"x86-64\"\nrole = \"agent\"\n",
-            "name = \"x86-b\"\nboard = \"x86-64\"\nrole = \"agent\"\n[[nodes.files]]\n\
-             source = \"node.conf\"\ndest = \"/opt/imagegen-test/deep/node.conf\"\nmode = \"0600\"\n",
+            &entry,
+            &format!(
+                "{entry}[[nodes.files]]\n\
+                 source = \"node.conf\"\ndest = \"/opt/imagegen-test/deep/node.conf\"\nmode = \"0600\"\n"
+            ),
             1,
         );
     fs::write(&config, text).unwrap();
     let base_img = base(fam);
-    let b = cluster.build(fam, &base_img, "x86-b", "node.img", &[]);
+    let b = cluster.build(fam, &base_img, node, "node.img", &[]);
     let root = oracle::partition(&b.img, fam.root).start;
     let passwd = String::from_utf8(ext4_bytes(&b.img, root, "/etc/passwd")).unwrap();
     let group = String::from_utf8(ext4_bytes(&b.img, root, "/etc/group")).unwrap();
@@ -2200,7 +2225,7 @@ fn own_files_and_firstboot_scripts() {
         db.lines()
             .map(|l| l.split(':').collect::<Vec<_>>())
             .find(|f| f[0] == name)
-            .unwrap_or_else(|| panic!("{name} not in the image"))[field]
+            .unwrap_or_else(|| panic!("{}: {name} not in the image", fam.layout))[field]
             .parse()
             .unwrap()
     };
@@ -2225,7 +2250,7 @@ fn own_files_and_firstboot_scripts() {
             kind: "directory".into(),
         })
     };
-    let mut fails = Vec::new();
+    let only = format!("only {node}\n");
     for (path, want, content) in [
         (
             "/etc/motd",
@@ -2247,7 +2272,7 @@ fn own_files_and_firstboot_scripts() {
         (
             "/opt/imagegen-test/deep/node.conf",
             file(0o600, 0, 0),
-            Some("only x86-b\n"),
+            Some(only.as_str()),
         ),
         ("/opt/imagegen-test", dir(0o755, 0, 0), None),
         (
@@ -2264,15 +2289,15 @@ fn own_files_and_firstboot_scripts() {
         let got = stat(&b.img, root, path);
         require(
             got == want,
-            &format!("{path}: {got:?}, want {want:?}"),
-            &mut fails,
+            &format!("{}: {path}: {got:?}, want {want:?}", fam.layout),
+            fails,
         );
         if let Some(c) = content {
             let bytes = ext4_bytes(&b.img, root, path);
             require(
                 bytes == c.as_bytes(),
-                &format!("{path}: {bytes:?}"),
-                &mut fails,
+                &format!("{}: {path}: {bytes:?}", fam.layout),
+                fails,
             );
         }
     }
@@ -2285,19 +2310,22 @@ fn own_files_and_firstboot_scripts() {
                 PathBuf::from("/usr/local/lib/imagegen/scripts/02-later.sh"),
             ]
             && n.firstboot.timeout_secs == 60,
-        &format!("node.toml [firstboot]: {:?}", n.firstboot),
-        &mut fails,
+        &format!("{}: node.toml [firstboot]: {:?}", fam.layout, n.firstboot),
+        fails,
     );
     oracle::assert_e2fsck_clean(&b.img, root);
-    // Another node has the cluster's files, not x86-b's own.
-    let other = cluster.build(fam, &base_img, "x86-c", "other.img", &[]);
-    require(
-        stat(&other.img, root, "/etc/motd").is_some()
-            && stat(&other.img, root, "/opt/imagegen-test/deep/node.conf").is_none(),
-        "x86-c: has x86-b's file or lacks the cluster's",
-        &mut fails,
-    );
-    assert!(fails.is_empty(), "{}", fails.join("\n"));
+    if let Some(other) = other_node_for(fam) {
+        let o = cluster.build(fam, &base_img, other, "other.img", &[]);
+        require(
+            stat(&o.img, root, "/etc/motd").is_some()
+                && stat(&o.img, root, "/opt/imagegen-test/deep/node.conf").is_none(),
+            &format!(
+                "{}: {other} has {node}'s file or lacks the cluster's",
+                fam.layout
+            ),
+            fails,
+        );
+    }
 }
 
 /// An owner the image does not have is a build error naming it; no image is left behind.
@@ -2336,4 +2364,115 @@ fn build_refuses_an_owner_the_image_lacks() {
         "{err}"
     );
     assert!(!cluster.path("node.img").exists());
+}
+
+/// `[packages] debs` and `[zerotier] package`, one mechanism for both, in every family: real
+/// packages made by `dpkg-deb --build` (the board's architecture and "all") staged root 0644
+/// where node.toml says they are, byte for byte (read back with debugfs), fsck clean; and a
+/// generic image of the board personalized into the node holds the same packages, its seeded
+/// node.toml listing them as the full build's does.
+#[test]
+fn staged_packages_in_every_family() {
+    let mut fails = Vec::new();
+    for fam in FAMILIES {
+        let cluster = Cluster::new("");
+        let d = cluster.dir.path();
+        let arch = if fam.aarch64 { "arm64" } else { "amd64" };
+        let tool = oracle::dpkg_deb_build(d, "lab-tool", "1.0-1", arch, "xz");
+        let docs = oracle::dpkg_deb_build(d, "lab-docs", "2.0", "all", "zstd");
+        let zt = oracle::dpkg_deb_build(d, "zerotier-one", "1.14.2", arch, "xz");
+        let config = cluster.path("cluster.toml");
+        let text = fs::read_to_string(&config)
+            .unwrap()
+            .replacen(
+                "network_id = \"8056c2e21c000001\"\n",
+                &format!(
+                    "network_id = \"8056c2e21c000001\"\npackage = \"{}\"\n",
+                    s(&zt)
+                ),
+                1,
+            )
+            .replacen(
+                "[[nodes]]\n",
+                &format!(
+                    "[packages]\ndebs = [\"{}\", \"{}\"]\napt = [\"htop\"]\n[[nodes]]\n",
+                    s(&tool),
+                    s(&docs)
+                ),
+                1,
+            );
+        fs::write(&config, text).unwrap();
+        let node = node_for(fam);
+        let base_img = base(fam);
+        let b = cluster.build(fam, &base_img, node, "node.img", &[]);
+        let root = oracle::partition(&b.img, fam.root).start;
+        let staged = [
+            ("/var/cache/imagegen/debs/01-lab-tool.deb", &tool),
+            ("/var/cache/imagegen/debs/02-lab-docs.deb", &docs),
+            ("/var/cache/imagegen/zerotier-one.deb", &zt),
+        ];
+        for (path, source) in staged {
+            let got = stat(&b.img, root, path);
+            let want = Some(Inode {
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                kind: "regular".into(),
+            });
+            require(
+                got == want,
+                &format!("{}: {path}: {got:?}", fam.layout),
+                &mut fails,
+            );
+            require(
+                got.is_none() || ext4_bytes(&b.img, root, path) == fs::read(source).unwrap(),
+                &format!("{}: {path} is not {}", fam.layout, s(source)),
+                &mut fails,
+            );
+        }
+        let toml = String::from_utf8(ext4_bytes(&b.img, root, "/etc/imagegen/node.toml")).unwrap();
+        let n = imagegen_firstboot::config::NodeConfig::from_toml_str(&toml).unwrap();
+        let want_debs = [
+            PathBuf::from("/var/cache/imagegen/debs/01-lab-tool.deb"),
+            PathBuf::from("/var/cache/imagegen/debs/02-lab-docs.deb"),
+        ];
+        require(
+            n.packages.debs == want_debs && n.packages.apt == ["htop"],
+            &format!("{}: node.toml [packages]: {:?}", fam.layout, n.packages),
+            &mut fails,
+        );
+        require(
+            n.zerotier.as_ref().and_then(|z| z.package.as_deref())
+                == Some(Path::new("/var/cache/imagegen/zerotier-one.deb")),
+            &format!("{}: node.toml [zerotier]: {:?}", fam.layout, n.zerotier),
+            &mut fails,
+        );
+        oracle::assert_e2fsck_clean(&b.img, root);
+
+        // The generic image carries the packages (public); the seed brings the node.toml.
+        // Armbian has no FAT partition for a seed: personalize refuses it.
+        if fam.fat == 0 {
+            continue;
+        }
+        let generic = cluster.build(fam, &base_img, node, "g.img", &["--no-secrets"]);
+        cluster.personalize(&generic.img, node);
+        let tree = node_tree(&generic.img, fam);
+        seed::consume(&Root::new(tree.path()), Path::new(fam.boot)).expect("seed placed");
+        for (path, source) in staged {
+            let got = fs::read(tree.path().join(&path[1..])).ok();
+            require(
+                got == Some(fs::read(source).unwrap()),
+                &format!("{}: personalized: {path} differs or is missing", fam.layout),
+                &mut fails,
+            );
+        }
+        let seeded = fs::read_to_string(tree.path().join("etc/imagegen/node.toml")).unwrap();
+        let p = imagegen_firstboot::config::NodeConfig::from_toml_str(&seeded).unwrap();
+        require(
+            p.packages == n.packages,
+            &format!("{}: personalized [packages]: {:?}", fam.layout, p.packages),
+            &mut fails,
+        );
+    }
+    assert!(fails.is_empty(), "{}", fails.join("\n"));
 }

@@ -112,10 +112,22 @@ pub fn output_bounded<S: AsRef<OsStr>>(
     args: &[S],
     limit: Option<Duration>,
 ) -> Result<Finished, CommandError> {
+    output_bounded_env(root, program, args, &[], limit)
+}
+
+/// [`output_bounded`] with `env` added to the program's environment (not secrets either).
+pub fn output_bounded_env<S: AsRef<OsStr>>(
+    root: &Root,
+    program: &str,
+    args: &[S],
+    env: &[(&str, &str)],
+    limit: Option<Duration>,
+) -> Result<Finished, CommandError> {
     let path = resolve(program)?;
     let command = describe(&path, args);
     let mut child = Command::new(&path)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root.dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -48,7 +48,33 @@ pub struct NodeConfig {
     /// The operator's own scripts; absent in node.toml files written before it existed.
     #[serde(default, skip_serializing_if = "FirstbootSection::is_empty")]
     pub firstboot: FirstbootSection,
+    /// The operator's packages; absent in node.toml files written before it existed.
+    #[serde(default, skip_serializing_if = "PackagesSection::is_empty")]
+    pub packages: PackagesSection,
 }
+
+/// `[packages]`: staged `.deb`s installed offline, and archive packages installed once the
+/// node reaches its APT sources.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesSection {
+    /// Absolute paths on the node, staged by the builder under [`DEBS_DIR`]; installed with
+    /// one `dpkg -i`, so they may depend on each other.
+    #[serde(default)]
+    pub debs: Vec<PathBuf>,
+    /// Package names for `apt-get install`.
+    #[serde(default)]
+    pub apt: Vec<String>,
+}
+
+impl PackagesSection {
+    fn is_empty(&self) -> bool {
+        self.debs.is_empty() && self.apt.is_empty()
+    }
+}
+
+/// Where the builder stages `[packages] debs`, as `NN-package.deb`.
+pub const DEBS_DIR: &str = "/var/cache/imagegen/debs";
 
 /// `[firstboot]`: the operator's scripts, run once each, in order, after the agent's own steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,6 +350,10 @@ pub struct CommandsSection {
     pub rsync: String,
     #[serde(default = "cmd_ssh")]
     pub ssh: String,
+    #[serde(default = "cmd_apt_get")]
+    pub apt_get: String,
+    #[serde(default = "cmd_netplan")]
+    pub netplan: String,
 }
 
 impl Default for CommandsSection {
@@ -333,6 +363,8 @@ impl Default for CommandsSection {
             dpkg: cmd_dpkg(),
             rsync: cmd_rsync(),
             ssh: cmd_ssh(),
+            apt_get: cmd_apt_get(),
+            netplan: cmd_netplan(),
         }
     }
 }
@@ -348,6 +380,12 @@ fn cmd_rsync() -> String {
 }
 fn cmd_ssh() -> String {
     "ssh".into()
+}
+fn cmd_apt_get() -> String {
+    "apt-get".into()
+}
+fn cmd_netplan() -> String {
+    "netplan".into()
 }
 
 /// `[agent]`: how long `run` may wait for the network.
@@ -422,6 +460,25 @@ impl NodeConfig {
                     s.display()
                 ));
             }
+        }
+        for d in &self.packages.debs {
+            if !d.is_absolute() || d.file_name().is_none() {
+                return bad(format!(
+                    "[packages] deb {} must be an absolute path to a file",
+                    d.display()
+                ));
+            }
+        }
+        if let Some(n) = self
+            .packages
+            .apt
+            .iter()
+            .find(|n| !crate::names::is_package_name(n))
+        {
+            return bad(format!(
+                "[packages] apt {n:?} is not a package name: {}",
+                crate::names::PACKAGE_NAME_RULE
+            ));
         }
         if self.node.cluster_init && self.node.role != Role::Server {
             return bad("[node] cluster_init = true needs role = \"server\"".into());

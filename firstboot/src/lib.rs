@@ -15,6 +15,7 @@ pub mod k3s;
 pub mod known_hosts;
 pub mod names;
 pub mod nut;
+pub mod packages;
 pub mod root;
 pub mod run;
 pub mod scripts;

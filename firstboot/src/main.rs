@@ -24,6 +24,9 @@ struct Cli {
 enum Cmd {
     /// Run the first-boot steps (safe to run again).
     Run,
+    /// Place the seed `imagegen personalize` wrote, early in boot, before the network and
+    /// sshd start (imagegen-seed.service); `run` takes in one that arrives later.
+    Seed,
     /// Watch the UPS and power off when it is critical.
     UpsWatch,
     /// Send one backup to the target.
@@ -77,6 +80,15 @@ fn execute(root: &Root, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
+            })
+        }
+        Cmd::Seed => {
+            let config = run::load_config(root)?;
+            let state = run::early_seed(root, &config)?;
+            Ok(if state == status::State::Failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
             })
         }
         Cmd::UpsWatch => {

@@ -27,6 +27,23 @@ pub fn is_node_name(s: &str) -> bool {
 pub const NODE_NAME_RULE: &str =
     "1-63 of a-z, 0-9 and '-', not starting or ending with '-' (RFC 1123 host name label)";
 
+/// A Debian package name by policy 5.6.7 (which refers to 5.6.1): lower-case letters, digits,
+/// '+', '-' and '.', at least two characters, starting with a letter or digit. The agent hands
+/// these to apt-get, where a leading '-' would be an option.
+pub fn is_package_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
+        })
+}
+
+/// What [`is_package_name`] accepts, for messages.
+pub const PACKAGE_NAME_RULE: &str = "lower-case letters, digits, '+', '-' and '.', at least two \
+     characters, starting with a letter or digit (Debian policy 5.6.1)";
+
 /// Debian useradd's default `NAME_REGEX` `^[a-z][-a-z0-9_]*\$?$` without the trailing `$`
 /// (machine accounts), at most 32 characters. Strict enough to be pasted into sshd_config's
 /// `AllowUsers` without a space or pattern character changing its meaning.
@@ -44,6 +61,25 @@ pub const USER_NAME_RULE: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn package_names() {
+        for good in ["htop", "g++", "libc6", "python3.11", "0ad", "nfs-common"] {
+            assert!(is_package_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a",
+            "Htop",
+            "-x",
+            "htop=3.2",
+            "htop/bookworm",
+            "a b",
+            "+x",
+        ] {
+            assert!(!is_package_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn node_names() {

@@ -7,7 +7,9 @@
 //! whose k3s server or VPN is not there yet is still shut down cleanly when the power goes. And a
 //! waiting step never delays another that does not need its result: k3s that does not take its
 //! address from ZeroTier runs beside the ZeroTier wait, and the UPS server's upsd starts listening
-//! on the VPN address as soon as ZeroTier has one, not after k3s.
+//! on the VPN address as soon as ZeroTier has one, not after k3s. The operator's staged
+//! `.deb`s are installed after the protection (offline, nothing to wait for); `[packages] apt`
+//! waits for the APT sources beside the other network waits; the operator's scripts come last.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use crate::config::{
 use crate::root::Root;
 use crate::status::{self, State, Status, Update};
 use crate::zerotier::Joined;
-use crate::{backup, k3s, scripts, seed, ups, zerotier};
+use crate::{backup, k3s, packages, scripts, seed, ups, zerotier};
 
 /// How long one `run` may take: below the unit's `TimeoutStartSec=300`
 /// (units/imagegen-firstboot.service), so systemd never kills a script midway; a script whose
@@ -85,10 +87,46 @@ pub fn load_config(root: &Root) -> Result<NodeConfig, RunError> {
     result
 }
 
-/// Makes seeded identity files take effect on the running system: the hostname now, sshd
-/// restarted so it serves the node's own host keys, the node's firewall loaded. Best effort:
-/// the files are in place, and the next boot uses them anyway.
-fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
+/// The seed step of imagegen-seed.service, early in boot: nothing that reads the seeded files
+/// has started yet (the unit is ordered before them), so only what was set before it ran is
+/// brought up to date: the hostname, which systemd set from /etc/hostname when it started, and
+/// netplan's output, which its systemd generator wrote before any unit ran. No service is
+/// restarted from here: a `systemctl` call from a unit that others wait for could wait on them.
+pub fn early_seed(root: &Root, config: &NodeConfig) -> Result<State, RunError> {
+    let rec = Recorder {
+        root,
+        boot: &config.paths.boot,
+        node: &config.node.name,
+    };
+    let mut summary = Summary::default();
+    let mut placed = Vec::new();
+    seed_step(&rec, &mut summary, &mut placed)?;
+    set_live_hostname(root, &placed);
+    if placed.iter().any(|p| p.starts_with("/etc/netplan/")) {
+        regenerate_netplan(root, &config.commands);
+    }
+    Ok(if summary.failed.is_empty() {
+        State::Done
+    } else {
+        State::Failed
+    })
+}
+
+/// netplan renders /etc/netplan into networkd and NetworkManager files under /run from a
+/// systemd generator, before any unit runs (netplan docs, "Netplan Generator"); a netplan file
+/// the seed placed after that is rendered by `netplan generate`, the same program
+/// (netplan-generate(8)), before networkd or NetworkManager start. Best effort: the next boot's
+/// generator reads the file anyway.
+fn regenerate_netplan(root: &Root, commands: &crate::config::CommandsSection) {
+    match crate::command::run(root, &commands.netplan, &["generate"]) {
+        Ok(_) => eprintln!("seed: netplan generate: rendered the seeded network settings"),
+        Err(crate::command::CommandError::NotFound { .. }) => {}
+        Err(e) => eprintln!("seed: {e}"),
+    }
+}
+
+/// The seeded hostname, now. Best effort: the next boot uses the file anyway.
+fn set_live_hostname(root: &Root, placed: &[String]) {
     if placed.iter().any(|p| p == "/etc/hostname")
         && let Ok(name) = std::fs::read_to_string(root.path("/etc/hostname"))
     {
@@ -99,6 +137,14 @@ fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
             eprintln!("seed: cannot set the hostname now: {e}");
         }
     }
+}
+
+/// Makes seeded identity files take effect on a running system, for a seed `run` takes in
+/// after boot (imagegen-seed.service normally places it before any of this starts): the
+/// hostname now, sshd restarted so it serves the node's own host keys, the node's firewall
+/// loaded. Best effort: the files are in place, and the next boot uses them anyway.
+fn apply_seeded_identity(root: &Root, config: &NodeConfig, placed: &[String]) {
+    set_live_hostname(root, placed);
     if placed.iter().any(|p| p.starts_with("/etc/ssh/ssh_host_")) {
         let restarted = crate::command::run(
             root,
@@ -217,8 +263,18 @@ impl Recorder<'_> {
             .scripts
             .iter()
             .map(|s| (scripts::step_name(s), "runs after the agent's own steps"));
+        let pk = &config.packages;
+        let packages = [
+            (!pk.debs.is_empty(), "debs", "starting"),
+            (
+                !pk.apt.is_empty(),
+                "apt",
+                "waits for the network (the image's APT sources)",
+            ),
+        ];
         let implied = implied
             .into_iter()
+            .chain(packages)
             .filter(|i| i.0)
             .map(|(_, name, reason)| (name.to_owned(), reason))
             .chain(scripts);
@@ -254,7 +310,10 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
     };
     let mut summary = Summary::default();
 
-    if seed_step(&rec, config, &mut summary)? == Seeded::NewConfig {
+    let mut placed = Vec::new();
+    let seeded = seed_step(&rec, &mut summary, &mut placed)?;
+    apply_seeded_identity(root, config, &placed);
+    if seeded == Seeded::NewConfig {
         // A personalized generic image: the seed brought this node's own node.toml, so the
         // rest of the run is this node's, not the generic image's.
         eprintln!("seed: brought a new node.toml; continuing with it");
@@ -277,7 +336,11 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
         summary.set("ups", ups_step(&rec, config, joined.as_ref())?);
     }
 
-    network_steps(&rec, config, joined, deadline, &mut summary)?;
+    if !config.packages.debs.is_empty() {
+        summary.set("debs", debs_step(&rec, config)?);
+    }
+
+    network_steps(&rec, config, joined, deadline, run_end, &mut summary)?;
     script_steps(&rec, config, run_end, &mut summary)?;
     Ok(summary)
 }
@@ -351,8 +414,8 @@ enum Seeded {
 /// The seed step. It runs every time: a user may personalize the card again later.
 fn seed_step(
     rec: &Recorder,
-    config: &NodeConfig,
     summary: &mut Summary,
+    placed: &mut Vec<String>,
 ) -> Result<Seeded, RunError> {
     let before = status::load(rec.root)?;
     let mut seeded = Seeded::SameConfig;
@@ -362,11 +425,9 @@ fn seed_step(
             if paths.iter().any(|p| p == NODE_CONFIG_PATH) {
                 seeded = Seeded::NewConfig;
             }
-            apply_seeded_identity(rec.root, config, &paths);
-            Some(Outcome::Done(BTreeMap::from([(
-                "placed".to_owned(),
-                paths.join(" "),
-            )])))
+            let done = Outcome::Done(BTreeMap::from([("placed".to_owned(), paths.join(" "))]));
+            placed.extend(paths);
+            Some(done)
         }
         // No seed now: whatever the last one came to stands (a rejected seed stays failed until
         // a new one arrives).
@@ -423,6 +484,7 @@ fn network_steps(
     config: &NodeConfig,
     mut joined: Option<Joined>,
     deadline: Instant,
+    run_end: Instant,
     summary: &mut Summary,
 ) -> Result<(), RunError> {
     let k3s_needs_zerotier = config
@@ -432,6 +494,9 @@ fn network_steps(
     thread::scope(|scope| -> Result<(), RunError> {
         let beside = (config.k3s.is_some() && !k3s_needs_zerotier)
             .then(|| scope.spawn(|| k3s_step(rec, config, None, deadline)));
+        // Needs only the APT sources: waits beside the others, never before them.
+        let apt = (!config.packages.apt.is_empty())
+            .then(|| scope.spawn(|| apt_step(rec, config, deadline, run_end)));
 
         if let Some(zt) = &config.zerotier
             && joined.is_none()
@@ -454,6 +519,12 @@ fn network_steps(
         };
         if let Some(state) = k3s {
             summary.set("k3s", state);
+        }
+        if let Some(h) = apt {
+            let state = h
+                .join()
+                .unwrap_or_else(|_| rec.record("apt", failed("the apt step panicked")))?;
+            summary.set("apt", state);
         }
         Ok(())
     })
@@ -490,6 +561,63 @@ fn zerotier_step(
         Err(e) => (failed(e), None),
     };
     Ok((rec.record("zerotier", o)?, joined))
+}
+
+/// The staged `.deb`s, installed offline: nothing to wait for.
+fn debs_step(rec: &Recorder, config: &NodeConfig) -> Result<State, RunError> {
+    if rec.current("debs")?.is_none() {
+        return Ok(State::Done);
+    }
+    let debs = &config.packages.debs;
+    eprintln!("debs: installing {} staged package(s)", debs.len());
+    let o = match packages::install_debs(rec.root, &config.commands.dpkg, debs) {
+        Ok(()) => Outcome::Done(BTreeMap::from([(
+            "installed".to_owned(),
+            debs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )])),
+        Err(e) => failed(e),
+    };
+    rec.record("debs", o)
+}
+
+/// `[packages] apt`, once the APT sources answer.
+fn apt_step(
+    rec: &Recorder,
+    config: &NodeConfig,
+    deadline: Instant,
+    run_end: Instant,
+) -> Result<State, RunError> {
+    if rec.current("apt")?.is_none() {
+        return Ok(State::Done);
+    }
+    let report = |n: u32, why: &str| {
+        rec.attempt(
+            "apt",
+            packages::PackagesError::Waiting(why.to_owned()).to_string(),
+            n,
+        );
+    };
+    let mut attempts = Attempts::new("apt", &report);
+    let names = &config.packages.apt;
+    let o = match packages::install_apt(
+        rec.root,
+        &config.commands,
+        names,
+        deadline,
+        run_end,
+        &mut attempts,
+    ) {
+        Ok(d) => Outcome::Done(d),
+        Err(e) if e.is_waiting() => Outcome::Pending {
+            reason: e.to_string(),
+            attempts: attempts.count(),
+        },
+        Err(e) => failed(e),
+    };
+    rec.record("apt", o)
 }
 
 fn ups_step(

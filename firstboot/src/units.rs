@@ -4,6 +4,10 @@
 /// `(file name, content)` of every unit.
 pub const UNITS: &[(&str, &str)] = &[
     (
+        "imagegen-seed.service",
+        include_str!("../units/imagegen-seed.service"),
+    ),
+    (
         "imagegen-firstboot.service",
         include_str!("../units/imagegen-firstboot.service"),
     ),
@@ -29,6 +33,7 @@ pub const UNITS: &[(&str, &str)] = &[
 /// `/etc/systemd/system/<target>.wants/<unit>`. The UPS watch and the backup timer are enabled by
 /// the agent itself, and only when `node.toml` has `[ups]` / `[backup]`.
 pub const ENABLED_BY_BUILDER: &[(&str, &str)] = &[
+    ("imagegen-seed.service", "sysinit.target"),
     ("imagegen-firstboot.service", "multi-user.target"),
     ("imagegen-firstboot-retry.timer", "timers.target"),
 ];

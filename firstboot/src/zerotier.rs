@@ -20,6 +20,8 @@ pub enum ZeroTierError {
         path: String,
         source: std::io::Error,
     },
+    #[error("zerotier: installing the staged package: {0}")]
+    Install(String),
     #[error("zerotier: staged package {0} is missing and zerotier-one is not installed")]
     NoPackage(String),
     /// Not an error of ours: the network or the controller is not there yet.
@@ -68,11 +70,8 @@ pub fn join(
             return Err(ZeroTierError::NoPackage(pkg.display().to_string()));
         }
         eprintln!("zerotier: installing staged package {}", pkg.display());
-        command::run(
-            root,
-            &commands.dpkg,
-            &[std::ffi::OsString::from("-i"), root.path(pkg).into()],
-        )?;
+        crate::packages::install_debs(root, &commands.dpkg, std::slice::from_ref(pkg))
+            .map_err(|e| ZeroTierError::Install(e.to_string()))?;
     }
     let conf = zt
         .home

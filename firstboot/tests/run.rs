@@ -727,3 +727,233 @@ fn node_toml_without_firstboot_parses() {
     assert!(c.firstboot.scripts.is_empty());
     assert!(!c.to_toml_string().unwrap().contains("firstboot"));
 }
+
+/// `[packages]`: the staged debs installed offline with one `dpkg -i`, the same way as the
+/// zerotier-one package; `apt` pending while `apt-get update` fails (no network), never holding
+/// up the UPS watch; done once the sources answer, with apt-get non-interactive; a package
+/// apt cannot install leaves the step failed, and the next run tries again.
+#[test]
+fn packages_debs_offline_and_apt_once_the_network_is_there() {
+    let debs = "/var/cache/imagegen/debs";
+    let n = Node::new(&format!(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [ups]\nhost = \"127.0.0.1\"\nport = {}\nups = \"riello\"\nuser = \"monuser\"\n\
+         password_file = \"/etc/imagegen/ups-password\"\n\n\
+         [packages]\ndebs = [\"{debs}/01-hello.deb\", \"{debs}/02-world.deb\"]\n\
+         apt = [\"htop\", \"jq\"]\n\n[agent]\ntime_budget_secs = 2\n",
+        free_port()
+    ));
+    n.write("etc/imagegen/ups-password", "pw");
+    n.write(&format!("{}/01-hello.deb", &debs[1..]), "staged");
+    n.write(&format!("{}/02-world.deb", &debs[1..]), "staged");
+    // apt-get: `update` fails like apt's Error-Mode=any without a network until `net-up`
+    // exists in the root (its working directory); `install` fails while `broken` exists.
+    let log = n.bin().join("apt-get.log");
+    write_script(
+        &n.bin().join("apt-get"),
+        &format!(
+            "echo \"DEBIAN_FRONTEND=$DEBIAN_FRONTEND $*\" >> '{}'\n\
+             case \" $* \" in\n\
+             *' update '*) [ -e net-up ] || {{ echo 'E: Failed to fetch' >&2; exit 100; }} ;;\n\
+             *' install '*) [ -e broken ] && {{ echo 'E: Unable to locate package jq' >&2; exit 100; }} ;;\n\
+             esac\nexit 0\n",
+            log.display()
+        ),
+    );
+
+    let out = n.command(&["run"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    let s = states(&n);
+    assert_eq!(s["debs"], "done", "{s:?}");
+    assert_eq!(s["apt"], "pending", "{s:?}");
+    assert_eq!(s["ups"], "done", "{s:?}");
+    let root = n.root().display().to_string();
+    assert_eq!(
+        n.calls("dpkg"),
+        [format!(
+            "-i {root}{debs}/01-hello.deb {root}{debs}/02-world.deb"
+        )]
+    );
+    let st = n.status_json();
+    assert!(
+        st["steps"]["apt"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Failed to fetch")),
+        "{st}"
+    );
+    assert!(st["steps"]["apt"]["attempts"].as_u64() >= Some(1), "{st}");
+    let calls = n.calls("apt-get");
+    assert!(!calls.is_empty(), "no apt-get update");
+    assert!(
+        calls.iter().all(|c| c.contains(" update")
+            && c.starts_with("DEBIAN_FRONTEND=noninteractive ")
+            && c.contains("APT::Update::Error-Mode=any")),
+        "{calls:?}"
+    );
+
+    // The network is there but a package is not: failed, with apt's message.
+    n.write("net-up", "");
+    n.write("broken", "");
+    let out = n.command(&["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let st = n.status_json();
+    assert_eq!(st["steps"]["apt"]["state"], "failed", "{st}");
+    assert!(
+        st["steps"]["apt"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("Unable to locate package")),
+        "{st}"
+    );
+
+    // Fixed: the next run installs, after finishing any interrupted dpkg; the debs are not
+    // installed again.
+    fs::remove_file(n.root().join("broken")).unwrap();
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = n.status_json();
+    assert_eq!(st["steps"]["apt"]["state"], "done", "{st}");
+    assert_eq!(st["steps"]["apt"]["details"]["installed"], "htop jq");
+    let calls = n.calls("apt-get");
+    let last = calls.last().unwrap();
+    assert!(
+        last.starts_with("DEBIAN_FRONTEND=noninteractive ")
+            && last.ends_with(" install -y htop jq")
+            && last.contains("Dpkg::Options::=--force-confold"),
+        "{last}"
+    );
+    let dpkg = n.calls("dpkg");
+    assert_eq!(
+        dpkg.iter().filter(|c| c.starts_with("-i ")).count(),
+        1,
+        "{dpkg:?}"
+    );
+    assert_eq!(dpkg.last().map(String::as_str), Some("--configure -a"));
+}
+
+/// A staged deb that is gone (a card edited by hand) fails the step with its path.
+#[test]
+fn a_missing_staged_deb_fails_the_step() {
+    let n = Node::new(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [packages]\ndebs = [\"/var/cache/imagegen/debs/01-gone.deb\"]\n",
+    );
+    let out = n.command(&["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let st = n.status_json();
+    assert_eq!(st["steps"]["debs"]["state"], "failed", "{st}");
+    assert!(
+        st["steps"]["debs"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("01-gone.deb")),
+        "{st}"
+    );
+    assert!(n.calls("dpkg").is_empty());
+}
+
+/// `seed`, as imagegen-seed.service runs it early in boot: the seed's files are placed (a new
+/// node.toml, a NetworkManager keyfile, a netplan file, host keys) and wiped from the boot
+/// partition; netplan re-renders the seeded file; no service is touched (everything that reads
+/// these files starts after the unit); the step is in the status under the node's name once
+/// `run` follows, which finds no seed and leaves the step as it was.
+#[test]
+fn seed_subcommand_places_the_seed_before_the_network_without_touching_services() {
+    let n = Node::new("[node]\nname = \"generic\"\nrole = \"agent\"\ncluster = \"test\"\n");
+    n.standin("netplan");
+    let keyfile = "/etc/NetworkManager/system-connections/imagegen-wifi.nmconnection";
+    let seed = Seed {
+        files: vec![
+            SeedFile::new(
+                "/etc/imagegen/node.toml",
+                0o600,
+                b"[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n",
+            ),
+            SeedFile::new(keyfile, 0o600, b"[connection]\nid=imagegen-wifi\n"),
+            SeedFile::new(
+                "/etc/netplan/90-imagegen.yaml",
+                0o600,
+                b"network: {version: 2}\n",
+            ),
+            SeedFile::new("/etc/ssh/ssh_host_ed25519_key", 0o600, b"key\n"),
+            SeedFile::new("/etc/hostname", 0o644, b"pi4-a\n"),
+        ],
+    };
+    n.write(
+        &format!("boot/firmware/{SEED_FILE_NAME}"),
+        &seed.to_toml_string().unwrap(),
+    );
+    let out = n.command(&["seed"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(!n.root().join("boot/firmware").join(SEED_FILE_NAME).exists());
+    let mode = |rel: &str| {
+        fs::metadata(n.root().join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(&keyfile[1..]), 0o600);
+    assert_eq!(n.read("etc/hostname"), "pi4-a\n");
+    assert_eq!(n.calls("netplan"), ["generate"]);
+    assert!(
+        n.calls("systemctl").is_empty(),
+        "{:?}",
+        n.calls("systemctl")
+    );
+    let st = n.status_json();
+    assert_eq!(st["steps"]["seed"]["state"], "done", "{st}");
+    assert!(
+        st["steps"]["seed"]["details"]["placed"]
+            .as_str()
+            .is_some_and(|p| p.contains(keyfile)),
+        "{st}"
+    );
+
+    // `run` after it: the node's own config, no seed left, the step as the early unit left it.
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = n.status_json();
+    assert_eq!(after["node"], "pi4-a", "{after}");
+    assert_eq!(after["steps"]["seed"], st["steps"]["seed"]);
+    // Only `run` restarts what serves the seeded files, and only for a seed it placed itself.
+    assert!(
+        n.calls("systemctl").is_empty(),
+        "{:?}",
+        n.calls("systemctl")
+    );
+}
+
+/// Without a netplan file in the seed, or without netplan on the node, nothing is generated;
+/// a seed that cannot be used fails the unit (the status says why) and is wiped all the same.
+#[test]
+fn seed_subcommand_without_netplan_and_with_a_bad_seed() {
+    let n = Node::new("[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n");
+    n.standin("netplan");
+    let seed = Seed {
+        files: vec![SeedFile::new("/etc/hostname", 0o644, b"pi4-a\n")],
+    };
+    n.write(
+        &format!("boot/firmware/{SEED_FILE_NAME}"),
+        &seed.to_toml_string().unwrap(),
+    );
+    assert!(n.command(&["seed"]).output().unwrap().status.success());
+    assert!(n.calls("netplan").is_empty());
+
+    n.write(
+        &format!("boot/firmware/{SEED_FILE_NAME}"),
+        "[[file]\nbroken",
+    );
+    let out = n.command(&["seed"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!n.root().join("boot/firmware").join(SEED_FILE_NAME).exists());
+    assert_eq!(n.status_json()["steps"]["seed"]["state"], "failed");
+}

@@ -103,3 +103,80 @@ fn backup_unit_bounds_its_run() {
         values[0]
     );
 }
+
+/// imagegen-seed.service places the seed before anything reads what it brings: ordered before
+/// network-pre.target (which NetworkManager, systemd-networkd and ifupdown's networking order
+/// after), sshd, the firewall and cloud-init's local stage, and after the local filesystems it
+/// reads and writes (the boot partition among them); enabled into sysinit.target by the builder.
+/// The boot transaction of this host's own units (systemd 252: sshd, NetworkManager, networkd,
+/// nftables) with the seed unit pulled in has no ordering cycle, by `systemd-analyze verify`,
+/// which reports any it has to break.
+#[test]
+fn seed_unit_runs_before_the_network_and_sshd() {
+    let unit = UNITS
+        .iter()
+        .find(|(n, _)| *n == "imagegen-seed.service")
+        .map(|(_, c)| *c)
+        .unwrap();
+    let values = |key: &str| -> Vec<&str> {
+        unit.lines()
+            .filter_map(|l| l.strip_prefix(key))
+            .flat_map(str::split_whitespace)
+            .collect()
+    };
+    for before in [
+        "network-pre.target",
+        "ssh.service",
+        "ssh.socket",
+        "nftables.service",
+        "cloud-init-local.service",
+    ] {
+        assert!(values("Before=").contains(&before), "{before}: {unit}");
+    }
+    assert_eq!(values("Wants="), ["network-pre.target"]);
+    assert!(values("After=").contains(&"local-fs.target"));
+    assert_eq!(values("DefaultDependencies="), ["no"]);
+    assert_eq!(values("Type="), ["oneshot"]);
+    assert!(
+        imagegen_firstboot::units::ENABLED_BY_BUILDER
+            .contains(&("imagegen-seed.service", "sysinit.target"))
+    );
+
+    let analyze = require("/usr/bin/systemd-analyze", "systemd");
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("imagegen-seed.service"),
+        unit.replace(AGENT_BINARY_PATH, AGENT),
+    )
+    .unwrap();
+    let host_units: Vec<&str> = [
+        "ssh.service",
+        "NetworkManager.service",
+        "systemd-networkd.service",
+        "nftables.service",
+    ]
+    .into_iter()
+    .filter(|u| std::path::Path::new("/lib/systemd/system").join(u).exists())
+    .collect();
+    fs::write(
+        dir.path().join("imagegen-boot-test.target"),
+        format!(
+            "[Unit]\nDescription=a boot with the seed unit\n\
+             Wants=sysinit.target imagegen-seed.service network-online.target multi-user.target {}\n",
+            host_units.join(" ")
+        ),
+    )
+    .unwrap();
+    let out = Command::new(analyze)
+        .args([
+            "verify",
+            "--man=no",
+            "imagegen-boot-test.target",
+            "imagegen-seed.service",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("cycle"), "{err}");
+}

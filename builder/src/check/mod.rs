@@ -7,6 +7,7 @@ pub mod calendar;
 pub mod files;
 pub mod locale;
 pub mod network;
+pub mod packages;
 
 use crate::config::{self, ClusterConfig, ConfigError, Loaded, Role};
 use std::os::unix::fs::PermissionsExt;
@@ -45,6 +46,7 @@ pub fn run(path: &Path) -> Result<Report, ConfigError> {
     };
     secret_files(&loaded, &text, &mut r);
     own_files(&loaded, &text, &mut r);
+    staged_packages(&loaded, &text, &mut r);
     for (span, message) in crate::addons::problems(&loaded.config, &loaded.dir) {
         r.errors.push(match span {
             Some(s) => config::at(&text, path, s, message).to_string(),
@@ -159,6 +161,36 @@ fn own_files(l: &Loaded, text: &str, r: &mut Report) {
                 )
                 .to_string(),
             );
+        }
+    }
+}
+
+/// Each staged `.deb` must be a package for the architecture of every board it goes on (all
+/// of the cluster's: the packages are the same on every node). An unknown board is said by
+/// `config::validate`.
+fn staged_packages(l: &Loaded, text: &str, r: &mut Report) {
+    let mut arches: Vec<crate::arch::Arch> = l
+        .config
+        .nodes
+        .iter()
+        .filter_map(|n| crate::board::get(n.board.get_ref()).ok())
+        .map(|b| b.arch)
+        .collect();
+    arches.sort();
+    arches.dedup();
+    for arch in arches {
+        let Err(problems) = packages::for_arch(&l.config, |p| l.resolve(p), arch) else {
+            continue;
+        };
+        for (span, message) in problems {
+            let e = match span {
+                Some(s) => config::at(text, &l.path, s, message).to_string(),
+                None => format!("{}: {message}", l.path.display()),
+            };
+            // An unreadable .deb is the same error for every architecture.
+            if !r.errors.contains(&e) {
+                r.errors.push(e);
+            }
         }
     }
 }

@@ -74,10 +74,12 @@ impl Bootstrap {
         let url = k.server_url.as_ref().map(|u| u.get_ref().clone());
         if k.token_file.is_some() {
             if k.init_server.is_some() {
-                return Err("[k3s] init_server names the server that starts a new cluster; \
+                return Err(
+                    "[k3s] init_server names the server that starts a new cluster; \
                             with token_file the cluster exists and every node joins it: \
                             remove one of the two"
-                    .into());
+                        .into(),
+                );
             }
             return match url {
                 Some(server_url) => Ok(Some(Bootstrap::Join { server_url })),
@@ -99,7 +101,9 @@ impl Bootstrap {
                 Some(_) => Err(format!(
                     "[k3s] init_server {name:?} is not a server (role = \"server\")"
                 )),
-                None => Err(format!("[k3s] init_server {name:?} is no node of this config")),
+                None => Err(format!(
+                    "[k3s] init_server {name:?} is no node of this config"
+                )),
             };
         }
         let Some(first) = cfg.nodes.iter().find(|n| n.role == Role::Server) else {

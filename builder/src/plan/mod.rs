@@ -303,21 +303,12 @@ fn backup_pins(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
 /// enables them. Not secret and the same for every node of a board: a generic image carries
 /// it too, or a personalized node would lack what a full build of it has.
 fn staged_software(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
-    if let Some(pkg) = spec
-        .config
-        .zerotier
-        .as_ref()
-        .and_then(|z| z.package.as_ref())
-    {
-        let pkg = spec.resolve(pkg);
-        if !pkg.is_file() {
-            return Err(PlanError::Invalid(format!(
-                "zerotier package {} does not exist",
-                pkg.display()
-            )));
+    for (dest, source) in staged_debs(spec)? {
+        let source = spec.resolve(source);
+        if let Some(dir) = Path::new(&dest).parent().and_then(Path::to_str) {
+            p.dir(dir, 0o755);
         }
-        p.dir("/var/cache/imagegen", 0o755);
-        p.host_file(ZEROTIER_PACKAGE, pkg, 0o644);
+        p.host_file(&dest, source, 0o644);
     }
     let mut enabled_by_agent: Vec<&str> = Vec::new();
     if let Some(bin) = spec.k3s_binary {
@@ -338,6 +329,37 @@ fn staged_software(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
         p.file(PRESET, preset_file(&enabled_by_agent).into_bytes(), 0o644);
     }
     Ok(())
+}
+
+/// Every `.deb` this node's board installs, as (path on the node, source): the zerotier-one
+/// package and `[packages] debs`, one way for both, each the one for the board's
+/// architecture. A deb is staged as `NN-PACKAGE.deb` (its position among this node's, from 01,
+/// and its control data's name), a file name that sorts in install order whatever the
+/// operator's file was called.
+fn staged_debs<'a>(spec: &NodeSpec<'a>) -> Result<Vec<(String, &'a Path)>, PlanError> {
+    let chosen =
+        crate::check::packages::for_arch(spec.config, |p| spec.resolve(p), spec.board.arch)
+            .map_err(|e| {
+                PlanError::Invalid(
+                    e.into_iter()
+                        .map(|(_, why)| why)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
+    let mut n = 0;
+    Ok(chosen
+        .into_iter()
+        .map(|(s, control)| {
+            let dest = if s.what == crate::check::packages::ZEROTIER {
+                ZEROTIER_PACKAGE.to_owned()
+            } else {
+                n += 1;
+                format!("{}/{n:02}-{}.deb", node::DEBS_DIR, control.package)
+            };
+            (dest, s.path)
+        })
+        .collect())
 }
 
 /// The agent binary, its units, and the ones the builder enables.
@@ -909,6 +931,8 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         }),
         None => None,
     };
+    let debs = staged_debs(spec)?;
+    let zerotier_staged = debs.iter().any(|(dest, _)| dest == ZEROTIER_PACKAGE);
     let n = node::NodeConfig {
         node: node::NodeSection {
             name: if spec.generic {
@@ -923,7 +947,7 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         k3s,
         zerotier: cfg.zerotier.as_ref().map(|z| node::ZeroTierSection {
             network_id: z.network_id.get_ref().clone(),
-            package: z.package.as_ref().map(|_| PathBuf::from(ZEROTIER_PACKAGE)),
+            package: zerotier_staged.then(|| PathBuf::from(ZEROTIER_PACKAGE)),
             ..default_zerotier()
         }),
         wireguard,
@@ -934,6 +958,20 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
         },
         commands: Default::default(),
         agent: Default::default(),
+        packages: node::PackagesSection {
+            debs: debs
+                .into_iter()
+                .filter(|(dest, ..)| dest != ZEROTIER_PACKAGE)
+                .map(|(dest, ..)| PathBuf::from(dest))
+                .collect(),
+            apt: spec
+                .config
+                .packages
+                .iter()
+                .flat_map(|pk| &pk.apt)
+                .map(|n| n.get_ref().clone())
+                .collect(),
+        },
         firstboot: node::FirstbootSection {
             // The same names `files::scripts` stages them under.
             scripts: firstboot_scripts(spec)

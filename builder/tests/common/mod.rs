@@ -199,3 +199,13 @@ pub fn without_stage_lines(err: &str) -> String {
         .map(|l| format!("{l}\n"))
         .collect()
 }
+
+/// `err` has an `error: CONFIG:LINE:` line that mentions `needle`.
+pub fn error_at(err: &str, config: &str, line: usize, needle: &str) {
+    let want = format!("error: {config}:{line}:");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&want) && l.contains(needle)),
+        "{want} ... {needle} in\n{err}"
+    );
+}

@@ -38,6 +38,7 @@ pub fn apt_package(tool: &str) -> &'static str {
         "bash" => "bash",
         "netplan" => "netplan.io",
         "nmcli" => "network-manager",
+        "dpkg-deb" => "dpkg",
         _ => "coreutils",
     }
 }
@@ -87,6 +88,48 @@ fn check(name: &str, args: &[&str], out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A real package made by `dpkg-deb --build` in `dir`: `package` `version` for `arch`
+/// ("amd64", "arm64", "all"...), its members compressed with `compression` ("xz", "gzip",
+/// "zstd", "none"), holding `/usr/share/doc/PACKAGE/hello`.
+#[allow(dead_code)]
+pub fn dpkg_deb_build(
+    dir: &Path,
+    package: &str,
+    version: &str,
+    arch: &str,
+    compression: &str,
+) -> PathBuf {
+    let tree = dir.join(format!("{package}-{arch}-{compression}-tree"));
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(tree.join(format!("usr/share/doc/{package}"))).unwrap();
+    std::fs::write(
+        tree.join(format!("usr/share/doc/{package}/hello")),
+        "hello\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: {package}\nVersion: {version}\nArchitecture: {arch}\n\
+             Maintainer: Test <test@example.org>\nDescription: imagegen test package\n \
+             Version: 0-not-this-one\n"
+        ),
+    )
+    .unwrap();
+    let out = dir.join(format!("{package}_{version}_{arch}_{compression}.deb"));
+    run(
+        "dpkg-deb",
+        &[
+            "--root-owner-group",
+            &format!("-Z{compression}"),
+            "--build",
+            path_str(&tree),
+            path_str(&out),
+        ],
+    );
+    out
 }
 
 fn path_str(p: &Path) -> &str {
