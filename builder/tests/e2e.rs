@@ -5,8 +5,9 @@
 //!
 //! One test function boots four times (each boot costs 45-90 s under TCG): node A for the
 //! running node, node B (a token that does not match the server's CA) for the refusal and for
-//! "another node", and node A rebuilt as a replacement, powered off hard in the middle of its
-//! first boot and booted again. The replacement is the `.qcow2` output, booted with
+//! "another node", made as `personalize` makes a card from the generic image (its identity
+//! arriving as the seed), and node A rebuilt as a replacement, powered off hard in the middle
+//! of its first boot and booted again. The replacement is the `.qcow2` output, booted with
 //! `-drive format=qcow2` (issue 15); the others are raw `.img`.
 
 mod agents;
@@ -20,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use vm::lab::{
-    ADMIN, Facts, Lab, STEPS, all_done, boot_settled, build_node, check_node, host_key_fingerprint,
-    poweroff_clean, state_of, ups_poweroff, wait_status,
+    ADMIN, Facts, Lab, STEPS, all_done, boot_settled, build_generic, build_node, check_node,
+    host_key_fingerprint, personalize, poweroff_clean, state_of, ups_poweroff, wait_status,
 };
 use vm::{Vm, VmOptions};
 
@@ -108,11 +109,35 @@ fn node_b(lab: &Lab, disk: &Path, a: &Facts) {
         .trim()
         .to_owned();
     assert_ne!(machine_id, a.machine_id, "node-b has node-a's machine-id");
-    assert_ne!(
-        host_key_fingerprint(&guest),
-        a.host_key,
-        "node-b has node-a's SSH host key"
+    let served = host_key_fingerprint(&guest);
+    assert_ne!(served, a.host_key, "node-b has node-a's SSH host key");
+    // The seed's host key is the one sshd served from its first start: the seed unit ended
+    // before sshd (and the network) began, by systemd's own clock.
+    let seeded = vm::run(
+        std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(lab.path("wrong-token/state/node-b/ssh_host_ed25519_key.pub")),
     );
+    let seeded = String::from_utf8_lossy(&seeded.stdout);
+    assert_eq!(
+        Some(served.as_str()),
+        seeded.split_whitespace().nth(1),
+        "sshd does not serve the host key personalize seeded"
+    );
+    let usec = |unit: &str, prop: &str| -> u64 {
+        let v = guest.ssh_ok(ADMIN, key, &format!("systemctl show -P {prop} {unit}"));
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{unit} {prop}: {v:?}"))
+    };
+    let seed_done = usec("imagegen-seed.service", "ExecMainExitTimestampMonotonic");
+    for unit in ["ssh.service", "systemd-networkd.service"] {
+        let start = usec(unit, "ExecMainStartTimestampMonotonic");
+        assert!(
+            seed_done > 0 && seed_done <= start,
+            "{unit} started at {start} us, before the seed was placed ({seed_done} us)"
+        );
+    }
     let pw = guest.ssh_ok(ADMIN, key, "sudo cat /etc/rancher/node/password");
     assert_ne!(pw, a.node_password, "node-b has node-a's k3s node password");
     let _ = guest.ssh(ADMIN, key, "sudo systemctl poweroff");
@@ -252,7 +277,20 @@ fn nodes_boot_harden_join_back_up_shut_down_on_ups_and_survive_replacement_and_p
         let (good, state, again) = (good.clone(), state.clone(), again.clone());
         let imagegen = imagegen.clone();
         thread::spawn(move || {
-            build(&imagegen, &bad, "node-b", &b_state, &b_img);
+            // Node B as a card made by `flash --config` or `personalize` from the cluster's
+            // generic image: its identity and secrets arrive as the seed on the ESP, which
+            // imagegen-seed.service must place before sshd and the network start.
+            let generic = b_img.with_extension("generic.img");
+            build_generic(
+                &imagegen,
+                &bad,
+                "x86-64",
+                &vm::base_image(),
+                &b_state,
+                &generic,
+            );
+            personalize(&imagegen, &bad, "node-b", &b_state, &generic, &b_img);
+            let _ = fs::remove_file(&generic);
             build(&imagegen, &good, "node-a", &state, &again);
         })
     };

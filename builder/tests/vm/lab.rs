@@ -780,13 +780,45 @@ pub fn build_node(
     state: &Path,
     out: &Path,
 ) {
+    build_with(imagegen, cluster, &["--node", node], base, state, out);
+}
+
+/// The cluster's generic image of `board` (`build --board B --no-secrets`): every node's
+/// public content, no node's identity or secrets; `personalize` makes it a node.
+pub fn build_generic(
+    imagegen: &Path,
+    cluster: &Path,
+    board: &str,
+    base: &Path,
+    state: &Path,
+    out: &Path,
+) {
+    build_with(
+        imagegen,
+        cluster,
+        &["--board", board, "--no-secrets"],
+        base,
+        state,
+        out,
+    );
+}
+
+fn build_with(
+    imagegen: &Path,
+    cluster: &Path,
+    which: &[&str],
+    base: &Path,
+    state: &Path,
+    out: &Path,
+) {
     let started = Instant::now();
     super::run(
         Command::new(imagegen)
             .arg("build")
             .arg("--config")
             .arg(cluster)
-            .args(["--node", node, "--base"])
+            .args(which)
+            .arg("--base")
             .arg(base)
             .arg("--state-dir")
             .arg(state)
@@ -796,7 +828,31 @@ pub fn build_node(
             .arg(out),
     );
     eprintln!(
-        "vm: built {node} in {:.1} s",
+        "vm: built {} in {:.1} s",
+        which.join(" "),
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// `imagegen personalize` of a generic image into `node`, written to `out` (IMAGE untouched).
+pub fn personalize(
+    imagegen: &Path,
+    cluster: &Path,
+    node: &str,
+    state: &Path,
+    generic: &Path,
+    out: &Path,
+) {
+    super::run(
+        Command::new(imagegen)
+            .arg("personalize")
+            .arg("--config")
+            .arg(cluster)
+            .args(["--node", node])
+            .arg("--state-dir")
+            .arg(state)
+            .arg("-o")
+            .arg(out)
+            .arg(generic),
     );
 }
