@@ -196,6 +196,12 @@ pub struct WireGuardSection {
     pub interface: String,
     /// This node's IPv4 address on it.
     pub address: String,
+    /// `wg-quick` comes with a staged `.deb` (wireguard-tools in `[packages] debs`, for a base
+    /// such as Raspberry Pi OS Lite or Armbian that lacks it): the tunnel waits for the agent's
+    /// debs step, after which the agent enables and starts `wg-quick@<interface>` itself (the
+    /// package's maintainer scripts do not; see `crate::wireguard`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_debs: bool,
 }
 
 /// `[zerotier]`: the VPN the cluster talks over.
@@ -543,6 +549,13 @@ impl NodeConfig {
                     "[wireguard] interface {:?} is not an interface name",
                     w.interface
                 ));
+            }
+            if w.after_debs && self.packages.debs.is_empty() {
+                return bad(
+                    "[wireguard] after_debs = true needs the wireguard-tools package in \
+                     [packages] debs"
+                        .into(),
+                );
             }
         }
         if let Some(ups) = &self.ups {

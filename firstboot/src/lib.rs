@@ -23,4 +23,5 @@ pub mod seed;
 pub mod status;
 pub mod units;
 pub mod ups;
+pub mod wireguard;
 pub mod zerotier;

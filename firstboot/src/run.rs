@@ -10,6 +10,8 @@
 //! on the VPN address as soon as ZeroTier has one, not after k3s. The operator's staged
 //! `.deb`s are installed after the protection (offline, nothing to wait for); `[packages] apt`
 //! waits for the APT sources beside the other network waits; the operator's scripts come last.
+//! A WireGuard tunnel whose wg-quick comes with the staged packages is brought up right after
+//! them, before k3s, which talks over it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,12 +20,13 @@ use std::time::{Duration, Instant};
 
 use crate::attempts::Attempts;
 use crate::config::{
-    ConfigError, NODE_CONFIG_PATH, NodeConfig, NodeIpFrom, PathsSection, ZeroTierSection,
+    ConfigError, NODE_CONFIG_PATH, NodeConfig, NodeIpFrom, PathsSection, WireGuardSection,
+    ZeroTierSection,
 };
 use crate::root::Root;
 use crate::status::{self, State, Status, Update};
 use crate::zerotier::Joined;
-use crate::{backup, k3s, packages, scripts, seed, ups, zerotier};
+use crate::{backup, k3s, packages, scripts, seed, ups, wireguard, zerotier};
 
 /// How long one `run` may take: below the unit's `TimeoutStartSec=300`
 /// (units/imagegen-firstboot.service), so systemd never kills a script midway; a script whose
@@ -250,12 +253,18 @@ impl Recorder<'_> {
             Some(k) if k.node_ip_from == NodeIpFrom::Zerotier => {
                 "waits for the ZeroTier address (node_ip_from = \"zerotier\")"
             }
+            _ if k3s_needs_tunnel_from_debs(config) => TUNNEL_WAIT,
             _ => "starting",
         };
         let implied = [
             (config.backup.is_some(), "backup", "starting"),
             (config.ups.is_some(), "ups", "starting"),
             (config.zerotier.is_some(), "zerotier", "starting"),
+            (
+                tunnel_from_debs(config).is_some(),
+                "wireguard",
+                "waits for the staged packages (wireguard-tools, debs step)",
+            ),
             (config.k3s.is_some(), "k3s", k3s_reason),
         ];
         let scripts = config
@@ -338,6 +347,9 @@ pub fn run(root: &Root, config: &NodeConfig) -> Result<Summary, RunError> {
 
     if !config.packages.debs.is_empty() {
         summary.set("debs", debs_step(&rec, config)?);
+    }
+    if let Some(wg) = tunnel_from_debs(config) {
+        summary.set("wireguard", tunnel_step(&rec, config, wg)?);
     }
 
     network_steps(&rec, config, joined, deadline, run_end, &mut summary)?;
@@ -583,6 +595,50 @@ fn debs_step(rec: &Recorder, config: &NodeConfig) -> Result<State, RunError> {
     rec.record("debs", o)
 }
 
+/// The `[wireguard]` tunnel whose wg-quick the staged packages bring (`after_debs`).
+fn tunnel_from_debs(config: &NodeConfig) -> Option<&WireGuardSection> {
+    config.wireguard.as_ref().filter(|w| w.after_debs)
+}
+
+/// k3s takes its address and flannel interface from a tunnel that waits for the debs step.
+fn k3s_needs_tunnel_from_debs(config: &NodeConfig) -> bool {
+    tunnel_from_debs(config).is_some()
+        && config
+            .k3s
+            .as_ref()
+            .is_some_and(|k| k.node_ip_from == NodeIpFrom::Wireguard)
+}
+
+const TUNNEL_WAIT: &str = "waits for the WireGuard tunnel, which comes with the staged packages";
+
+/// Brings the tunnel up once the debs step installed wireguard-tools (see `wireguard`); fails
+/// with the debs step's reason while it has not.
+fn tunnel_step(
+    rec: &Recorder,
+    config: &NodeConfig,
+    wg: &WireGuardSection,
+) -> Result<State, RunError> {
+    let Some(s) = rec.current("wireguard")? else {
+        return Ok(State::Done);
+    };
+    let o = if !s.is_done("debs") {
+        let why = s
+            .step("debs")
+            .and_then(|d| d.reason.clone())
+            .unwrap_or_else(|| "it has not run".into());
+        failed(format!(
+            "{} needs wg-quick from the staged packages, which did not install (debs: {why})",
+            wireguard::unit(wg)
+        ))
+    } else {
+        match wireguard::bring_up(rec.root, wg, &config.commands) {
+            Ok(d) => Outcome::Done(d),
+            Err(e) => failed(e),
+        }
+    };
+    rec.record("wireguard", o)
+}
+
 /// `[packages] apt`, once the APT sources answer.
 fn apt_step(
     rec: &Recorder,
@@ -652,6 +708,15 @@ fn k3s_step(
     let Some(s) = rec.current("k3s")? else {
         return Ok(Some(State::Done));
     };
+    // k3s started without wg0 fails on its flannel interface and node-ip: it waits for the
+    // tunnel step, which the next run retries with the debs.
+    if k3s_needs_tunnel_from_debs(config) && !s.is_done("wireguard") {
+        let o = Outcome::Pending {
+            reason: format!("{TUNNEL_WAIT} (see the wireguard step)"),
+            attempts: 0,
+        };
+        return rec.record("k3s", o).map(Some);
+    }
     let inputs = k3s::inputs_fingerprint(rec.root, config);
     let refused = s
         .step("k3s")

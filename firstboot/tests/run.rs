@@ -855,6 +855,172 @@ fn a_missing_staged_deb_fails_the_step() {
     assert!(n.calls("dpkg").is_empty());
 }
 
+/// A node on a `[wireguard]` mesh whose base lacks wireguard-tools (`after_debs`): k3s runs
+/// over wg0, and the staged wireguard-tools is what brings wg-quick.
+fn tunnel_from_debs_node(k3s: &FakeK3s) -> Node {
+    let deb = "/var/cache/imagegen/debs/01-wireguard-tools.deb";
+    let n = Node::new(&format!(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [k3s]\nserver_url = \"{}\"\nnode_ip_from = \"wireguard\"\n\n\
+         [wireguard]\ninterface = \"wg0\"\naddress = \"10.99.0.2\"\nafter_debs = true\n\n\
+         [packages]\ndebs = [\"{deb}\"]\n\n[agent]\ntime_budget_secs = 20\n",
+        k3s.url
+    ));
+    n.write(&deb[1..], "staged");
+    let hash = hex::encode(Sha256::digest(k3s.ca_pem.as_bytes()));
+    n.write("etc/rancher/k3s/token", &format!("K10{hash}::server:pw"));
+    // dpkg and systemctl record into one log, so the order between them shows; dpkg fails
+    // like a damaged archive while `dpkg-broken` exists in the root (its working directory).
+    let order = n.bin().join("order.log");
+    write_script(
+        &n.bin().join("dpkg"),
+        &format!(
+            "echo \"dpkg $*\" >> '{0}'\n\
+             [ -e dpkg-broken ] && {{ echo 'dpkg-deb: error: unexpected end of file in \
+             archive member header' >&2; exit 2; }}\nexit 0\n",
+            order.display()
+        ),
+    );
+    write_script(
+        &n.bin().join("systemctl"),
+        &format!("echo \"systemctl $*\" >> '{}'", order.display()),
+    );
+    n
+}
+
+/// The tunnel is brought up by the agent right after the staged wireguard-tools is installed
+/// (dpkg's maintainer scripts do not enable it), and before k3s, which runs over it.
+#[test]
+fn wireguard_from_staged_debs_comes_up_after_them_and_before_k3s() {
+    let k3s = FakeK3s::start();
+    let n = tunnel_from_debs_node(&k3s);
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = states(&n);
+    for step in ["debs", "wireguard", "k3s"] {
+        assert_eq!(s.get(step).map(String::as_str), Some("done"), "{s:?}");
+    }
+    let st = n.status_json();
+    assert_eq!(
+        st["steps"]["wireguard"]["details"]["enabled"],
+        "wg-quick@wg0.service"
+    );
+    let order = n.calls("order");
+    let at = |needle: &str| {
+        order
+            .iter()
+            .position(|c| c == needle || c.starts_with(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {order:?}"))
+    };
+    let dpkg = at("dpkg -i ");
+    let tunnel = at("systemctl enable --now --no-block wg-quick@wg0.service");
+    let k3s_start = at("systemctl enable --now --no-block k3s-agent.service");
+    assert!(dpkg < tunnel && tunnel < k3s_start, "{order:?}");
+    let yaml = n.read("etc/rancher/k3s/config.yaml");
+    assert!(
+        yaml.contains("node-ip: \"10.99.0.2\"") && yaml.contains("flannel-iface: \"wg0\""),
+        "{yaml}"
+    );
+
+    // Done once: a second run enables nothing again.
+    let before = n.calls("order").len();
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(n.calls("order").len(), before, "{:?}", n.calls("order"));
+}
+
+/// Staged packages that fail to install leave the tunnel step failed with dpkg's reason, and
+/// k3s is not started on a missing wg0; once dpkg succeeds the next run brings up both, in
+/// order.
+#[test]
+fn wireguard_waits_for_failed_debs_and_k3s_waits_for_the_tunnel() {
+    let k3s = FakeK3s::start();
+    let n = tunnel_from_debs_node(&k3s);
+    n.write("dpkg-broken", "");
+    let out = n.command(&["run"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = states(&n);
+    assert_eq!(
+        (
+            s["debs"].as_str(),
+            s["wireguard"].as_str(),
+            s["k3s"].as_str()
+        ),
+        ("failed", "failed", "pending"),
+        "{s:?}"
+    );
+    let st = n.status_json();
+    let reason = st["steps"]["wireguard"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("wg-quick@wg0.service") && reason.contains("unexpected end of file"),
+        "{st}"
+    );
+    let k3s_reason = st["steps"]["k3s"]["reason"].as_str().unwrap_or("");
+    assert!(
+        k3s_reason.contains("WireGuard tunnel") && k3s_reason.contains("wireguard step"),
+        "{st}"
+    );
+    let order = n.calls("order");
+    assert!(
+        order.iter().all(|c| !c.starts_with("systemctl")),
+        "{order:?}"
+    );
+    assert!(!n.root().join("etc/rancher/k3s/config.yaml").exists());
+    assert!(k3s.paths().is_empty(), "{:?}", k3s.paths());
+
+    fs::remove_file(n.root().join("dpkg-broken")).unwrap();
+    let out = n.command(&["run"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = states(&n);
+    for step in ["debs", "wireguard", "k3s"] {
+        assert_eq!(s.get(step).map(String::as_str), Some("done"), "{s:?}");
+    }
+    let order = n.calls("order");
+    let last_dpkg = order
+        .iter()
+        .rposition(|c| c.starts_with("dpkg -i "))
+        .unwrap();
+    let tunnel = order
+        .iter()
+        .position(|c| c == "systemctl enable --now --no-block wg-quick@wg0.service")
+        .unwrap_or_else(|| panic!("{order:?}"));
+    let k3s_start = order
+        .iter()
+        .position(|c| c == "systemctl enable --now --no-block k3s-agent.service")
+        .unwrap_or_else(|| panic!("{order:?}"));
+    assert!(last_dpkg < tunnel && tunnel < k3s_start, "{order:?}");
+}
+
+/// `after_debs` without staged packages could never bring the tunnel up: a config error.
+#[test]
+fn wireguard_after_debs_needs_staged_debs() {
+    let n = Node::new(
+        "[node]\nname = \"pi4-a\"\nrole = \"agent\"\ncluster = \"test\"\n\n\
+         [wireguard]\ninterface = \"wg0\"\naddress = \"10.99.0.2\"\nafter_debs = true\n",
+    );
+    let out = n.command(&["run"]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("after_debs") && log.contains("[packages] debs"),
+        "{log}"
+    );
+    assert!(n.calls("systemctl").is_empty());
+}
+
 /// `seed`, as imagegen-seed.service runs it early in boot: the seed's files are placed (a new
 /// node.toml, a NetworkManager keyfile, a netplan file, host keys) and wiped from the boot
 /// partition; netplan re-renders the seeded file; no service is touched (everything that reads

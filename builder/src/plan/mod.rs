@@ -158,17 +158,28 @@ fn wireguard(image: &mut Image, spec: &NodeSpec, p: &mut Plan) -> Result<(), Pla
     let Some(mesh) = wg::Mesh::of(spec.config).map_err(bad)? else {
         return Ok(());
     };
-    if image.lstat(wg::WG_QUICK)?.is_none() {
+    let in_image = image.lstat(wg::WG_QUICK)?.is_some();
+    if !in_image && !wireguard_tools_staged(spec)? {
+        let arch = spec.board.arch.dpkg();
         return Err(PlanError::Invalid(format!(
-            "[wireguard]: the image has no {} (package wireguard-tools), which brings the \
-             tunnel up; use a base image that has it",
-            wg::WG_QUICK
+            "[wireguard]: the image has no {wg_quick} and [packages] debs has no {pkg} for \
+             {arch}, so the tunnel could never come up: add the {pkg} .deb for {arch} (and \
+             what it depends on that the image lacks) to [packages] debs, which the node \
+             installs on first boot before it brings the tunnel up, or use a base image that \
+             has {pkg}",
+            wg_quick = wg::WG_QUICK,
+            pkg = wg::PACKAGE,
         )));
     }
     p.dir(wg::CONF_DIR, 0o700);
-    let wants = "/etc/systemd/system/multi-user.target.wants";
-    p.dir(wants, 0o755);
-    p.symlink(&format!("{wants}/{}", wg::UNIT), wg::UNIT_TEMPLATE);
+    // With wg-quick from a staged .deb, the link would name a unit that does not exist at
+    // boot (systemd drops a Wants= on a unit it cannot find); the agent enables the unit where
+    // the package put it once its debs step installed it (node.toml `after_debs`).
+    if in_image {
+        let wants = "/etc/systemd/system/multi-user.target.wants";
+        p.dir(wants, 0o755);
+        p.symlink(&format!("{wants}/{}", wg::UNIT), wg::UNIT_TEMPLATE);
+    }
     // k3s runs with flannel-iface wg0 and node-ip on it: started before wg-quick made wg0
     // (both are only After=network-online.target), k3s fails on the missing interface and
     // comes back only through Restart=always. Ordering it after the tunnel avoids that race;
@@ -331,24 +342,38 @@ fn staged_software(spec: &NodeSpec, p: &mut Plan) -> Result<(), PlanError> {
     Ok(())
 }
 
+/// The staged packages of this node's board, with their control data (`for_arch`).
+fn staged_for_board<'a>(
+    spec: &NodeSpec<'a>,
+) -> Result<Vec<(crate::check::packages::Staged<'a>, crate::deb::Control)>, PlanError> {
+    crate::check::packages::for_arch(spec.config, |p| spec.resolve(p), spec.board.arch).map_err(
+        |e| {
+            PlanError::Invalid(
+                e.into_iter()
+                    .map(|(_, why)| why)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        },
+    )
+}
+
+/// `[packages] debs` gives wireguard-tools (by its control data) for this node's board.
+fn wireguard_tools_staged(spec: &NodeSpec) -> Result<bool, PlanError> {
+    Ok(staged_for_board(spec)?.iter().any(|(s, control)| {
+        s.what != crate::check::packages::ZEROTIER
+            && control.package == crate::vpn::wireguard::PACKAGE
+    }))
+}
+
 /// Every `.deb` this node's board installs, as (path on the node, source): the zerotier-one
 /// package and `[packages] debs`, one way for both, each the one for the board's
 /// architecture. A deb is staged as `NN-PACKAGE.deb` (its position among this node's, from 01,
 /// and its control data's name), a file name that sorts in install order whatever the
 /// operator's file was called.
 fn staged_debs<'a>(spec: &NodeSpec<'a>) -> Result<Vec<(String, &'a Path)>, PlanError> {
-    let chosen =
-        crate::check::packages::for_arch(spec.config, |p| spec.resolve(p), spec.board.arch)
-            .map_err(|e| {
-                PlanError::Invalid(
-                    e.into_iter()
-                        .map(|(_, why)| why)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            })?;
     let mut n = 0;
-    Ok(chosen
+    Ok(staged_for_board(spec)?
         .into_iter()
         .map(|(s, control)| {
             let dest = if s.what == crate::check::packages::ZEROTIER {
@@ -856,12 +881,16 @@ pub fn node_config(spec: &NodeSpec) -> Result<node::NodeConfig, PlanError> {
     // server its own node.toml.
     let cluster_init = !spec.generic && bootstrap.as_ref().is_some_and(|b| b.is_first(spec.name));
     // k3s talks over the mesh: node-ip is the node's wg0 address, known at build time.
+    let after_debs = cfg.wireguard.is_some() && wireguard_tools_staged(spec)?;
     let wireguard = crate::vpn::wireguard::Mesh::of(cfg)
         .map_err(|e| PlanError::Invalid(e.to_string()))?
         .and_then(|m| m.member(spec.name).cloned())
         .map(|m| node::WireGuardSection {
             interface: crate::vpn::wireguard::INTERFACE.into(),
             address: m.address.to_string(),
+            // Also when the image has wg-quick: dpkg then upgrades it, and enabling the
+            // already enabled unit again changes nothing.
+            after_debs,
         });
     let k3s = cfg.k3s.as_ref().map(|k| {
         let url = bootstrap.as_ref().map(|b| b.server_url().to_string());

@@ -9,8 +9,11 @@
 //! `PrivateKeyFile=`), a group whose id differs per image, and a personalize seed places
 //! root-owned files only (`personalize::split`); Raspberry Pi OS and Armbian run
 //! NetworkManager, not networkd, too. The wg-quick file is root's alone, the same on every
-//! family; the image must have wireguard-tools (the plan refuses one that lacks it, naming the
-//! package, rather than build a node that would never join the mesh).
+//! family. wireguard-tools comes with the image or, for a base that lacks it (Raspberry Pi OS
+//! Lite, Armbian), as a staged `.deb` for the board's architecture in `[packages] debs`, which
+//! the agent installs and then brings the tunnel up (`imagegen_firstboot::wireguard`); with
+//! neither, the plan refuses the image, naming both ways, rather than build a node that would
+//! never join the mesh.
 
 use crate::cluster::NodeFile;
 use crate::config::{ClusterConfig, Invalid};
@@ -32,6 +35,8 @@ pub const UNIT: &str = "wg-quick@wg0.service";
 pub const K3S_DROPIN: &str = "10-imagegen-wireguard.conf";
 /// What wg-quick needs, in the image.
 pub const WG_QUICK: &str = "/usr/bin/wg-quick";
+/// The package that brings it, by its control data's name.
+pub const PACKAGE: &str = "wireguard-tools";
 pub const DEFAULT_PORT: u16 = 51820;
 /// The interval wg(8) suggests for peers behind NAT ("a sensible interval that works with a
 /// wide variety of firewalls is 25 seconds").
