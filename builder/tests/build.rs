@@ -1807,6 +1807,130 @@ fn zerotier_identity_is_kept_across_rebuilds() {
     assert_eq!(secrets[0], secrets[1], "a rebuild changed the identity");
 }
 
+/// A base without wireguard-tools (Raspberry Pi OS Lite, Armbian) with the package staged in
+/// `[packages] debs` for the board's architecture (a real .deb made by `dpkg-deb --build`,
+/// recognized by its control data, whatever its file is called): the build takes it, stages
+/// it, and node.toml (read by the agent's own parser) tells the agent to bring the tunnel up
+/// after its debs step; no enable link names a unit the image does not have yet. Staged only
+/// for another architecture, or absent while other debs are there, it is refused, naming the
+/// fix.
+#[test]
+fn wireguard_tools_from_staged_debs_when_the_base_lacks_it() {
+    let c = Cluster::new();
+    let d = c.path("debs");
+    fs::create_dir(&d).unwrap();
+    let tool = oracle::dpkg_deb_build(&d, "lab-tool", "1.0", "arm64", "xz");
+    let wrong = oracle::dpkg_deb_build(&d, "wireguard-tools", "1.0.20210914-1", "amd64", "xz");
+    let right = oracle::dpkg_deb_build(&d, "wireguard-tools", "1.0.20210914-1", "arm64", "xz");
+    let renamed = d.join("wg.deb");
+    fs::rename(&right, &renamed).unwrap();
+    let base_text = fs::read_to_string(c.config())
+        .unwrap()
+        .replace(
+            "[zerotier]\nnetwork_id = \"8056c2e21c000001\"\n",
+            "[wireguard]\nnetwork = \"10.99.0.0/24\"\n",
+        )
+        .replacen(
+            "name = \"master\"\nboard = \"x86-64\"\n",
+            "name = \"master\"\nboard = \"rpi4\"\nendpoint = \"203.0.113.1:51820\"\n",
+            1,
+        );
+    let with_debs = |debs: &[&Path]| {
+        let list: Vec<String> = debs.iter().map(|p| format!("{:?}", s(p))).collect();
+        let text = base_text.replacen(
+            "[[nodes]]\n",
+            &format!("[packages]\ndebs = [{}]\n[[nodes]]\n", list.join(", ")),
+            1,
+        );
+        fs::write(c.config(), text).unwrap();
+    };
+    let img = c.path("base.img");
+    fs::copy(common::fixture("rpios-trixie"), &img).unwrap();
+    let args = c.build_args("pi4-a", s(&img), "a.img");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = c.out_dir().join("a.img");
+
+    // Neither the image nor the debs: the message names both ways out, for this board.
+    with_debs(&[&tool]);
+    let run = c.imagegen(&args);
+    let err = stderr(&run);
+    assert!(
+        !run.status.success()
+            && err.contains("/usr/bin/wg-quick")
+            && err.contains("add the wireguard-tools .deb for arm64")
+            && err.contains("[packages] debs")
+            && err.contains("base image that has wireguard-tools"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // Only for another architecture: refused, naming the one missing.
+    with_debs(&[&tool, &wrong]);
+    let run = c.imagegen(&args);
+    let err = stderr(&run);
+    assert!(
+        !run.status.success() && err.contains("no wireguard-tools for arm64"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    with_debs(&[&tool, &wrong, &renamed]);
+    let run = c.imagegen(&args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let root = oracle::partition(&out, 2).start;
+    oracle::assert_e2fsck_clean(&out, root);
+    // Staged under its package name, byte for byte.
+    let copy = c.path("staged.deb");
+    oracle::debugfs(
+        &out,
+        root,
+        &format!(
+            "dump /var/cache/imagegen/debs/02-wireguard-tools.deb {}",
+            s(&copy)
+        ),
+    );
+    assert_eq!(fs::read(&copy).unwrap(), fs::read(&renamed).unwrap());
+    let text = oracle::ext4_cat(&out, root, "/etc/imagegen/node.toml");
+    let node = imagegen_firstboot::config::NodeConfig::from_toml_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    let wg = node.wireguard.as_ref().expect("[wireguard] in node.toml");
+    assert!(wg.after_debs && wg.interface == "wg0", "{text}");
+    assert_eq!(
+        node.packages.debs,
+        [
+            PathBuf::from("/var/cache/imagegen/debs/01-lab-tool.deb"),
+            PathBuf::from("/var/cache/imagegen/debs/02-wireguard-tools.deb"),
+        ]
+    );
+    let conf = oracle::debugfs(&out, root, "stat /etc/wireguard/wg0.conf");
+    assert!(conf.contains("Mode:  0600"), "{conf}");
+    // No link to a unit the image lacks: the agent's `systemctl enable` makes it.
+    let link = oracle::output(
+        "debugfs",
+        &[
+            "-R",
+            "stat /etc/systemd/system/multi-user.target.wants/wg-quick@wg0.service",
+            &oracle::ext4_at(&out, root),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&link.stderr).contains("File not found"),
+        "{}",
+        String::from_utf8_lossy(&link.stdout)
+    );
+    // k3s still ordered after the tunnel, whoever enables it.
+    for unit in ["k3s.service", "k3s-agent.service"] {
+        let dropin = oracle::ext4_cat(
+            &out,
+            root,
+            &format!("/etc/systemd/system/{unit}.d/10-imagegen-wireguard.conf"),
+        );
+        assert!(
+            dropin.contains("\nAfter=wg-quick@wg0.service\n"),
+            "{unit}: {dropin}"
+        );
+    }
+}
+
 /// `[wireguard]` instead of ZeroTier, with one client: the nodes' wg0.conf read back with
 /// debugfs (root 0600) and parsed by wireguard-tools itself (`wg-quick strip`), each node's
 /// private key giving (`wg pubkey`) the public key every other node and the client list for
