@@ -443,28 +443,33 @@ fn servers_get_the_ca_set_agents_the_token_only() {
     assert!(!other.exists());
 }
 
+/// The node.toml the builder makes for `name` (no identity, a Debian cloud image).
+fn node_config(c: &config::ClusterConfig, name: &str) -> imagegen_firstboot::config::NodeConfig {
+    let n = c.nodes.iter().find(|n| n.name.get_ref() == name).unwrap();
+    let board = imagegen::board::get(n.board.get_ref()).unwrap();
+    imagegen::plan::node_config(&imagegen::plan::NodeSpec {
+        name,
+        role: n.role,
+        board: &board,
+        vendor: imagegen::distro::Vendor::DebianCloud,
+        config: c,
+        config_dir: Path::new("."),
+        agent: None,
+        k3s_binary: None,
+        generic: false,
+        identity: None,
+        epoch: 0,
+    })
+    .unwrap()
+}
+
 /// The k3s config.yaml the agent writes on each kind of node, from the node.toml the builder
 /// makes for it.
 #[test]
 fn rendered_k3s_config_per_role() {
     let c = cfg("[k3s]\n", THREE);
     let render = |name: &str| {
-        let n = c.nodes.iter().find(|n| n.name.get_ref() == name).unwrap();
-        let board = imagegen::board::get(n.board.get_ref()).unwrap();
-        let spec = imagegen::plan::NodeSpec {
-            name,
-            role: n.role,
-            board: &board,
-            vendor: imagegen::distro::Vendor::DebianCloud,
-            config: &c,
-            config_dir: Path::new("."),
-            agent: None,
-            k3s_binary: None,
-            generic: false,
-            identity: None,
-            epoch: 0,
-        };
-        let node = imagegen::plan::node_config(&spec).unwrap();
+        let node = node_config(&c, name);
         // What the builder writes, the agent reads back.
         let node =
             imagegen_firstboot::config::NodeConfig::from_toml_str(&node.to_toml_string().unwrap())
@@ -571,25 +576,7 @@ fn init_server_moves_cluster_init_off_the_first_server() {
             server_url: "https://10.0.0.2:6443".into()
         }
     );
-    let node = |name: &str| {
-        let n = c.nodes.iter().find(|n| n.name.get_ref() == name).unwrap();
-        let board = imagegen::board::get(n.board.get_ref()).unwrap();
-        imagegen::plan::node_config(&imagegen::plan::NodeSpec {
-            name,
-            role: n.role,
-            board: &board,
-            vendor: imagegen::distro::Vendor::DebianCloud,
-            config: &c,
-            config_dir: Path::new("."),
-            agent: None,
-            k3s_binary: None,
-            generic: false,
-            identity: None,
-            epoch: 0,
-        })
-        .unwrap()
-    };
-    let (m1, m2) = (node("m1"), node("m2"));
+    let (m1, m2) = (node_config(&c, "m1"), node_config(&c, "m2"));
     assert!(!m1.node.cluster_init && m2.node.cluster_init);
     assert_eq!(
         m1.k3s.unwrap().server_url.as_deref(),

@@ -141,13 +141,7 @@ impl Client {
                 return Err(self.status_failure(url, status));
             }
             // Checksum lists are tiny; a bigger answer is not one.
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 20)
-                .read_to_vec()
-                .map_err(|e| self.classify(url, e))?;
-            Ok(Some(String::from_utf8_lossy(&body).into_owned()))
+            Ok(Some(self.small_body(url, &mut resp)?))
         })
     }
 
@@ -176,17 +170,26 @@ impl Client {
                 return Err(self.status_failure(url, status));
             }
             // An API's answer is small; a bigger one is not the API's.
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 20)
-                .read_to_vec()
-                .map_err(|e| self.classify(url, e))?;
             Ok(Answer {
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&body).into_owned(),
+                body: self.small_body(url, &mut resp)?,
             })
         })
+    }
+
+    /// A body of at most 1 MiB, as text.
+    fn small_body(
+        &self,
+        url: &str,
+        resp: &mut ureq::http::Response<ureq::Body>,
+    ) -> Result<String, Failure> {
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| self.classify(url, e))?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// Downloads `url` into the cache's partial file, resuming what an earlier attempt or

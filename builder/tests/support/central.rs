@@ -79,25 +79,7 @@ const MAX_BODY: usize = 64 << 10;
 fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut words = line.split_whitespace();
-    let method = words.next().unwrap_or_default().to_string();
-    let path = words.next().unwrap_or_default().to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            break;
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
+    let (method, path, headers) = super::http_server::read_head(&mut reader)?;
     let len: usize = headers
         .get("content-length")
         .and_then(|v| v.parse().ok())

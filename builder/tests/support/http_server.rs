@@ -106,16 +106,15 @@ impl Server {
     }
 }
 
-fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .to_string();
+/// A request's method, path and headers (names lower-cased), up to the blank line.
+pub fn read_head(
+    reader: &mut impl BufRead,
+) -> std::io::Result<(String, String, HashMap<String, String>)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut words = line.split_whitespace();
+    let method = words.next().unwrap_or_default().to_string();
+    let path = words.next().unwrap_or_default().to_string();
     let mut headers = HashMap::new();
     loop {
         let mut line = String::new();
@@ -130,6 +129,14 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
+    Ok((method, path, headers))
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let (_, path, headers) = read_head(&mut reader)?;
+    let path = if path.is_empty() { "/".into() } else { path };
     let (route, fault) = {
         let mut st = state.lock().unwrap();
         st.log.push(Logged {
