@@ -112,7 +112,7 @@ fn node_b(lab: &Lab, disk: &Path, a: &Facts) {
     let served = host_key_fingerprint(&guest);
     assert_ne!(served, a.host_key, "node-b has node-a's SSH host key");
     // The seed's host key is the one sshd served from its first start: the seed unit ended
-    // before sshd (and the network) began, by systemd's own clock.
+    // before sshd and the network began, by systemd's own clock.
     let seeded = vm::run(
         std::process::Command::new("ssh-keygen")
             .arg("-lf")
@@ -131,7 +131,8 @@ fn node_b(lab: &Lab, disk: &Path, a: &Facts) {
             .unwrap_or_else(|_| panic!("{unit} {prop}: {v:?}"))
     };
     let seed_done = usec("imagegen-seed.service", "ExecMainExitTimestampMonotonic");
-    for unit in ["ssh.service", "systemd-networkd.service"] {
+    // Debian's cloud image raises its network with ifupdown (networking.service).
+    for unit in ["ssh.service", "networking.service"] {
         let start = usec(unit, "ExecMainStartTimestampMonotonic");
         assert!(
             seed_done > 0 && seed_done <= start,
