@@ -10,6 +10,8 @@
 //!                                       sha256), so the next build finds it without a download
 //! <cache>/raw/sha256/<hex>.img          the unpacked (sparse) image of blob <hex>
 //! <cache>/tmp/                          unpacking in progress; emptied under the lock
+//! <cache>/local/<sha256(path)>.json     the sha256 of a local base file and the stat it had
+//!                                       (see `known_hash`)
 //! ```
 //!
 //! Files only enter `blobs/` and `raw/` by rename once complete and verified; a sha512 link
@@ -135,6 +137,11 @@ impl Cache {
 
     pub fn raw(&self, sha256: &str) -> PathBuf {
         self.root.join("raw/sha256").join(format!("{sha256}.img"))
+    }
+
+    /// The remembered hashes of local base files.
+    pub fn local_dir(&self) -> PathBuf {
+        self.root.join("local")
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
