@@ -825,7 +825,12 @@ fn local_base_hash_is_remembered_until_the_file_changes() {
     let after = fs::metadata(&base).unwrap();
     assert_eq!(
         (after.ino(), after.len(), after.mtime(), after.mtime_nsec()),
-        (before.ino(), before.len(), before.mtime(), before.mtime_nsec())
+        (
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec()
+        )
     );
     check(&fetch(), false, "content changed, mtime restored");
 

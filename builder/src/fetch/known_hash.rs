@@ -98,9 +98,10 @@ impl KnownHashes {
             return (None, None);
         };
         let identity = Identity::of(&meta);
-        let record = self
-            .dir
-            .join(format!("{}.json", sha256_hex(canonical.as_os_str().as_encoded_bytes())));
+        let record = self.dir.join(format!(
+            "{}.json",
+            sha256_hex(canonical.as_os_str().as_encoded_bytes())
+        ));
         let known = fs::read(&record)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<Record>(&bytes).ok())

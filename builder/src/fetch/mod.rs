@@ -21,8 +21,8 @@ pub use unpack::{Format, Step, decode, unpack, unpack_scratch};
 
 use crate::io::hash::Digests;
 use cache::Cache;
-use known_hash::KnownHashes;
 use http::Client;
+use known_hash::KnownHashes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
