@@ -21,7 +21,6 @@ pub mod bmap;
 pub mod format;
 pub mod manifest;
 pub mod qcow2;
-mod rawhash;
 pub mod source;
 
 use std::fs::File;
@@ -32,13 +31,14 @@ use std::path::{Path, PathBuf};
 use crate::image::{Cursor, FreeSpace, ImageError};
 use crate::io::BUFFER_SIZE;
 use crate::io::hash::HashWriter;
+use crate::io::hash_thread::HashThreadWriter;
+use crate::io::offload::{Chunk, Offload};
 use crate::io::progress;
 use atomic::PendingFile;
 use bmap::{BLOCK_SIZE, BmapBuilder};
 use format::Encoder;
 pub use format::{Compressor, EXTENSIONS, Format};
 pub use manifest::{BuildRecord, Change, Input, Manifest, Output, Tool, public_url};
-use rawhash::RawHasher;
 pub use source::{RawSource, SparseFile, StreamSource};
 
 /// How to emit; the defaults suit every build.
@@ -220,7 +220,7 @@ fn emit_to<S: RawSource>(
     .map_err(write_err(out))?;
 
     let bar = progress::bar("emit", Some(&file_name), Some(size));
-    let scanned = scan(&mut source, free.cursor(), &mut sink, &bar);
+    let scanned = scan(&mut source, free, &mut sink, &bar);
     if scanned.is_ok() {
         bar.finish();
     }
@@ -278,15 +278,40 @@ enum Failed {
 static ZEROS: [u8; BUFFER_SIZE] = [0; BUFFER_SIZE];
 
 /// Reads the image once, front to back, and returns its sha256, bmap and mapped block count.
+/// This thread reads and feeds the sink; the digests (the sha256 of every byte, holes
+/// included, and the bmap with its per-range sha256) are computed on a thread of their own.
 fn scan<S: RawSource>(
     source: &mut S,
-    mut free: Cursor<'_>,
+    free: &FreeSpace,
     sink: &mut Sink<'_>,
     bar: &progress::Progress,
 ) -> Result<(String, String, u64), Failed> {
     let size = source.size();
-    let raw = RawHasher::spawn().map_err(Failed::Write)?;
-    let mut bmap = BmapBuilder::new(size);
+    let free = free.clone();
+    let digest = Offload::spawn("image-digest", move |chunks| {
+        let mut raw = HashWriter::new(io::sink());
+        let mut cursor = free.cursor();
+        let mut bmap = BmapBuilder::new(size);
+        chunks.for_each(|chunk| match chunk {
+            Chunk::Data { pos, bytes } => {
+                let _ = raw.write_all(bytes);
+                blocks(bytes, pos, &mut cursor, &mut bmap);
+            }
+            Chunk::Zeros { pos, len } => {
+                let mut left = len;
+                while left > 0 {
+                    let n = usize::try_from(left).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
+                    let _ = raw.write_all(&ZEROS[..n]);
+                    left -= n as u64;
+                }
+                zeros(pos, pos + len, &mut cursor, &mut bmap);
+            }
+        });
+        let hashed = raw.count();
+        let mapped_blocks = bmap.mapped_blocks();
+        (hashed, raw.finish().1, bmap.finish(), mapped_blocks)
+    })
+    .map_err(Failed::Write)?;
     // Invariant: `pos` is block-aligned or at the end.
     let mut pos = 0;
     while pos < size {
@@ -300,32 +325,34 @@ fn scan<S: RawSource>(
         };
         if start > pos {
             let len = start - pos;
-            raw.zeros(len).map_err(Failed::Write)?;
+            digest.zeros(pos, len).map_err(Failed::Write)?;
             sink.zeros(len).map_err(Failed::Write)?;
-            zeros(pos, start, &mut free, &mut bmap);
             bar.inc(len);
             pos = start;
         }
         while pos < end {
             let len = usize::try_from(end - pos).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
-            let mut buf = raw.buffer().map_err(Failed::Write)?;
+            let mut buf = digest.buffer().map_err(Failed::Write)?;
             source
                 .read_exact_at(&mut buf[..len], pos)
                 .map_err(Failed::Read)?;
-            blocks(&buf[..len], pos, &mut free, sink, &mut bmap)?;
-            raw.data(buf, len).map_err(Failed::Write)?;
+            if sink.skips_zeros() {
+                runs(&buf[..len], sink)?;
+            } else {
+                sink.data(&buf[..len]).map_err(Failed::Write)?;
+            }
+            digest.data(pos, buf, len).map_err(Failed::Write)?;
             bar.inc(len as u64);
             pos += len as u64;
         }
     }
-    let (hashed, raw_sha256) = raw.finish().map_err(Failed::Write)?;
+    let (hashed, raw_sha256, bmap, mapped_blocks) = digest.finish().map_err(Failed::Write)?;
     if hashed != size {
         return Err(Failed::Read(io::Error::other(format!(
             "read {hashed} bytes of a {size} byte image"
         ))));
     }
-    let mapped_blocks = bmap.mapped_blocks();
-    Ok((raw_sha256, bmap.finish(), mapped_blocks))
+    Ok((raw_sha256, bmap, mapped_blocks))
 }
 
 /// Maps the zeros of `pos..end` (a hole of the source) where they are in use.
@@ -344,15 +371,23 @@ fn zeros(mut pos: u64, end: u64, free: &mut Cursor<'_>, bmap: &mut BmapBuilder) 
     }
 }
 
-/// Splits a block-aligned chunk that starts at `pos` into runs of data and all-zero blocks for
-/// the output, and maps every block except the all-zero free ones.
-fn blocks(
-    chunk: &[u8],
-    pos: u64,
-    free: &mut Cursor<'_>,
-    sink: &mut Sink<'_>,
-    bmap: &mut BmapBuilder,
-) -> Result<(), Failed> {
+/// Maps every block of a block-aligned chunk that starts at `pos`, except the all-zero free
+/// ones.
+fn blocks(chunk: &[u8], pos: u64, free: &mut Cursor<'_>, bmap: &mut BmapBuilder) {
+    for (i, block) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
+        let offset = i * BLOCK_SIZE as usize;
+        // Free ranges are whole blocks, so a block that starts in one lies wholly in it.
+        if is_zero(block) && free.at(pos + offset as u64).is_ok() {
+            bmap.unmapped(block.len() as u64);
+        } else {
+            bmap.mapped(block);
+        }
+    }
+}
+
+/// Splits a block-aligned chunk into runs of data and all-zero blocks for a sink that leaves
+/// zeros out.
+fn runs(chunk: &[u8], sink: &mut Sink<'_>) -> Result<(), Failed> {
     let mut run_start = 0;
     let mut run_zero = None;
     for (i, block) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
@@ -363,12 +398,6 @@ fn blocks(
             run_start = offset;
         }
         run_zero = Some(zero);
-        // Free ranges are whole blocks, so a block that starts in one lies wholly in it.
-        if zero && free.at(pos + offset as u64).is_ok() {
-            bmap.unmapped(block.len() as u64);
-        } else {
-            bmap.mapped(block);
-        }
     }
     if run_start < chunk.len() {
         run(&chunk[run_start..], run_zero == Some(true), sink)?;
@@ -396,7 +425,7 @@ enum Sink<'a> {
     /// Raw output: data written in place, zeros left as holes.
     Raw { file: &'a File, pos: u64 },
     /// Compressed output, hashed as it is written.
-    Compressed(Box<dyn Encoder<HashWriter<&'a File>> + 'a>),
+    Compressed(Box<dyn Encoder<HashThreadWriter<&'a File>> + 'a>),
     /// qcow2: non-zero clusters stored, zero ones left unallocated.
     Qcow2(qcow2::Qcow2Writer<'a>),
     /// Raw output that is the raw image itself: data stays where it is, zero blocks become
@@ -411,11 +440,18 @@ impl<'a> Sink<'a> {
             Format::Qcow2 => Sink::Qcow2(qcow2::Qcow2Writer::new(file, size, qcow2::CLUSTER_BITS)?),
             Format::Xz | Format::Zstd => Sink::Compressed(format::encoder(
                 format,
-                HashWriter::new(file),
+                HashThreadWriter::new(file)?,
                 threads,
                 size,
             )?),
         })
+    }
+
+    /// Whether all-zero blocks are left out (holes, unallocated clusters) rather than stored
+    /// like data: only then are chunks split into runs. A compressor is given the zeros as
+    /// they are, which is the same stream.
+    fn skips_zeros(&self) -> bool {
+        !matches!(self, Sink::Compressed(_))
     }
 
     fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -475,7 +511,7 @@ impl<'a> Sink<'a> {
         match self {
             // Extends the file over a trailing hole.
             Sink::Raw { file, .. } => file.set_len(size).map(|()| None),
-            Sink::Compressed(enc) => Ok(Some(enc.finish_encoder()?.finish().1)),
+            Sink::Compressed(enc) => Ok(Some(enc.finish_encoder()?.finish()?.1)),
             Sink::Qcow2(w) => w.finish().map(Some),
             Sink::InPlace { .. } => Ok(None),
         }
