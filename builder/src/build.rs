@@ -535,7 +535,8 @@ fn build(req: &Job) -> Result<Manifest> {
         private: !req.generic,
         ..EmitOptions::default()
     };
-    let manifest = emit::emit(&work.path, req.out, record, &options)
+    // For raw output the working copy becomes OUT (renamed), so WorkFile finds nothing to remove.
+    let manifest = emit::emit_work_copy(&work.path, req.out, record, &options)
         .with_context(|| format!("writing {}", req.out.display()))?;
     Ok(manifest)
 }

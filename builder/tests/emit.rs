@@ -335,3 +335,117 @@ fn unknown_extension_is_refused_with_the_accepted_ones() {
     }
     assert_eq!(entries(d), ["raw.img"]);
 }
+
+/// A build's working copy beside a `.img` OUT becomes OUT: the same bytes, sidecars and
+/// manifest as the copying emit (compared byte for byte), its written zeros made holes again,
+/// flashable with bmaptool, and nothing left under the working copy's name. Elsewhere, or for
+/// another format, it is copied as before and left for the caller.
+#[test]
+fn work_copy_becomes_a_raw_output_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_image(d);
+    for sub in ["copied", "in-place", "elsewhere", "elsewhere/work"] {
+        fs::create_dir(d.join(sub)).unwrap();
+    }
+    emit_with(&raw, &d.join("copied/n.img"), None);
+    // Written zeros, as a build's edits may leave them: cp without --sparse keeps them.
+    let work = d.join("in-place/.n.img.work");
+    run(
+        d,
+        "cp",
+        &["--sparse=never", "raw.img", "in-place/.n.img.work"],
+        "coreutils",
+    );
+    let in_place = emit::emit_work_copy(
+        &work,
+        &d.join("in-place/n.img"),
+        build(),
+        &EmitOptions::default(),
+    )
+    .unwrap();
+    for file in ["n.img", "n.img.sha256", "n.img.bmap", "n.img.manifest.json"] {
+        run(
+            d,
+            "cmp",
+            &[&format!("copied/{file}"), &format!("in-place/{file}")],
+            "diffutils",
+        );
+    }
+    assert_eq!(
+        entries(&d.join("in-place")),
+        ["n.img", "n.img.bmap", "n.img.manifest.json", "n.img.sha256"]
+    );
+    fs::copy(&raw, d.join("in-place/raw.img")).unwrap();
+    check_common(&d.join("in-place"), "n.img", &in_place);
+    let (copied, placed) = (allocated(d, "copied/n.img"), allocated(d, "in-place/n.img"));
+    assert!(
+        placed < 2 << 20 && placed <= copied + (64 << 10),
+        "{copied} {placed}"
+    );
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(d.join(p)).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode("in-place/n.img"), mode("copied/n.img"));
+
+    // Private: owner-only, as the copying emit makes it.
+    run(d, "cp", &["raw.img", "in-place/.p.img.work"], "coreutils");
+    let private = EmitOptions {
+        private: true,
+        ..EmitOptions::default()
+    };
+    emit::emit_work_copy(
+        &d.join("in-place/.p.img.work"),
+        &d.join("in-place/p.img"),
+        build(),
+        &private,
+    )
+    .unwrap();
+    assert_eq!(mode("in-place/p.img"), 0o600);
+    run(d, "cmp", &["raw.img", "in-place/p.img"], "diffutils");
+
+    // Another directory, and another format: copied, the working copy left as it was.
+    let work = d.join("elsewhere/work/.n.img.work");
+    fs::copy(&raw, &work).unwrap();
+    emit::emit_work_copy(
+        &work,
+        &d.join("elsewhere/n.img"),
+        build(),
+        &EmitOptions::default(),
+    )
+    .unwrap();
+    emit::emit_work_copy(
+        &work,
+        &d.join("elsewhere/work/n.img.zst"),
+        build(),
+        &EmitOptions::default(),
+    )
+    .unwrap();
+    run(
+        d,
+        "cmp",
+        &["raw.img", "elsewhere/work/.n.img.work"],
+        "diffutils",
+    );
+    run(d, "cmp", &["copied/n.img", "elsewhere/n.img"], "diffutils");
+}
+
+/// When a sidecar cannot be put in place, the in-place emit fails before OUT appears and the
+/// working copy is still there with its content.
+#[test]
+fn failed_in_place_emit_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = raw_image(d);
+    let work = d.join(".n.img.work");
+    fs::copy(&raw, &work).unwrap();
+    // A directory where the checksum file must go: its rename fails (EISDIR), also as root.
+    fs::create_dir(d.join("n.img.sha256")).unwrap();
+    fs::write(d.join("n.img.sha256/x"), b"").unwrap();
+    let err = emit::emit_work_copy(&work, &d.join("n.img"), build(), &EmitOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, EmitError::Write { .. }), "{err}");
+    assert_eq!(entries(d), [".n.img.work", "n.img.sha256", "raw.img"]);
+    run(d, "cmp", &["raw.img", ".n.img.work"], "diffutils");
+}

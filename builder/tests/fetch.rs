@@ -833,3 +833,104 @@ fn offline_serves_only_what_the_cache_verified() {
     fetch_base(&Source::Url(f.server.url(other)), None, None, &insecure).unwrap();
     missing(fetch_base(&Source::Url(f.server.url(other)), None, None, &offline).unwrap_err());
 }
+
+/// The hash of a local base is remembered by its stat (device, inode, size, mtime, ctime):
+/// reused while nothing changed, computed again (and checked by `sha256sum`) after a touch, a
+/// content change with the mtime put back, a replacement by another file, or with a record
+/// that does not parse. A file changed within the last 2 s is never recorded.
+#[test]
+fn local_base_hash_is_remembered_until_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path());
+    let base = dir.path().join("base.img");
+    fs::write(&base, noise(1 << 20, 11)).unwrap();
+    let fetch = || fetch_base(&Source::File(base.clone()), None, None, &opts).unwrap();
+    let settle = || std::thread::sleep(Duration::from_millis(2100));
+    let check = |got: &imagegen::fetch::Fetched, remembered: bool, what: &str| {
+        assert_eq!(got.source_sha256, sha256sum(&base), "{what}");
+        assert_eq!(got.source_sha256_remembered, remembered, "{what}");
+    };
+
+    // Just written: hashed, and not recorded, since a change within the same clock tick
+    // would not show in its stat.
+    check(&fetch(), false, "new file");
+    check(&fetch(), false, "changed under 2 s ago");
+    assert_eq!(cache_files(&opts, "local"), Vec::<PathBuf>::new());
+    settle();
+    check(&fetch(), false, "first hash once settled");
+    assert_eq!(cache_files(&opts, "local").len(), 1);
+    check(&fetch(), true, "unchanged");
+    // A relative spelling of the same file finds the same record.
+    let relative = fs::canonicalize(&base).unwrap();
+    let got = fetch_base(&Source::File(relative), None, None, &opts).unwrap();
+    assert!(got.source_sha256_remembered);
+
+    // Touched: same content, new mtime.
+    let file = fs::File::options().write(true).open(&base).unwrap();
+    let mtime = file.metadata().unwrap().modified().unwrap();
+    file.set_modified(mtime - Duration::from_secs(60)).unwrap();
+    drop(file);
+    check(&fetch(), false, "touched");
+
+    // Content changed in place, same size, mtime put back: only the ctime tells.
+    settle();
+    check(&fetch(), false, "recorded again");
+    check(&fetch(), true, "recorded again");
+    let before = fs::metadata(&base).unwrap();
+    let mtime = before.modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = fs::File::options().write(true).open(&base).unwrap();
+        file.write_all_at(b"changed", 4096).unwrap();
+        file.set_modified(mtime).unwrap();
+    }
+    let after = fs::metadata(&base).unwrap();
+    assert_eq!(
+        (after.ino(), after.len(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.len(),
+            before.mtime(),
+            before.mtime_nsec()
+        )
+    );
+    check(&fetch(), false, "content changed, mtime restored");
+
+    // Replaced by another file (new inode) of the same size and mtime.
+    settle();
+    check(&fetch(), false, "recorded again");
+    check(&fetch(), true, "recorded again");
+    let mtime = fs::metadata(&base).unwrap().modified().unwrap();
+    let other = dir.path().join("other.img");
+    fs::write(&other, noise(1 << 20, 12)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&other)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    fs::rename(&other, &base).unwrap();
+    check(&fetch(), false, "replaced");
+
+    // A damaged record is ignored and rewritten, never trusted.
+    settle();
+    check(&fetch(), false, "recorded again");
+    let records = cache_files(&opts, "local");
+    assert_eq!(records.len(), 1);
+    for garbage in [&b"{\"path\": 1"[..], b"", b"\x00\xff"] {
+        fs::write(&records[0], garbage).unwrap();
+        check(&fetch(), false, "damaged record");
+    }
+    check(&fetch(), true, "rewritten record");
+    // A record whose digest is not a sha256 is not used either.
+    let text = fs::read_to_string(&records[0]).unwrap();
+    let sha = sha256sum(&base);
+    fs::write(&records[0], text.replace(&sha, "not-a-sha256")).unwrap();
+    check(&fetch(), false, "record with a bad digest");
+
+    // A pinned sha256 is checked against the remembered one.
+    check(&fetch(), true, "rewritten record");
+    let wrong = "ab".repeat(32);
+    let err = fetch_base(&Source::File(base.clone()), Some(&wrong), None, &opts).unwrap_err();
+    assert!(matches!(err, FetchError::Mismatch { .. }), "{err}");
+}

@@ -80,6 +80,19 @@ pub fn write_private(dest: &Path, contents: &[u8], mode: u32) -> io::Result<()> 
     pending.commit()
 }
 
+/// The process's umask, read from `/proc/self/status` (Linux 4.7+): `umask(2)` can only read
+/// it by setting it, which would race with other threads creating files. 022 if unreadable.
+pub fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,

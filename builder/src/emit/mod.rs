@@ -10,13 +10,17 @@
 //! keeps a reused card's old bytes (see `image::FreeSpace`). All
 //! four files are written to temp files and renamed into place only when all are complete, so
 //! a failed or interrupted emit leaves no `OUT`.
+//!
+//! A build's working copy sits beside `OUT` and is deleted after the emit; for `.img` output
+//! [`emit_work_copy`] makes it `OUT` itself (hashed and mapped in place, its written zero
+//! blocks punched out as the copy would have left them, fsynced, renamed), which saves writing
+//! the image's data a second time (1.6 GB for the 3 GiB image of BENCHMARKS.md) and the unlink.
 
 pub(crate) mod atomic;
 pub mod bmap;
 pub mod format;
 pub mod manifest;
 pub mod qcow2;
-mod rawhash;
 pub mod source;
 
 use std::fs::File;
@@ -27,13 +31,14 @@ use std::path::{Path, PathBuf};
 use crate::image::{Cursor, FreeSpace, ImageError};
 use crate::io::BUFFER_SIZE;
 use crate::io::hash::HashWriter;
+use crate::io::hash_thread::HashThreadWriter;
+use crate::io::offload::{Chunk, Offload};
 use crate::io::progress;
 use atomic::PendingFile;
 use bmap::{BLOCK_SIZE, BmapBuilder};
 use format::Encoder;
 pub use format::{Compressor, EXTENSIONS, Format};
 pub use manifest::{BuildRecord, Change, Input, Manifest, Output, Tool, public_url};
-use rawhash::RawHasher;
 pub use source::{RawSource, SparseFile, StreamSource};
 
 /// How to emit; the defaults suit every build.
@@ -79,13 +84,113 @@ pub fn emit(
     emit_from(source, &free, raw, out, build, options)
 }
 
+/// Like [`emit`] for a raw image the caller is done with (a build's working copy). When `OUT`
+/// is a `.img` in the same directory, `work` itself becomes `OUT`: same bytes, holes,
+/// sidecars and manifest as [`emit`] would write, but its data is not copied. Otherwise this is
+/// [`emit`]. Either way the caller still removes `work` if it is there afterwards (on an
+/// error it is left as it was, apart from written zero blocks turned into holes).
+pub fn emit_work_copy(
+    work: &Path,
+    out: &Path,
+    build: BuildRecord,
+    options: &EmitOptions,
+) -> Result<Manifest, EmitError> {
+    if Format::from_path(out) != Some(Format::Raw) || !same_dir(work, out) {
+        return emit(work, out, build, options);
+    }
+    let read_err = |source| EmitError::Read {
+        path: work.to_path_buf(),
+        source,
+    };
+    let free = FreeSpace::of_image(work, BLOCK_SIZE).map_err(|source| EmitError::Layout {
+        path: work.to_path_buf(),
+        source,
+    })?;
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(work)
+        .map_err(read_err)?;
+    let source = SparseFile::new(file.try_clone().map_err(read_err)?).map_err(read_err)?;
+    let target = Target::InPlace {
+        file,
+        path: work.to_path_buf(),
+    };
+    emit_to(source, &free, work, out, target, build, options)
+}
+
+/// Whether `a` and `b` are in the same directory (so renaming one to the other cannot cross
+/// filesystems).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let dir = |p: &Path| {
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::canonicalize(parent).ok()
+    };
+    matches!((dir(a), dir(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Where the output image is written.
+enum Target {
+    /// A new temp file beside `OUT`, renamed over it at the end.
+    New(PendingFile),
+    /// The raw image itself, in `OUT`'s directory, renamed over it at the end.
+    InPlace { file: File, path: PathBuf },
+}
+
+impl Target {
+    fn file(&self) -> &File {
+        match self {
+            Target::New(p) => p.file(),
+            Target::InPlace { file, .. } => file,
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.file().sync_all()
+    }
+
+    /// Renames it over `out`; the in-place image first gets the mode a new file would have.
+    fn commit(self, out: &Path, mode: u32) -> io::Result<()> {
+        match self {
+            Target::New(p) => p.commit(),
+            Target::InPlace { file, path } => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = mode & !atomic::umask();
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                std::fs::rename(path, out)
+            }
+        }
+    }
+}
+
 /// Like [`emit`], reading from any [`RawSource`] whose free space is `free` (only free
 /// all-zero blocks are left out of the bmap); `name` is used in error messages.
 pub fn emit_from<S: RawSource>(
+    source: S,
+    free: &FreeSpace,
+    name: &Path,
+    out: &Path,
+    build: BuildRecord,
+    options: &EmitOptions,
+) -> Result<Manifest, EmitError> {
+    Format::from_path(out).ok_or_else(|| EmitError::UnknownFormat(out.into()))?;
+    let mode = if options.private { 0o600 } else { 0o644 };
+    let image = PendingFile::create_with_mode(out, mode).map_err(|source| EmitError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    emit_to(source, free, name, out, Target::New(image), build, options)
+}
+
+fn emit_to<S: RawSource>(
     mut source: S,
     free: &FreeSpace,
     name: &Path,
     out: &Path,
+    image: Target,
     build: BuildRecord,
     options: &EmitOptions,
 ) -> Result<Manifest, EmitError> {
@@ -108,11 +213,14 @@ pub fn emit_from<S: RawSource>(
     });
     let size = source.size();
     let mode = if options.private { 0o600 } else { 0o644 };
-    let image = PendingFile::create_with_mode(out, mode).map_err(write_err(out))?;
-    let mut sink = Sink::new(format, image.file(), threads, size).map_err(write_err(out))?;
+    let mut sink = match &image {
+        Target::New(p) => Sink::new(format, p.file(), threads, size),
+        Target::InPlace { file, .. } => Ok(Sink::InPlace { file, pos: 0 }),
+    }
+    .map_err(write_err(out))?;
 
     let bar = progress::bar("emit", Some(&file_name), Some(size));
-    let scanned = scan(&mut source, free.cursor(), &mut sink, &bar);
+    let scanned = scan(&mut source, free, &mut sink, &bar);
     if scanned.is_ok() {
         bar.finish();
     }
@@ -157,7 +265,7 @@ pub fn emit_from<S: RawSource>(
     for pending in sidecars {
         pending.commit().map_err(write_err(out))?;
     }
-    image.commit().map_err(write_err(out))?;
+    image.commit(out, mode).map_err(write_err(out))?;
     atomic::sync_dir_of(out).map_err(write_err(out))?;
     Ok(manifest)
 }
@@ -170,15 +278,40 @@ enum Failed {
 static ZEROS: [u8; BUFFER_SIZE] = [0; BUFFER_SIZE];
 
 /// Reads the image once, front to back, and returns its sha256, bmap and mapped block count.
+/// This thread reads and feeds the sink; the digests (the sha256 of every byte, holes
+/// included, and the bmap with its per-range sha256) are computed on a thread of their own.
 fn scan<S: RawSource>(
     source: &mut S,
-    mut free: Cursor<'_>,
+    free: &FreeSpace,
     sink: &mut Sink<'_>,
     bar: &progress::Progress,
 ) -> Result<(String, String, u64), Failed> {
     let size = source.size();
-    let raw = RawHasher::spawn().map_err(Failed::Write)?;
-    let mut bmap = BmapBuilder::new(size);
+    let free = free.clone();
+    let digest = Offload::spawn("image-digest", move |chunks| {
+        let mut raw = HashWriter::new(io::sink());
+        let mut cursor = free.cursor();
+        let mut bmap = BmapBuilder::new(size);
+        chunks.for_each(|chunk| match chunk {
+            Chunk::Data { pos, bytes } => {
+                let _ = raw.write_all(bytes);
+                blocks(bytes, pos, &mut cursor, &mut bmap);
+            }
+            Chunk::Zeros { pos, len } => {
+                let mut left = len;
+                while left > 0 {
+                    let n = usize::try_from(left).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
+                    let _ = raw.write_all(&ZEROS[..n]);
+                    left -= n as u64;
+                }
+                zeros(pos, pos + len, &mut cursor, &mut bmap);
+            }
+        });
+        let hashed = raw.count();
+        let mapped_blocks = bmap.mapped_blocks();
+        (hashed, raw.finish().1, bmap.finish(), mapped_blocks)
+    })
+    .map_err(Failed::Write)?;
     // Invariant: `pos` is block-aligned or at the end.
     let mut pos = 0;
     while pos < size {
@@ -192,32 +325,34 @@ fn scan<S: RawSource>(
         };
         if start > pos {
             let len = start - pos;
-            raw.zeros(len).map_err(Failed::Write)?;
+            digest.zeros(pos, len).map_err(Failed::Write)?;
             sink.zeros(len).map_err(Failed::Write)?;
-            zeros(pos, start, &mut free, &mut bmap);
             bar.inc(len);
             pos = start;
         }
         while pos < end {
             let len = usize::try_from(end - pos).map_or(BUFFER_SIZE, |n| n.min(BUFFER_SIZE));
-            let mut buf = raw.buffer().map_err(Failed::Write)?;
+            let mut buf = digest.buffer().map_err(Failed::Write)?;
             source
                 .read_exact_at(&mut buf[..len], pos)
                 .map_err(Failed::Read)?;
-            blocks(&buf[..len], pos, &mut free, sink, &mut bmap)?;
-            raw.data(buf, len).map_err(Failed::Write)?;
+            if sink.skips_zeros() {
+                runs(&buf[..len], sink)?;
+            } else {
+                sink.data(&buf[..len]).map_err(Failed::Write)?;
+            }
+            digest.data(pos, buf, len).map_err(Failed::Write)?;
             bar.inc(len as u64);
             pos += len as u64;
         }
     }
-    let (hashed, raw_sha256) = raw.finish().map_err(Failed::Write)?;
+    let (hashed, raw_sha256, bmap, mapped_blocks) = digest.finish().map_err(Failed::Write)?;
     if hashed != size {
         return Err(Failed::Read(io::Error::other(format!(
             "read {hashed} bytes of a {size} byte image"
         ))));
     }
-    let mapped_blocks = bmap.mapped_blocks();
-    Ok((raw_sha256, bmap.finish(), mapped_blocks))
+    Ok((raw_sha256, bmap, mapped_blocks))
 }
 
 /// Maps the zeros of `pos..end` (a hole of the source) where they are in use.
@@ -236,15 +371,23 @@ fn zeros(mut pos: u64, end: u64, free: &mut Cursor<'_>, bmap: &mut BmapBuilder) 
     }
 }
 
-/// Splits a block-aligned chunk that starts at `pos` into runs of data and all-zero blocks for
-/// the output, and maps every block except the all-zero free ones.
-fn blocks(
-    chunk: &[u8],
-    pos: u64,
-    free: &mut Cursor<'_>,
-    sink: &mut Sink<'_>,
-    bmap: &mut BmapBuilder,
-) -> Result<(), Failed> {
+/// Maps every block of a block-aligned chunk that starts at `pos`, except the all-zero free
+/// ones.
+fn blocks(chunk: &[u8], pos: u64, free: &mut Cursor<'_>, bmap: &mut BmapBuilder) {
+    for (i, block) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
+        let offset = i * BLOCK_SIZE as usize;
+        // Free ranges are whole blocks, so a block that starts in one lies wholly in it.
+        if is_zero(block) && free.at(pos + offset as u64).is_ok() {
+            bmap.unmapped(block.len() as u64);
+        } else {
+            bmap.mapped(block);
+        }
+    }
+}
+
+/// Splits a block-aligned chunk into runs of data and all-zero blocks for a sink that leaves
+/// zeros out.
+fn runs(chunk: &[u8], sink: &mut Sink<'_>) -> Result<(), Failed> {
     let mut run_start = 0;
     let mut run_zero = None;
     for (i, block) in chunk.chunks(BLOCK_SIZE as usize).enumerate() {
@@ -255,12 +398,6 @@ fn blocks(
             run_start = offset;
         }
         run_zero = Some(zero);
-        // Free ranges are whole blocks, so a block that starts in one lies wholly in it.
-        if zero && free.at(pos + offset as u64).is_ok() {
-            bmap.unmapped(block.len() as u64);
-        } else {
-            bmap.mapped(block);
-        }
     }
     if run_start < chunk.len() {
         run(&chunk[run_start..], run_zero == Some(true), sink)?;
@@ -288,9 +425,12 @@ enum Sink<'a> {
     /// Raw output: data written in place, zeros left as holes.
     Raw { file: &'a File, pos: u64 },
     /// Compressed output, hashed as it is written.
-    Compressed(Box<dyn Encoder<HashWriter<&'a File>> + 'a>),
+    Compressed(Box<dyn Encoder<HashThreadWriter<&'a File>> + 'a>),
     /// qcow2: non-zero clusters stored, zero ones left unallocated.
     Qcow2(qcow2::Qcow2Writer<'a>),
+    /// Raw output that is the raw image itself: data stays where it is, zero blocks become
+    /// holes, as `Raw` would leave them.
+    InPlace { file: &'a File, pos: u64 },
 }
 
 impl<'a> Sink<'a> {
@@ -300,11 +440,18 @@ impl<'a> Sink<'a> {
             Format::Qcow2 => Sink::Qcow2(qcow2::Qcow2Writer::new(file, size, qcow2::CLUSTER_BITS)?),
             Format::Xz | Format::Zstd => Sink::Compressed(format::encoder(
                 format,
-                HashWriter::new(file),
+                HashThreadWriter::new(file)?,
                 threads,
                 size,
             )?),
         })
+    }
+
+    /// Whether all-zero blocks are left out (holes, unallocated clusters) rather than stored
+    /// like data: only then are chunks split into runs. A compressor is given the zeros as
+    /// they are, which is the same stream.
+    fn skips_zeros(&self) -> bool {
+        !matches!(self, Sink::Compressed(_))
     }
 
     fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -316,6 +463,10 @@ impl<'a> Sink<'a> {
             }
             Sink::Compressed(enc) => enc.write_all(bytes),
             Sink::Qcow2(w) => w.data(bytes),
+            Sink::InPlace { pos, .. } => {
+                *pos += bytes.len() as u64;
+                Ok(())
+            }
         }
     }
 
@@ -335,6 +486,22 @@ impl<'a> Sink<'a> {
                 Ok(())
             }
             Sink::Qcow2(w) => w.zeros(len),
+            Sink::InPlace { file, pos } => {
+                use rustix::fs::{FallocateFlags, fallocate};
+                // Already a hole in most cases (then this does nothing). A filesystem that
+                // cannot punch holes keeps the zeros written: the same bytes, less sparse.
+                match fallocate(
+                    file,
+                    FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                    *pos,
+                    len,
+                ) {
+                    Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                *pos += len;
+                Ok(())
+            }
         }
     }
 
@@ -344,8 +511,9 @@ impl<'a> Sink<'a> {
         match self {
             // Extends the file over a trailing hole.
             Sink::Raw { file, .. } => file.set_len(size).map(|()| None),
-            Sink::Compressed(enc) => Ok(Some(enc.finish_encoder()?.finish().1)),
+            Sink::Compressed(enc) => Ok(Some(enc.finish_encoder()?.finish()?.1)),
             Sink::Qcow2(w) => w.finish().map(Some),
+            Sink::InPlace { .. } => Ok(None),
         }
     }
 }

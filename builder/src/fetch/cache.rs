@@ -10,8 +10,10 @@
 //!                                       sha256), so the next build finds it without a download
 //! <cache>/raw/sha256/<hex>.img          the unpacked (sparse) image of blob <hex>
 //! <cache>/tmp/                          unpacking in progress; emptied under the lock
-//! <cache>/urls/<sha256(url)>.json         the blob last verified for a URL, and what vouched
+//! <cache>/urls/<sha256(url)>.json      the blob last verified for a URL, and what vouched
 //!                                       for it: what `--offline` builds use
+//! <cache>/local/<sha256(path)>.json     the sha256 of a local base file and the stat it had
+//!                                       (see `known_hash`)
 //! ```
 //!
 //! Files only enter `blobs/` and `raw/` by rename once complete and verified; a sha512 link
@@ -147,6 +149,11 @@ impl Cache {
 
     pub fn raw(&self, sha256: &str) -> PathBuf {
         self.root.join("raw/sha256").join(format!("{sha256}.img"))
+    }
+
+    /// The remembered hashes of local base files.
+    pub fn local_dir(&self) -> PathBuf {
+        self.root.join("local")
     }
 
     pub fn tmp_dir(&self) -> PathBuf {

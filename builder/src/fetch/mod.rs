@@ -9,6 +9,7 @@
 mod cache;
 mod checksum;
 mod http;
+mod known_hash;
 mod sparse;
 mod unpack;
 
@@ -22,6 +23,7 @@ use crate::io::hash::Digests;
 use cache::Cache;
 pub use http::Answer;
 use http::Client;
+use known_hash::KnownHashes;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -111,6 +113,9 @@ pub struct Fetched {
     pub source_path: PathBuf,
     /// sha256 of the source file (for the manifest), whatever digest verified it.
     pub source_sha256: String,
+    /// The sha256 of a local file came from the cache's record of it (its device, inode,
+    /// size, mtime and ctime unchanged since it was hashed), not from reading it again.
+    pub source_sha256_remembered: bool,
     pub format: Format,
     pub verification: Verification,
 }
@@ -255,6 +260,7 @@ pub fn fetch_base(
         what: what.to_string(),
         cache: opts.cache_dir.clone(),
     };
+    let mut remembered = false;
     let (source_path, source_sha256, verification) = match source {
         Source::File(_) if opts.offline && expected.is_none() && checksum_url.is_some() => {
             return Err(offline(&format!(
@@ -262,7 +268,13 @@ pub fn fetch_base(
                 checksum_url.unwrap_or_default()
             )));
         }
-        Source::File(path) => local(&client, path, expected, checksum_url)?,
+        Source::File(path) => {
+            let known = KnownHashes::new(cache.local_dir());
+            let (path, sha, verification, was_known) =
+                local(&client, &known, path, expected, checksum_url)?;
+            remembered = was_known;
+            (path, sha, verification)
+        }
         Source::Url(url) if opts.offline => {
             let cached = match &expected {
                 Some(e) => cache.find(e).map(|sha| (sha, Verification::Pinned)),
@@ -323,17 +335,21 @@ pub fn fetch_base(
         raw_size,
         source_path,
         source_sha256,
+        source_sha256_remembered: remembered,
         format,
         verification,
     })
 }
 
+/// A local file, verified when a digest for it was given; also returns whether its sha256 was
+/// remembered rather than computed.
 fn local(
     client: &Client,
+    known: &KnownHashes,
     path: &Path,
     expected: Option<Expected>,
     checksum_url: Option<&str>,
-) -> Result<(PathBuf, String, Verification), FetchError> {
+) -> Result<(PathBuf, String, Verification, bool), FetchError> {
     let (want, verification) = match (expected, checksum_url) {
         (Some(e), _) => (Some(e), Verification::Pinned),
         (None, Some(c)) => {
@@ -346,9 +362,24 @@ fn local(
         }
         (None, None) => (None, Verification::LocalFile),
     };
-    let also: Vec<Algorithm> = want.iter().map(|w| w.algorithm).collect();
-    let got = crate::io::hash::digest_file(path, &also)
-        .map_err(|e| FetchError::io(path, "cannot read", e))?;
+    // Only the sha256 is remembered: a file vouched for by another digest is read again.
+    let (remembered, pending) = match want.as_ref().map(|w| w.algorithm) {
+        None | Some(Algorithm::Sha256) => known.lookup(path),
+        Some(_) => (None, None),
+    };
+    let was_known = remembered.is_some();
+    let got = match remembered {
+        Some(sha256) => Digests::of_sha256(sha256),
+        None => {
+            let also: Vec<Algorithm> = want.iter().map(|w| w.algorithm).collect();
+            let got = crate::io::hash::digest_file(path, &also)
+                .map_err(|e| FetchError::io(path, "cannot read", e))?;
+            if let Some(pending) = pending {
+                known.store(pending, &got.sha256);
+            }
+            got
+        }
+    };
     if let Some(want) = &want {
         verify(
             want,
@@ -357,7 +388,7 @@ fn local(
             "the file is not the image you meant, or it is damaged",
         )?;
     }
-    Ok((path.to_path_buf(), got.sha256, verification))
+    Ok((path.to_path_buf(), got.sha256, verification, was_known))
 }
 
 /// The one place a digest is compared: `what` names the file (and where the expected digest

@@ -48,6 +48,14 @@ pub struct Digests {
 }
 
 impl Digests {
+    /// A known sha256 and no other digest.
+    pub fn of_sha256(sha256: String) -> Digests {
+        Digests {
+            sha256,
+            others: Vec::new(),
+        }
+    }
+
     /// The digest in `algorithm`, if it was computed.
     pub fn get(&self, algorithm: Algorithm) -> Option<&str> {
         match algorithm {

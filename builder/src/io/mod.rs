@@ -6,6 +6,8 @@ pub mod compare;
 pub mod copy_range;
 pub mod extents;
 pub mod hash;
+pub mod hash_thread;
+pub mod offload;
 pub mod progress;
 pub mod sparse_writer;
 pub mod tee;
