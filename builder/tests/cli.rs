@@ -8,15 +8,9 @@ use common::oracle;
 use common::{cached_fixture, fixture};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn imagegen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imagegen"))
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", "1750000000")
-        .output()
-        .expect("run imagegen")
-}
+use common::imagegen;
 
 fn ok(args: &[&str]) -> String {
     let out = imagegen(args);

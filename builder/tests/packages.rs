@@ -7,18 +7,11 @@ mod common;
 
 use common::oracle;
 use std::path::Path;
-use std::process::{Command, Output};
 
 const KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKh3zm4jTyWkG2JCU6t4CiTqB2OtWqy8iOiOPc6FnUOu ops@laptop";
 
-fn imagegen(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_imagegen"))
-        .args(args)
-        .env("SOURCE_DATE_EPOCH", "1750000000")
-        .output()
-        .expect("run imagegen")
-}
+use common::imagegen;
 
 /// Every architecture and every compression dpkg-deb writes: the reader agrees with
 /// `dpkg-deb -f` on Package, Version and Architecture (the Description's indented "Version:"

@@ -14,6 +14,15 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 
+/// The imagegen binary run with `args`, at a fixed SOURCE_DATE_EPOCH.
+pub fn imagegen(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_imagegen"))
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1750000000")
+        .output()
+        .expect("run imagegen")
+}
+
 /// Every layout `tests/fixtures/mkimage.sh` knows.
 pub const LAYOUTS: &[&str] = &[
     "rpios-bookworm",
