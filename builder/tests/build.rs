@@ -1939,6 +1939,20 @@ fn wireguard_tools_from_staged_debs_when_the_base_lacks_it() {
 #[test]
 fn wireguard_mesh_keys_are_kept_and_agree() {
     let (wg, wg_quick) = (oracle::tool("wg"), oracle::tool("wg-quick"));
+    // wireguard-tools' own reading of a config, as wg-quick@wg0 will read it.
+    let wg_strip = |f: &Path| {
+        let strip = Command::new(&wg_quick)
+            .arg("strip")
+            .arg(f)
+            .output()
+            .unwrap();
+        assert!(
+            strip.status.success(),
+            "{}: {}",
+            fs::read_to_string(f).unwrap_or_default(),
+            String::from_utf8_lossy(&strip.stderr)
+        );
+    };
     let c = Cluster::new();
     let text = fs::read_to_string(c.config()).unwrap().replace(
         "[zerotier]\nnetwork_id = \"8056c2e21c000001\"\n",
@@ -1991,22 +2005,11 @@ fn wireguard_mesh_keys_are_kept_and_agree() {
         assert!(run.status.success(), "{}", stderr(&run));
         let out = c.out_dir().join(out);
         let text = conf(&out);
-        // wireguard-tools' own reading of the file, as wg-quick@wg0 will read it.
         let dir = c.path("wg-strip");
         let _ = fs::create_dir(&dir);
         let f = dir.join("wg0.conf");
         fs::write(&f, &text).unwrap();
-        let strip = Command::new(&wg_quick)
-            .arg("strip")
-            .arg(&f)
-            .output()
-            .unwrap();
-        assert!(
-            strip.status.success(),
-            "{}: {}",
-            text,
-            String::from_utf8_lossy(&strip.stderr)
-        );
+        wg_strip(&f);
         let root = oracle::partition(&out, 2).start;
         let nft = oracle::ext4_cat(&out, root, "/etc/nftables.conf");
         assert!(
@@ -2073,16 +2076,7 @@ fn wireguard_mesh_keys_are_kept_and_agree() {
         0o600
     );
     let client_text = fs::read_to_string(&client).unwrap();
-    let strip = Command::new(&wg_quick)
-        .arg("strip")
-        .arg(&client)
-        .output()
-        .unwrap();
-    assert!(
-        strip.status.success(),
-        "{}",
-        String::from_utf8_lossy(&strip.stderr)
-    );
+    wg_strip(&client);
     confs.push(("laptop".into(), client_text.clone()));
 
     // Each member's public key, by wg itself, is what every other member lists for it.

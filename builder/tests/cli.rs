@@ -546,15 +546,8 @@ fn a_reader_that_stops_reading_ends_the_output_quietly() {
 #[test]
 fn check_validates_timezone_locale_and_keymap() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    let config = config.to_str().unwrap();
-    init_with_key(config);
-    std::fs::create_dir(dir.path().join("secrets")).unwrap();
-    for f in ["k3s-token", "nut-password"] {
-        let p = dir.path().join("secrets").join(f);
-        std::fs::write(&p, "x\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let config = example_with_secrets(dir.path());
+    let config = config.as_str();
     let example = std::fs::read_to_string(config).unwrap();
     let all = example
         .replace("# timezone = ", "timezone = ")
@@ -596,15 +589,8 @@ fn check_validates_timezone_locale_and_keymap() {
 #[test]
 fn check_refuses_a_node_name_that_is_no_hostname() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    let config = config.to_str().unwrap();
-    init_with_key(config);
-    std::fs::create_dir(dir.path().join("secrets")).unwrap();
-    for f in ["k3s-token", "nut-password"] {
-        let p = dir.path().join("secrets").join(f);
-        std::fs::write(&p, "x\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let config = example_with_secrets(dir.path());
+    let config = config.as_str();
     ok(&["check", "--config", config]);
     let example = std::fs::read_to_string(config).unwrap();
     let bad = example.replace("name = \"pi4-a\"", "name = \"pi-\"");
@@ -622,6 +608,21 @@ fn check_refuses_a_node_name_that_is_no_hostname() {
 fn init_with_key(config: &str) {
     ok(&["init", config]);
     common::set_operator_key(Path::new(config));
+}
+
+/// `init`'s example in `dir`, with the operator's key and the secret files it names (0600):
+/// a config `check` passes.
+fn example_with_secrets(dir: &Path) -> String {
+    let config = dir.join("cluster.toml");
+    let config = config.to_str().unwrap();
+    init_with_key(config);
+    std::fs::create_dir(dir.join("secrets")).unwrap();
+    for f in ["k3s-token", "nut-password"] {
+        let p = dir.join("secrets").join(f);
+        std::fs::write(&p, "x\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    config.to_owned()
 }
 
 /// Every lock-out problem at once, each with the file and line, and a non-zero exit.
@@ -959,15 +960,8 @@ fn an_interrupted_read_of_a_compressed_image_leaves_no_scratch_copy() {
 #[test]
 fn check_validates_own_files_and_scripts() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("cluster.toml");
-    let config = config.to_str().unwrap();
-    init_with_key(config);
-    std::fs::create_dir(dir.path().join("secrets")).unwrap();
-    for f in ["k3s-token", "nut-password"] {
-        let p = dir.path().join("secrets").join(f);
-        std::fs::write(&p, "x\n").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    let config = example_with_secrets(dir.path());
+    let config = config.as_str();
     for f in [
         "files/motd",
         "files/bpi-a.conf",
