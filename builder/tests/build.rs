@@ -1918,14 +1918,21 @@ fn wireguard_tools_from_staged_debs_when_the_base_lacks_it() {
         String::from_utf8_lossy(&link.stdout)
     );
     // k3s still ordered after the tunnel, whoever enables it.
+    assert_k3s_after_tunnel(&out, root);
+}
+
+/// Both k3s units wait for wg-quick@wg0 (imagegen's drop-in, read back); systemd's reading
+/// of it is checked on a booted node in cluster_boot.rs.
+fn assert_k3s_after_tunnel(img: &Path, root: u64) {
     for unit in ["k3s.service", "k3s-agent.service"] {
         let dropin = oracle::ext4_cat(
-            &out,
+            img,
             root,
             &format!("/etc/systemd/system/{unit}.d/10-imagegen-wireguard.conf"),
         );
         assert!(
-            dropin.contains("\nAfter=wg-quick@wg0.service\n"),
+            dropin.contains("\nAfter=wg-quick@wg0.service\n")
+                && dropin.contains("\nWants=wg-quick@wg0.service\n"),
             "{unit}: {dropin}"
         );
     }
@@ -2038,20 +2045,7 @@ fn wireguard_mesh_keys_are_kept_and_agree() {
             enabled.contains("/lib/systemd/system/wg-quick@.service"),
             "{enabled}"
         );
-        // k3s ordered after the tunnel (its flannel-iface); systemd's reading of it is
-        // checked on a booted node in cluster_boot.rs.
-        for unit in ["k3s.service", "k3s-agent.service"] {
-            let dropin = oracle::ext4_cat(
-                &out,
-                root,
-                &format!("/etc/systemd/system/{unit}.d/10-imagegen-wireguard.conf"),
-            );
-            assert!(
-                dropin.contains("\nAfter=wg-quick@wg0.service\n")
-                    && dropin.contains("\nWants=wg-quick@wg0.service\n"),
-                "{unit}: {dropin}"
-            );
-        }
+        assert_k3s_after_tunnel(&out, root);
         confs.push((node.into(), text));
     }
     assert_eq!(confs[0].1, confs[2].1, "a rebuild changed pi4-a's wg0.conf");

@@ -238,6 +238,13 @@ gateway = "192.168.1.1"
 
     /// `imagegen build` of `node` on `base`; fails the test unless it succeeds.
     fn build(&self, fam: &Family, base: &Path, node: &str, out: &str, extra: &[&str]) -> Built {
+        let b = self.try_build(fam, base, node, out, extra);
+        assert!(b.ok, "imagegen build of {node} failed:\n{}", b.stderr);
+        b
+    }
+
+    /// `imagegen build` of `node`, succeeding or not.
+    fn try_build(&self, fam: &Family, base: &Path, node: &str, out: &str, extra: &[&str]) -> Built {
         let img = self.path(out);
         let agent = self.path(if fam.aarch64 {
             "agent-aarch64"
@@ -262,9 +269,10 @@ gateway = "192.168.1.1"
             s(&img),
         ];
         args.extend_from_slice(extra);
-        let out = imagegen(&args);
+        let out = imagegen_output(&args);
         Built {
             img,
+            ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
@@ -314,6 +322,7 @@ fn scratch() -> PathBuf {
 
 struct Built {
     img: PathBuf,
+    ok: bool,
     stdout: String,
     stderr: String,
 }
@@ -324,18 +333,6 @@ fn imagegen_output(args: &[&str]) -> Output {
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .output()
         .unwrap()
-}
-
-fn imagegen(args: &[&str]) -> Output {
-    let out = imagegen_output(args);
-    assert!(
-        out.status.success(),
-        "imagegen {} failed ({}):\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// A 64-byte ELF64 little-endian header for `machine` (183 aarch64, 62 x86_64).
@@ -1867,30 +1864,15 @@ fn build_refuses_a_timezone_or_locale_the_image_lacks() {
             1,
         );
         fs::write(&config, text).unwrap();
-        let img = cluster.path("node.img");
-        let out = imagegen_output(&[
-            "build",
-            "-c",
-            s(&config),
-            "--node",
-            "x86-b",
-            "--base",
-            s(&base_img),
-            "--agent",
-            s(&cluster.path("agent-x86_64")),
-            "--state-dir",
-            s(&cluster.state()),
-            "-o",
-            s(&img),
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{line}: build succeeded");
+        let b = cluster.try_build(fam, &base_img, "x86-b", "node.img", &[]);
+        let err = &b.stderr;
+        assert!(!b.ok, "{line}: build succeeded");
         let value = line.split('"').nth(1).unwrap();
         assert!(
             err.contains(&format!("{value:?}")) && err.contains(needle),
             "{line}: {err}"
         );
-        assert!(!img.exists(), "{line}: an image was left behind");
+        assert!(!b.img.exists(), "{line}: an image was left behind");
     }
 }
 
@@ -2341,24 +2323,9 @@ fn build_refuses_an_owner_the_image_lacks() {
         1,
     );
     fs::write(&config, text).unwrap();
-    let base_img = base(fam);
-    let b = imagegen_output(&[
-        "build",
-        "-c",
-        s(&config),
-        "--node",
-        "x86-b",
-        "--base",
-        s(&base_img),
-        "--agent",
-        s(&cluster.path("agent-x86_64")),
-        "--state-dir",
-        s(&cluster.state()),
-        "-o",
-        s(&cluster.path("node.img")),
-    ]);
-    assert!(!b.status.success());
-    let err = String::from_utf8_lossy(&b.stderr);
+    let b = cluster.try_build(fam, &base(fam), "x86-b", "node.img", &[]);
+    assert!(!b.ok);
+    let err = &b.stderr;
     assert!(
         err.contains("\"nginx\"") && err.contains("/etc/passwd"),
         "{err}"

@@ -95,6 +95,16 @@ fn states(n: &Node) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `step` is in `state` and its reason says `says`.
+fn assert_step(st: &serde_json::Value, step: &str, state: &str, says: &str) {
+    let s = &st["steps"][step];
+    assert_eq!(s["state"], state, "{step}: {st}");
+    assert!(
+        s["reason"].as_str().is_some_and(|r| r.contains(says)),
+        "{step}'s reason lacks {says:?}: {st}"
+    );
+}
+
 fn all_done(n: &Node) {
     let s = states(n);
     for step in ["config", "seed", "backup", "zerotier", "k3s", "ups"] {
@@ -669,14 +679,7 @@ fn firstboot_scripts_run_once_in_order() {
     let st = n.status_json();
     assert_eq!(st["steps"]["script:01-a.sh"]["state"], "done");
     assert_eq!(st["steps"]["script:01-a.sh"]["details"]["exit"], "0");
-    assert_eq!(st["steps"]["script:02-fails.sh"]["state"], "failed");
-    assert!(
-        st["steps"]["script:02-fails.sh"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("status 3"),
-        "{st}"
-    );
+    assert_step(&st, "script:02-fails.sh", "failed", "status 3");
     assert_eq!(st["steps"]["script:03-c.sh"]["state"], "pending");
 
     // The retry: 01 is not run again, 02 now succeeds and 03 follows.
@@ -707,14 +710,7 @@ fn firstboot_scripts_run_once_in_order() {
     assert_eq!(out.status.code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(20));
     let st = slow.status_json();
-    assert_eq!(st["steps"]["script:01-slow.sh"]["state"], "failed");
-    assert!(
-        st["steps"]["script:01-slow.sh"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("killed"),
-        "{st}"
-    );
+    assert_step(&st, "script:01-slow.sh", "failed", "killed");
 }
 
 /// A node.toml written before `[firstboot]` existed still parses, and lists no scripts.
@@ -798,13 +794,7 @@ fn packages_debs_offline_and_apt_once_the_network_is_there() {
     let out = n.command(&["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let st = n.status_json();
-    assert_eq!(st["steps"]["apt"]["state"], "failed", "{st}");
-    assert!(
-        st["steps"]["apt"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("Unable to locate package")),
-        "{st}"
-    );
+    assert_step(&st, "apt", "failed", "Unable to locate package");
 
     // Fixed: the next run installs, after finishing any interrupted dpkg; the debs are not
     // installed again.
@@ -845,13 +835,7 @@ fn a_missing_staged_deb_fails_the_step() {
     let out = n.command(&["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let st = n.status_json();
-    assert_eq!(st["steps"]["debs"]["state"], "failed", "{st}");
-    assert!(
-        st["steps"]["debs"]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("01-gone.deb")),
-        "{st}"
-    );
+    assert_step(&st, "debs", "failed", "01-gone.deb");
     assert!(n.calls("dpkg").is_empty());
 }
 
